@@ -1,0 +1,80 @@
+"""Length-aware micro-batching: sort by token length, cut by a token budget, restore order.
+
+A Ray batch holds rows of very different lengths. Padding them all to the longest wastes
+most of the compute, so each batch is sorted by length and cut into micro-batches whose
+padded size (rows x longest row) stays within a token budget; results go back in input order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+Features = dict[str, Any]
+"""One token sequence: model inputs (lists of ints) plus whatever the adapter keeps for postprocessing."""
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Group indices, longest first, so that each group's rows x longest length <= token_budget.
+
+    A single row longer than the budget still gets a group of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def pad_features(features: Sequence[Features], pad_values: dict[str, int], side: str = "right") -> dict[str, Any]:
+    """Stack the model inputs of each row into tensors padded to the longest row of this micro-batch."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    tensors = {}
+    for key in (k for k in MODEL_INPUT_KEYS if k in features[0]):
+        pad = pad_values.get(key, 0)
+        rows = []
+        for f in features:
+            filler = [pad] * (width - len(f[key]))
+            rows.append(filler + f[key] if side == "left" else f[key] + filler)
+        tensors[key] = torch.tensor(rows, dtype=torch.long)
+    return tensors
+
+
+class MicroBatcher:
+    """Runs a forward function over length-sorted micro-batches and returns outputs in input order.
+
+    On CUDA out-of-memory it halves the token budget (for the rest of the actor's life) and
+    retries the failed micro-batch in smaller pieces, instead of failing the job.
+    """
+
+    def __init__(self, token_budget: int, pad_values: dict[str, int], padding_side: str = "right"):
+        self.token_budget = token_budget
+        self.pad_values = pad_values
+        self.padding_side = padding_side
+
+    def run(self, features: Sequence[Features], forward: Callable[[dict[str, Any]], list[Any]]) -> list[Any]:
+        results: list[Any] = [None] * len(features)
+        lengths = [len(f["input_ids"]) for f in features]
+        for group in plan_micro_batches(lengths, self.token_budget):
+            for index, output in zip(group, self._run_group([features[i] for i in group], forward)):
+                results[index] = output
+        return results
+
+    def _run_group(self, group: list[Features], forward: Callable[[dict[str, Any]], list[Any]]) -> list[Any]:
+        import torch
+
+        try:
+            return forward(pad_features(group, self.pad_values, self.padding_side))
+        except torch.cuda.OutOfMemoryError:
+            if len(group) == 1:
+                raise
+            torch.cuda.empty_cache()
+            self.token_budget = max(1, self.token_budget // 2)
+            half = len(group) // 2
+            return self._run_group(group[:half], forward) + self._run_group(group[half:], forward)

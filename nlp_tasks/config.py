@@ -1,0 +1,133 @@
+"""The job's configuration: a YAML file validated at load time, errors naming the offending key."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nlp_tasks.tasks import get_task
+from nlp_tasks.tasks.base import TaskOptions
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message is one line naming the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Strict):
+    path: str
+    """A Parquet file, directory, glob, or URI that pyarrow/fsspec understands (s3://, gs://, ...)."""
+    text_column: str = "text"
+    id_column: str | None = None
+
+
+class OutputConfig(_Strict):
+    path: str
+    if_exists: Literal["error", "overwrite"] = "error"
+    errors_column: str = "errors"
+
+
+class ComputeConfig(_Strict):
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    num_gpus_per_actor: float = Field(0, ge=0)
+    num_cpus_per_actor: float = Field(1, gt=0)
+    batch_size: int = Field(256, ge=1)
+    """Rows per Ray batch handed to an actor (each is then cut into micro-batches)."""
+    token_budget: int = Field(8192, ge=1)
+    """Padded tokens per micro-batch: rows x longest row. Halved automatically on CUDA out-of-memory."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _pool_bounds(self):
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) is smaller than min_actors ({self.min_actors})")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """One output column: a task type, a model, and that task's options (any other key)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    task: str
+    model: str
+    revision: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        get_task(name)
+        return name
+
+    @cached_property
+    def options(self) -> TaskOptions:
+        """The task's own options, validated by its adapter's options class."""
+        return get_task(self.task).options_class.model_validate(self.model_extra or {})
+
+
+class JobConfig(_Strict):
+    input: InputConfig
+    output: OutputConfig
+    tasks: dict[str, TaskSpec] = Field(min_length=1)
+    compute: ComputeConfig = ComputeConfig()
+    skip_unavailable_models: bool = False
+    """True: a task whose model cannot be loaded here is reported and skipped; False: the job fails."""
+
+    @model_validator(mode="after")
+    def _column_names(self):
+        if self.output.errors_column in self.tasks:
+            raise ValueError(f"task name {self.output.errors_column!r} clashes with output.errors_column")
+        return self
+
+
+def _describe(error: ValidationError, prefix: str) -> str:
+    """One line per problem, each naming its key path."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{key}: {message}" if key else message)
+    return "; ".join(problems)
+
+
+def parse_config(data: Any, source: str = "config") -> JobConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of input, output, tasks, compute")
+    try:
+        config = JobConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error, prefix='')}") from None
+    for name, spec in config.tasks.items():
+        try:
+            spec.options
+        except ValidationError as error:
+            raise ConfigError(f"{source}: {_describe(error, prefix=f'tasks.{name}')}") from None
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate a YAML config; `overrides` maps dotted keys (e.g. "input.path") to values."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    for dotted, value in (overrides or {}).items():
+        node = data if isinstance(data, dict) else {}
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_config(data, source=str(path))

@@ -1,0 +1,101 @@
+"""Input discovery and checks before any model loads; output location handling.
+
+Paths are anything fsspec understands: a Parquet file, a directory of them, a glob, or a URI
+(s3://, gs://, ...). Every input file's footer is read up front, so that an unreadable file
+or a missing text column fails the job in one line that names the file, before inference.
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nlp_tasks.config import InputConfig, OutputConfig
+
+
+class InputError(Exception):
+    """The input cannot be annotated as configured; the message names the file and problem."""
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    filesystem: Any
+    """An fsspec filesystem."""
+    paths: list[str]
+    schema: pa.Schema
+    num_rows: int
+
+    def arrow_filesystem(self) -> Any:
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return PyFileSystem(FSSpecHandler(self.filesystem))
+
+
+def _is_data_file(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return not name.startswith(("_", ".")) and name.endswith((".parquet", ".pq"))
+
+
+def list_input_files(path: str) -> tuple[Any, list[str]]:
+    from fsspec.core import url_to_fs
+
+    filesystem, root = url_to_fs(path)
+    if globbing.has_magic(root):
+        paths = [p for p in filesystem.glob(root) if filesystem.isfile(p)]
+    elif filesystem.isdir(root):
+        paths = [p for p in filesystem.find(root) if _is_data_file(p)]
+    elif filesystem.exists(root):
+        paths = [root]
+    else:
+        raise InputError(f"input.path {path!r}: no such file or directory")
+    if not paths:
+        raise InputError(f"input.path {path!r}: no Parquet files found")
+    return filesystem, sorted(paths)
+
+
+def inspect_input(config: InputConfig) -> InputFiles:
+    """List the input files and check each one's footer and columns."""
+    filesystem, paths = list_input_files(config.path)
+    schema, num_rows = None, 0
+    for path in paths:
+        try:
+            with filesystem.open(path, "rb") as handle:
+                metadata = pq.ParquetFile(handle).metadata
+                file_schema = metadata.schema.to_arrow_schema()
+        except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
+            raise InputError(f"input file {path!r}: not a readable Parquet file ({error})") from None
+        for column in (config.text_column, config.id_column):
+            if column is not None and column not in file_schema.names:
+                raise InputError(
+                    f"input file {path!r}: no column {column!r} (columns: {', '.join(file_schema.names)})"
+                )
+        if schema is not None and not file_schema.equals(schema):
+            raise InputError(f"input file {path!r}: schema differs from {paths[0]!r}")
+        schema = file_schema
+        num_rows += metadata.num_rows
+    return InputFiles(filesystem, paths, schema, num_rows)
+
+
+def prepare_output(config: OutputConfig) -> Any:
+    """Make the output location ready: refuse or clear an existing output, as configured."""
+    from fsspec.core import url_to_fs
+
+    filesystem, root = url_to_fs(config.path)
+    if filesystem.exists(root) and (not filesystem.isdir(root) or filesystem.ls(root)):
+        if config.if_exists == "error":
+            raise InputError(
+                f"output.path {config.path!r} already exists; set output.if_exists: overwrite or choose another path"
+            )
+        filesystem.rm(root, recursive=True)
+    return filesystem, root
+
+
+def count_output_rows(filesystem: Any, root: str) -> int:
+    return sum(
+        pq.ParquetFile(filesystem.open(path, "rb")).metadata.num_rows
+        for path in filesystem.find(root) if _is_data_file(path)
+    )

@@ -1,0 +1,56 @@
+"""feature-extraction: one pooled sentence embedding per text (mean over real tokens by default)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from nlp_tasks.tasks.base import TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.registry import register
+
+
+class FeatureExtractionOptions(TaskOptions):
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = False
+
+
+def pool(hidden: Any, attention_mask: Any, pooling: str) -> Any:
+    """Pool token states into one float32 vector per sequence, ignoring padding."""
+    if pooling == "cls":
+        return hidden[:, 0].float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).float()
+
+
+def normalized(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+@register
+class FeatureExtraction(TaskAdapter):
+    name = "feature-extraction"
+    aliases = ("embedding",)
+    options_class = FeatureExtractionOptions
+    auto_class = "AutoModel"
+
+    def arrow_type(self) -> pa.DataType:
+        return pa.list_(pa.float32(), self.model.config.hidden_size)
+
+    def share_key(self):
+        return ("pooled-embedding", self.max_length, self.options.pooling)
+
+    def preprocess(self, texts, batch):
+        return single_units(self.encode(texts))
+
+    def embed(self, inputs: dict[str, Any]) -> Any:
+        inputs = self.model_inputs(inputs)
+        hidden = self.model(**inputs).last_hidden_state
+        return pool(hidden, inputs["attention_mask"], self.options.pooling)
+
+    def forward(self, inputs):
+        return list(self.embed(inputs).cpu().numpy())
+
+    def postprocess(self, text, units, outputs):
+        return normalized(outputs[0]) if self.options.normalize else outputs[0]

@@ -1,0 +1,65 @@
+"""text-classification (alias sentiment-analysis): label and score per text, or the top k."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from nlp_tasks.tasks.base import LABEL_SCORE, TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.registry import register
+
+
+class TextClassificationOptions(TaskOptions):
+    top_k: int | None = None
+    """None: the best label as a struct; k: the k best as a list, highest first (as the pipeline)."""
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+    """Default as the pipeline: sigmoid for one label or multi-label models, else softmax."""
+
+
+def score_function(config: Any, requested: str | None) -> str:
+    """The pipeline's rule for turning logits into scores."""
+    if requested:
+        return requested
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def apply_score_function(logits: np.ndarray, function: str) -> np.ndarray:
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    if function == "softmax":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    return logits
+
+
+@register
+class TextClassification(TaskAdapter):
+    name = "text-classification"
+    aliases = ("sentiment-analysis",)
+    options_class = TextClassificationOptions
+    auto_class = "AutoModelForSequenceClassification"
+
+    def arrow_type(self) -> pa.DataType:
+        return LABEL_SCORE if self.options.top_k is None else pa.list_(LABEL_SCORE)
+
+    def preprocess(self, texts, batch):
+        return single_units(self.encode(texts))
+
+    def forward(self, inputs):
+        logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()
+        return list(logits)
+
+    def postprocess(self, text, units, outputs):
+        scores = apply_score_function(outputs[0], score_function(self.model.config, self.options.function_to_apply))
+        id2label = self.model.config.id2label
+        if self.options.top_k is None:
+            best = int(scores.argmax())
+            return {"label": id2label[best], "score": float(scores[best])}
+        ranked = np.argsort(-scores, kind="stable")[: self.options.top_k]
+        return [{"label": id2label[int(i)], "score": float(scores[i])} for i in ranked]
