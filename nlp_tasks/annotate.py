@@ -31,6 +31,9 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[st
 
     first = next(iter(specs.values()))
     auto_class = get_task(first.task).auto_class
+    if any((s.model, s.revision, get_task(s.task).auto_class) != (first.model, first.revision, auto_class)
+           for s in specs.values()):
+        raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
     loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype)
     if loaded.device.type == "cpu":
         torch.set_num_threads(max(1, int(compute.num_cpus_per_actor)))
@@ -65,7 +68,7 @@ class Annotator:
         problems = [text_problem(value) for value in raw]
         clean = [row for row, problem in enumerate(problems) if problem is None]
         texts = [as_text(raw[row]) for row in clean]
-        clean_batch = batch.take(clean)
+        clean_batch = batch.take(pa.array(clean, type=pa.int64()))
         shared: dict[Any, _ModelRun] = {}
         for column, adapter in self.adapters.items():
             key = adapter.share_key()
@@ -82,7 +85,7 @@ class Annotator:
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> _ModelRun:
         import torch
 
-        prepared = adapter.preprocess(texts, clean_batch)
+        prepared = adapter.preprocess(texts, clean_batch) if texts else []
         units, owners = [], []
         for position, row_units in enumerate(prepared):
             if not isinstance(row_units, RowError):

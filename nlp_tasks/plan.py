@@ -58,15 +58,22 @@ def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
     return list(groups.values())
 
 
-def check_cpu_reservations(stages: int, compute: ComputeConfig, cluster_cpus: float) -> None:
-    """Actor pools must leave a CPU for reading and writing, or the job deadlocks waiting for one."""
+def check_cpu_reservations(stages: int, compute: ComputeConfig, cluster_cpus: float, fixed_size: bool) -> None:
+    """Actor pools must leave a CPU for reading and writing, or the job stalls waiting for one.
+
+    On a fixed-size cluster (the embedded local Ray) that is an error; a cluster that can
+    autoscale may still grow, so there it is a warning.
+    """
     reserved = stages * compute.min_actors * compute.num_cpus_per_actor
     if reserved > cluster_cpus - 1:
-        raise InputError(
+        message = (
             f"compute: {stages} actor pool(s) x min_actors {compute.min_actors} x num_cpus_per_actor "
             f"{compute.num_cpus_per_actor} reserve {reserved:g} of the cluster's {cluster_cpus:g} CPUs; "
             "leave at least one for reading and writing"
         )
+        if fixed_size:
+            raise InputError(message)
+        log.warning(message)
 
 
 def run_job(config: JobConfig) -> JobResult:
@@ -91,8 +98,7 @@ def run_job(config: JobConfig) -> JobResult:
 
     compute = config.compute
     groups = group_by_model(tasks)
-    if started_here:
-        check_cpu_reservations(len(groups), compute, ray.cluster_resources().get("CPU", 0))
+    check_cpu_reservations(len(groups), compute, ray.cluster_resources().get("CPU", 0), fixed_size=started_here)
 
     dataset = ray.data.read_parquet(source.paths, filesystem=source.arrow_filesystem())
     for specs in groups:

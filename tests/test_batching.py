@@ -1,0 +1,45 @@
+"""Length-aware micro-batching: the token budget holds, every row is run once, order comes back."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from nlp_tasks.batching import MicroBatcher, plan_micro_batches
+
+
+def test_plan_respects_budget_and_covers_every_row_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(500)]
+    groups = plan_micro_batches(lengths, token_budget=1024)
+    assert sorted(i for group in groups for i in group) == list(range(500))
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert longest * len(group) <= 1024 or len(group) == 1
+        assert [lengths[i] for i in group] == sorted((lengths[i] for i in group), reverse=True)
+
+
+def test_oversized_row_gets_its_own_micro_batch():
+    assert plan_micro_batches([5000, 10, 10], token_budget=100) == [[0], [1, 2]]
+
+
+def test_outputs_return_in_input_order_and_padding_is_clipped():
+    rows = [{"input_ids": list(range(1, n + 1)), "attention_mask": [1] * n} for n in (3, 9, 1, 6, 9, 2)]
+    widths = []
+
+    def forward(inputs):
+        widths.append(inputs["input_ids"].shape[1])
+        return inputs["input_ids"].sum(dim=1).tolist()
+
+    batcher = MicroBatcher(token_budget=18, pad_values={"input_ids": 0})
+    assert batcher.run(rows, forward) == [sum(r["input_ids"]) for r in rows]
+    assert widths == [9, 6, 1]  # each micro-batch padded only to its own longest row
+
+
+def test_left_padding_for_decoder_models():
+    rows = [{"input_ids": [7, 8, 9], "attention_mask": [1, 1, 1]}, {"input_ids": [5], "attention_mask": [1]}]
+    seen = []
+    MicroBatcher(100, {"input_ids": 0}, padding_side="left").run(rows, lambda x: seen.append(x) or [0, 0])
+    assert torch.equal(seen[0]["input_ids"], torch.tensor([[7, 8, 9], [0, 0, 5]]))
+    assert torch.equal(seen[0]["attention_mask"], torch.tensor([[1, 1, 1], [0, 0, 1]]))

@@ -1,0 +1,128 @@
+"""The job end to end on a local Ray: Parquet in, every row out once, typed task columns; bad input exits 2."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from jobs.annotate import main
+
+import tiny_models
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def write_config(tmp_path, input_path, tasks, **extra) -> str:
+    config = {
+        "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},
+        "output": {"path": str(tmp_path / "out")},
+        "tasks": tasks,
+        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512},
+        **extra,
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Two Parquet files with clean and unclean rows."""
+    texts = tiny_models.sample_texts() + [None, "", "  "]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for part in range(2):
+        rows = {"id": [f"{part}-{i}" for i in range(len(texts))], "text": texts}
+        pq.write_table(pa.table(rows), folder / f"part-{part}.parquet")
+    return folder, 2 * len(texts)
+
+
+def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpus, capsys):
+    folder, rows = corpus
+    config = write_config(tmp_path, folder, {
+        "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"]), "top_k": 2},
+        "entities": {"task": "ner", "model": str(models["token-classification"])},
+        "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
+    })
+    assert main(["--config", config]) == 0
+    assert f"annotated {rows} of {rows} rows" in capsys.readouterr().out
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert table.num_rows == rows
+    assert sorted(table.column("id").to_pylist()) == sorted(f"{p}-{i}" for p in range(2) for i in range(rows // 2))
+    assert table.schema.field("sentiment").type == pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert pa.types.is_list(table.schema.field("entities").type)
+    by_id = {row["id"]: row for row in table.to_pylist()}
+    assert len(by_id["0-0"]["sentiment"]) == 2 and by_id["0-0"]["errors"] == []
+    assert by_id["1-12"]["sentiment"] is None and by_id["1-12"]["embedding"] is None
+    assert {e["task"] for e in by_id["1-12"]["errors"]} == {"sentiment", "entities", "embedding"}
+    assert any(row["entities"] for row in by_id.values())
+
+
+def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):
+    folder, rows = corpus
+    config = write_config(tmp_path, folder, {
+        "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
+        "summary": {"task": "summarization", "model": str(tmp_path / "no-such-model")},
+    }, skip_unavailable_models=True)
+    assert main(["--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "skipped task 'summary'" in out and "no-such-model" in out
+    assert "summary" not in pads.dataset(tmp_path / "out", format="parquet").schema.names
+
+
+def run_expecting_error(config, capsys) -> str:
+    assert main(["--config", config]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_missing_text_column_names_file_and_column(tmp_path, models, capsys):
+    pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "in.parquet")
+    config = write_config(tmp_path, tmp_path / "in.parquet",
+                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    line = run_expecting_error(config, capsys)
+    assert "in.parquet" in line and "no column 'text'" in line and "columns: id, body" in line
+
+
+def test_corrupt_parquet_names_the_file(tmp_path, models, corpus, capsys):
+    folder, _ = corpus
+    (folder / "part-9.parquet").write_bytes(b"PAR1 this is not parquet")
+    config = write_config(tmp_path, folder,
+                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    line = run_expecting_error(config, capsys)
+    assert "part-9.parquet" in line and "not a readable Parquet file" in line
+
+
+def test_missing_model_fails_before_inference(tmp_path, corpus, capsys):
+    folder, _ = corpus
+    config = write_config(tmp_path, folder, {"s": {"task": "sentiment-analysis", "model": str(tmp_path / "nope")}})
+    line = run_expecting_error(config, capsys)
+    assert line.startswith("error: tasks.s: model") and "nope" in line
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, models, corpus, capsys):
+    folder, _ = corpus
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_bytes(b"x")
+    config = write_config(tmp_path, folder,
+                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    assert "already exists" in run_expecting_error(config, capsys)
+
+
+def test_output_column_clash_with_input(tmp_path, models, capsys):
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"], "s": [1]}), tmp_path / "in.parquet")
+    config = write_config(tmp_path, tmp_path / "in.parquet",
+                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    assert "output column 's' already exists in the input" in run_expecting_error(config, capsys)
