@@ -55,8 +55,11 @@ class Annotator:
     """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str):
+        import threading
+
         from nlp_tasks.batching import MicroBatcher
 
+        self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.text_column = text_column
         self.errors_column = errors_column
         self.adapters = load_adapters(specs, compute)
@@ -85,7 +88,8 @@ class Annotator:
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> _ModelRun:
         import torch
 
-        prepared = adapter.preprocess(texts, clean_batch) if texts else []
+        with self.tokenizer_lock:
+            prepared = adapter.preprocess(texts, clean_batch) if texts else []
         units, owners = [], []
         for position, row_units in enumerate(prepared):
             if not isinstance(row_units, RowError):

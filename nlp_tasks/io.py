@@ -29,10 +29,12 @@ class InputFiles:
     schema: pa.Schema
     num_rows: int
 
-    def arrow_filesystem(self) -> Any:
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-        return PyFileSystem(FSSpecHandler(self.filesystem))
+def arrow_filesystem(filesystem: Any) -> Any:
+    """The pyarrow view of an fsspec filesystem, for Ray Data's readers and writers."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem))
 
 
 def _is_data_file(path: str) -> bool:

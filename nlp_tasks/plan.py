@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nlp_tasks.annotate import Annotator
 from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
-from nlp_tasks.io import InputError, count_output_rows, inspect_input, prepare_output
+from nlp_tasks.io import InputError, arrow_filesystem, count_output_rows, inspect_input, prepare_output
 from nlp_tasks.models import ModelUnavailable, check_available
 from nlp_tasks.tasks import get_task
 
@@ -100,7 +100,7 @@ def run_job(config: JobConfig) -> JobResult:
     groups = group_by_model(tasks)
     check_cpu_reservations(len(groups), compute, ray.cluster_resources().get("CPU", 0), fixed_size=started_here)
 
-    dataset = ray.data.read_parquet(source.paths, filesystem=source.arrow_filesystem())
+    dataset = ray.data.read_parquet(source.paths, filesystem=arrow_filesystem(source.filesystem))
     for specs in groups:
         dataset = dataset.map_batches(
             Annotator,
@@ -112,9 +112,13 @@ def run_job(config: JobConfig) -> JobResult:
             batch_size=compute.batch_size,
             num_gpus=compute.num_gpus_per_actor or None,
             num_cpus=compute.num_cpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(min_size=compute.min_actors, max_size=compute.max_actors),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=compute.min_actors, max_size=compute.max_actors,
+                max_concurrent_calls_per_actor=compute.actor_concurrency,
+                enable_true_multi_threading=compute.actor_concurrency > 1,
+            ),
         )
-    dataset.write_parquet(config.output.path)
+    dataset.write_parquet(output_root, filesystem=arrow_filesystem(output_fs))
 
     rows_out = count_output_rows(output_fs, output_root)
     if rows_out != source.num_rows:

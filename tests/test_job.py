@@ -27,7 +27,7 @@ def write_config(tmp_path, input_path, tasks, **extra) -> str:
         "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},
         "output": {"path": str(tmp_path / "out")},
         "tasks": tasks,
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512},
+        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512, "actor_concurrency": 2},
         **extra,
     }
     path = tmp_path / "job.yaml"
