@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for column, reason in result.skipped.items():
         print(f"skipped task {column!r}: {reason}")
-    print(f"annotated {result.rows_out} of {result.rows_in} rows with {', '.join(result.tasks)} "
-          f"in {result.seconds:.1f} s -> {result.output_path}")
+    print(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
+          f"output has {result.rows_out} of {result.rows_in} rows with {', '.join(result.tasks)} "
+          f"after {result.seconds:.1f} s -> {result.output_path}")
     if args.show:
         show_rows(result.output_path, args.show)
     return 0

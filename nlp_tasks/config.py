@@ -30,7 +30,9 @@ class InputConfig(_Strict):
 
 class OutputConfig(_Strict):
     path: str
-    if_exists: Literal["error", "overwrite"] = "error"
+    if_exists: Literal["resume", "overwrite", "error"] = "resume"
+    """resume: add what is not yet committed to an output made by the same config (refuse another);
+    overwrite: start again; error: refuse any existing output."""
     errors_column: str = "errors"
 
 

@@ -25,9 +25,13 @@ class InputError(Exception):
 class InputFiles:
     filesystem: Any
     """An fsspec filesystem."""
-    paths: list[str]
+    rows: dict[str, int]
+    """Row count of each input file, from its footer."""
     schema: pa.Schema
-    num_rows: int
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.rows.values())
 
 
 def arrow_filesystem(filesystem: Any) -> Any:
@@ -62,7 +66,7 @@ def list_input_files(path: str) -> tuple[Any, list[str]]:
 def inspect_input(config: InputConfig) -> InputFiles:
     """List the input files and check each one's footer and columns."""
     filesystem, paths = list_input_files(config.path)
-    schema, num_rows = None, 0
+    schema, rows = None, {}
     for path in paths:
         try:
             with filesystem.open(path, "rb") as handle:
@@ -78,26 +82,5 @@ def inspect_input(config: InputConfig) -> InputFiles:
         if schema is not None and not file_schema.equals(schema):
             raise InputError(f"input file {path!r}: schema differs from {paths[0]!r}")
         schema = file_schema
-        num_rows += metadata.num_rows
-    return InputFiles(filesystem, paths, schema, num_rows)
-
-
-def prepare_output(config: OutputConfig) -> Any:
-    """Make the output location ready: refuse or clear an existing output, as configured."""
-    from fsspec.core import url_to_fs
-
-    filesystem, root = url_to_fs(config.path)
-    if filesystem.exists(root) and (not filesystem.isdir(root) or filesystem.ls(root)):
-        if config.if_exists == "error":
-            raise InputError(
-                f"output.path {config.path!r} already exists; set output.if_exists: overwrite or choose another path"
-            )
-        filesystem.rm(root, recursive=True)
-    return filesystem, root
-
-
-def count_output_rows(filesystem: Any, root: str) -> int:
-    return sum(
-        pq.ParquetFile(filesystem.open(path, "rb")).metadata.num_rows
-        for path in filesystem.find(root) if _is_data_file(path)
-    )
+        rows[path] = metadata.num_rows
+    return InputFiles(filesystem, rows, schema)

@@ -108,6 +108,28 @@ def check_available(ref: str, revision: str | None = None) -> str:
     return resolved
 
 
+def model_fingerprint(ref: str, revision: str | None = None) -> str:
+    """What identifies the weights a task uses: the hub commit, or a digest of the checkpoint's files.
+
+    Recorded in the output's manifest so that a rerun with other weights is not mixed into it.
+    """
+    from fsspec.core import url_to_fs
+
+    location = ref if is_remote(ref) else resolve_model(ref)
+    if not is_remote(ref) and not Path(location).is_dir():
+        from huggingface_hub import snapshot_download
+
+        return "hub:" + Path(snapshot_download(location, revision=revision, local_files_only=True)).name
+    filesystem, root = url_to_fs(location)
+    root = root.rstrip("/")
+    digest = hashlib.sha256()
+    for path, info in sorted(filesystem.find(root, detail=True).items()):
+        digest.update(f"{path[len(root):]}:{info.get('size')}\n".encode())
+    with filesystem.open(root + "/config.json", "rb") as handle:
+        digest.update(handle.read())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def pick_device(device: str) -> Any:
     import torch
 

@@ -1,12 +1,15 @@
-"""The Ray Data plan: read Parquet once -> one actor pool per task -> write Parquet.
+"""The Ray Data plan: read the pending input files once -> one actor pool per model -> commit per file.
 
-Each task is a `map_batches` stage over a pool of `Annotator` actors that hold its model;
-stages are chained, so the input is read once however many tasks there are, and Ray
-streams batches through all pools at the same time.
+Tasks on the same checkpoint share a `map_batches` stage over a pool of `Annotator` actors;
+stages are chained, so the input is read once however many tasks there are, and Ray streams
+batches through all pools at the same time. Annotated batches come back to the driver, which
+commits them per input file (see `commit.py`): a rerun only processes files not yet committed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -14,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 
 from nlp_tasks.annotate import Annotator
+from nlp_tasks.commit import SOURCE_COLUMN, OutputConflict, OutputStore, Unit, UnitWriter, unit_id
 from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
-from nlp_tasks.io import InputError, arrow_filesystem, count_output_rows, inspect_input, prepare_output
-from nlp_tasks.models import ModelUnavailable, check_available
+from nlp_tasks.io import InputError, InputFiles, arrow_filesystem, inspect_input
+from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint
 from nlp_tasks.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -29,10 +33,12 @@ class JobResult:
     rows_out: int
     tasks: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    files_done_before: int = 0
+    files_processed: int = 0
     seconds: float = 0.0
 
 
-def runnable_tasks(config: JobConfig) -> tuple[dict, dict[str, str]]:
+def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
     """Tasks whose models are here (or downloadable), and the reasons for those that are not."""
     ready, skipped = {}, {}
     for column, spec in config.tasks.items():
@@ -47,6 +53,27 @@ def runnable_tasks(config: JobConfig) -> tuple[dict, dict[str, str]]:
     if not ready:
         raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
     return ready, skipped
+
+
+def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
+    """What produced an output, and a fingerprint of everything that changes its values."""
+    import ray
+    import transformers
+
+    entries = {
+        column: {
+            "task": spec.task, "model": spec.model, "revision": spec.revision,
+            "options": spec.options.model_dump(mode="json"),
+            "model_fingerprint": model_fingerprint(spec.model, spec.revision),
+        }
+        for column, spec in tasks.items()
+    }
+    columns = {"text": config.input.text_column, "id": config.input.id_column, "errors": config.output.errors_column}
+    fingerprint = hashlib.sha256(json.dumps([entries, columns], sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "fingerprint": fingerprint, "tasks": entries, "columns": columns,
+        "versions": {"ray": ray.__version__, "transformers": transformers.__version__},
+    }
 
 
 def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
@@ -76,32 +103,28 @@ def check_cpu_reservations(stages: int, compute: ComputeConfig, cluster_cpus: fl
         log.warning(message)
 
 
-def run_job(config: JobConfig) -> JobResult:
-    """Check inputs and models, run every task over the corpus, write and verify the output."""
+def pending_units(source: InputFiles, store: OutputStore) -> tuple[list[Unit], int]:
+    """Input files not yet committed (empty ones are committed on the spot), and how many were done before."""
+    committed = store.committed()
+    pending = []
+    for path, rows in source.rows.items():
+        if unit_id(path) in committed:
+            continue
+        if rows == 0:
+            store.publish_empty(Unit(path, 0))
+        else:
+            pending.append(Unit(path, rows))
+    return pending, sum(1 for path in source.rows if unit_id(path) in committed)
+
+
+def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], units: list[Unit], source: InputFiles):
+    """The lazy Ray Data plan over the pending files; rows carry their source file in SOURCE_COLUMN."""
     import ray
 
-    started = time.perf_counter()
-    source = inspect_input(config.input)
-    for column in [*config.tasks, config.output.errors_column]:
-        if column in source.schema.names:
-            raise InputError(f"tasks.{column}: output column {column!r} already exists in the input")
-    tasks, skipped = runnable_tasks(config)
-    for column, reason in skipped.items():
-        log.warning("skipping task %r: %s", column, reason)
-    output_fs, output_root = prepare_output(config.output)
-
-    started_here = not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
-    if not ray.is_initialized():
-        ray.init()
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
-
     compute = config.compute
-    groups = group_by_model(tasks)
-    check_cpu_reservations(len(groups), compute, ray.cluster_resources().get("CPU", 0), fixed_size=started_here)
-
-    dataset = ray.data.read_parquet(source.paths, filesystem=arrow_filesystem(source.filesystem))
-    for specs in groups:
+    dataset = ray.data.read_parquet([u.source for u in units], filesystem=arrow_filesystem(source.filesystem),
+                                    include_paths=True)
+    for specs in group_by_model(tasks):
         dataset = dataset.map_batches(
             Annotator,
             fn_constructor_kwargs=dict(
@@ -118,10 +141,48 @@ def run_job(config: JobConfig) -> JobResult:
                 enable_true_multi_threading=compute.actor_concurrency > 1,
             ),
         )
-    dataset.write_parquet(output_root, filesystem=arrow_filesystem(output_fs))
+    return dataset
 
-    rows_out = count_output_rows(output_fs, output_root)
+
+def run_job(config: JobConfig) -> JobResult:
+    """Check inputs and models, annotate the files not yet committed, and commit each one whole."""
+    import ray
+    from fsspec.core import url_to_fs
+
+    started = time.perf_counter()
+    source = inspect_input(config.input)
+    for column in [*config.tasks, config.output.errors_column, SOURCE_COLUMN]:
+        if column in source.schema.names:
+            raise InputError(f"input column {column!r} clashes with an output column of the same name")
+    tasks, skipped = runnable_tasks(config)
+    for column, reason in skipped.items():
+        log.warning("skipping task %r: %s", column, reason)
+
+    store = OutputStore(*url_to_fs(config.output.path))
+    try:
+        store.start(job_manifest(config, tasks), config.output.if_exists)
+    except OutputConflict as error:
+        raise InputError(str(error)) from None
+    units, done_before = pending_units(source, store)
+
+    if units:
+        started_here = not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
+        if not ray.is_initialized():
+            ray.init()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = sys.stderr.isatty()
+        context.execution_options.preserve_order = True  # files complete, and commit, one after another
+        check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
+                               fixed_size=started_here)
+        writer = UnitWriter(store, units)
+        for batch in annotated_dataset(config, tasks, units, source).iter_batches(batch_format="pyarrow",
+                                                                                 batch_size=None):
+            writer.write(batch)
+        writer.finish()
+
+    rows_out = sum(marker["rows"] for marker in store.committed().values())
     if rows_out != source.num_rows:
-        raise RuntimeError(f"output has {rows_out} rows but the input has {source.num_rows}: rows were lost")
+        raise RuntimeError(f"output has {rows_out} rows but the input has {source.num_rows}")
     return JobResult(config.output.path, source.num_rows, rows_out, list(tasks), skipped,
-                     time.perf_counter() - started)
+                     files_done_before=done_before, files_processed=len(units),
+                     seconds=time.perf_counter() - started)

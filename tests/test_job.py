@@ -55,7 +55,7 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
         "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
     })
     assert main(["--config", config]) == 0
-    assert f"annotated {rows} of {rows} rows" in capsys.readouterr().out
+    assert f"output has {rows} of {rows} rows" in capsys.readouterr().out
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.num_rows == rows
     assert sorted(table.column("id").to_pylist()) == sorted(f"{p}-{i}" for p in range(2) for i in range(rows // 2))
@@ -112,17 +112,41 @@ def test_missing_model_fails_before_inference(tmp_path, corpus, capsys):
     assert line.startswith("error: tasks.s: model") and "nope" in line
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path, models, corpus, capsys):
+def test_foreign_output_directory_is_refused(tmp_path, models, corpus, capsys):
     folder, _ = corpus
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.parquet").write_bytes(b"x")
     config = write_config(tmp_path, folder,
                           {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
-    assert "already exists" in run_expecting_error(config, capsys)
+    assert "has files but no _manifest/job.json" in run_expecting_error(config, capsys)
 
 
 def test_output_column_clash_with_input(tmp_path, models, capsys):
     pq.write_table(pa.table({"id": ["a"], "text": ["x"], "s": [1]}), tmp_path / "in.parquet")
     config = write_config(tmp_path, tmp_path / "in.parquet",
                           {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
-    assert "output column 's' already exists in the input" in run_expecting_error(config, capsys)
+    assert "input column 's' clashes with an output column" in run_expecting_error(config, capsys)
+
+
+def test_rerun_resumes_adds_new_files_and_refuses_a_changed_config(ray_local, tmp_path, models, corpus, capsys):
+    folder, rows = corpus
+    tasks = {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
+    config = write_config(tmp_path, folder, tasks)
+    assert main(["--config", config]) == 0
+    committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
+    assert len(committed) == 2 and len(list((tmp_path / "out" / "_manifest").glob("*.json"))) == 3
+    capsys.readouterr()
+
+    assert main(["--config", config]) == 0  # nothing new: nothing recomputed
+    assert "processed 0 input file(s) (2 already committed)" in capsys.readouterr().out
+    pq.write_table(pa.table({"id": ["new-0", "new-1"], "text": ["Paris is big.", None]}), folder / "part-2.parquet")
+    assert main(["--config", config]) == 0  # the nightly case: one new file
+    assert "processed 1 input file(s) (2 already committed)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")
+            if p.name in committed} == committed
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert table.num_rows == rows + 2 and len(set(table.column("id").to_pylist())) == rows + 2
+
+    changed = write_config(tmp_path, folder, {"s": {**tasks["s"], "top_k": 2}})
+    line = run_expecting_error(changed, capsys)
+    assert "produced by a different config or model (changed: s)" in line
