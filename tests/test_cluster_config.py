@@ -1,0 +1,173 @@
+"""cluster.yaml and k8s/rayjob.yaml are valid, and fit what jobs/configs/nightly.yaml asks for.
+
+cluster.yaml goes through the same preparation and validation as `ray up` before it talks to
+AWS: defaults merged, then checked against the launcher's JSON schema that the ray package
+ships. No RayJob CRD schema ships offline, so the manifest gets a hand-written check of the
+fields KubeRay needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from nlp_tasks.config import load_config
+from nlp_tasks.plan import group_by_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+RAYJOB_DOCS = list(yaml.safe_load_all((ROOT / "k8s" / "rayjob.yaml").read_text()))
+NIGHTLY = "jobs/configs/nightly.yaml"
+RAY_MINOR = ".".join(ray.__version__.split(".")[:2])
+PROJECT_VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+
+
+def cpus(quantity: str | int) -> float:
+    """A Kubernetes CPU quantity ("4", "3500m") in CPUs."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def launcher_check(config: dict) -> None:
+    """What `ray up` does to a config before contacting the cloud; raises on an invalid one."""
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def gpus_needed(config_path: str) -> float:
+    """GPUs the job holds at its smallest: every actor pool starts with min_actors actors."""
+    config = load_config(ROOT / config_path)
+    return len(group_by_model(config.tasks)) * config.compute.min_actors * config.compute.num_gpus_per_actor
+
+
+def test_cluster_yaml_passes_the_launchers_schema_as_written_and_as_prepared():
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(CLUSTER, schema)
+    launcher_check(CLUSTER)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    pytest.param(lambda c: c.update(idle_timeout_minute=5), "'idle_timeout_minute' was unexpected",
+                 id="top-level-typo"),
+    pytest.param(lambda c: c["available_node_types"]["gpu_worker"].update(min_worker=0), "'min_worker' was unexpected",
+                 id="node-type-typo"),
+    pytest.param(lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU="1"),
+                 "'1' is not of type 'integer'", id="string-resource"),
+    pytest.param(lambda c: c.update(head_node_type="ray.head.default"), "head_node_type", id="unknown-head-type"),
+])
+def test_launcher_rejects_a_broken_copy(mutate, message):
+    broken = copy.deepcopy(CLUSTER)
+    mutate(broken)
+    with pytest.raises((jsonschema.ValidationError, ValueError), match=re.escape(message)):
+        launcher_check(broken)
+
+
+def test_cluster_yaml_shape():
+    head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
+    workers = {name: spec for name, spec in CLUSTER["available_node_types"].items() if spec is not head}
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"]["CPU"] >= 2
+    [(name, worker)] = workers.items()
+    assert (worker["min_workers"], worker["max_workers"], worker["resources"]["GPU"]) == (0, 8, 1)
+    assert 1 <= CLUSTER["idle_timeout_minutes"] <= 60
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_MINOR)}\.\d+-py3\d+-gpu", CLUSTER["docker"]["image"])
+    assert any(f"v{PROJECT_VERSION}" in command for command in CLUSTER["setup_commands"]), (
+        f"setup_commands should install this release, v{PROJECT_VERSION}"
+    )
+
+
+def test_cluster_yaml_has_room_for_the_nightly_job():
+    worker = CLUSTER["available_node_types"]["gpu_worker"]
+    compute = load_config(ROOT / NIGHTLY).compute
+    assert worker["resources"]["CPU"] >= compute.num_cpus_per_actor
+    assert worker["max_workers"] * worker["resources"]["GPU"] >= gpus_needed(NIGHTLY), "the job would wait forever"
+
+
+def rayjob_problems(doc: dict) -> list[str]:
+    """What a RayJob (ray.io/v1) manifest lacks for this project; empty when it is complete."""
+    problems = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    need(doc.get("apiVersion") == "ray.io/v1", "apiVersion: ray.io/v1")
+    need(doc.get("kind") == "RayJob", "kind: RayJob")
+    name = (doc.get("metadata") or {}).get("name", "")
+    need(bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)), "metadata.name: a DNS-1123 label")
+    spec = doc.get("spec") or {}
+    need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip() != "", "spec.entrypoint")
+    runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "null")
+    need(isinstance(runtime_env, dict) and bool(runtime_env.get("working_dir")) and bool(runtime_env.get("pip")),
+         "spec.runtimeEnvYAML: a mapping with working_dir and pip")
+    need(spec.get("shutdownAfterJobFinishes") is True, "spec.shutdownAfterJobFinishes: true")
+    need(isinstance(spec.get("ttlSecondsAfterFinished"), int) and spec["ttlSecondsAfterFinished"] >= 0,
+         "spec.ttlSecondsAfterFinished: seconds")
+    cluster = spec.get("rayClusterSpec") or {}
+    head = cluster.get("headGroupSpec") or {}
+    need(isinstance(head.get("rayStartParams"), dict), "headGroupSpec.rayStartParams")
+    head_containers = ((head.get("template") or {}).get("spec") or {}).get("containers") or []
+    need(bool(head_containers) and all(c.get("name") and c.get("image") for c in head_containers),
+         "headGroupSpec.template.spec.containers with name and image")
+    groups = cluster.get("workerGroupSpecs") or []
+    need(bool(groups), "rayClusterSpec.workerGroupSpecs")
+    for index, group in enumerate(groups):
+        where = f"workerGroupSpecs[{index}]"
+        need(bool(group.get("groupName")), f"{where}.groupName")
+        need(isinstance(group.get("rayStartParams"), dict), f"{where}.rayStartParams")
+        bounds = [group.get(key) for key in ("minReplicas", "replicas", "maxReplicas")]
+        need(all(isinstance(b, int) for b in bounds) and bounds == sorted(bounds), f"{where}: min <= replicas <= max")
+        containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or []
+        need(bool(containers) and all(c.get("name") and c.get("image") for c in containers),
+             f"{where}.template.spec.containers with name and image")
+        need(any(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu") == 1 for c in containers),
+             f"{where}: a container with limits nvidia.com/gpu: 1")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict:
+    assert len(RAYJOB_DOCS) == 1, "k8s/rayjob.yaml should hold one document"
+    return RAYJOB_DOCS[0]
+
+
+def test_rayjob_has_the_fields_kuberay_needs(rayjob):
+    assert rayjob_problems(rayjob) == []
+    assert rayjob["spec"]["entrypoint"] == f"python -m jobs.annotate --config {NIGHTLY}"
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    images = [c["image"] for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+              for c in group["template"]["spec"]["containers"]]
+    assert cluster["rayVersion"].startswith(f"{RAY_MINOR}.")
+    assert all(image.startswith(f"rayproject/ray:{cluster['rayVersion']}-") for image in images)
+    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert f"v{PROJECT_VERSION}" in runtime_env["working_dir"]
+    assert any(f"v{PROJECT_VERSION}" in package for package in runtime_env["pip"])
+
+
+@pytest.mark.parametrize("mutate, problem", [
+    pytest.param(lambda d: d.update(kind="RayJobs"), "kind: RayJob", id="kind-typo"),
+    pytest.param(lambda d: d["spec"].pop("entrypoint"), "spec.entrypoint", id="no-entrypoint"),
+    pytest.param(lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+                 ["resources"]["limits"].pop("nvidia.com/gpu"),
+                 "workerGroupSpecs[0]: a container with limits nvidia.com/gpu: 1", id="no-gpu-limit"),
+    pytest.param(lambda d: d["spec"].update(runtimeEnvYAML="pip: [s3fs]"),
+                 "spec.runtimeEnvYAML: a mapping with working_dir and pip", id="no-working-dir"),
+])
+def test_rayjob_check_notices_a_missing_field(rayjob, mutate, problem):
+    broken = copy.deepcopy(rayjob)
+    mutate(broken)
+    assert problem in rayjob_problems(broken)
+
+
+def test_rayjob_has_room_for_the_nightly_job(rayjob):
+    compute = load_config(ROOT / NIGHTLY).compute
+    [group] = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert cpus(limits["cpu"]) >= compute.num_cpus_per_actor
+    assert group["maxReplicas"] * limits["nvidia.com/gpu"] >= gpus_needed(NIGHTLY), "the job would wait forever"
