@@ -13,6 +13,7 @@ import sys
 
 from nlp_tasks.config import ConfigError, load_config
 from nlp_tasks.io import InputError
+from nlp_tasks.report import summary
 
 EXIT_BAD_INPUT = 2
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for column, reason in result.skipped.items():
         print(f"skipped task {column!r}: {reason}")
+    print(summary(result.report))
+    print(f"report: {result.report_path} (and .html)")
     print(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
           f"output has {result.rows_out} of {result.rows_in} rows with {', '.join(result.tasks)} "
           f"after {result.seconds:.1f} s -> {result.output_path}")

@@ -5,21 +5,29 @@ Arrow batch it sets aside rows whose text is unusable, tokenizes the rest into u
 the model on length-sorted micro-batches, postprocesses per row, and returns the batch with
 one more typed column per task and the per-row `errors` list extended. Tasks whose forward
 passes are identical (same `share_key`) run the model once. No row is ever dropped.
+
+A row may have many units (the windows of a long text, the hypotheses of zero-shot): they are
+micro-batched together with the other rows' units and regrouped per row, so each row's value is
+assembled once, in input order. Multi-level tasks (map-reduce summarization) run level after
+level, each level batched over all rows of the batch that need it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from typing import Any
 
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.tasks.base import RowError, TaskAdapter
+from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
 
 ERROR = pa.struct([("task", pa.string()), ("message", pa.string())])
 ERRORS = pa.list_(ERROR)
+
+RowResult = tuple[list[Features], list[Any]] | RowError
+"""One clean row after the model ran: its units and their outputs, or why the task cannot annotate it."""
 
 
 def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[str, TaskAdapter]:
@@ -41,20 +49,11 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[st
         return {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
 
 
-@dataclass
-class _ModelRun:
-    """One adapter's units for a batch and the model's outputs for them."""
-
-    prepared: list
-    units: list
-    owners: list[int]
-    outputs: list
-
-
 class Annotator:
     """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
 
-    def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str):
+    def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
+                 stats_actor: str | None = None):
         import threading
 
         from nlp_tasks.batching import MicroBatcher
@@ -63,6 +62,7 @@ class Annotator:
         self.text_column = text_column
         self.errors_column = errors_column
         self.adapters = load_adapters(specs, compute)
+        self.stats = _stats_actor(stats_actor)
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget, some.pad_values(), some.padding_side)
 
@@ -72,50 +72,69 @@ class Annotator:
         clean = [row for row, problem in enumerate(problems) if problem is None]
         texts = [as_text(raw[row]) for row in clean]
         clean_batch = batch.take(pa.array(clean, type=pa.int64()))
-        shared: dict[Any, _ModelRun] = {}
+        shared: dict[Any, list[RowResult]] = {}
         for column, adapter in self.adapters.items():
+            started = time.perf_counter()
             key = adapter.share_key()
-            run = shared.get(key) if key is not None else None
-            if run is None:
-                run = self._run_model(adapter, texts, clean_batch)
+            results = shared.get(key) if key is not None else None
+            if results is None:
+                results = self._run_model(adapter, texts, clean_batch)
                 if key is not None:
-                    shared[key] = run
-            values, errors = self._postprocess(adapter, run, texts, clean, problems)
-            batch = with_errors(batch.append_column(column, pa.array(values, type=adapter.arrow_type())),
+                    shared[key] = results
+            values, errors = self._postprocess(adapter, results, texts, clean, problems)
+            field = pa.field(column, adapter.arrow_type(), metadata=adapter.column_metadata())
+            batch = with_errors(batch.append_column(field, pa.array(values, type=field.type)),
                                 self.errors_column, column, errors)
+            if self.stats is not None:
+                tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
+                             for unit in result[0])
+                annotated = sum(value is not None for value in values)
+                self.stats.record.remote(column, annotated, tokens, time.perf_counter() - started)
         return batch
 
-    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> _ModelRun:
+    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> list[RowResult]:
+        """Each clean row's units and their outputs (of its last level), or its RowError."""
         import torch
 
         with self.tokenizer_lock:
-            prepared = adapter.preprocess(texts, clean_batch) if texts else []
-        units, owners = [], []
-        for position, row_units in enumerate(prepared):
-            if not isinstance(row_units, RowError):
-                units.extend(row_units)
-                owners.extend([position] * len(row_units))
-        with torch.inference_mode():
-            outputs = self.batcher.run(units, adapter.forward)
-        return _ModelRun(prepared, units, owners, outputs)
+            pending = adapter.preprocess(texts, clean_batch) if texts else []
+        results: list[RowResult] = list(pending)
+        todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
+        while todo:
+            with torch.inference_mode():
+                outputs = iter(self.batcher.run([unit for row in todo for unit in pending[row]], adapter.forward))
+            for row in todo:
+                results[row] = (pending[row], [next(outputs) for _ in pending[row]])
+            with self.tokenizer_lock:
+                follow_ups = adapter.next_level([results[row] for row in todo])
+            for row, follow_up in zip(todo, follow_ups):
+                if isinstance(follow_up, RowError):
+                    results[row] = follow_up
+                elif follow_up is not None:
+                    pending[row] = follow_up
+            todo = [row for row, follow_up in zip(todo, follow_ups) if isinstance(follow_up, list)]
+        return results
 
     @staticmethod
-    def _postprocess(adapter, run: _ModelRun, texts, clean, problems) -> tuple[list[Any], list[str | None]]:
+    def _postprocess(adapter, results: list[RowResult], texts, clean, problems) -> tuple[list[Any], list[str | None]]:
         """Each row's value and error message (None where the row was annotated)."""
-        grouped: dict[int, tuple[list, list]] = {}
-        for owner, unit, output in zip(run.owners, run.units, run.outputs):
-            row_units, row_outputs = grouped.setdefault(owner, ([], []))
-            row_units.append(unit)
-            row_outputs.append(output)
         values: list[Any] = [None] * len(problems)
         errors = list(problems)
-        for position, row_units in enumerate(run.prepared):
-            if isinstance(row_units, RowError):
-                errors[clean[position]] = str(row_units)
+        for position, result in enumerate(results):
+            if isinstance(result, RowError):
+                errors[clean[position]] = str(result)
             else:
-                units, outputs = grouped[position]
-                values[clean[position]] = adapter.postprocess(texts[position], units, outputs)
+                values[clean[position]] = adapter.postprocess(texts[position], *result)
         return values, errors
+
+
+def _stats_actor(name: str | None) -> Any:
+    """The run's TaskStats actor, when running under the job (None in-process)."""
+    if name is None:
+        return None
+    import ray
+
+    return ray.get_actor(name)
 
 
 def with_errors(batch: pa.Table, errors_column: str, task: str, messages: list[str | None]) -> pa.Table:

@@ -9,11 +9,13 @@ commits them per input file (see `commit.py`): a rerun only processes files not 
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import version
 import json
 import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from nlp_tasks.annotate import Annotator
@@ -21,6 +23,7 @@ from nlp_tasks.commit import SOURCE_COLUMN, OutputConflict, OutputStore, Unit, U
 from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
 from nlp_tasks.io import InputError, InputFiles, arrow_filesystem, inspect_input
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint
+from nlp_tasks.report import STATS_ACTOR_PREFIX, RunReport, TaskStats, write_report
 from nlp_tasks.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ class JobResult:
     files_done_before: int = 0
     files_processed: int = 0
     seconds: float = 0.0
+    report: dict | None = None
+    report_path: str | None = None
 
 
 def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
@@ -57,9 +62,6 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
 
 def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
     """What produced an output, and a fingerprint of everything that changes its values."""
-    import ray
-    import transformers
-
     entries = {
         column: {
             "task": spec.task, "model": spec.model, "revision": spec.revision,
@@ -72,7 +74,7 @@ def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
     fingerprint = hashlib.sha256(json.dumps([entries, columns], sort_keys=True).encode()).hexdigest()[:16]
     return {
         "fingerprint": fingerprint, "tasks": entries, "columns": columns,
-        "versions": {"ray": ray.__version__, "transformers": transformers.__version__},
+        "versions": {name: version(name) for name in ("nlp-tasks", "ray", "transformers", "torch")},
     }
 
 
@@ -117,7 +119,8 @@ def pending_units(source: InputFiles, store: OutputStore) -> tuple[list[Unit], i
     return pending, sum(1 for path in source.rows if unit_id(path) in committed)
 
 
-def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], units: list[Unit], source: InputFiles):
+def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], units: list[Unit], source: InputFiles,
+                      stats_actor: str | None = None):
     """The lazy Ray Data plan over the pending files; rows carry their source file in SOURCE_COLUMN."""
     import ray
 
@@ -130,6 +133,7 @@ def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], units: list
             fn_constructor_kwargs=dict(
                 specs=specs, compute=compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
+                stats_actor=stats_actor,
             ),
             batch_format="pyarrow",
             batch_size=compute.batch_size,
@@ -159,12 +163,15 @@ def run_job(config: JobConfig) -> JobResult:
         log.warning("skipping task %r: %s", column, reason)
 
     store = OutputStore(*url_to_fs(config.output.path))
+    job = job_manifest(config, tasks)
     try:
-        store.start(job_manifest(config, tasks), config.output.if_exists)
+        store.start(job, config.output.if_exists)
     except OutputConflict as error:
         raise InputError(str(error)) from None
     units, done_before = pending_units(source, store)
 
+    report = RunReport(list(tasks), config.output.errors_column)
+    task_stats, stage_stats = {}, "nothing to do: every input file was already committed"
     if units:
         started_here = not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
         if not ray.is_initialized():
@@ -174,15 +181,23 @@ def run_job(config: JobConfig) -> JobResult:
         context.execution_options.preserve_order = True  # files complete, and commit, one after another
         check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
                                fixed_size=started_here)
+        stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
+        stats = ray.remote(num_cpus=0)(TaskStats).options(name=stats_name).remote()
         writer = UnitWriter(store, units)
-        for batch in annotated_dataset(config, tasks, units, source).iter_batches(batch_format="pyarrow",
-                                                                                 batch_size=None):
+        dataset = annotated_dataset(config, tasks, units, source, stats_name)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             writer.write(batch)
+            report.observe(batch)
         writer.finish()
+        task_stats, stage_stats = ray.get(stats.summary.remote()), dataset.stats()
+        ray.kill(stats)
 
     rows_out = sum(marker["rows"] for marker in store.committed().values())
     if rows_out != source.num_rows:
         raise RuntimeError(f"output has {rows_out} rows but the input has {source.num_rows}")
-    return JobResult(config.output.path, source.num_rows, rows_out, list(tasks), skipped,
-                     files_done_before=done_before, files_processed=len(units),
-                     seconds=time.perf_counter() - started)
+    result = JobResult(config.output.path, source.num_rows, rows_out, list(tasks), skipped,
+                       files_done_before=done_before, files_processed=len(units),
+                       seconds=time.perf_counter() - started)
+    result.report = report.to_dict(job, result, task_stats, stage_stats)
+    result.report_path = write_report(store.filesystem, store.root, result.report)
+    return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -67,6 +69,17 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert by_id["1-12"]["sentiment"] is None and by_id["1-12"]["embedding"] is None
     assert {e["task"] for e in by_id["1-12"]["errors"]} == {"sentiment", "entities", "embedding"}
     assert any(row["entities"] for row in by_id.values())
+
+    report_files = sorted((tmp_path / "out" / "_reports").iterdir())
+    assert [p.suffix for p in report_files] == [".html", ".json"]
+    report = json.loads(report_files[1].read_text())
+    assert report["rows_in"] == report["rows_out"] == rows and report["rows_with_errors"] == 6
+    assert {"task": "sentiment", "message": "text is empty or whitespace", "rows": 4} in report["errors_by_reason"]
+    assert report["throughput"]["sentiment"]["rows"] == rows - 6 and report["throughput"]["sentiment"]["tokens_per_s"] > 0
+    assert sum(report["distributions"]["sentiment"].values()) == rows - 6
+    assert set(report["distributions"]["entities"]) <= {"PER", "ORG", "LOC"}
+    assert report["tasks"]["sentiment"]["model_fingerprint"].startswith("sha256:")
+    assert "<svg" in report_files[0].read_text()
 
 
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):

@@ -1,0 +1,181 @@
+"""The run report: what a run did, for machines (JSON) and for people (a summary and an HTML page).
+
+Written next to the output as `_reports/run-<UTC time>.{json,html}`: rows in and out, rows with
+errors by reason, per-task throughput measured inside the actors (rows/s and tokens/s of model
+time), wall time per stage, models and their fingerprints, the config fingerprint, library
+versions, and the distribution of labels or entity types per task.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+STATS_ACTOR_PREFIX = "nlp-tasks-stats-"
+
+
+class TaskStats:
+    """Ray actor (num_cpus=0) that sums what each Annotator reports per batch: rows, tokens, seconds."""
+
+    def __init__(self):
+        self.totals: dict[str, dict[str, float]] = defaultdict(lambda: {"rows": 0, "tokens": 0, "seconds": 0.0})
+
+    def record(self, task: str, rows: int, tokens: int, seconds: float) -> None:
+        totals = self.totals[task]
+        totals["rows"] += rows
+        totals["tokens"] += tokens
+        totals["seconds"] += seconds
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {task: dict(totals) for task, totals in self.totals.items()}
+
+
+def label_values(column: pa.ChunkedArray) -> pa.Array | None:
+    """The labels a task column holds, for its distribution: each row's best label, or every entity's type."""
+    array = column.combine_chunks().drop_null()
+    kind = array.type
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        if kind.value_type.get_field_index("entity_group") >= 0:
+            return pc.list_flatten(array).field("entity_group")
+        if kind.value_type.get_field_index("label") >= 0:  # top_k lists: best first
+            return pc.list_element(array, 0).field("label") if len(array) else None
+    if pa.types.is_struct(kind) and kind.get_field_index("label") >= 0:
+        return array.field("label")
+    if pa.types.is_struct(kind) and kind.get_field_index("labels") >= 0:
+        return pc.list_element(array.field("labels"), 0) if len(array) else None
+    return None
+
+
+@dataclass
+class RunReport:
+    """Accumulates per-batch observations on the driver while the output streams in."""
+
+    tasks: list[str]
+    errors_column: str
+    started: float = field(default_factory=time.perf_counter)
+    rows: int = 0
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+    rows_with_errors: int = 0
+    distributions: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    def observe(self, batch: pa.Table) -> None:
+        self.rows += batch.num_rows
+        self.timeline.append((round(time.perf_counter() - self.started, 3), self.rows))
+        for row_errors in batch.column(self.errors_column).to_pylist():
+            self.rows_with_errors += bool(row_errors)
+            for error in row_errors or []:
+                self.errors[(error["task"], error["message"])] += 1
+        for task in self.tasks:
+            values = label_values(batch.column(task))
+            if values is not None:
+                for item in pc.value_counts(values.drop_null()).to_pylist():
+                    self.distributions[task][item["values"]] += item["counts"]
+
+    def to_dict(self, job: dict, result: Any, task_stats: dict, stage_stats: str) -> dict:
+        throughput = {
+            task: {
+                "rows": int(stats["rows"]), "tokens": int(stats["tokens"]), "model_seconds": round(stats["seconds"], 3),
+                "rows_per_s": round(stats["rows"] / stats["seconds"], 2) if stats["seconds"] else None,
+                "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None,
+            }
+            for task, stats in sorted(task_stats.items())
+        }
+        return {
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "output": result.output_path,
+            "rows_in": result.rows_in,
+            "rows_out": result.rows_out,
+            "rows_this_run": self.rows,
+            "files_processed": result.files_processed,
+            "files_already_committed": result.files_done_before,
+            "seconds": round(result.seconds, 2),
+            "rows_with_errors": self.rows_with_errors,
+            "errors_by_reason": [
+                {"task": task, "message": message, "rows": count}
+                for (task, message), count in self.errors.most_common()
+            ],
+            "skipped_tasks": result.skipped,
+            "throughput": throughput,
+            "distributions": {task: dict(counts.most_common()) for task, counts in self.distributions.items()},
+            "timeline": self.timeline,
+            "config_fingerprint": job["fingerprint"],
+            "tasks": job["tasks"],
+            "versions": job["versions"],
+            "stage_stats": stage_stats,
+        }
+
+
+def summary(report: dict) -> str:
+    """The human summary printed at the end of a run."""
+    lines = [
+        f"rows: {report['rows_in']} in, {report['rows_out']} out "
+        f"({report['rows_this_run']} this run, {report['files_processed']} file(s); "
+        f"{report['files_already_committed']} already committed) in {report['seconds']} s",
+        f"rows with errors: {report['rows_with_errors']}",
+    ]
+    lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
+    for task, stats in report["throughput"].items():
+        lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
+                     f"({stats['model_seconds']} s of actor time)")
+    for task, counts in report["distributions"].items():
+        top = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:6])
+        lines.append(f"{task} distribution: {top}")
+    return "\n".join(lines)
+
+
+def _bars(counts: dict[str, int], width: int = 420) -> str:
+    if not counts:
+        return "<p>none</p>"
+    peak = max(counts.values())
+    rows = []
+    for index, (label, count) in enumerate(counts.items()):
+        y = index * 22
+        length = max(1, int(width * count / peak))
+        rows.append(f'<text x="0" y="{y + 14}">{html.escape(str(label))}</text>'
+                    f'<rect x="160" y="{y + 3}" width="{length}" height="15" fill="#4c78a8"/>'
+                    f'<text x="{166 + length}" y="{y + 14}">{count}</text>')
+    return f'<svg width="{width + 240}" height="{22 * len(counts) + 6}" font-size="12">{"".join(rows)}</svg>'
+
+
+def _line(points: list[tuple[float, int]], width: int = 600, height: int = 220) -> str:
+    if len(points) < 2:
+        return "<p>too few batches to plot</p>"
+    last_t, last_rows = points[-1][0] or 1, points[-1][1] or 1
+    path = " ".join(f"{40 + (width - 60) * t / last_t:.1f},{height - 30 - (height - 50) * r / last_rows:.1f}"
+                    for t, r in points)
+    return (f'<svg width="{width}" height="{height}" font-size="12">'
+            f'<polyline fill="none" stroke="#4c78a8" stroke-width="2" points="{path}"/>'
+            f'<text x="40" y="{height - 8}">0 s</text><text x="{width - 60}" y="{height - 8}">{last_t:.0f} s</text>'
+            f'<text x="0" y="16">{last_rows} rows</text></svg>')
+
+
+def to_html(report: dict) -> str:
+    """A self-contained page: rows committed over time and each task's label distribution."""
+    sections = [f"<h2>Rows annotated over time</h2>{_line(report['timeline'])}"]
+    for task, counts in report["distributions"].items():
+        sections.append(f"<h2>{html.escape(task)}: label distribution</h2>{_bars(counts)}")
+    return (
+        "<!doctype html><meta charset='utf-8'><title>nlp-tasks run report</title>"
+        "<body style='font-family:sans-serif;max-width:60em;margin:2em auto'>"
+        f"<h1>Run report</h1><pre>{html.escape(summary(report))}</pre>{''.join(sections)}"
+        f"<h2>Stages</h2><pre>{html.escape(report['stage_stats'])}</pre></body>"
+    )
+
+
+def write_report(filesystem: Any, output_root: str, report: dict) -> str:
+    """Write the JSON and HTML next to the output; returns the JSON's path."""
+    stamp = report["finished_at"].replace(":", "").replace("-", "")
+    folder = output_root.rstrip("/") + "/_reports"
+    filesystem.makedirs(folder, exist_ok=True)
+    for suffix, text in (("json", json.dumps(report, indent=2)), ("html", to_html(report))):
+        with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:
+            handle.write(text.encode())
+    return f"{folder}/run-{stamp}.json"
