@@ -1,17 +1,18 @@
 """The shape every task adapter has: preprocess -> forward -> postprocess, each batched.
 
 An adapter turns each clean text into one or more token sequences ("units": one for most
-tasks, one per candidate label for zero-shot), runs the model on length-sorted micro-batches
-of units, and folds each row's unit outputs into one typed Arrow value.
+tasks, one per candidate label for zero-shot, one per window of a long text with
+`long_text: chunk`), runs the model on length-sorted micro-batches of units, and folds each
+row's unit outputs into one typed Arrow value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlp_tasks.batching import Features
 
@@ -21,8 +22,30 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    supports_chunk: ClassVar[bool] = False
+    """Whether the task can cover a long text with windows (`long_text: chunk`)."""
+
     max_length: int | None = None
-    """Truncate inputs to this many tokens (default: the model's window)."""
+    """Truncate inputs to this many tokens (default: the model's window); with chunk, the size of each window."""
+    long_text: Literal["truncate", "chunk"] = "truncate"
+    """A text longer than the window is truncated, or (chunk) covered by overlapping windows."""
+    stride: int | None = Field(None, ge=0)
+    """With chunk: tokens shared by consecutive windows (default: 1/8 of the window)."""
+
+    @field_validator("long_text")
+    @classmethod
+    def _chunk_supported(cls, mode: str) -> str:
+        if mode == "chunk" and not cls.supports_chunk:
+            raise ValueError("this task only truncates long texts (long_text: truncate); 'chunk' is not supported")
+        return mode
+
+
+class ChunkScoresOptions(TaskOptions):
+    """Options of classification tasks, which score every window of a chunked text and aggregate the scores."""
+
+    supports_chunk: ClassVar[bool] = True
+    chunk_aggregation: Literal["mean", "max"] = "mean"
+    """With chunk: a label's score is the mean of its window scores, or the highest one."""
 
 
 class RowError(Exception):
@@ -52,6 +75,10 @@ class TaskAdapter:
         self.model = loaded.model
         self.device = loaded.device
         self.options = options
+        if options.long_text == "chunk":
+            room = self.max_length - self.reserved_tokens() - self.tokenizer.num_special_tokens_to_add()
+            if self.stride >= room:
+                raise ValueError(f"stride {self.stride} must be smaller than the {room} text tokens a window holds")
 
     @property
     def max_length(self) -> int:
@@ -60,11 +87,29 @@ class TaskAdapter:
                   getattr(self.model.config, "max_position_embeddings", None)]
         return min(limit for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000)
 
+    @property
+    def stride(self) -> int:
+        """Tokens shared by consecutive windows with `long_text: chunk`."""
+        return self.options.stride if self.options.stride is not None else self.max_length // 8
+
+    def reserved_tokens(self) -> int:
+        """Tokens of each window that hold something other than the text (a prefix, a hypothesis): see text_windows."""
+        return 0
+
     def pad_values(self) -> dict[str, int]:
         return {"input_ids": self.tokenizer.pad_token_id or 0}
 
     def arrow_type(self) -> pa.DataType:
         raise NotImplementedError
+
+    def column_metadata(self) -> dict[str, str] | None:
+        """Arrow field metadata of the column: how long texts were chunked (values then aggregate windows)."""
+        if self.options.long_text == "truncate":
+            return None
+        metadata = {"long_text": "chunk", "window": str(self.max_length), "stride": str(self.stride)}
+        if isinstance(self.options, ChunkScoresOptions):
+            metadata["chunk_aggregation"] = self.options.chunk_aggregation
+        return metadata
 
     def share_key(self) -> Any:
         """Tasks on one model with equal non-None keys have identical preprocess and forward: run them once."""
@@ -82,12 +127,48 @@ class TaskAdapter:
         """Fold one row's units and their outputs into the Python value of its Arrow column."""
         raise NotImplementedError
 
+    def next_level(self, rows: list[tuple[list[Features], list[Any]]]) -> list[list[Features] | RowError | None]:
+        """For multi-level tasks (map-reduce summarization): given each row's units and outputs, the units of
+        the row's next level, or None where the row is done. The actor runs each level over all rows at once."""
+        return [None] * len(rows)
+
     # Helpers shared by the adapters.
 
     def encode(self, texts: list[str], **kwargs: Any) -> list[Features]:
         """Tokenize without padding, truncated to the window; one features dict per text."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
         return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+
+    def encode_units(self, texts: list[str], **kwargs: Any) -> list[list[Features]]:
+        """Each text's units: one truncated to the window, or with chunk the overlapping windows covering it all.
+
+        Chunk uses the fast tokenizer's overflow with stride (as the token-classification pipeline does), for
+        all texts in one call; every window keeps the tokenizer's special tokens and offsets into the text.
+        """
+        if self.options.long_text == "truncate":
+            return single_units(self.encode(texts, **kwargs))
+        return self._windows(texts, self.max_length, **kwargs)
+
+    def text_windows(self, texts: list[str]) -> list[list[str]]:
+        """Each text as one piece (truncate), or (chunk) the substrings that its overlapping windows cover.
+
+        For tasks that tokenize each window together with something else (a hypothesis, a prefix): the windows
+        leave `reserved_tokens()` free, and each substring is tokenized again as the task's input.
+        """
+        if self.options.long_text == "truncate":
+            return [[text] for text in texts]
+        windows = self._windows(texts, self.max_length - self.reserved_tokens(),
+                                return_offsets_mapping=True, return_special_tokens_mask=True)
+        return [[text[slice(*text_span(window, len(text)))] for window in row] for text, row in zip(texts, windows)]
+
+    def _windows(self, texts: list[str], width: int, **kwargs: Any) -> list[list[Features]]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=width, stride=self.stride,
+                                 return_overflowing_tokens=True, **kwargs)
+        owners = encoded.pop("overflow_to_sample_mapping")
+        rows: list[list[Features]] = [[] for _ in texts]
+        for index, owner in enumerate(owners):
+            rows[owner].append({k: encoded[k][index] for k in encoded.keys()})
+        return rows
 
     def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Move the padded tensors onto the model's device."""
@@ -97,6 +178,26 @@ class TaskAdapter:
 def single_units(features: list[Features]) -> list[list[Features]]:
     """One unit per row: the common case."""
     return [[f] for f in features]
+
+
+def split_rows(items: list, sizes: list[int]) -> list[list]:
+    """Cut a flat list into consecutive rows of the given sizes."""
+    rows, start = [], 0
+    for size in sizes:
+        rows.append(items[start:start + size])
+        start += size
+    return rows
+
+
+def text_span(window: Features, text_length: int) -> tuple[int, int]:
+    """Character span of a window's text tokens (the whole text if it has none)."""
+    offsets = [o for o, special in zip(window["offset_mapping"], window["special_tokens_mask"]) if not special]
+    return (offsets[0][0], offsets[-1][1]) if offsets else (0, text_length)
+
+
+def aggregate_windows(scores: Any, how: str) -> Any:
+    """Fold per-window scores (a numpy array, windows first) into the text's: their mean or their max."""
+    return scores.max(axis=0) if how == "max" else scores.mean(axis=0)
 
 
 def unpadded_lengths(inputs: dict[str, Any]) -> list[int]:

@@ -2,7 +2,9 @@
 
 A sentence-embedding model (such as all-MiniLM-L6-v2) embeds the text and each label's
 hypothesis once; scores are cosine similarities, highest first. Cheaper than NLI zero-shot
-(one forward per text instead of one per label) and a good fit for topic labels.
+(one forward per text instead of one per label) and a good fit for topic labels. With
+`long_text: chunk` every window is scored against the labels and the similarities are
+aggregated per label (`chunk_aggregation`: mean or max).
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from nlp_tasks.tasks.base import LABELS_SCORES, LoadedModel
+from nlp_tasks.tasks.base import LABELS_SCORES, ChunkScoresOptions, LoadedModel, aggregate_windows
 from nlp_tasks.tasks.feature_extraction import FeatureExtraction, FeatureExtractionOptions, normalized
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.zero_shot_classification import ranked
 
 
-class EmbeddingClassificationOptions(FeatureExtractionOptions):
+class EmbeddingClassificationOptions(FeatureExtractionOptions, ChunkScoresOptions):
     candidate_labels: list[str] = Field(min_length=1)
     hypothesis_template: str = "{}"
 
@@ -40,4 +42,6 @@ class EmbeddingClassification(FeatureExtraction):
         return LABELS_SCORES
 
     def postprocess(self, text, units, outputs):
-        return ranked(list(self.options.candidate_labels), self.label_embeddings @ normalized(outputs[0]))
+        similarities = np.stack([normalized(window) for window in outputs]) @ self.label_embeddings.T
+        return ranked(list(self.options.candidate_labels),
+                      aggregate_windows(similarities, self.options.chunk_aggregation))

@@ -1,17 +1,22 @@
-"""feature-extraction: one pooled sentence embedding per text (mean over real tokens by default)."""
+"""feature-extraction: one pooled sentence embedding per text (mean over real tokens by default).
+
+With `long_text: chunk` each window is pooled on its own and the text's embedding is the mean of
+the window embeddings weighted by each window's token count (then normalised if `normalize`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from nlp_tasks.tasks.base import TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.base import TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 
 
 class FeatureExtractionOptions(TaskOptions):
+    supports_chunk: ClassVar[bool] = True
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = False
 
@@ -39,10 +44,10 @@ class FeatureExtraction(TaskAdapter):
         return pa.list_(pa.float32(), self.model.config.hidden_size)
 
     def share_key(self):
-        return ("pooled-embedding", self.max_length, self.options.pooling)
+        return ("pooled-embedding", self.max_length, self.options.pooling, self.options.long_text, self.stride)
 
     def preprocess(self, texts, batch):
-        return single_units(self.encode(texts))
+        return self.encode_units(texts)
 
     def embed(self, inputs: dict[str, Any]) -> Any:
         inputs = self.model_inputs(inputs)
@@ -53,4 +58,6 @@ class FeatureExtraction(TaskAdapter):
         return list(self.embed(inputs).cpu().numpy())
 
     def postprocess(self, text, units, outputs):
-        return normalized(outputs[0]) if self.options.normalize else outputs[0]
+        weights = [len(unit["input_ids"]) for unit in units]
+        vector = np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
+        return normalized(vector) if self.options.normalize else vector

@@ -3,15 +3,20 @@
 transformers 5 removed the summarization, translation and text2text pipelines; these adapters
 take their place. Generation options left unset fall back to the checkpoint's own
 generation_config (for example the beam settings a summarization checkpoint ships with).
+
+Summarization with `long_text: chunk` is map-reduce: every window of a text is summarized, the
+window summaries are joined and summarized again, level after level, until the input fits one
+window. Each level runs batched over all texts of the actor's batch that still need it, and
+the column records how many levels a text took.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.base import LoadedModel, RowError, TaskAdapter, TaskOptions, split_rows
 from nlp_tasks.tasks.registry import register
 
 
@@ -41,6 +46,10 @@ class Seq2SeqOptions(GenerationOptions):
     """Prepended to every text, e.g. "summarize: " for T5 checkpoints."""
 
 
+class SummarizationOptions(Seq2SeqOptions):
+    supports_chunk: ClassVar[bool] = True
+
+
 class TranslationOptions(Seq2SeqOptions):
     src_lang: str | None = None
     tgt_lang: str | None = None
@@ -56,27 +65,61 @@ def generate(model: Any, inputs: dict[str, Any], options: GenerationOptions, **e
     return model.generate(**inputs, **options.generate_kwargs(), **extra)
 
 
+SUMMARY_LEVELS = pa.struct([("summary", pa.string()), ("levels", pa.int32())])
+
+
 @register
 class Summarization(TaskAdapter):
     name = "summarization"
-    options_class = Seq2SeqOptions
+    options_class = SummarizationOptions
     auto_class = "AutoModelForSeq2SeqLM"
 
     def arrow_type(self) -> pa.DataType:
-        return pa.string()
+        return pa.string() if self.options.long_text == "truncate" else SUMMARY_LEVELS
 
     def generate_extra(self) -> dict[str, Any]:
         return {}
 
+    def reserved_tokens(self) -> int:
+        """Every window starts with the prefix."""
+        return len(self.tokenizer(self.options.prefix, add_special_tokens=False)["input_ids"])
+
     def preprocess(self, texts, batch):
-        return single_units(self.encode([self.options.prefix + text for text in texts]))
+        return [[{**unit, "level": 1} for unit in row] for row in self.window_units(texts)]
+
+    def window_units(self, texts: list[str]) -> list[list]:
+        """Each text's windows (one with truncate), prefixed and tokenized."""
+        windows = self.text_windows(texts)
+        units = self.encode([self.options.prefix + window for row in windows for window in row])
+        return split_rows(units, [len(row) for row in windows])
 
     def forward(self, inputs):
         sequences = generate(self.model, self.model_inputs(inputs), self.options, **self.generate_extra())
         return list(sequences.cpu().numpy())
 
+    def decode(self, sequence: Any) -> str:
+        return self.tokenizer.decode(sequence, skip_special_tokens=True).strip()
+
+    def next_level(self, rows):
+        """Texts summarized from more than one window go on with their joined window summaries."""
+        follow_ups: list = [None] * len(rows)
+        going_on = [index for index, (units, _) in enumerate(rows) if len(units) > 1]
+        if not going_on:
+            return follow_ups
+        joined = [" ".join(map(self.decode, rows[index][1])) for index in going_on]
+        for index, units in zip(going_on, self.window_units(joined)):
+            windows, level = len(rows[index][0]), rows[index][0][0]["level"] + 1
+            if len(units) >= windows:
+                follow_ups[index] = RowError(
+                    f"map-reduce summarization does not converge: the summaries of {windows} windows need "
+                    f"{len(units)} windows again at level {level}; lower max_new_tokens")
+            else:
+                follow_ups[index] = [{**unit, "level": level} for unit in units]
+        return follow_ups
+
     def postprocess(self, text, units, outputs):
-        return self.tokenizer.decode(outputs[0], skip_special_tokens=True).strip()
+        summary = self.decode(outputs[0])
+        return summary if self.options.long_text == "truncate" else {"summary": summary, "levels": units[0]["level"]}
 
 
 @register

@@ -1,4 +1,8 @@
-"""text-classification (alias sentiment-analysis): label and score per text, or the top k."""
+"""text-classification (alias sentiment-analysis): label and score per text, or the top k.
+
+With `long_text: chunk` every window is scored and the scores are aggregated per label
+(`chunk_aggregation`: mean or max) before the best label(s) are picked.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from nlp_tasks.tasks.base import LABEL_SCORE, TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.base import LABEL_SCORE, ChunkScoresOptions, TaskAdapter, aggregate_windows
 from nlp_tasks.tasks.registry import register
 
 
-class TextClassificationOptions(TaskOptions):
+class TextClassificationOptions(ChunkScoresOptions):
     top_k: int | None = None
     """None: the best label as a struct; k: the k best as a list, highest first (as the pipeline)."""
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
@@ -49,14 +53,15 @@ class TextClassification(TaskAdapter):
         return LABEL_SCORE if self.options.top_k is None else pa.list_(LABEL_SCORE)
 
     def preprocess(self, texts, batch):
-        return single_units(self.encode(texts))
+        return self.encode_units(texts)
 
     def forward(self, inputs):
         logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()
         return list(logits)
 
     def postprocess(self, text, units, outputs):
-        scores = apply_score_function(outputs[0], score_function(self.model.config, self.options.function_to_apply))
+        function = score_function(self.model.config, self.options.function_to_apply)
+        scores = aggregate_windows(apply_score_function(np.stack(outputs), function), self.options.chunk_aggregation)
         id2label = self.model.config.id2label
         if self.options.top_k is None:
             best = int(scores.argmax())

@@ -1,17 +1,20 @@
 """token-classification (alias ner): entities grouped by `aggregation_strategy`, with character offsets.
 
 The model runs batched here; grouping reuses the token-classification pipeline's own
-postprocessing, so entities match `pipeline("token-classification")` exactly.
+postprocessing, so entities match `pipeline("token-classification")` exactly. With
+`long_text: chunk` a text is covered by overlapping windows and entities found in several
+windows are merged as the pipeline does with `stride` (the longest, then the most confident,
+wins), so the result equals `pipeline(..., stride=stride)`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-import numpy as np
 import pyarrow as pa
+from pydantic import model_validator
 
-from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, TaskOptions, single_units
+from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 
 ENTITY = pa.struct([
@@ -21,8 +24,16 @@ ENTITY = pa.struct([
 
 
 class TokenClassificationOptions(TaskOptions):
+    supports_chunk: ClassVar[bool] = True
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "simple"
     ignore_labels: list[str] = ["O"]
+
+    @model_validator(mode="after")
+    def _chunk_merges_entities(self):
+        if self.long_text == "chunk" and self.aggregation_strategy == "none":
+            raise ValueError("long_text: chunk merges entities across windows; it needs an aggregation_strategy "
+                             "other than none (as the pipeline's stride does)")
+        return self
 
 
 @register
@@ -44,7 +55,7 @@ class TokenClassification(TaskAdapter):
         return pa.list_(ENTITY)
 
     def preprocess(self, texts, batch):
-        return single_units(self.encode(texts, return_offsets_mapping=True, return_special_tokens_mask=True))
+        return self.encode_units(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
 
     def forward(self, inputs):
         logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()
@@ -54,15 +65,14 @@ class TokenClassification(TaskAdapter):
     def postprocess(self, text, units, outputs):
         import torch
 
-        unit = units[0]
         entities = self._pipeline.postprocess(
             [{
-                "logits": torch.from_numpy(outputs[0])[None],
+                "logits": torch.from_numpy(logits)[None],
                 "input_ids": torch.tensor(unit["input_ids"])[None],
                 "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
                 "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
                 "sentence": text,
-            }],
+            } for unit, logits in zip(units, outputs)],
             aggregation_strategy=self._strategy,
             ignore_labels=list(self.options.ignore_labels),
         )
