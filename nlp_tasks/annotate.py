@@ -14,6 +14,7 @@ level, each level batched over all rows of the batch that need it.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ import pyarrow as pa
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
+
+log = logging.getLogger(__name__)
 
 ERROR = pa.struct([("task", pa.string()), ("message", pa.string())])
 ERRORS = pa.list_(ERROR)
@@ -94,17 +97,14 @@ class Annotator:
 
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> list[RowResult]:
         """Each clean row's units and their outputs (of its last level), or its RowError."""
-        import torch
-
         with self.tokenizer_lock:
             pending = adapter.preprocess(texts, clean_batch) if texts else []
         results: list[RowResult] = list(pending)
         todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
         while todo:
-            with torch.inference_mode():
-                outputs = iter(self.batcher.run([unit for row in todo for unit in pending[row]], adapter.forward))
-            for row in todo:
-                results[row] = (pending[row], [next(outputs) for _ in pending[row]])
+            for row, outputs in zip(todo, self._forward_rows(adapter, [pending[row] for row in todo])):
+                results[row] = outputs if isinstance(outputs, RowError) else (pending[row], outputs)
+            todo = [row for row in todo if not isinstance(results[row], RowError)]
             with self.tokenizer_lock:
                 follow_ups = adapter.next_level([results[row] for row in todo])
             for row, follow_up in zip(todo, follow_ups):
@@ -114,6 +114,26 @@ class Annotator:
                     pending[row] = follow_up
             todo = [row for row, follow_up in zip(todo, follow_ups) if isinstance(follow_up, list)]
         return results
+
+    def _forward_rows(self, adapter: TaskAdapter, rows: list[list[Features]]) -> list[list[Any] | RowError]:
+        """Each row's unit outputs. If the model fails on the micro-batches, retry row by row, so that a
+        row the model cannot take fails alone (as a RowError) instead of failing its whole batch."""
+        import torch
+
+        with torch.inference_mode():
+            try:
+                outputs = iter(self.batcher.run([unit for units in rows for unit in units], adapter.forward))
+                return [[next(outputs) for _ in units] for units in rows]
+            except Exception as error:  # noqa: BLE001 - isolate whatever the model raised
+                log.warning("model failed on a batch of %d rows (%s: %s); retrying row by row",
+                            len(rows), type(error).__name__, error)
+            results: list[list[Any] | RowError] = []
+            for units in rows:
+                try:
+                    results.append(self.batcher.run(units, adapter.forward))
+                except Exception as error:  # noqa: BLE001
+                    results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
+            return results
 
     @staticmethod
     def _postprocess(adapter, results: list[RowResult], texts, clean, problems) -> tuple[list[Any], list[str | None]]:

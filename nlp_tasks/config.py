@@ -26,6 +26,9 @@ class InputConfig(_Strict):
     """A Parquet file, directory, glob, or URI that pyarrow/fsspec understands (s3://, gs://, ...)."""
     text_column: str = "text"
     id_column: str | None = None
+    bad_files: Literal["fail", "quarantine"] = "fail"
+    """fail: an unreadable file, or one without the columns or with another schema, stops the job before
+    inference; quarantine: such files are listed in the run report and the rest is processed."""
 
 
 class OutputConfig(_Strict):

