@@ -153,6 +153,7 @@ def run_job(config: JobConfig) -> JobResult:
     """Check inputs and models, annotate the files not yet committed, and commit each one whole."""
     import ray
     from fsspec.core import url_to_fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     started = time.perf_counter()
     source = inspect_input(config.input)
@@ -185,7 +186,10 @@ def run_job(config: JobConfig) -> JobResult:
         check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
                                fixed_size=started_here)
         stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
-        stats = ray.remote(num_cpus=0)(TaskStats).options(name=stats_name).remote()
+        stats = ray.remote(num_cpus=0)(TaskStats).options(
+            name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        ).remote()
         writer = UnitWriter(store, units)
         dataset = annotated_dataset(config, tasks, units, source, stats_name)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
