@@ -1,0 +1,1 @@
+"""Benchmarks of the annotation job; run `python -m benchmarks.<name> --help` (throughput, ...)."""
