@@ -21,6 +21,7 @@ to each reference, and a JSON record (machine, versions, parameters, results) un
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import datetime
 import importlib.util
 import itertools
@@ -415,7 +416,8 @@ class Bench:
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = args.dtype or ("bfloat16" if self.device == "cuda" else "float32")
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.job_threads = args.num_cpus_per_actor or max(1, self.cores - 1)
+        self.actor_cpus = args.num_cpus_per_actor or max(1, self.cores - 1)  # reserved from Ray, as the job does
+        self.job_threads = args.torch_threads or self.actor_cpus
         self.token_budget = args.token_budget or (131072 if self.device == "cuda" else 8192)
         self.baseline_rows = min(args.baseline_rows or args.rows, args.rows)
         self.ray = not args.no_ray and importlib.util.find_spec("ray") is not None
@@ -534,7 +536,7 @@ class Bench:
                 log_dir=str(log_dir),
             ),
             batch_size=self.args.batch_size,
-            num_cpus=self.job_threads,
+            num_cpus=self.actor_cpus,
             num_gpus=1 if self.device == "cuda" else None,
             compute=ray.data.ActorPoolStrategy(min_size=self.args.num_actors, max_size=self.args.num_actors),
         )
@@ -566,7 +568,8 @@ class Bench:
             "tasks": {COLUMN: {"task": s.task, "model": str(self.model), "max_length": s.max_length, **s.job_options}},
             "compute": {
                 "min_actors": self.args.num_actors, "max_actors": self.args.num_actors,
-                "num_cpus_per_actor": self.job_threads, "num_gpus_per_actor": 1 if self.device == "cuda" else 0,
+                "num_cpus_per_actor": self.actor_cpus, "num_gpus_per_actor": 1 if self.device == "cuda" else 0,
+                "torch_threads": self.args.torch_threads, "actor_concurrency": self.args.actor_concurrency,
                 "batch_size": self.args.batch_size, "token_budget": self.token_budget,
                 "device": self.device, "dtype": self.dtype,
             },
@@ -639,12 +642,16 @@ class Bench:
         with GpuSampler(self.device == "cuda") as gpu:
             sync(self.device)
             start = time.perf_counter()
-            for path in sorted(self.input_path.iterdir()):
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=self.args.batch_size):
-                    rows += annotator(pa.Table.from_batches([batch])).num_rows
+            batches = (pa.Table.from_batches([batch]) for path in sorted(self.input_path.iterdir())
+                       for batch in pq.ParquetFile(path).iter_batches(batch_size=self.args.batch_size))
+            # compute.actor_concurrency: several batches in flight in one actor, so that tokenizing and
+            # postprocessing one overlaps another's forward pass (the actor serialises tokenizer calls).
+            with ThreadPoolExecutor(self.args.actor_concurrency) as pool:
+                rows = sum(out.num_rows for out in pool.map(annotator, batches))
             sync(self.device)
             seconds = time.perf_counter() - start
-        return [Measurement("c-actor", f"job's Annotator in-process (no Ray), batches of {self.args.batch_size}",
+        return [Measurement("c-actor", f"job's Annotator in-process (no Ray), batches of {self.args.batch_size}, "
+                                       f"{self.args.actor_concurrency} in flight",
                             rows, self.tokens(rows), seconds, threads,
                             ["Annotator sets torch threads to num_cpus_per_actor on CPU"],
                             {"load_seconds": load_seconds, "token_budget": self.token_budget, "gpu": gpu.summary()})]
@@ -813,6 +820,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-actors", type=int, default=1, help="actors in (b) and the job")
     parser.add_argument("--num-cpus-per-actor", type=int,
                         help="the job's (and Ray (b)'s) CPUs = torch threads per actor (default: cores - 1, >= 1)")
+    parser.add_argument("--actor-concurrency", type=int, default=1, help="batches in flight per actor (threads)")
+    parser.add_argument("--torch-threads", type=int, help="torch threads in the job's actor (default: its CPUs)")
     parser.add_argument("--job-mode", choices=["auto", "ray", "actor", "both"], default="auto",
                         help="(c) as run_job on Ray, as the in-process Annotator (c-actor), or both "
                         "(auto: ray if Ray is installed, else actor)")
@@ -863,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": bench.device, "dtype": bench.dtype,
             "variant_set": "ray" if bench.ray else "no-ray",
             "machine": machine,
-            "parameters": {**vars(args), "baseline_rows": bench.baseline_rows, "num_cpus_per_actor": bench.job_threads,
+            "parameters": {**vars(args), "baseline_rows": bench.baseline_rows, "num_cpus_per_actor": bench.actor_cpus, "torch_threads": bench.job_threads,
                            "token_budget": bench.token_budget, "pipeline_batch_size": PIPELINE_BATCH,
                            "job_variants": bench.job_variants, "job_config": bench.job_config()},
             "data": {"corpus": str(bench.corpus), "rows": args.rows, "baseline_rows": bench.baseline_rows,

@@ -47,7 +47,7 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[st
         raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
     loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype)
     if loaded.device.type == "cpu":
-        torch.set_num_threads(max(1, int(compute.num_cpus_per_actor)))
+        torch.set_num_threads(compute.torch_threads or max(1, int(compute.num_cpus_per_actor)))
     with torch.inference_mode():
         return {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
 

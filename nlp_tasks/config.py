@@ -48,6 +48,9 @@ class ComputeConfig(_Strict):
     """Rows per Ray batch handed to an actor (each is then cut into micro-batches)."""
     token_budget: int = Field(8192, ge=1)
     """Padded tokens per micro-batch: rows x longest row. Halved automatically on CUDA out-of-memory."""
+    torch_threads: int | None = Field(None, ge=1)
+    """CPU actors: torch threads per actor (default: num_cpus_per_actor). Reading and writing need little
+    CPU, so on a small machine an actor may use more threads than the CPUs it reserves from Ray."""
     actor_concurrency: int = Field(1, ge=1)
     """Batches one actor works on at once (threads): >1 overlaps tokenization and postprocessing with
     the forward pass of another batch, which keeps a GPU busy. Leave 1 on CPU-only actors."""

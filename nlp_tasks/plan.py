@@ -178,8 +178,8 @@ def run_job(config: JobConfig) -> JobResult:
     task_stats, stage_stats = {}, "nothing to do: every input file was already committed"
     if units:
         started_here = not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
-        if not ray.is_initialized():
-            ray.init()
+        if not ray.is_initialized():  # embedded: a new local Ray, never some other cluster on this machine
+            ray.init(address=None if "RAY_ADDRESS" in os.environ else "local")
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty()
         context.execution_options.preserve_order = True  # files complete, and commit, one after another
