@@ -129,8 +129,11 @@ class OutputStore:
 class UnitWriter:
     """Routes annotated batches to per-input-file staging files and publishes each when complete."""
 
-    def __init__(self, store: OutputStore, units: list[Unit]):
+    def __init__(self, store: OutputStore, units: list[Unit], generated_id_column: str | None = None):
+        """`generated_id_column`: for inputs without an id column, add one holding "<input file>:<row position>",
+        stable across runs because rows arrive in file order."""
         self.store = store
+        self.generated_id_column = generated_id_column
         self.units = {unit.source: unit for unit in units}
         self.written: dict[str, int] = {}
         self.writers: dict[str, tuple[pq.ParquetWriter, Any, str]] = {}
@@ -143,6 +146,10 @@ class UnitWriter:
         for source in pc.unique(sources).to_pylist():
             part = rows.filter(pc.equal(sources, source))
             unit = self.units[source]
+            if self.generated_id_column:
+                first = self.written.get(unit.source, 0)
+                ids = [f"{unit.source}:{position}" for position in range(first, first + part.num_rows)]
+                part = part.add_column(0, self.generated_id_column, pa.array(ids, pa.string()))
             if unit.source not in self.writers:
                 staged = self.store.path(STAGING, f"{unit.id}-{self.run_id}.parquet")
                 handle = self.store.filesystem.open(staged, "wb")

@@ -26,6 +26,7 @@ class InputConfig(_Strict):
     """A Parquet file, directory, glob, or URI that pyarrow/fsspec understands (s3://, gs://, ...)."""
     text_column: str = "text"
     id_column: str | None = None
+    """Unique row ids in the input; without one, the output gets `output.generated_id_column`."""
     bad_files: Literal["fail", "quarantine"] = "fail"
     """fail: an unreadable file, or one without the columns or with another schema, stops the job before
     inference; quarantine: such files are listed in the run report and the rest is processed."""
@@ -37,6 +38,8 @@ class OutputConfig(_Strict):
     """resume: add what is not yet committed to an output made by the same config (refuse another);
     overwrite: start again; error: refuse any existing output."""
     errors_column: str = "errors"
+    generated_id_column: str = "row_id"
+    """Added when the input has no id_column: "<input file>:<row position in it>", stable across runs."""
 
 
 class ComputeConfig(_Strict):

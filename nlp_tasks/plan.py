@@ -71,7 +71,8 @@ def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
         }
         for column, spec in tasks.items()
     }
-    columns = {"text": config.input.text_column, "id": config.input.id_column, "errors": config.output.errors_column}
+    columns = {"text": config.input.text_column, "id": config.input.id_column or config.output.generated_id_column,
+               "errors": config.output.errors_column}
     fingerprint = hashlib.sha256(json.dumps([entries, columns], sort_keys=True).encode()).hexdigest()[:16]
     return {
         "fingerprint": fingerprint, "tasks": entries, "columns": columns,
@@ -157,7 +158,8 @@ def run_job(config: JobConfig) -> JobResult:
 
     started = time.perf_counter()
     source = inspect_input(config.input)
-    for column in [*config.tasks, config.output.errors_column, SOURCE_COLUMN]:
+    generated_id = None if config.input.id_column else config.output.generated_id_column
+    for column in [*config.tasks, config.output.errors_column, SOURCE_COLUMN, generated_id]:
         if column in source.schema.names:
             raise InputError(f"input column {column!r} clashes with an output column of the same name")
     for path, problem in source.quarantined.items():
@@ -190,7 +192,7 @@ def run_job(config: JobConfig) -> JobResult:
             name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
         ).remote()
-        writer = UnitWriter(store, units)
+        writer = UnitWriter(store, units, generated_id)
         dataset = annotated_dataset(config, tasks, units, source, stats_name)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             writer.write(batch)

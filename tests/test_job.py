@@ -154,3 +154,21 @@ def test_rerun_resumes_adds_new_files_and_refuses_a_changed_config(ray_local, tm
     changed = write_config(tmp_path, folder, {"s": {**tasks["s"], "top_k": 2}})
     line = run_expecting_error(changed, capsys)
     assert "produced by a different config or model (changed: s)" in line
+
+
+def test_rows_without_ids_get_stable_ids_from_file_and_position(ray_local, tmp_path, models):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    texts = {f"part-{p}.parquet": [f"Text {p}-{i} about Paris." for i in range(7)] for p in range(2)}
+    for name, rows in texts.items():
+        pq.write_table(pa.table({"text": rows}), folder / name)
+    config = write_config(tmp_path, folder, {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    spec = yaml.safe_load(open(config))
+    del spec["input"]["id_column"]
+    open(config, "w").write(yaml.safe_dump(spec))
+    assert main(["--config", config]) == 0
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert table.schema.names[0] == "row_id"
+    for row_id, text in zip(table.column("row_id").to_pylist(), table.column("text").to_pylist()):
+        path, position = row_id.rsplit(":", 1)
+        assert texts[path.rsplit("/", 1)[-1]][int(position)] == text
