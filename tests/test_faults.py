@@ -9,11 +9,8 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
-import yaml
 
-from conftest import REPO
-from test_resume import FILES, run_job
+from test_resume import FILES, corpus_and_config, run_job
 
 MARKERS = "????????????????.json"
 
@@ -40,23 +37,6 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def corpus_and_config(tmp_path, minilm, compute) -> tuple[Path, list[str]]:
-    sample = pq.read_table(REPO / "data" / "bbc_sample.parquet")
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    per_file = sample.num_rows // FILES
-    for index in range(FILES):
-        pq.write_table(sample.slice(index * per_file, per_file), folder / f"part-{index}.parquet")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(folder), "id_column": "id"},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": {"embedding": {"task": "feature-extraction", "model": minilm, "max_length": 256}},
-        "compute": compute,
-    }))
-    return config, sample.column("id").to_pylist()[: FILES * per_file]
 
 
 def wait_for_first_commit(out: Path, alive) -> None:

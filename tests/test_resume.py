@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -29,7 +30,9 @@ def run_job(config):
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):
+def corpus_and_config(tmp_path, minilm, compute) -> tuple[Path, list[str]]:
+    """The BBC sample split into FILES Parquet files, and a MiniLM embedding job over them; returns the
+    config's path and the ids every run must end with exactly once."""
     sample = pq.read_table(REPO / "data" / "bbc_sample.parquet")
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -41,8 +44,13 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
         "input": {"path": str(folder), "id_column": "id"},
         "output": {"path": str(tmp_path / "out")},
         "tasks": {"embedding": {"task": "feature-extraction", "model": minilm, "max_length": 256}},
-        "compute": {"batch_size": 5},
+        "compute": compute,
     }))
+    return config, sample.column("id").to_pylist()[: FILES * per_file]
+
+
+def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):
+    config, ids = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
     manifest = tmp_path / "out" / "_manifest"
 
     first = run_job(config)
@@ -62,6 +70,6 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     assert f"processed {FILES - len(committed)} input file(s) ({len(committed)} already committed)" in output
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")
             if p.name in committed} == committed
-    ids = pads.dataset(tmp_path / "out", format="parquet").to_table(columns=["id"]).column("id").to_pylist()
-    assert sorted(ids) == sorted(sample.column("id").to_pylist()[: FILES * per_file])
+    output_ids = pads.dataset(tmp_path / "out", format="parquet").to_table(columns=["id"]).column("id")
+    assert sorted(output_ids.to_pylist()) == sorted(ids)
     assert not list((tmp_path / "out" / "_staging").iterdir())
