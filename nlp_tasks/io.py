@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nlp_tasks.config import InputConfig, OutputConfig
+from nlp_tasks.config import InputConfig
 
 
 class InputError(Exception):

@@ -200,9 +200,5 @@ def aggregate_windows(scores: Any, how: str) -> Any:
     return scores.max(axis=0) if how == "max" else scores.mean(axis=0)
 
 
-def unpadded_lengths(inputs: dict[str, Any]) -> list[int]:
-    return inputs["attention_mask"].sum(dim=1).tolist()
-
-
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 LABELS_SCORES = pa.struct([("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))])
