@@ -479,18 +479,7 @@ class Bench:
 
     def run_a(self) -> list[Measurement]:
         """(a) The naive loop: one `pipeline()` call per text, all cores."""
-        set_threads(self.cores)
-        pipe = build_pipeline(self.scenario, self.model, self.device, self.dtype)
-        run_pipeline(pipe, self.scenario, self.texts(self.warmup_rows(self.baseline_rows)), None)
-        texts = self.texts(self.baseline_rows)
-        with GpuSampler(self.device == "cuda") as gpu:
-            sync(self.device)
-            start = time.perf_counter()
-            run_pipeline(pipe, self.scenario, texts, None)
-            sync(self.device)
-            seconds = time.perf_counter() - start
-        return [Measurement("a", "pipeline, one text per call", len(texts), self.tokens(len(texts)), seconds,
-                            self.cores, self.baseline_note(), {"gpu": gpu.summary()})]
+        return self._time_pipeline("a", "pipeline, one text per call", None, 1, [])
 
     # b -------------------------------------------------------------------------------------------------------------
 
@@ -499,20 +488,25 @@ class Bench:
 
     def _run_b_loop(self) -> list[Measurement]:
         """(b) without Ray: `pipeline(batch_size=32)` called on each batch of --batch-size rows, all cores."""
+        return self._time_pipeline("b", f"pipeline(batch_size={PIPELINE_BATCH}), loop (no Ray)", PIPELINE_BATCH,
+                                   self.args.batch_size, ["no Ray: plain loop over batches of --batch-size rows"])
+
+    def _time_pipeline(self, key: str, label: str, pipeline_batch: int | None, rows_per_call: int,
+                       notes: list[str]) -> list[Measurement]:
+        """A `pipeline()` over the baseline rows, `rows_per_call` texts per call, after an untimed warm-up."""
         set_threads(self.cores)
         pipe = build_pipeline(self.scenario, self.model, self.device, self.dtype)
-        run_pipeline(pipe, self.scenario, self.texts(self.warmup_rows(self.baseline_rows)), PIPELINE_BATCH)
+        run_pipeline(pipe, self.scenario, self.texts(self.warmup_rows(self.baseline_rows)), pipeline_batch)
         texts = self.texts(self.baseline_rows)
         with GpuSampler(self.device == "cuda") as gpu:
             sync(self.device)
             start = time.perf_counter()
-            for first in range(0, len(texts), self.args.batch_size):
-                run_pipeline(pipe, self.scenario, texts[first:first + self.args.batch_size], PIPELINE_BATCH)
+            for first in range(0, len(texts), rows_per_call):
+                run_pipeline(pipe, self.scenario, texts[first:first + rows_per_call], pipeline_batch)
             sync(self.device)
             seconds = time.perf_counter() - start
-        notes = ["no Ray: plain loop over batches of --batch-size rows", *self.baseline_note()]
-        return [Measurement("b", f"pipeline(batch_size={PIPELINE_BATCH}), loop (no Ray)", len(texts),
-                            self.tokens(len(texts)), seconds, self.cores, notes, {"gpu": gpu.summary()})]
+        return [Measurement(key, label, len(texts), self.tokens(len(texts)), seconds, self.cores,
+                            [*notes, *self.baseline_note()], {"gpu": gpu.summary()})]
 
     def _run_b_ray(self) -> list[Measurement]:
         """(b) with Ray: the documented `map_batches` actor class over the same Parquet rows.

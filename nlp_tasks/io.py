@@ -1,4 +1,4 @@
-"""Input discovery and checks before any model loads; output location handling.
+"""Input discovery and checks, before any model loads.
 
 Paths are anything fsspec understands: a Parquet file, a directory of them, a glob, or a URI
 (s3://, gs://, ...). Every input file's footer is read up front, so that an unreadable file

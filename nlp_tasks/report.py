@@ -69,10 +69,10 @@ class RunReport:
     def observe(self, batch: pa.Table) -> None:
         self.rows += batch.num_rows
         self.timeline.append((round(time.perf_counter() - self.started, 3), self.rows))
-        for row_errors in batch.column(self.errors_column).to_pylist():
-            self.rows_with_errors += bool(row_errors)
-            for error in row_errors or []:
-                self.errors[(error["task"], error["message"])] += 1
+        errors = batch.column(self.errors_column).combine_chunks()
+        self.rows_with_errors += pc.sum(pc.greater(pc.list_value_length(errors), 0)).as_py() or 0
+        for error in pc.list_flatten(errors).to_pylist():  # only the rows' errors, never every row
+            self.errors[(error["task"], error["message"])] += 1
         for task in self.tasks:
             values = label_values(batch.column(task))
             if values is not None:
