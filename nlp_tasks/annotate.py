@@ -66,6 +66,7 @@ class Annotator:
         self.errors_column = errors_column
         self.adapters = load_adapters(specs, compute)
         self.stats = _stats_actor(stats_actor)
+        self.actor_id = _actor_id() if self.stats is not None else None
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget, some.pad_values(), some.padding_side)
 
@@ -92,7 +93,7 @@ class Annotator:
                 tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
                              for unit in result[0])
                 annotated = sum(value is not None for value in values)
-                self.stats.record.remote(column, annotated, tokens, time.perf_counter() - started)
+                self.stats.record.remote(column, self.actor_id, annotated, tokens, time.perf_counter() - started)
         return batch
 
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> list[RowResult]:
@@ -155,6 +156,12 @@ def _stats_actor(name: str | None) -> Any:
     import ray
 
     return ray.get_actor(name)
+
+
+def _actor_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_actor_id()
 
 
 def with_errors(batch: pa.Table, errors_column: str, task: str, messages: list[str | None]) -> pa.Table:

@@ -129,6 +129,9 @@ def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], units: list
     compute = config.compute
     dataset = ray.data.read_parquet([u.source for u in units], filesystem=arrow_filesystem(source.filesystem),
                                     include_paths=True)
+    # Ray reads small files together into one big block, and one block goes to one actor: cut the
+    # stream into blocks of batch_size rows, so that every actor of the pool gets work.
+    dataset = dataset.repartition(target_num_rows_per_block=compute.batch_size)
     for specs in group_by_model(tasks):
         dataset = dataset.map_batches(
             Annotator,

@@ -22,19 +22,25 @@ STATS_ACTOR_PREFIX = "nlp-tasks-stats-"
 
 
 class TaskStats:
-    """Ray actor (num_cpus=0) that sums what each Annotator reports per batch: rows, tokens, seconds."""
+    """Ray actor (num_cpus=0) that sums what each Annotator reports per batch: rows, tokens, seconds.
+
+    Rows are also counted per reporting actor, which shows whether the whole pool had work.
+    """
 
     def __init__(self):
         self.totals: dict[str, dict[str, float]] = defaultdict(lambda: {"rows": 0, "tokens": 0, "seconds": 0.0})
+        self.rows_by_actor: dict[str, Counter] = defaultdict(Counter)
 
-    def record(self, task: str, rows: int, tokens: int, seconds: float) -> None:
+    def record(self, task: str, actor: str, rows: int, tokens: int, seconds: float) -> None:
         totals = self.totals[task]
         totals["rows"] += rows
         totals["tokens"] += tokens
         totals["seconds"] += seconds
+        self.rows_by_actor[task][actor] += rows
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        return {task: dict(totals) for task, totals in self.totals.items()}
+    def summary(self) -> dict[str, dict]:
+        return {task: {**totals, "rows_by_actor": sorted(self.rows_by_actor[task].values(), reverse=True)}
+                for task, totals in self.totals.items()}
 
 
 def label_values(column: pa.ChunkedArray) -> pa.Array | None:
@@ -85,6 +91,7 @@ class RunReport:
                 "rows": int(stats["rows"]), "tokens": int(stats["tokens"]), "model_seconds": round(stats["seconds"], 3),
                 "rows_per_s": round(stats["rows"] / stats["seconds"], 2) if stats["seconds"] else None,
                 "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None,
+                "rows_by_actor": stats["rows_by_actor"],
             }
             for task, stats in sorted(task_stats.items())
         }
@@ -126,7 +133,8 @@ def summary(report: dict) -> str:
     lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
     for task, stats in report["throughput"].items():
         lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
-                     f"({stats['model_seconds']} s of actor time)")
+                     f"({stats['model_seconds']} s of actor time; rows by actor: "
+                     f"{', '.join(map(str, stats['rows_by_actor']))})")
     for task, counts in report["distributions"].items():
         top = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:6])
         lines.append(f"{task} distribution: {top}")

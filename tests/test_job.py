@@ -15,12 +15,13 @@ from jobs.annotate import main
 import tiny_models
 
 
-def write_config(tmp_path, input_path, tasks, **extra) -> str:
+def write_config(tmp_path, input_path, tasks, compute=None, **extra) -> str:
     config = {
         "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},
         "output": {"path": str(tmp_path / "out")},
         "tasks": tasks,
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512, "actor_concurrency": 2},
+        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512, "actor_concurrency": 2,
+                    **(compute or {})},
         **extra,
     }
     path = tmp_path / "job.yaml"
@@ -71,6 +72,21 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert set(report["distributions"]["entities"]) <= {"PER", "ORG", "LOC"}
     assert report["tasks"]["sentiment"]["model_fingerprint"].startswith("sha256:")
     assert "<svg" in report_files[0].read_text()
+
+
+def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, models):
+    """Ray reads a small file as one block; the job must still hand batches to every actor of the pool."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    texts = tiny_models.sample_texts() * 8
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), folder / "only.parquet")
+    config = write_config(tmp_path, folder, {"sentiment": {"task": "sentiment-analysis",
+                                                           "model": str(models["text-classification"])}},
+                          compute={"min_actors": 2, "max_actors": 2})
+    assert main(["--config", config]) == 0
+    report = json.loads(next((tmp_path / "out" / "_reports").glob("*.json")).read_text())
+    by_actor = report["throughput"]["sentiment"]["rows_by_actor"]
+    assert len(by_actor) == 2 and sum(by_actor) == len(texts), by_actor
 
 
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):
