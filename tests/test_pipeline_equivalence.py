@@ -64,6 +64,23 @@ def test_token_classification_matches_pipeline(models, annotate, strategy):
     assert found > 0, "the tiny NER model should find entities, or this test proves nothing"
 
 
+@pytest.mark.parametrize("strategy", ["simple", "none"])
+def test_token_classification_unknown_tokens_and_kept_o_match_pipeline(models, annotate, strategy):
+    """Unknown tokens take their word from the text; with ignore_labels [] the "O" groups are entities too."""
+    path = str(models["token-classification"])
+    texts = [f"Alice Johnson \u2603 met Bob in Paris \u2603\u2603 today. {text}" for text in TEXTS[:4]]
+    reference = pipeline("token-classification", model=path, aggregation_strategy=strategy)
+    assert reference.tokenizer.unk_token in reference.tokenizer.tokenize(texts[0]), "the snowman must be unknown"
+    out = annotate({"entities": {"task": "ner", "model": path, "aggregation_strategy": strategy,
+                                 "ignore_labels": []}}, texts)
+    for text, ours in zip(texts, out.column("entities").to_pylist()):
+        theirs = [{"entity_group": e.get("entity_group", e.get("entity")), **{k: e[k] for k in ("score", "word", "start", "end")}}
+                  for e in reference(text, ignore_labels=[])]
+        assert_close(ours, theirs)
+        assert "\u2603" in {e["word"] for e in ours} | {w for e in ours for w in e["word"].split()}
+        assert "O" in {e["entity_group"] for e in ours}
+
+
 @pytest.mark.parametrize("options", [
     {"candidate_labels": ["sports", "politics", "travel"]},
     {"candidate_labels": ["sports", "politics", "travel"], "multi_label": True},

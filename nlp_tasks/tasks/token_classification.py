@@ -1,10 +1,12 @@
 """token-classification (alias ner): entities grouped by `aggregation_strategy`, with character offsets.
 
-The model runs batched here; grouping reuses the token-classification pipeline's own
-postprocessing, so entities match `pipeline("token-classification")` exactly. With
-`long_text: chunk` a text is covered by overlapping windows and entities found in several
-windows are merged as the pipeline does with `stride` (the longest, then the most confident,
-wins), so the result equals `pipeline(..., stride=stride)`.
+The model runs batched here. Entities match `pipeline("token-classification")`: the token-level
+strategies (`none`, `simple`) label and group tokens with numpy and visit only the entities
+kept, while the pipeline's own postprocessing, a Python loop over every token, is reused for
+the word-level strategies (`first`, `average`, `max`). With `long_text: chunk` a text is
+covered by overlapping windows and entities found in several windows are merged as the
+pipeline does with `stride` (the longest, then the most confident, wins), so the result
+equals `pipeline(..., stride=stride)`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class TokenClassification(TaskAdapter):
 
         self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer, device=self.device)
         self._strategy = AggregationStrategy[options.aggregation_strategy.upper()]
+        if options.aggregation_strategy in ("none", "simple"):
+            self._token_groups = TokenGroups(self._pipeline, self.model.config.id2label,
+                                             grouped=options.aggregation_strategy == "simple")
 
     def arrow_type(self) -> pa.DataType:
         return pa.list_(ENTITY)
@@ -63,19 +68,13 @@ class TokenClassification(TaskAdapter):
         return [row[:length] for row, length in zip(logits, lengths)]
 
     def postprocess(self, text, units, outputs):
-        import torch
-
-        entities = self._pipeline.postprocess(
-            [{
-                "logits": torch.from_numpy(logits)[None],
-                "input_ids": torch.tensor(unit["input_ids"])[None],
-                "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
-                "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
-                "sentence": text,
-            } for unit, logits in zip(units, outputs)],
-            aggregation_strategy=self._strategy,
-            ignore_labels=list(self.options.ignore_labels),
-        )
+        if self.options.aggregation_strategy in ("none", "simple"):
+            entities = [entity for unit, logits in zip(units, outputs)
+                        for entity in self._token_groups.entities(text, unit, logits, self.options.ignore_labels)]
+            if len(units) > 1:
+                entities = self._pipeline.aggregate_overlapping_entities(entities)
+        else:
+            entities = self._word_entities(text, units, outputs)
         return [
             {
                 "entity_group": e.get("entity_group", e.get("entity")),
@@ -86,3 +85,81 @@ class TokenClassification(TaskAdapter):
             }
             for e in entities
         ]
+
+    def _word_entities(self, text, units, outputs) -> list[dict]:
+        """The pipeline's own postprocessing, for the strategies that aggregate tokens into words first."""
+        import torch
+
+        return self._pipeline.postprocess(
+            [{
+                "logits": torch.from_numpy(logits)[None],
+                "input_ids": torch.tensor(unit["input_ids"])[None],
+                "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
+                "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
+                "sentence": text,
+            } for unit, logits in zip(units, outputs)],
+            aggregation_strategy=self._strategy,
+            ignore_labels=list(self.options.ignore_labels),
+        )
+
+
+class TokenGroups:
+    """The pipeline's `none` and `simple` aggregation, with numpy over the tokens and Python over the entities.
+
+    The pipeline labels every non-special token with its softmax argmax, and (`simple`) groups
+    consecutive tokens while their tag (the label without a B-/I- prefix) stays the same and no B-
+    starts a new entity; a group's word is its tokens joined back into a string, its score the mean
+    of theirs, and its label the first token's without the prefix. Groups whose label is ignored
+    ("O") are then dropped. Here the labels and group boundaries are computed as arrays, so only the
+    kept groups cost Python work; that keeps a mostly-"O" text cheap.
+    """
+
+    def __init__(self, pipeline, id2label: dict[int, str], grouped: bool):
+        import numpy as np
+
+        labels = [id2label[i] for i in range(len(id2label))]
+        tags = [pipeline.get_tag(label) for label in labels]
+        tag_ids = {tag: i for i, tag in enumerate(dict.fromkeys(tag for _, tag in tags))}
+        self.tokenizer = pipeline.tokenizer
+        self.unk_token_id = pipeline.tokenizer.unk_token_id
+        self.grouped = grouped
+        self.tag_of = np.array([tag_ids[tag] for _, tag in tags])
+        self.begins = np.array([bi == "B" for bi, _ in tags])
+        self.names = [label.split("-", 1)[-1] for label in labels] if grouped else labels
+
+    def entities(self, text: str, unit: dict, logits, ignore_labels) -> list[dict]:
+        import numpy as np
+
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        scores = exp / exp.sum(axis=-1, keepdims=True)  # as the pipeline computes them, in float32
+        tokens = np.flatnonzero(~np.asarray(unit["special_tokens_mask"], dtype=bool))
+        if not len(tokens):
+            return []
+        labels = scores[tokens].argmax(axis=-1)
+        best = scores[tokens, labels]
+        starts = np.ones(len(tokens), dtype=bool)
+        if self.grouped:
+            starts[1:] = (self.tag_of[labels[1:]] != self.tag_of[labels[:-1]]) | self.begins[labels[1:]]
+        firsts = np.flatnonzero(starts)
+        ends = np.append(firsts[1:], len(tokens))
+        known = ~np.isnan(best)  # the group score is a nanmean, as in the pipeline
+        means = np.add.reduceat(np.where(known, best, 0), firsts) / np.add.reduceat(known, firsts)
+        kept = [g for g, first in enumerate(firsts.tolist()) if self.names[labels[first]] not in ignore_labels]
+        positions = [tokens[firsts[g]:ends[g]].tolist() for g in kept]
+        input_ids, offsets = unit["input_ids"], unit["offset_mapping"]
+        words = iter(self.tokenizer.convert_ids_to_tokens([input_ids[i] for group in positions for i in group]))
+        found = []
+        for g, group in zip(kept, positions):
+            pieces = [self._piece(text, next(words), input_ids[i], offsets[i]) for i in group]
+            found.append({
+                "entity_group": self.names[labels[firsts[g]]],
+                "score": means[g],
+                "word": self.tokenizer.convert_tokens_to_string(pieces) if self.grouped else pieces[0],
+                "start": offsets[group[0]][0],
+                "end": offsets[group[-1]][1],
+            })
+        return found
+
+    def _piece(self, text: str, token: str, token_id: int, offset: tuple[int, int]) -> str:
+        """A token's string, or for an unknown token the text it stands for (as the pipeline does)."""
+        return text[offset[0]:offset[1]] if token_id == self.unk_token_id else token
