@@ -69,12 +69,15 @@ class MicroBatcher:
     def _run_group(self, group: list[Features], forward: Callable[[dict[str, Any]], list[Any]]) -> list[Any]:
         import torch
 
+        inputs = pad_features(group, self.pad_values, self.padding_side)
         try:
-            return forward(pad_features(group, self.pad_values, self.padding_side))
+            return forward(inputs)
         except torch.cuda.OutOfMemoryError:
             if len(group) == 1:
                 raise
             torch.cuda.empty_cache()
-            self.token_budget = max(1, self.token_budget // 2)
+            # Half of what failed, not half the budget: micro-batches planned with the old budget fail
+            # too, and must not shrink it again.
+            self.token_budget = max(1, min(self.token_budget, inputs["input_ids"].numel() // 2))
             half = len(group) // 2
             return self._run_group(group[:half], forward) + self._run_group(group[half:], forward)

@@ -43,3 +43,24 @@ def test_left_padding_for_decoder_models():
     MicroBatcher(100, {"input_ids": 0}, padding_side="left").run(rows, lambda x: seen.append(x) or [0, 0])
     assert torch.equal(seen[0]["input_ids"], torch.tensor([[7, 8, 9], [0, 0, 5]]))
     assert torch.equal(seen[0]["attention_mask"], torch.tensor([[1, 1, 1], [0, 0, 1]]))
+
+
+def test_cuda_out_of_memory_halves_the_budget_and_every_row_still_runs_once():
+    """A forward pass that only fits 64 padded tokens (as a GPU with little free memory would) raises CUDA
+    OOM above that; the batcher splits the failing micro-batch, keeps the smaller budget, loses no row."""
+    fits = 64
+    shapes = []
+
+    def forward(inputs):
+        if inputs["input_ids"].numel() > fits:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {inputs['input_ids'].numel()} padded tokens")
+        shapes.append(tuple(inputs["input_ids"].shape))
+        return inputs["input_ids"][:, 0].tolist()
+
+    rng = random.Random(0)
+    rows = [{"input_ids": [row] + [1] * rng.randint(0, 15)} for row in range(40)]
+    batcher = MicroBatcher(token_budget=512, pad_values={"input_ids": 0})
+    assert batcher.run(rows, forward) == list(range(40))
+    assert sum(rows for rows, _ in shapes) == 40 and all(rows * width <= fits for rows, width in shapes)
+    assert 32 <= batcher.token_budget <= fits
+    assert batcher.run(rows[:8], forward) == list(range(8)), "the halved budget holds for later batches"
