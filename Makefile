@@ -23,8 +23,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup
-	$(PY) -m benchmarks.throughput
+bench: setup  # the README's CPU table (about 25 min on 2 cores)
+	$(PY) -m benchmarks.throughput --rows 10000 --baseline-rows 2000 --dtype bfloat16 --reference-dtype float32 \
+	    --num-actors 2 --num-cpus-per-actor 0.5 --torch-threads 1 --token-budget 4096 --input-files 8
+	$(PY) -m benchmarks.ner_grouping
 
 clean:
 	rm -rf $(VENV) output

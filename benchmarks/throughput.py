@@ -415,9 +415,10 @@ class Bench:
         self.workdir = workdir
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = args.dtype or ("bfloat16" if self.device == "cuda" else "float32")
+        self.reference_dtype = args.reference_dtype or self.dtype
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.actor_cpus = args.num_cpus_per_actor or max(1, self.cores - 1)  # reserved from Ray, as the job does
-        self.job_threads = args.torch_threads or self.actor_cpus
+        self.job_threads = args.torch_threads or max(1, int(self.actor_cpus))
         self.token_budget = args.token_budget or (131072 if self.device == "cuda" else 8192)
         self.baseline_rows = min(args.baseline_rows or args.rows, args.rows)
         self.ray = not args.no_ray and importlib.util.find_spec("ray") is not None
@@ -479,7 +480,7 @@ class Bench:
 
     def run_a(self) -> list[Measurement]:
         """(a) The naive loop: one `pipeline()` call per text, all cores."""
-        return self._time_pipeline("a", "pipeline, one text per call", None, 1, [])
+        return self._time_pipeline("a", f"pipeline, one text per call, {self.reference_dtype}", None, 1, [])
 
     # b -------------------------------------------------------------------------------------------------------------
 
@@ -488,14 +489,15 @@ class Bench:
 
     def _run_b_loop(self) -> list[Measurement]:
         """(b) without Ray: `pipeline(batch_size=32)` called on each batch of --batch-size rows, all cores."""
-        return self._time_pipeline("b", f"pipeline(batch_size={PIPELINE_BATCH}), loop (no Ray)", PIPELINE_BATCH,
+        return self._time_pipeline("b", f"pipeline(batch_size={PIPELINE_BATCH}), loop (no Ray), {self.reference_dtype}",
+                                   PIPELINE_BATCH,
                                    self.args.batch_size, ["no Ray: plain loop over batches of --batch-size rows"])
 
     def _time_pipeline(self, key: str, label: str, pipeline_batch: int | None, rows_per_call: int,
                        notes: list[str]) -> list[Measurement]:
         """A `pipeline()` over the baseline rows, `rows_per_call` texts per call, after an untimed warm-up."""
         set_threads(self.cores)
-        pipe = build_pipeline(self.scenario, self.model, self.device, self.dtype)
+        pipe = build_pipeline(self.scenario, self.model, self.device, self.reference_dtype)
         run_pipeline(pipe, self.scenario, self.texts(self.warmup_rows(self.baseline_rows)), pipeline_batch)
         texts = self.texts(self.baseline_rows)
         with GpuSampler(self.device == "cuda") as gpu:
@@ -522,10 +524,12 @@ class Bench:
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
         log_dir = self.workdir / "b-log"
         log_dir.mkdir()
-        dataset = ray.data.read_parquet(str(self.baseline_path)).map_batches(
+        dataset = ray.data.read_parquet(str(self.baseline_path)).repartition(  # as the job reads, for a fair
+            target_num_rows_per_block=self.args.batch_size,                   # share of the actor pool
+        ).map_batches(
             PipelinePredictor,
             fn_constructor_kwargs=dict(
-                scenario=self.scenario, model=str(self.model), device=self.device, dtype=self.dtype,
+                scenario=self.scenario, model=str(self.model), device=self.device, dtype=self.reference_dtype,
                 threads=self.job_threads, warmup_texts=self.texts(self.warmup_rows(self.baseline_rows)),
                 log_dir=str(log_dir),
             ),
@@ -548,7 +552,8 @@ class Bench:
                                            "seconds": seconds, "rows_per_s": len(ids) / seconds}
         pool = f"{self.args.num_actors} actor(s) x {self.job_threads} thread(s)"
         notes = [f"timed from warm actor to end of its last call; {pool}", *self.baseline_note()]
-        return [Measurement("b", f"pipeline(batch_size={PIPELINE_BATCH}) in Ray map_batches actor", rows,
+        return [Measurement("b", f"pipeline(batch_size={PIPELINE_BATCH}) in Ray map_batches actor, "
+                                 f"{self.reference_dtype}", rows,
                             self.tokens(rows), log.calls[-1][1] - log.ready[0], self.job_threads, notes, extra)]
 
     # c -------------------------------------------------------------------------------------------------------------
@@ -602,7 +607,7 @@ class Bench:
             seconds = time.perf_counter() - start
         ray.shutdown()
         log = ActorLog.read(log_dir)
-        label = f"job: run_job, {self.args.num_actors} actor(s) x {self.job_threads} thread(s)"
+        label = f"job: run_job, {self.args.num_actors} actor(s) x {self.job_threads} thread(s), {self.dtype}"
         extra = {"run_job_seconds": result.seconds, "rows_out": result.rows_out, "actor": log.summary(),
                  "gpu": gpu.summary(), "gpu_note": "sampled over the whole job, start-up included"}
         measured = [Measurement("c", label + ", end to end", result.rows_out, self.tokens(self.args.rows), seconds,
@@ -645,7 +650,7 @@ class Bench:
             sync(self.device)
             seconds = time.perf_counter() - start
         return [Measurement("c-actor", f"job's Annotator in-process (no Ray), batches of {self.args.batch_size}, "
-                                       f"{self.args.actor_concurrency} in flight",
+                                       f"{self.args.actor_concurrency} in flight, {self.dtype}",
                             rows, self.tokens(rows), seconds, threads,
                             ["Annotator sets torch threads to num_cpus_per_actor on CPU"],
                             {"load_seconds": load_seconds, "token_budget": self.token_budget, "gpu": gpu.summary()})]
@@ -675,7 +680,7 @@ class Bench:
                 sync(self.device)
                 seconds = time.perf_counter() - start
             key = "d" if threads == self.cores else "d-job-threads"
-            measured.append(Measurement(key, f"ceiling: forward only, sorted batches of {PIPELINE_BATCH}",
+            measured.append(Measurement(key, f"ceiling: forward only, sorted batches of {PIPELINE_BATCH}, {self.dtype}",
                                         self.args.rows, self.tokens(self.args.rows), seconds,
                                         threads if self.device == "cpu" else None, [],
                                         {"padded_tokens": sum(b["input_ids"].numel() for b in batches),
@@ -804,7 +809,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help=f"comma-separated variants to skip, of {','.join(VARIANTS)}")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                        help="default: float32 on CPU, bfloat16 on CUDA")
+                        help="the job's and the ceiling's dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--reference-dtype", choices=["float32", "float16", "bfloat16"],
+                        help="the pipelines' (a, b) dtype (default: --dtype); float32 is pipeline()'s own default")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray batch (b, c, c-actor)")
     parser.add_argument("--token-budget", type=int, help="the job's padded tokens per micro-batch "
                         "(default: 8192 on CPU, 131072 on CUDA)")
@@ -812,7 +819,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write the rows as this many Parquet files (Ray Data reads a file as one block and "
                         "hands a block to one actor task, so fewer files than actors leaves actors idle)")
     parser.add_argument("--num-actors", type=int, default=1, help="actors in (b) and the job")
-    parser.add_argument("--num-cpus-per-actor", type=int,
+    parser.add_argument("--num-cpus-per-actor", type=float,
                         help="the job's (and Ray (b)'s) CPUs = torch threads per actor (default: cores - 1, >= 1)")
     parser.add_argument("--actor-concurrency", type=int, default=1, help="batches in flight per actor (threads)")
     parser.add_argument("--torch-threads", type=int, help="torch threads in the job's actor (default: its CPUs)")
@@ -842,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(bench.device)  # before any variant sets torch threads
         s = bench.scenario
         print(f"scenario {s.name}: {s.task}, max_length {s.max_length}, {s.model_description}")
-        print(f"device {bench.device} ({bench.dtype}), {bench.cores} cores; "
+        print(f"device {bench.device} (job and ceiling {bench.dtype}, pipelines {bench.reference_dtype}), {bench.cores} cores; "
               + ("Ray installed: (b) Ray Data actor" if bench.ray else "no Ray: (b) plain pipeline loop")
               + f", (c) as {' + '.join(bench.job_variants)}")
         print(f"rows {args.rows} from {bench.corpus.name} ({bench.tokens(args.rows):,} tokens, "
@@ -863,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "throughput",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scenario": {**asdict(s), "model": s.model_description},
-            "device": bench.device, "dtype": bench.dtype,
+            "device": bench.device, "dtype": bench.dtype, "reference_dtype": bench.reference_dtype,
             "variant_set": "ray" if bench.ray else "no-ray",
             "machine": machine,
             "parameters": {**vars(args), "baseline_rows": bench.baseline_rows, "num_cpus_per_actor": bench.actor_cpus, "torch_threads": bench.job_threads,
