@@ -48,10 +48,8 @@ class TokenClassification(TaskAdapter):
     def __init__(self, loaded: LoadedModel, options: TokenClassificationOptions):
         super().__init__(loaded, options)
         from transformers import TokenClassificationPipeline
-        from transformers.pipelines.token_classification import AggregationStrategy
 
         self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer, device=self.device)
-        self._strategy = AggregationStrategy[options.aggregation_strategy.upper()]
         if options.aggregation_strategy in ("none", "simple"):
             self._token_groups = TokenGroups(self._pipeline, self.model.config.id2label,
                                              grouped=options.aggregation_strategy == "simple")
@@ -74,7 +72,8 @@ class TokenClassification(TaskAdapter):
             if len(units) > 1:
                 entities = self._pipeline.aggregate_overlapping_entities(entities)
         else:
-            entities = self._word_entities(text, units, outputs)
+            entities = pipeline_entities(self._pipeline, text, units, outputs, self.options.aggregation_strategy,
+                                         self.options.ignore_labels)
         return [
             {
                 "entity_group": e.get("entity_group", e.get("entity")),
@@ -86,21 +85,24 @@ class TokenClassification(TaskAdapter):
             for e in entities
         ]
 
-    def _word_entities(self, text, units, outputs) -> list[dict]:
-        """The pipeline's own postprocessing, for the strategies that aggregate tokens into words first."""
-        import torch
 
-        return self._pipeline.postprocess(
-            [{
-                "logits": torch.from_numpy(logits)[None],
-                "input_ids": torch.tensor(unit["input_ids"])[None],
-                "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
-                "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
-                "sentence": text,
-            } for unit, logits in zip(units, outputs)],
-            aggregation_strategy=self._strategy,
-            ignore_labels=list(self.options.ignore_labels),
-        )
+def pipeline_entities(pipeline, text: str, units: list[dict], outputs: list, strategy: str,
+                      ignore_labels: list[str]) -> list[dict]:
+    """The token-classification pipeline's own postprocessing of one text's units and their logits."""
+    import torch
+    from transformers.pipelines.token_classification import AggregationStrategy
+
+    return pipeline.postprocess(
+        [{
+            "logits": torch.from_numpy(logits)[None],
+            "input_ids": torch.tensor(unit["input_ids"])[None],
+            "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
+            "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
+            "sentence": text,
+        } for unit, logits in zip(units, outputs)],
+        aggregation_strategy=AggregationStrategy[strategy.upper()],
+        ignore_labels=list(ignore_labels),
+    )
 
 
 class TokenGroups:
