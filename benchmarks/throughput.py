@@ -820,7 +820,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "hands a block to one actor task, so fewer files than actors leaves actors idle)")
     parser.add_argument("--num-actors", type=int, default=1, help="actors in (b) and the job")
     parser.add_argument("--num-cpus-per-actor", type=float,
-                        help="the job's (and Ray (b)'s) CPUs = torch threads per actor (default: cores - 1, >= 1)")
+                        help="CPUs each actor of the job and of Ray (b) reserves, fractions allowed (default: cores - 1, >= 1)")
     parser.add_argument("--actor-concurrency", type=int, default=1, help="batches in flight per actor (threads)")
     parser.add_argument("--torch-threads", type=int, help="torch threads in the job's actor (default: its CPUs)")
     parser.add_argument("--job-mode", choices=["auto", "ray", "actor", "both"], default="auto",
