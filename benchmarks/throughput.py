@@ -816,8 +816,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-budget", type=int, help="the job's padded tokens per micro-batch "
                         "(default: 8192 on CPU, 131072 on CUDA)")
     parser.add_argument("--input-files", type=int, default=1,
-                        help="write the rows as this many Parquet files (Ray Data reads a file as one block and "
-                        "hands a block to one actor task, so fewer files than actors leaves actors idle)")
+                        help="write the rows as this many Parquet files (the job commits its output per file)")
     parser.add_argument("--num-actors", type=int, default=1, help="actors in (b) and the job")
     parser.add_argument("--num-cpus-per-actor", type=float,
                         help="CPUs each actor of the job and of Ray (b) reserves, fractions allowed (default: cores - 1, >= 1)")
