@@ -1,4 +1,5 @@
-"""The Ray Data plan: read the pending input files once -> one actor pool per model -> commit per file.
+"""The Ray Data plan: read the pending input files once -> batch_size blocks -> one actor pool per model
+-> commit per file.
 
 Tasks on the same checkpoint share a `map_batches` stage over a pool of `Annotator` actors;
 stages are chained, so the input is read once however many tasks there are, and Ray streams
