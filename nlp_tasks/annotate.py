@@ -77,6 +77,7 @@ class Annotator:
         texts = [as_text(raw[row]) for row in clean]
         clean_batch = batch.take(pa.array(clean, type=pa.int64()))
         shared: dict[Any, list[RowResult]] = {}
+        errors_by_task: dict[str, list[str | None]] = {}
         for column, adapter in self.adapters.items():
             started = time.perf_counter()
             key = adapter.share_key()
@@ -85,16 +86,15 @@ class Annotator:
                 results = self._run_model(adapter, texts, clean_batch)
                 if key is not None:
                     shared[key] = results
-            values, errors = self._postprocess(adapter, results, texts, clean, problems)
+            values, errors_by_task[column] = self._postprocess(adapter, results, texts, clean, problems)
             field = pa.field(column, adapter.arrow_type(), metadata=adapter.column_metadata())
-            batch = with_errors(batch.append_column(field, pa.array(values, type=field.type)),
-                                self.errors_column, column, errors)
+            batch = batch.append_column(field, pa.array(values, type=field.type))
             if self.stats is not None:
                 tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
                              for unit in result[0])
                 annotated = sum(value is not None for value in values)
                 self.stats.record.remote(column, self.actor_id, annotated, tokens, time.perf_counter() - started)
-        return batch
+        return with_errors(batch, self.errors_column, errors_by_task)
 
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> list[RowResult]:
         """Each clean row's units and their outputs (of its last level), or its RowError."""
@@ -164,15 +164,15 @@ def _actor_id() -> str:
     return ray.get_runtime_context().get_actor_id()
 
 
-def with_errors(batch: pa.Table, errors_column: str, task: str, messages: list[str | None]) -> pa.Table:
-    """Append this task's row errors to the batch's `errors` list column (created empty if absent)."""
+def with_errors(batch: pa.Table, errors_column: str, messages_by_task: dict[str, list[str | None]]) -> pa.Table:
+    """Append each task's row errors to the batch's `errors` list column (created empty if absent), in one pass."""
     if errors_column in batch.column_names:
-        existing = batch.column(errors_column).to_pylist()
+        merged = batch.column(errors_column).to_pylist()
         batch = batch.drop_columns([errors_column])
     else:
-        existing = [[] for _ in range(batch.num_rows)]
-    merged = [
-        (row_errors or []) + ([{"task": task, "message": message}] if message else [])
-        for row_errors, message in zip(existing, messages)
-    ]
+        merged = [[] for _ in range(batch.num_rows)]
+    for task, messages in messages_by_task.items():
+        for row, message in enumerate(messages):
+            if message:
+                merged[row].append({"task": task, "message": message})
     return batch.append_column(errors_column, pa.array(merged, type=ERRORS))
