@@ -84,9 +84,11 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     config = write_config(tmp_path, folder, {"sentiment": {"task": "sentiment-analysis",
                                                            "model": str(models["text-classification"])}},
                           compute={"min_actors": 2, "max_actors": 2})
+    # Ray starts pool actors asynchronously: without waiting for both, the first one up may run
+    # these tiny batches alone.
     context = ray.data.DataContext.get_current()
-    default_wait, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 120  # else the first actor
-    try:                                                                # up may run these tiny batches alone
+    default_wait, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 120
+    try:
         assert main(["--config", config]) == 0
     finally:
         context.wait_for_min_actors_s = default_wait
