@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)
-        from nlp_tasks.plan import run_job
+        from nlp_tasks.job import run_job
 
         result = run_job(config)
     except (ConfigError, InputError) as error:

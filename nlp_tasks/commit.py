@@ -1,173 +1,256 @@
-"""Exactly-once, resumable output: one Parquet file per input file, published whole, then marked.
+"""The output folder and its commits: exactly-once, resumable, one writer at a time. Runs on the driver.
 
-Layout of an output directory (local or object storage), meant to be read by people too:
+Layout (local or object storage), meant to be read by people too:
 
-    part-<unit>.parquet       the annotated rows of one input file
-    _manifest/job.json        what produced this output: tasks, models and their fingerprints
-    _manifest/<unit>.json     one marker per committed input file: source path, rows, output file
-    _staging/                 files being written; discarded by the next run
+    part-<unit>-<first row>.parquet   annotated rows of one input file, from that row on
+    __manifest/job.json               what produced this output: tasks, models, fingerprints
+    __manifest/units/<unit>.json      one marker per committed input file: source, identity, rows, parts
+    __manifest/lease-<n>.json         the running job's lease (see lease.py)
+    __staging/<run>/                  parts written by the workers, not yet committed
+    __reports/run-*.json, .html       one report per run
 
-A unit's rows stream into a staging file; when its row count reaches the input file's count,
-the file is moved to its final name (atomic on a local disk, a single object on S3) and only
-then is the marker written. A crash before the marker leaves the unit uncommitted: the next
-run redoes it and overwrites the same final name, so no row is lost or duplicated.
+Every name that is not a part starts with "__": pandas, pyarrow.dataset, DuckDB (`*.parquet`),
+Spark, Ray and `datasets.load_dataset("parquet", data_dir=...)` all skip it, so readers only
+ever see committed parts.
+
+Workers write parts to the run's staging folder and report them (`write.py`). When the parts
+of a unit cover all its rows, the driver commits it: the marker, listing the parts, is written
+atomically (the commit point), then each part is moved to its final name, then any older part
+of that unit the marker does not list is deleted. A crash after the marker is rolled forward by
+the next run; before it, the unit is simply redone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import re
 import time
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from nlp_tasks.lease import Lease
+from nlp_tasks.storage import TornFile, dump, parse_json, read_json, write_atomic
 
-MANIFEST = "_manifest"
-STAGING = "_staging"
-SOURCE_COLUMN = "path"
-"""The column Ray Data's `include_paths=True` adds: the input file each row came from."""
+MANIFEST = "__manifest"
+UNITS = f"{MANIFEST}/units"
+STAGING = "__staging"
+REPORTS = "__reports"
+PART_NAME = re.compile(r"^part-([0-9a-f]{16})-(\d{12})\.parquet$")
+OWN_ENTRIES = (MANIFEST, STAGING, REPORTS)
 
 
 class OutputConflict(Exception):
-    """The output location holds something this run must not mix with; the message says what."""
+    """The output location holds something this run must not mix with or delete; the message says what."""
 
 
-def unit_id(source_path: str) -> str:
-    return hashlib.sha256(source_path.encode()).hexdigest()[:16]
+def part_name(unit: str, first: int) -> str:
+    return f"part-{unit}-{first:012d}.parquet"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True)
-class Unit:
-    source: str
+class PartRecord:
+    """One staged part, as the write stage reported it."""
+
+    unit: str
+    first: int
     rows: int
+    staged: str
+    writer: str
+    counts: str
 
     @property
-    def id(self) -> str:
-        return unit_id(self.source)
+    def end(self) -> int:
+        return self.first + self.rows
+
+
+def exact_cover(parts: Iterable[PartRecord], rows: int) -> list[PartRecord] | None:
+    """Parts that hold rows 0..rows-1 each exactly once, in order, if the reported parts allow it.
+
+    Retried write tasks may report the same rows twice, even cut differently: any chain of parts
+    from row 0 to the end will do.
+    """
+    starting: dict[int, list[PartRecord]] = {}
+    for part in parts:
+        starting.setdefault(part.first, []).append(part)
+    chain: list[PartRecord] = []
+    seen: set[int] = set()
+
+    def walk(position: int) -> bool:
+        if position == rows:
+            return True
+        if position in seen:
+            return False
+        seen.add(position)
+        for part in starting.get(position, []):
+            chain.append(part)
+            if walk(part.end):
+                return True
+            chain.pop()
+        return False
+
+    return chain if walk(0) else None
 
 
 class OutputStore:
-    """The output directory: its job manifest, committed units, and publishing."""
+    """The output folder: its job manifest, committed units, lease and commits."""
 
-    def __init__(self, filesystem: Any, root: str):
+    def __init__(self, filesystem: Any, root: str, name: str | None = None):
         self.filesystem = filesystem
         self.root = root.rstrip("/")
+        self.name = name or self.root
+        """How the output is named in messages and reports (without credentials)."""
+        self.lease = Lease(filesystem, self.path(MANIFEST))
+        self.markers: dict[str, dict] = {}
+        """Committed units by id, as of the start of this run plus what it committed."""
+        self.repaired: list[str] = []
+        """What `open` found broken and mended (torn markers, missing parts), for the run report."""
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def _read_json(self, path: str) -> dict:
-        with self.filesystem.open(path, "rb") as handle:
-            return json.load(handle)
+    @property
+    def run(self) -> str:
+        return self.lease.owner["run"]
 
-    def _write_json(self, path: str, data: dict) -> None:
-        self.filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.filesystem.open(path, "wb") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=True).encode())
+    @property
+    def staging(self) -> str:
+        return self.path(STAGING, self.run)
 
-    def exists(self) -> bool:
-        return self.filesystem.exists(self.root) and bool(self.filesystem.ls(self.root))
+    def _entries(self) -> list[str]:
+        if not self.filesystem.exists(self.root):
+            return []
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.filesystem.ls(self.root, detail=False)]
 
     def job(self) -> dict | None:
         path = self.path(MANIFEST, "job.json")
-        return self._read_json(path) if self.filesystem.exists(path) else None
+        if not self.filesystem.exists(path):
+            return None
+        try:
+            return read_json(self.filesystem, path)
+        except TornFile as error:
+            raise OutputConflict(f"output manifest {error}; restore it or write to a new output.path") from None
 
-    def start(self, job: dict, if_exists: str) -> None:
-        """Make the output ready for a run of `job` (see OutputConfig.if_exists)."""
-        if self.exists():
+    def open(self, job: dict, if_exists: str, change_message: Any) -> None:
+        """Take the lease and make the output ready for a run of `job` (see OutputConfig.if_exists).
+
+        `change_message(previous_job, job)` says why an existing output's job differs, or None if it does not.
+        """
+        entries = self._entries()
+        if entries:
             previous = self.job()
-            if if_exists == "overwrite":
-                self.filesystem.rm(self.root, recursive=True)
-            elif if_exists == "error":
-                raise OutputConflict(f"output.path {self.root!r} already exists (output.if_exists: error)")
-            elif previous is None:
-                raise OutputConflict(f"output.path {self.root!r} has files but no {MANIFEST}/job.json: "
+            if previous is None:
+                older = " (it has a _manifest/ folder: an output of an older nlp-tasks layout)" \
+                    if "_manifest" in entries else ""
+                raise OutputConflict(f"output.path {self.name!r} has files but no {MANIFEST}/job.json{older}: "
                                      "it is not an output of this job; choose another path")
-            elif previous["fingerprint"] != job["fingerprint"]:
-                changed = sorted(
-                    column for column in set(previous["tasks"]) | set(job["tasks"])
-                    if previous["tasks"].get(column) != job["tasks"].get(column)
-                ) or ["input columns"]
-                raise OutputConflict(
-                    f"output.path {self.root!r} was produced by a different config or model "
-                    f"(changed: {', '.join(changed)}); write to a new output.path or set output.if_exists: overwrite"
-                )
-        if self.filesystem.exists(self.path(STAGING)):
-            self.filesystem.rm(self.path(STAGING), recursive=True)
-        if self.job() is None:
-            self._write_json(self.path(MANIFEST, "job.json"), job)
+            if if_exists == "error":
+                raise OutputConflict(f"output.path {self.name!r} already exists (output.if_exists: error)")
+            if if_exists == "resume" and (changed := change_message(previous, job)):
+                raise OutputConflict(f"output.path {self.name!r} {changed}; write to a new output.path "
+                                     "or set output.if_exists: overwrite")
+        self.filesystem.makedirs(self.path(MANIFEST), exist_ok=True)
+        self.lease.acquire()
+        try:
+            if entries and if_exists == "overwrite":
+                self._delete_own_output(entries)
+            if self.job() is None:
+                write_atomic(self.filesystem, self.path(MANIFEST, "job.json"), dump(job))
+            self._reconcile()
+        except BaseException:
+            self.lease.release()
+            raise
 
-    def committed(self) -> dict[str, dict]:
-        """Markers of committed units, by unit id."""
-        folder = self.path(MANIFEST)
+    def _delete_own_output(self, entries: list[str]) -> None:
+        """`overwrite`: delete this job's parts, markers, staging and reports, and nothing else."""
+        foreign = [e for e in entries if e not in OWN_ENTRIES and not PART_NAME.match(e)]
+        if foreign:
+            raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
+                                 "overwrite only deletes an output of this job: move it away or use another path")
+        for entry in entries:
+            if entry != MANIFEST:
+                self.filesystem.rm(self.path(entry), recursive=True)
+        for path in self.filesystem.ls(self.path(MANIFEST), detail=False):
+            if not path.rstrip("/").rsplit("/", 1)[-1].startswith("lease-"):
+                self.filesystem.rm(path, recursive=True)
+
+    def _read_markers(self) -> dict[str, dict]:
+        folder = self.path(UNITS)
         if not self.filesystem.exists(folder):
             return {}
-        markers = [p for p in self.filesystem.ls(folder, detail=False) if not p.endswith("/job.json")]
-        return {p.rsplit("/", 1)[-1].removesuffix(".json"): self._read_json(p) for p in markers}
+        paths = [p for p in self.filesystem.ls(folder, detail=False) if p.endswith(".json")]
+        markers = {}
+        for path, raw in self.filesystem.cat(paths, on_error="return").items() if paths else []:
+            unit = path.rsplit("/", 1)[-1].removesuffix(".json")
+            try:
+                if isinstance(raw, Exception):
+                    raise raw
+                markers[unit] = parse_json(path, raw)
+                if "parts" not in markers[unit]:
+                    raise TornFile(f"{path} is not a unit marker")
+            except (TornFile, OSError) as error:
+                self.repaired.append(f"unit marker unreadable: {error}; its input file is annotated again")
+                self.filesystem.rm(path)
+        return markers
 
-    def publish(self, unit: Unit, staged: str) -> None:
-        """Move a complete staging file to its final name, then mark the unit committed."""
-        final = self.path(f"part-{unit.id}.parquet")
-        self.filesystem.mv(staged, final)
-        self._mark(unit, final.rsplit("/", 1)[-1])
+    def _reconcile(self) -> None:
+        """Roll interrupted commits forward, drop units whose parts are gone, and delete what no marker lists."""
+        self.markers = self._read_markers()
+        present = set(self._entries())
+        for unit, marker in list(self.markers.items()):
+            for part in marker["parts"]:
+                if part["file"] in present:
+                    continue
+                if part.get("staged") and self.filesystem.exists(part["staged"]):
+                    self.filesystem.mv(part["staged"], self.path(part["file"]))
+                    present.add(part["file"])
+                else:
+                    self.repaired.append(f"input file {marker['source']!r}: committed part {part['file']} is "
+                                         "missing; the file is annotated again")
+                    self.remove(unit)
+                    break
+        listed = {part["file"] for marker in self.markers.values() for part in marker["parts"]}
+        for entry in present - listed:
+            if PART_NAME.match(entry):
+                self.filesystem.rm(self.path(entry))
+        if self.filesystem.exists(self.path(STAGING)):
+            self.filesystem.rm(self.path(STAGING), recursive=True)
+        self.filesystem.makedirs(self.staging, exist_ok=True)
 
-    def publish_empty(self, unit: Unit) -> None:
-        """An input file without rows is committed with no output file."""
-        self._mark(unit, None)
+    def commit(self, marker: dict, parts: list[PartRecord]) -> None:
+        """Make a unit's staged parts its committed output, replacing whatever it had before."""
+        self.lease.check()
+        unit = marker["unit"]
+        marker = {**marker, "committed_at": now(), "run": self.run, "parts": [
+            {"file": part_name(unit, p.first), "first": p.first, "rows": p.rows, "staged": p.staged} for p in parts]}
+        write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
+        for part in marker["parts"]:
+            self.filesystem.mv(part["staged"], self.path(part["file"]))
+        previous = self.markers.get(unit)
+        if previous:
+            kept = {part["file"] for part in marker["parts"]}
+            for part in previous["parts"]:
+                if part["file"] not in kept:
+                    self.filesystem.rm(self.path(part["file"]))
+        self.markers[unit] = marker
 
-    def _mark(self, unit: Unit, output: str | None) -> None:
-        self._write_json(self.path(MANIFEST, f"{unit.id}.json"), {
-            "source": unit.source, "rows": unit.rows, "output": output,
-            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+    def remove(self, unit: str) -> None:
+        """Uncommit a unit and delete its parts (marker first: a crash in between leaves only strays)."""
+        self.lease.check()
+        marker = self.markers.pop(unit)
+        self.filesystem.rm(self.path(UNITS, f"{unit}.json"))
+        for part in marker["parts"]:
+            if self.filesystem.exists(self.path(part["file"])):
+                self.filesystem.rm(self.path(part["file"]))
 
+    def close(self) -> None:
+        """Discard this run's leftover staged files (retried attempts) and give the lease back."""
+        try:
+            if self.lease.number is not None and not self.lease.lost and self.filesystem.exists(self.staging):
+                self.filesystem.rm(self.staging, recursive=True)
+        finally:
+            self.lease.release()
 
-class UnitWriter:
-    """Routes annotated batches to per-input-file staging files and publishes each when complete."""
-
-    def __init__(self, store: OutputStore, units: list[Unit], generated_id_column: str | None = None):
-        """`generated_id_column`: for inputs without an id column, add one holding "<input file>:<row position>",
-        stable across runs because rows arrive in file order."""
-        self.store = store
-        self.generated_id_column = generated_id_column
-        self.units = {unit.source: unit for unit in units}
-        self.written: dict[str, int] = {}
-        self.writers: dict[str, tuple[pq.ParquetWriter, Any, str]] = {}
-        self.run_id = uuid.uuid4().hex[:8]
-        store.filesystem.makedirs(store.path(STAGING), exist_ok=True)
-
-    def write(self, batch: pa.Table) -> None:
-        sources = batch.column(SOURCE_COLUMN)
-        rows = batch.drop_columns([SOURCE_COLUMN])
-        for source in pc.unique(sources).to_pylist():
-            part = rows.filter(pc.equal(sources, source))
-            unit = self.units[source]
-            if self.generated_id_column:
-                first = self.written.get(unit.source, 0)
-                ids = [f"{unit.source}:{position}" for position in range(first, first + part.num_rows)]
-                part = part.add_column(0, self.generated_id_column, pa.array(ids, pa.string()))
-            if unit.source not in self.writers:
-                staged = self.store.path(STAGING, f"{unit.id}-{self.run_id}.parquet")
-                handle = self.store.filesystem.open(staged, "wb")
-                self.writers[unit.source] = (pq.ParquetWriter(handle, part.schema), handle, staged)
-            writer, handle, staged = self.writers[unit.source]
-            writer.write_table(part)
-            self.written[unit.source] = self.written.get(unit.source, 0) + part.num_rows
-            if self.written[unit.source] > unit.rows:
-                raise RuntimeError(f"input file {unit.source!r}: more output rows than its {unit.rows} input rows")
-            if self.written[unit.source] == unit.rows:
-                writer.close()
-                handle.close()
-                self.store.publish(unit, staged)
-                del self.writers[unit.source]
-
-    def finish(self) -> None:
-        """Every unit must have been published whole; anything else means rows went missing."""
-        missing = {s: u.rows - self.written.get(s, 0) for s, u in self.units.items() if self.written.get(s, 0) != u.rows}
-        if missing:
-            source, count = next(iter(missing.items()))
-            raise RuntimeError(f"{len(missing)} input file(s) incomplete, e.g. {source!r} is missing {count} rows")

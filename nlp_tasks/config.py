@@ -30,13 +30,21 @@ class InputConfig(_Strict):
     bad_files: Literal["fail", "quarantine"] = "fail"
     """fail: an unreadable file, or one without the columns or with another schema, stops the job before
     inference; quarantine: such files are listed in the run report and the rest is processed."""
+    partitioning: Literal["none", "hive"] = "none"
+    """hive: folders named `key=value` between input.path and a file add a string column `key`; none: paths
+    never become column values."""
 
 
 class OutputConfig(_Strict):
     path: str
     if_exists: Literal["resume", "overwrite", "error"] = "resume"
     """resume: add what is not yet committed to an output made by the same config (refuse another);
-    overwrite: start again; error: refuse any existing output."""
+    overwrite: delete this job's earlier output and start again; error: refuse any existing output."""
+    vanished_inputs: Literal["keep", "remove"] = "keep"
+    """What happens to the rows of a committed input file that is no longer there: keep them, or remove
+    them from the output. Either way the run report lists the file; a renamed file is never kept twice."""
+    rows_per_file: int = Field(10_000, ge=1)
+    """Rows the write stage gathers per call; an output part holds at most this many rows of one input file."""
     errors_column: str = "errors"
     generated_id_column: str = "row_id"
     """Added when the input has no id_column: "<input file>:<row position in it>", stable across runs."""
@@ -98,8 +106,18 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _column_names(self):
-        if self.output.errors_column in self.tasks:
-            raise ValueError(f"task name {self.output.errors_column!r} clashes with output.errors_column")
+        """Every column of the output has a name of its own; "__" names belong to the job."""
+        named = [(f"tasks.{column}", column) for column in self.tasks]
+        named += [("output.errors_column", self.output.errors_column), ("input.text_column", self.input.text_column)]
+        named.append(("input.id_column", self.input.id_column) if self.input.id_column
+                     else ("output.generated_id_column", self.output.generated_id_column))
+        seen: dict[str, str] = {}
+        for key, name in named:
+            if not name.strip() or name.startswith("__"):
+                raise ValueError(f"{key}: column name {name!r} is empty or starts with '__' (reserved)")
+            if name in seen:
+                raise ValueError(f"{key}: column name {name!r} is also {seen[name]}")
+            seen.setdefault(name, key)
         return self
 
 

@@ -1,13 +1,20 @@
-"""Input discovery and checks, before any model loads.
+"""Input discovery and checks, on the driver, before any model loads.
 
 Paths are anything fsspec understands: a Parquet file, a directory of them, a glob, or a URI
-(s3://, gs://, ...). Every input file's footer is read up front, so that an unreadable file
-or a missing text column fails the job in one line that names the file, before inference.
+(s3://, gs://, ...). Every input file's footer is read up front (a few files at a time), so that
+an unreadable file or a missing text column fails the job in one line that names the file,
+before inference, and so that each file's identity (size, version, footer checksum) is known:
+a committed file that changed since is annotated again. Only metadata is read here; the rows
+are read by the workers (`read.py`).
 """
 
 from __future__ import annotations
 
 import glob as globbing
+import hashlib
+import re
+import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,31 +23,75 @@ import pyarrow.parquet as pq
 
 from nlp_tasks.config import InputConfig
 
+FOOTER_READERS = 16
+"""Input files whose footers are read at once (object stores answer each request in tens of ms)."""
+TAIL_BYTES = 64 * 1024
+"""Bytes read from the end of a file to get its footer in one request (more when the footer is bigger)."""
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary())
+
 
 class InputError(Exception):
     """The input cannot be annotated as configured; the message names the file and problem."""
+
+
+def redact(url: str) -> str:
+    """A path or URL without the credentials it may carry: `user:password@` and secret-looking query values.
+
+    Every path that is recorded (row ids, manifest, reports) or printed goes through this.
+    """
+    url = re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", url)
+    return re.sub(r"([?&][^=&]*(?:sig|token|secret|password|passwd|key|credential|auth)[^=&]*=)[^&]*", r"\1***",
+                  url, flags=re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: where to read it, how to name it, and what identifies its content."""
+
+    path: str
+    """The path the filesystem opens."""
+    name: str
+    """The name recorded in row ids and the manifest: the path, or URL, without credentials."""
+    rows: int
+    row_group_rows: tuple[int, ...]
+    size: int
+    version: str | None
+    """The file's modification time or ETag, as the filesystem reports it."""
+    footer_sha256: str
+    partition: tuple[tuple[str, str], ...] = ()
+    """Hive partition values (`key=value` folders) when `input.partitioning: hive`."""
+
+    @property
+    def unit(self) -> str:
+        """The file's id in the output: its parts and marker are named after it."""
+        return hashlib.sha256(self.name.encode()).hexdigest()[:16]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the manifest records to tell, on a later run, whether the file changed."""
+        return {"size": self.size, "version": self.version, "footer_sha256": self.footer_sha256}
+
+    @property
+    def content_key(self) -> tuple[int, str]:
+        """What a renamed file keeps: its size and footer (modification times and ETags may change on a copy)."""
+        return self.size, self.footer_sha256
 
 
 @dataclass(frozen=True)
 class InputFiles:
     filesystem: Any
     """An fsspec filesystem."""
-    rows: dict[str, int]
-    """Row count of each input file, from its footer."""
+    root: str
+    """The file or folder input.path names (for a glob, the folder above its first wildcard)."""
+    files: list[InputFile]
     schema: pa.Schema
+    """The input columns (partition columns included)."""
     quarantined: dict[str, str] = field(default_factory=dict)
-    """Bad files set aside (with `bad_files: quarantine`), and why."""
+    """Bad files set aside (with `bad_files: quarantine`), by name, and why."""
 
     @property
     def num_rows(self) -> int:
-        return sum(self.rows.values())
-
-
-def arrow_filesystem(filesystem: Any) -> Any:
-    """The pyarrow view of an fsspec filesystem, for Ray Data's readers and writers."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return PyFileSystem(FSSpecHandler(filesystem))
+        return sum(f.rows for f in self.files)
 
 
 def _is_data_file(path: str) -> bool:
@@ -48,56 +99,124 @@ def _is_data_file(path: str) -> bool:
     return not name.startswith(("_", ".")) and name.endswith((".parquet", ".pq"))
 
 
-def list_input_files(path: str) -> tuple[Any, list[str]]:
+def _version(info: dict) -> str | None:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "modified"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return None
+
+
+def list_input_files(path: str) -> tuple[Any, str, dict[str, dict]]:
+    """The filesystem, what the input path names (a file, a folder, a glob's folder), and each input file's
+    listing entry (size, version), by path.
+
+    A glob is only a glob where the path names no existing file (file names may hold `?`, `*` or `[`).
+    """
     from fsspec.core import url_to_fs
 
-    filesystem, root = url_to_fs(path)
-    if globbing.has_magic(root):
-        paths = [p for p in filesystem.glob(root) if filesystem.isfile(p)]
-    elif filesystem.isdir(root):
-        paths = [p for p in filesystem.find(root) if _is_data_file(p)]
-    elif filesystem.exists(root):
-        paths = [root]
-    else:
-        raise InputError(f"input.path {path!r}: no such file or directory")
-    if not paths:
-        raise InputError(f"input.path {path!r}: no Parquet files found")
-    return filesystem, sorted(paths)
-
-
-def file_problem(filesystem: Any, path: str, config: InputConfig, schema: pa.Schema | None) -> tuple[str | None, Any]:
-    """Why one input file cannot be annotated (None if it can), and its footer metadata."""
     try:
-        with filesystem.open(path, "rb") as handle:
-            metadata = pq.ParquetFile(handle).metadata
-            file_schema = metadata.schema.to_arrow_schema()
+        filesystem, root = url_to_fs(path)
+        if filesystem.isfile(root):
+            return filesystem, root, {root: filesystem.info(root)}
+        if filesystem.isdir(root):
+            found = filesystem.find(root, detail=True)
+            return filesystem, root, {p: info for p, info in found.items() if _is_data_file(p[len(root):])}
+        if globbing.has_magic(root):
+            found = filesystem.glob(root, detail=True)
+            return filesystem, re.split(r"[*?\[]", root)[0].rsplit("/", 1)[0], {
+                p: info for p, info in found.items() if info.get("type") != "directory"}
+    except (OSError, ValueError, ImportError) as error:
+        raise InputError(f"input.path {redact(path)!r}: cannot list it ({type(error).__name__}: "
+                         f"{redact(str(error))})") from None
+    raise InputError(f"input.path {redact(path)!r}: no such file or directory")
+
+
+def read_footer(filesystem: Any, path: str, size: int) -> tuple[pq.FileMetaData, str]:
+    """A Parquet file's metadata and the sha256 of its footer bytes, in one read (two if the footer is big)."""
+    with filesystem.open(path, "rb") as handle:
+        handle.seek(max(0, size - TAIL_BYTES))
+        tail = handle.read()
+        if len(tail) < 12 or tail[-4:] != b"PAR1":
+            raise ValueError("no Parquet magic bytes at the end of the file")
+        footer_length = struct.unpack("<I", tail[-8:-4])[0]
+        if footer_length + 8 > len(tail):
+            if footer_length + 12 > size:
+                raise ValueError(f"footer length {footer_length} exceeds the file size {size}")
+            handle.seek(size - footer_length - 8)
+            tail = handle.read()
+    footer = tail[-(footer_length + 8):]
+    return pq.read_metadata(pa.py_buffer(b"PAR1" + footer)), hashlib.sha256(footer).hexdigest()
+
+
+def text_type_problem(schema: pa.Schema, column: str) -> str | None:
+    kind = schema.field(column).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if kind not in TEXT_TYPES:
+        return f"column {column!r} holds {kind}, not text"
+    return None
+
+
+def partition_values(root: str, path: str) -> tuple[tuple[str, str], ...]:
+    """`key=value` folder names between the input root and the file (hive partitioning)."""
+    folders = path[len(root):].strip("/").split("/")[:-1]
+    return tuple(tuple(folder.split("=", 1)) for folder in folders if "=" in folder)
+
+
+def inspect_file(filesystem: Any, path: str, info: dict, root: str,
+                 config: InputConfig) -> tuple[InputFile, pa.Schema] | str:
+    """One input file (with its footer read) and its schema, or why it cannot be annotated."""
+    name = redact(path)
+    try:
+        metadata, footer_sha256 = read_footer(filesystem, path, int(info["size"]))
+        schema = metadata.schema.to_arrow_schema()
     except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
-        return f"not a readable Parquet file ({error})", None
+        return f"not a readable Parquet file ({type(error).__name__}: {redact(str(error))})"
     for column in (config.text_column, config.id_column):
-        if column is not None and column not in file_schema.names:
-            return f"no column {column!r} (columns: {', '.join(file_schema.names)})", None
-    if schema is not None and not file_schema.equals(schema):
-        differing = sorted(set(map(str, file_schema)) ^ set(map(str, schema)))
-        return f"schema differs from the first input file's (fields not in both: {'; '.join(differing)})", None
-    return None, metadata
+        if column is not None and column not in schema.names:
+            return f"no column {column!r} (columns: {', '.join(schema.names)})"
+    problem = text_type_problem(schema, config.text_column)
+    if problem:
+        return problem
+    partition = partition_values(root, path) if config.partitioning == "hive" else ()
+    for key, _ in partition:
+        if key in schema.names:
+            return f"partition folder {key}=... names a column the file already has"
+    return InputFile(
+        path=path, name=name, rows=metadata.num_rows,
+        row_group_rows=tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)),
+        size=int(info["size"]), version=_version(info), footer_sha256=footer_sha256, partition=partition,
+    ), schema
 
 
 def inspect_input(config: InputConfig) -> InputFiles:
-    """List the input files and check each one's footer and columns.
+    """List the input files and check each one's footer and columns, a few files at a time.
 
     A bad file fails the job (`bad_files: fail`) or is set aside and reported (`quarantine`).
+    Every file must have the first good file's schema.
     """
-    filesystem, paths = list_input_files(config.path)
-    schema, rows, quarantined = None, {}, {}
-    for path in paths:
-        problem, metadata = file_problem(filesystem, path, config, schema)
-        if problem is not None:
-            if config.bad_files == "fail":
-                raise InputError(f"input file {path!r}: {problem}")
-            quarantined[path] = problem
-            continue
-        schema = schema or metadata.schema.to_arrow_schema()
-        rows[path] = metadata.num_rows
-    if not rows:
-        raise InputError(f"input.path {config.path!r}: no usable input file ({len(quarantined)} quarantined)")
-    return InputFiles(filesystem, rows, schema, quarantined)
+    filesystem, root, listing = list_input_files(config.path)
+    if not listing:
+        raise InputError(f"input.path {redact(config.path)!r}: no Parquet files found")
+    paths = sorted(listing)
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:
+        inspected = list(pool.map(lambda p: inspect_file(filesystem, p, listing[p], root, config), paths))
+    files, schema, quarantined = [], None, {}
+    for path, result in zip(paths, inspected):
+        if isinstance(result, tuple):
+            file, file_schema = result
+            schema = schema or file_schema
+            keys = [key for key, _ in file.partition]
+            if file_schema.equals(schema) and (not files or keys == [key for key, _ in files[0].partition]):
+                files.append(file)
+                continue
+            differing = sorted(set(map(str, file_schema)) ^ set(map(str, schema))) or [f"partition keys {keys}"]
+            result = f"schema differs from the first input file's (fields not in both: {'; '.join(differing)})"
+        if config.bad_files == "fail":
+            raise InputError(f"input file {redact(path)!r}: {result}")
+        quarantined[redact(path)] = result
+    if not files:
+        raise InputError(f"input.path {redact(config.path)!r}: no usable input file ({len(quarantined)} quarantined)")
+    for key in dict(files[0].partition):
+        schema = schema.append(pa.field(key, pa.string()))
+    return InputFiles(filesystem, root, files, schema, quarantined)

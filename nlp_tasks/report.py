@@ -1,6 +1,6 @@
 """The run report: what a run did, for machines (JSON) and for people (a summary and an HTML page).
 
-Written next to the output as `_reports/run-<UTC time>.{json,html}`: rows in and out, rows with
+Written next to the output as `__reports/run-<UTC time>.{json,html}`: rows in and out, rows with
 errors by reason, per-task throughput measured inside the actors (rows/s and tokens/s of model
 time), wall time per stage, models and their fingerprints, the config fingerprint, library
 versions, and the distribution of labels or entity types per task.
@@ -15,8 +15,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 STATS_ACTOR_PREFIX = "nlp-tasks-stats-"
 
@@ -43,47 +41,29 @@ class TaskStats:
                 for task, totals in self.totals.items()}
 
 
-def label_values(column: pa.ChunkedArray) -> pa.Array | None:
-    """The labels a task column holds, for its distribution: each row's best label, or every entity's type."""
-    array = column.combine_chunks().drop_null()
-    kind = array.type
-    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
-        if kind.value_type.get_field_index("entity_group") >= 0:
-            return pc.list_flatten(array).field("entity_group")
-        if kind.value_type.get_field_index("label") >= 0:  # top_k lists: best first
-            return pc.list_element(array, 0).field("label") if len(array) else None
-    if pa.types.is_struct(kind) and kind.get_field_index("label") >= 0:
-        return array.field("label")
-    if pa.types.is_struct(kind) and kind.get_field_index("labels") >= 0:
-        return pc.list_element(array.field("labels"), 0) if len(array) else None
-    return None
-
-
 @dataclass
 class RunReport:
-    """Accumulates per-batch observations on the driver while the output streams in."""
+    """Accumulates, on the driver, the counts of each committed part (counted by the workers that wrote it)."""
 
     tasks: list[str]
-    errors_column: str
     started: float = field(default_factory=time.perf_counter)
     rows: int = 0
     timeline: list[tuple[float, int]] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
     rows_with_errors: int = 0
     distributions: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    writers: Counter = field(default_factory=Counter)
 
-    def observe(self, batch: pa.Table) -> None:
-        self.rows += batch.num_rows
+    def add_part(self, rows: int, counts: dict, writer: str) -> None:
+        """One committed part's rows and counts (write.part_counts)."""
+        self.rows += rows
         self.timeline.append((round(time.perf_counter() - self.started, 3), self.rows))
-        errors = batch.column(self.errors_column).combine_chunks()
-        self.rows_with_errors += pc.sum(pc.greater(pc.list_value_length(errors), 0)).as_py() or 0
-        for error in pc.list_flatten(errors).to_pylist():  # only the rows' errors, never every row
-            self.errors[(error["task"], error["message"])] += 1
-        for task in self.tasks:
-            values = label_values(batch.column(task))
-            if values is not None:
-                for item in pc.value_counts(values.drop_null()).to_pylist():
-                    self.distributions[task][item["values"]] += item["counts"]
+        self.rows_with_errors += counts["rows_with_errors"]
+        for task, message, count in counts["errors"]:
+            self.errors[(task, message)] += count
+        for task, labels in counts["labels"].items():
+            self.distributions[task].update(labels)
+        self.writers[writer] += rows
 
     def to_dict(self, job: dict, result: Any, task_stats: dict, stage_stats: str) -> dict:
         throughput = {
@@ -111,6 +91,8 @@ class RunReport:
             ],
             "skipped_tasks": result.skipped,
             "quarantined_files": result.quarantined,
+            "input_changes": result.changes,
+            "rows_by_writer": dict(self.writers.most_common()),
             "throughput": throughput,
             "distributions": {task: dict(counts.most_common()) for task, counts in self.distributions.items()},
             "timeline": self.timeline,
@@ -130,6 +112,13 @@ def summary(report: dict) -> str:
         f"rows with errors: {report['rows_with_errors']}",
     ]
     lines += [f"quarantined input file {path}: {problem}" for path, problem in report["quarantined_files"].items()]
+    changes = report["input_changes"]
+    for kind in ("changed", "vanished"):
+        if changes.get(kind):
+            lines.append(f"{kind} input files ({len(changes[kind])}): {', '.join(changes[kind][:5])}"
+                         + (f"; their old rows were {changes['vanished_rows']}" if kind == "vanished" else ""))
+    lines += [f"renamed input file {old} -> {new}" for new, old in changes.get("renamed", {}).items()]
+    lines += [f"repaired: {what}" for what in changes.get("repaired", [])]
     lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
     for task, stats in report["throughput"].items():
         lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
@@ -183,7 +172,9 @@ def to_html(report: dict) -> str:
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     """Write the JSON and HTML next to the output; returns the JSON's path."""
     stamp = report["finished_at"].replace(":", "").replace("-", "")
-    folder = output_root.rstrip("/") + "/_reports"
+    from nlp_tasks.commit import REPORTS
+
+    folder = f"{output_root.rstrip('/')}/{REPORTS}"
     filesystem.makedirs(folder, exist_ok=True)
     for suffix, text in (("json", json.dumps(report, indent=2)), ("html", to_html(report))):
         with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:

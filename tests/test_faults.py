@@ -41,7 +41,7 @@ def command_line(pid: int) -> str:
 
 def wait_for_first_commit(out: Path, alive) -> None:
     deadline = time.monotonic() + 240
-    while not list((out / "_manifest").glob(MARKERS)):
+    while not list((out / "__manifest" / "units").glob(MARKERS)):
         assert alive(), "the job ended before committing anything"
         assert time.monotonic() < deadline, "no file was committed in time"
         time.sleep(0.05)
@@ -61,7 +61,7 @@ def test_killed_inference_actor_is_replaced(tmp_path, minilm):
     assert actors, "no inference actor found to kill"
     for pid in actors:
         os.kill(pid, signal.SIGKILL)
-    committed_at_kill = len(list((tmp_path / "out" / "_manifest").glob(MARKERS)))
+    committed_at_kill = len(list((tmp_path / "out" / "__manifest" / "units").glob(MARKERS)))
     output = job.communicate(timeout=300)[0].decode()
     assert job.returncode == 0, output[-3000:]
     assert committed_at_kill < FILES, "the kill should land before the last commit"
@@ -90,7 +90,7 @@ def test_lost_worker_node(tmp_path, minilm, monkeypatch):
         victim = next(w for w in workers if any(command_line(p).startswith("ray::MapWorker")
                                                 for p in descendants(w.all_processes["raylet"][0].process.pid)))
         cluster.remove_node(victim, allow_graceful=False)
-        assert len(list((tmp_path / "out" / "_manifest").glob(MARKERS))) < FILES
+        assert len(list((tmp_path / "out" / "__manifest" / "units").glob(MARKERS))) < FILES
         driver.join(timeout=400)
         assert exit_code == [0]
         assert_exactly_once(tmp_path / "out", ids)

@@ -19,9 +19,10 @@ HOSTILE_TEXTS = [
     "Control\x00characters\x07and\x1b[31m escapes\r\n in Berlin.",
     "Acme Corp " * 12_000,                                  # 120k characters
     "Wei Chen habla español, 住在東京, и говорит по-русски.",  # mixed scripts
-    "\u200b\u200b\ufeff",                                     # zero-width only: not whitespace to Python
     "🙂" * 500,
 ]
+SAYS_NOTHING = ["\u200b\u200b\ufeff", "\x00\x00\x00", "\u2060 \u200d\n"]
+"""Zero-width, NUL and joiner characters only: not whitespace to Python, but nothing a model can read."""
 
 
 def test_hostile_rows_are_all_kept(models, annotate):
@@ -30,12 +31,17 @@ def test_hostile_rows_are_all_kept(models, annotate):
         "entities": {"task": "ner", "model": str(models["token-classification"])},
         "topic": {"task": "zero-shot-classification", "model": str(models["zero-shot-classification"]),
                   "candidate_labels": ["a", "b"]},
-    }, HOSTILE_TEXTS)
-    assert out.num_rows == len(HOSTILE_TEXTS)
-    assert out.column("sentiment").null_count == 0 and out.column("topic").null_count == 0
-    for text, entities in zip(HOSTILE_TEXTS, out.column("entities").to_pylist()):
+    }, HOSTILE_TEXTS + SAYS_NOTHING)
+    assert out.num_rows == len(HOSTILE_TEXTS) + len(SAYS_NOTHING)
+    clean = out.slice(0, len(HOSTILE_TEXTS))
+    assert clean.column("sentiment").null_count == 0 and clean.column("topic").null_count == 0
+    for text, entities in zip(HOSTILE_TEXTS, clean.column("entities").to_pylist()):
         for entity in entities:
             assert 0 <= entity["start"] < entity["end"] <= len(text)
+    for row in out.slice(len(HOSTILE_TEXTS)).to_pylist():
+        assert row["sentiment"] is None and row["entities"] is None and row["topic"] is None
+        assert {e["message"] for e in row["errors"]} == {"text has no visible character (only control, format "
+                                                         "or zero-width characters)"}
 
 
 def test_a_row_the_model_cannot_take_fails_alone(models, annotate, tmp_path):
@@ -85,7 +91,7 @@ def test_bad_files_fail_the_job_by_default(tmp_path, models, capsys):
 def test_bad_files_can_be_quarantined(ray_local, tmp_path, models, capsys):
     config = write_job(tmp_path, bad_corpus(tmp_path), models, bad_files="quarantine")
     assert main(["--config", config]) == 0
-    report = json.loads(next((tmp_path / "out" / "_reports").glob("*.json")).read_text())
+    report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     quarantined = {path.rsplit("/", 1)[-1]: why for path, why in report["quarantined_files"].items()}
     assert set(quarantined) == {"no-text.parquet", "other-schema.parquet", "truncated.parquet"}
     assert "no column 'text'" in quarantined["no-text.parquet"]

@@ -63,7 +63,7 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert {e["task"] for e in by_id["1-12"]["errors"]} == {"sentiment", "entities", "embedding"}
     assert any(row["entities"] for row in by_id.values())
 
-    report_files = sorted((tmp_path / "out" / "_reports").iterdir())
+    report_files = sorted((tmp_path / "out" / "__reports").iterdir())
     assert [p.suffix for p in report_files] == [".html", ".json"]
     report = json.loads(report_files[1].read_text())
     assert report["rows_in"] == report["rows_out"] == rows and report["rows_with_errors"] == 6
@@ -79,7 +79,7 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     """Ray reads a small file as one block; the job must still hand batches to every actor of the pool."""
     folder = tmp_path / "corpus"
     folder.mkdir()
-    texts = tiny_models.sample_texts() * 8
+    texts = tiny_models.sample_texts() * 40  # enough batches that a second actor is needed, not just allowed
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), folder / "only.parquet")
     config = write_config(tmp_path, folder, {"sentiment": {"task": "sentiment-analysis",
                                                            "model": str(models["text-classification"])}},
@@ -92,7 +92,7 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
         assert main(["--config", config]) == 0
     finally:
         context.wait_for_min_actors_s = default_wait
-    report = json.loads(next((tmp_path / "out" / "_reports").glob("*.json")).read_text())
+    report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     by_actor = report["throughput"]["sentiment"]["rows_by_actor"]
     assert len(by_actor) == 2 and sum(by_actor) == len(texts), by_actor
 
@@ -146,7 +146,7 @@ def test_foreign_output_directory_is_refused(tmp_path, models, corpus, capsys):
     (tmp_path / "out" / "old.parquet").write_bytes(b"x")
     config = write_config(tmp_path, folder,
                           {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
-    assert "has files but no _manifest/job.json" in run_expecting_error(config, capsys)
+    assert "has files but no __manifest/job.json" in run_expecting_error(config, capsys)
 
 
 def test_output_column_clash_with_input(tmp_path, models, capsys):
@@ -162,7 +162,7 @@ def test_rerun_resumes_adds_new_files_and_refuses_a_changed_config(ray_local, tm
     config = write_config(tmp_path, folder, tasks)
     assert main(["--config", config]) == 0
     committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
-    assert len(committed) == 2 and len(list((tmp_path / "out" / "_manifest").glob("*.json"))) == 3
+    assert len(committed) == 2 and len(list((tmp_path / "out" / "__manifest" / "units").glob("*.json"))) == 2
     capsys.readouterr()
 
     assert main(["--config", config]) == 0  # nothing new: nothing recomputed

@@ -6,6 +6,7 @@ that were already committed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,34 +43,45 @@ def corpus_and_config(tmp_path, minilm, compute) -> tuple[Path, list[str]]:
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
         "input": {"path": str(folder), "id_column": "id"},
-        "output": {"path": str(tmp_path / "out")},
+        "output": {"path": str(tmp_path / "out"), "rows_per_file": 5},
         "tasks": {"embedding": {"task": "feature-extraction", "model": minilm, "max_length": 256}},
         "compute": compute,
     }))
     return config, sample.column("id").to_pylist()[: FILES * per_file]
 
 
+def staged_units(out: Path) -> set[str]:
+    """Units with parts written by the workers but not yet committed (staging file names start with the unit)."""
+    return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet")}
+
+
 def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):
+    """Killed while a file's parts are staged but not committed: none of its rows is visible; the rerun
+    redoes exactly the uncommitted files, keeps the committed ones, and every row ends up there once."""
     config, ids = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
-    manifest = tmp_path / "out" / "_manifest"
+    out = tmp_path / "out"
+    manifest = out / "__manifest" / "units"
 
     first = run_job(config)
     deadline = time.monotonic() + 240
-    while not list(manifest.glob("????????????????.json")):
+    while not (list(manifest.glob("*.json")) and staged_units(out) - {p.stem for p in manifest.glob("*.json")}):
         assert first.poll() is None, first.stdout.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no file was committed in time"
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started die together, as in a crash
     first.wait()
-    committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
-    assert 1 <= len(committed) < FILES, "the kill should land between the first and the last commit"
+    markers = {p.stem: json.loads(p.read_text()) for p in manifest.glob("*.json")}
+    assert 1 <= len(markers) < FILES, "the kill should land between the first and the last commit"
+    assert staged_units(out) - set(markers), "some file should have staged parts and no marker"
+    listed = {part["file"] for marker in markers.values() for part in marker["parts"]}
+    visible = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert set(visible) <= listed, "a part of an uncommitted file is visible"
 
     second = run_job(config)
     output = second.communicate(timeout=300)[0].decode()
     assert second.returncode == 0, output[-2000:]
-    assert f"processed {FILES - len(committed)} input file(s) ({len(committed)} already committed)" in output
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")
-            if p.name in committed} == committed
-    output_ids = pads.dataset(tmp_path / "out", format="parquet").to_table(columns=["id"]).column("id")
+    assert f"processed {FILES - len(markers)} input file(s) ({len(markers)} already committed)" in output
+    assert {name: (out / name).stat().st_mtime_ns for name in visible} == visible
+    output_ids = pads.dataset(out, format="parquet").to_table(columns=["id"]).column("id")
     assert sorted(output_ids.to_pylist()) == sorted(ids)
-    assert not list((tmp_path / "out" / "_staging").iterdir())
+    assert not list((out / "__staging").iterdir())

@@ -1,0 +1,316 @@
+"""The job on the driver: check, plan, commit, report. It never touches a row.
+
+`run_job` checks the config's inputs and models, takes the output's lease, compares the input
+files with what the output already holds (new, changed, unchanged, vanished, renamed), runs the
+Ray Data plan (`plan.py`) over the files that need it, commits each file once the workers'
+parts cover all its rows, and writes the run report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
+from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
+from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redact
+from nlp_tasks.lease import LeaseHeld
+from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint
+from nlp_tasks.plan import annotated_dataset, group_by_model
+from nlp_tasks.report import STATS_ACTOR_PREFIX, RunReport, TaskStats, write_report
+from nlp_tasks.write import PART_RECORD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    output_path: str
+    rows_in: int
+    rows_out: int
+    tasks: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    files_done_before: int = 0
+    files_processed: int = 0
+    seconds: float = 0.0
+    quarantined: dict[str, str] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
+    report: dict | None = None
+    report_path: str | None = None
+
+
+def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
+    """Tasks whose models are here (or downloadable), and the reasons for those that are not."""
+    ready, skipped = {}, {}
+    for column, spec in config.tasks.items():
+        try:
+            check_available(spec.model, spec.revision)
+        except ModelUnavailable as error:
+            if not config.skip_unavailable_models:
+                raise InputError(f"tasks.{column}: {error}") from None
+            skipped[column] = str(error)
+            continue
+        ready[column] = spec
+    if not ready:
+        raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
+    return ready, skipped
+
+
+def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
+    """What produced an output, and a fingerprint of everything that changes its values."""
+    entries = {
+        column: {
+            "task": spec.task, "model": redact(spec.model), "revision": spec.revision,
+            "options": spec.options.model_dump(mode="json"),
+            "model_fingerprint": model_fingerprint(spec.model, spec.revision),
+        }
+        for column, spec in tasks.items()
+    }
+    columns = {"text": config.input.text_column, "id": config.input.id_column or config.output.generated_id_column,
+               "errors": config.output.errors_column, "partitioning": config.input.partitioning}
+    fingerprint = hashlib.sha256(json.dumps([entries, columns], sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "fingerprint": fingerprint, "tasks": entries, "columns": columns,
+        "versions": {name: version(name) for name in ("nlp-tasks", "ray", "transformers", "torch")},
+    }
+
+
+def job_change(previous: dict, job: dict) -> str | None:
+    """Why an output made by `previous` cannot be resumed by `job` (None if it can)."""
+    if previous.get("fingerprint") == job["fingerprint"]:
+        return None
+    changed = sorted(column for column in set(previous.get("tasks", {})) | set(job["tasks"])
+                     if previous.get("tasks", {}).get(column) != job["tasks"].get(column)) or ["input columns"]
+    return f"was produced by a different config or model (changed: {', '.join(changed)})"
+
+
+def check_cpu_reservations(stages: int, compute: ComputeConfig, cluster_cpus: float, fixed_size: bool) -> None:
+    """Actor pools must leave a CPU for reading and writing, or the job stalls waiting for one.
+
+    On a fixed-size cluster (the embedded local Ray) that is an error; a cluster that can
+    autoscale may still grow, so there it is a warning.
+    """
+    reserved = stages * compute.min_actors * compute.num_cpus_per_actor
+    if reserved > cluster_cpus - 1:
+        message = (
+            f"compute: {stages} actor pool(s) x min_actors {compute.min_actors} x num_cpus_per_actor "
+            f"{compute.num_cpus_per_actor} reserve {reserved:g} of the cluster's {cluster_cpus:g} CPUs; "
+            "leave at least one for reading and writing"
+        )
+        if fixed_size:
+            raise InputError(message)
+        log.warning(message)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def check_separate(source: InputFiles, store: OutputStore) -> None:
+    """Input and output must not overlap: the output would be read as input, or overwrite it."""
+    if type(source.filesystem) is not type(store.filesystem):
+        return
+    real = os.path.realpath if "file" in str(store.filesystem.protocol) else (lambda p: p.rstrip("/"))
+    output, root = real(store.root), real(source.root)
+    inside_output = next((f for f in source.files if _inside(real(f.path), output)), None)
+    if inside_output or _inside(output, root):
+        where = f"input file {inside_output.name!r} is inside it" if inside_output else "it is inside input.path"
+        raise InputError(f"output.path {store.name!r} overlaps the input ({where}); choose an output outside it")
+
+
+@dataclass
+class InputChanges:
+    """The input files against the output's markers."""
+
+    todo: list[InputFile]
+    """New and changed files: annotated this run."""
+    unchanged: int
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    """Committed files no longer in the input (renamed ones excluded)."""
+    renamed: dict[str, str] = field(default_factory=dict)
+    """New name -> old name, for new files with the content of a vanished one."""
+    vanished_units: list[str] = field(default_factory=list)
+    renamed_units: list[str] = field(default_factory=list)
+
+    def as_report(self, kept_vanished: bool) -> dict:
+        return {"new": self.new, "changed": self.changed, "renamed": self.renamed,
+                "vanished": self.vanished, "vanished_rows": "kept" if kept_vanished else "removed"}
+
+
+def compare(source: InputFiles, markers: dict[str, dict]) -> InputChanges:
+    """Which input files need annotating: new ones and ones whose identity changed since their commit."""
+    files = {file.unit: file for file in source.files}
+    quarantined = set(source.quarantined)
+    gone = {unit: marker for unit, marker in markers.items()
+            if unit not in files and marker["source"] not in quarantined}
+    gone_by_content = {(m["identity"]["size"], m["identity"]["footer_sha256"]): unit for unit, m in gone.items()}
+    changes = InputChanges(todo=[], unchanged=0)
+    for unit, file in files.items():
+        marker = markers.get(unit)
+        if marker is not None and marker["identity"] == file.identity:
+            changes.unchanged += 1
+            continue
+        changes.todo.append(file)
+        if marker is not None:
+            changes.changed.append(file.name)
+        elif (old := gone_by_content.pop(file.content_key, None)) is not None:
+            changes.renamed[file.name] = gone[old]["source"]
+            changes.renamed_units.append(old)
+        else:
+            changes.new.append(file.name)
+    changes.vanished_units = [unit for unit in gone if unit not in changes.renamed_units]
+    changes.vanished = [gone[unit]["source"] for unit in changes.vanished_units]
+    return changes
+
+
+class Commits:
+    """Gathers the write stage's part records and commits each unit once its parts cover all its rows."""
+
+    def __init__(self, store: OutputStore, files: list[InputFile], report: RunReport, task_fingerprints: dict):
+        self.store = store
+        self.files = {file.unit: file for file in files}
+        self.report = report
+        self.task_fingerprints = task_fingerprints
+        self.parts: dict[str, list[PartRecord]] = {}
+        self.committed: set[str] = set()
+
+    def add(self, records: list[dict]) -> None:
+        for record in records:
+            part = PartRecord(**record)
+            if part.unit in self.committed:
+                continue  # a retried write of rows already committed: its staged copy is discarded at the end
+            parts = self.parts.setdefault(part.unit, [])
+            parts.append(part)
+            file = self.files[part.unit]
+            if sum(p.rows for p in parts) >= file.rows and (cover := exact_cover(parts, file.rows)) is not None:
+                self.commit(file, cover)
+
+    def commit(self, file: InputFile, parts: list[PartRecord]) -> None:
+        self.store.commit(self.marker(file), parts)
+        self.committed.add(file.unit)
+        self.parts.pop(file.unit, None)
+        for part in parts:
+            self.report.add_part(part.rows, json.loads(part.counts), part.writer)
+
+    def marker(self, file: InputFile) -> dict:
+        return {"unit": file.unit, "source": file.name, "identity": file.identity, "rows": file.rows,
+                "tasks": self.task_fingerprints}
+
+    def missing(self) -> dict[str, int]:
+        """Input files not committed, and how many of their rows never arrived."""
+        return {file.name: file.rows - sum(p.rows for p in self.parts.get(unit, []))
+                for unit, file in self.files.items() if unit not in self.committed}
+
+
+def start_ray() -> bool:
+    """Join the cluster named by RAY_ADDRESS (or the one running this job), else start an embedded local Ray.
+
+    Returns whether this call started Ray (a fixed-size local cluster).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    joining = "RAY_ADDRESS" in os.environ
+    ray.init(address=None if joining else "local")  # embedded: never some other cluster on this machine
+    return not joining
+
+
+def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
+             store: OutputStore, commits: Commits) -> tuple[dict, str]:
+    """Annotate `files` on Ray and commit them; returns the per-task stats and Ray Data's stage stats."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    fixed_size = start_ray()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = sys.stderr.isatty()
+    check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
+                           fixed_size=fixed_size)
+    stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
+    stats = ray.remote(num_cpus=0)(TaskStats).options(
+        name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+    ).remote()
+    try:
+        dataset = annotated_dataset(config, tasks, files, source.filesystem, store.staging, stats_name)
+        for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            commits.add(records.cast(PART_RECORD).to_pylist())
+        return ray.get(stats.summary.remote()), dataset.stats()
+    finally:
+        ray.kill(stats)
+
+
+def run_job(config: JobConfig) -> JobResult:
+    """Check inputs and models, annotate the files that need it, commit each one whole, and report."""
+    from fsspec.core import url_to_fs
+
+    started = time.perf_counter()
+    source = inspect_input(config.input)
+    for column in [*config.tasks, config.output.errors_column,
+                   None if config.input.id_column else config.output.generated_id_column]:
+        if column in source.schema.names:
+            raise InputError(f"input column {column!r} clashes with an output column of the same name")
+    for path, problem in source.quarantined.items():
+        log.warning("quarantined input file %r: %s", path, problem)
+    tasks, skipped = runnable_tasks(config)
+    for column, reason in skipped.items():
+        log.warning("skipping task %r: %s", column, reason)
+
+    store = OutputStore(*url_to_fs(config.output.path), name=redact(config.output.path))
+    check_separate(source, store)
+    job = job_manifest(config, tasks)
+    try:
+        store.open(job, config.output.if_exists, job_change)
+    except (OutputConflict, LeaseHeld) as error:
+        raise InputError(str(error)) from None
+    try:
+        return _annotate_and_commit(config, tasks, skipped, source, store, job, started)
+    finally:
+        store.close()
+
+
+def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped: dict[str, str],
+                         source: InputFiles, store: OutputStore, job: dict, started: float) -> JobResult:
+    changes = compare(source, store.markers)
+    keep_vanished = config.output.vanished_inputs == "keep"
+    for unit in changes.renamed_units + ([] if keep_vanished else changes.vanished_units):
+        store.remove(unit)
+    for name in changes.vanished:
+        log.warning("input file %r was committed but is gone; its rows are %s", name,
+                    "kept" if keep_vanished else "removed")
+
+    report = RunReport(list(tasks))
+    task_fingerprints = {column: entry["model_fingerprint"] for column, entry in job["tasks"].items()}
+    commits = Commits(store, changes.todo, report, task_fingerprints)
+    for file in changes.todo:
+        if file.rows == 0:
+            commits.commit(file, [])
+    pending = [file for file in changes.todo if file.rows]
+    task_stats, stage_stats = {}, "nothing to do: every input file was already committed"
+    if pending:
+        task_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits)
+    if missing := commits.missing():
+        name, rows = next(iter(missing.items()))
+        raise RuntimeError(f"{len(missing)} input file(s) not committed, e.g. {name!r}: {rows} rows missing")
+
+    rows_out = sum(store.markers[file.unit]["rows"] for file in source.files)
+    if rows_out != source.num_rows:
+        raise RuntimeError(f"output has {rows_out} rows of the input's files but the input has {source.num_rows}")
+    result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
+                       files_done_before=changes.unchanged, files_processed=len(changes.todo),
+                       quarantined=source.quarantined, seconds=time.perf_counter() - started,
+                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired})
+    result.report = report.to_dict(job, result, task_stats, stage_stats)
+    result.report_path = write_report(store.filesystem, store.root, result.report)
+    return result

@@ -1,0 +1,118 @@
+"""Reading the corpus on the workers: a Ray Data datasource that tags every row with its place in its file.
+
+Each row leaves the reader with two internal columns: the unit (input file) it belongs to and
+its position in that file. Everything downstream is keyed by them: row ids for inputs without
+an id column are made here ("<input file>:<position>"), part files are named after them, and
+the driver commits a file once parts cover all its positions. No order has to be kept between
+blocks, and no row passes through the driver.
+
+Files are split at row-group boundaries into read tasks, and read tasks yield blocks of at
+most `block_rows` rows, none spanning two files: one big file still feeds a whole actor pool.
+Paths never become column values, unless hive partitioning was asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+UNIT_COLUMN = "__unit"
+ROW_COLUMN = "__row"
+INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """Consecutive row groups of one file to read, and where they start in the unit they belong to."""
+
+    unit: str
+    path: str
+    name: str
+    """The unit's recorded name: generated row ids are "<name>:<position>"."""
+    row_groups: tuple[int, ...] | None
+    """None: the whole file."""
+    first_row: int
+    rows: int
+    partition: tuple[tuple[str, str], ...] = ()
+
+
+def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...], target_rows: int,
+               partition: tuple[tuple[str, str], ...] = (), first_row: int = 0) -> list[Fragment]:
+    """Cut a file into fragments of whole row groups of about `target_rows` rows each."""
+    fragments: list[Fragment] = []
+    groups: list[int] = []
+    start = rows = 0
+    for index, count in enumerate(row_group_rows):
+        groups.append(index)
+        rows += count
+        if rows >= target_rows or index == len(row_group_rows) - 1:
+            fragments.append(Fragment(unit, path, name, tuple(groups), first_row + start, rows, partition))
+            start, rows, groups = start + rows, 0, []
+    return fragments or [Fragment(unit, path, name, None, first_row, 0, partition)]
+
+
+class CorpusDatasource(Datasource):
+    """Reads fragments of Parquet files into blocks tagged with unit and row position.
+
+    Fragments are packed into read tasks of at least `task_rows` rows; the plan asks Ray for exactly
+    that many blocks (`num_read_tasks`), so that Ray does not cut the blocks further.
+    """
+
+    def __init__(self, filesystem: Any, fragments: list[Fragment], block_rows: int, task_rows: int,
+                 generated_id_column: str | None):
+        super().__init__()
+        self.filesystem = filesystem
+        self.block_rows = block_rows
+        self.generated_id_column = generated_id_column
+        self.groups: list[list[Fragment]] = [[]]
+        for fragment in fragments:
+            if sum(f.rows for f in self.groups[-1]) >= task_rows:
+                self.groups.append([])
+            self.groups[-1].append(fragment)
+
+    @property
+    def num_read_tasks(self) -> int:
+        return len(self.groups)
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        return [self._task(group) for group in self.groups]
+
+    def _task(self, fragments: list[Fragment]) -> ReadTask:
+        filesystem, block_rows, id_column = self.filesystem, self.block_rows, self.generated_id_column
+        metadata = BlockMetadata(num_rows=sum(f.rows for f in fragments), size_bytes=None, exec_stats=None,
+                                 input_files=list(dict.fromkeys(f.name for f in fragments)))
+        return ReadTask(lambda: read_fragments(filesystem, fragments, block_rows, id_column), metadata)
+
+
+def read_fragments(filesystem: Any, fragments: list[Fragment], block_rows: int,
+                   generated_id_column: str | None) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    for fragment in fragments:
+        position = fragment.first_row
+        with filesystem.open(fragment.path, "rb") as handle:
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
+            for batch in batches:
+                yield tagged(pa.Table.from_batches([batch]), fragment, position, generated_id_column)
+                position += batch.num_rows
+
+
+def tagged(table: pa.Table, fragment: Fragment, first_row: int, generated_id_column: str | None) -> pa.Table:
+    """The rows with their unit and positions, partition values and (for inputs without ids) generated ids."""
+    positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
+    for key, value in fragment.partition:
+        table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    if generated_id_column:
+        ids = pc.binary_join_element_wise(fragment.name, pc.cast(positions, pa.string()), ":")
+        table = table.add_column(0, generated_id_column, ids)
+    table = table.append_column(UNIT_COLUMN, pa.array([fragment.unit] * table.num_rows, pa.string()))
+    return table.append_column(ROW_COLUMN, positions)

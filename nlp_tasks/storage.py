@@ -1,0 +1,66 @@
+"""The few filesystem operations the output's control files need to be safe: atomic writes and exclusive creates.
+
+On a local disk an atomic write is a temporary file renamed into place, and an exclusive
+create is `open(..., "x")`; on object storage a single PUT is atomic, and an exclusive create
+is a conditional PUT (`If-None-Match: *`, which AWS S3 honours).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+
+class TornFile(Exception):
+    """A control file exists but does not hold valid JSON; the message names it."""
+
+
+def is_local(filesystem: Any) -> bool:
+    protocol = filesystem.protocol
+    return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+
+
+def write_atomic(filesystem: Any, path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old content or the new, never a mix."""
+    if is_local(filesystem):
+        filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with filesystem.open(temporary, "wb") as handle:
+            handle.write(data)
+        filesystem.mv(temporary, path)
+    else:
+        filesystem.pipe_file(path, data)
+
+
+def create_exclusive(filesystem: Any, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists; True if this call created it."""
+    try:
+        if is_local(filesystem):
+            filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with filesystem.open(path, "xb") as handle:
+                handle.write(data)
+        else:
+            filesystem.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def dump(data: dict) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()
+
+
+def parse_json(path: str, raw: bytes) -> dict:
+    """A control file's content; a torn or foreign one raises TornFile naming it."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TornFile(f"{path} is not valid JSON ({error}); it was cut short or written by something else") from None
+    if not isinstance(data, dict):
+        raise TornFile(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_json(filesystem: Any, path: str) -> dict:
+    return parse_json(path, filesystem.cat_file(path))

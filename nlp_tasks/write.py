@@ -1,0 +1,94 @@
+"""Writing annotated rows on the workers: staged Parquet parts, and a small record of each for the driver.
+
+The last stage of the plan. A batch's rows are sorted by (unit, position) and cut into runs of
+consecutive positions of one unit; each run becomes one Parquet part in the run's staging
+folder, under a name unique to this attempt (a retried task writes a new file instead of
+racing the old one). The stage returns one record per part: which rows it holds, where it was
+staged, who wrote it, and the counts the run report needs (errors by reason, labels per task).
+The driver commits a unit once its parts cover all its rows (`commit.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nlp_tasks.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
+
+PART_RECORD = pa.schema([
+    ("unit", pa.string()), ("first", pa.int64()), ("rows", pa.int64()), ("staged", pa.string()),
+    ("writer", pa.string()), ("counts", pa.string()),
+])
+"""What the write stage returns per part: all the driver ever sees of the rows."""
+
+
+def runs(units: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) slices of a (unit, position)-sorted batch holding consecutive positions of one unit."""
+    breaks = np.flatnonzero((units[1:] != units[:-1]) | (positions[1:] != positions[:-1] + 1)) + 1
+    edges = [0, *breaks.tolist(), len(positions)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def label_values(column: pa.ChunkedArray) -> pa.Array | None:
+    """The labels a task column holds, for its distribution: each row's best label, or every entity's type."""
+    array = column.combine_chunks().drop_null()
+    kind = array.type
+    if not len(array):
+        return None
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        if kind.value_type.get_field_index("entity_group") >= 0:
+            return pc.list_flatten(array).field("entity_group")
+        if kind.value_type.get_field_index("label") >= 0:  # top_k lists: best first
+            return pc.list_element(array, 0).field("label")
+    if pa.types.is_struct(kind) and kind.get_field_index("label") >= 0:
+        return array.field("label")
+    if pa.types.is_struct(kind) and kind.get_field_index("labels") >= 0:
+        return pc.list_element(array.field("labels"), 0)
+    return None
+
+
+def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[str, Any]:
+    """The run report's counts for one part: rows with errors, errors by (task, message), labels per task."""
+    errors = part.column(errors_column).combine_chunks()
+    reasons = Counter((e["task"], e["message"]) for e in pc.list_flatten(errors).to_pylist())
+    labels = {}
+    for task in tasks:
+        values = label_values(part.column(task))
+        if values is not None:
+            labels[task] = {item["values"]: item["counts"] for item in pc.value_counts(values.drop_null()).to_pylist()}
+    return {
+        "rows_with_errors": pc.sum(pc.greater(pc.list_value_length(errors), 0)).as_py() or 0,
+        "errors": [[task, message, count] for (task, message), count in reasons.items()],
+        "labels": labels,
+    }
+
+
+def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], errors_column: str) -> pa.Table:
+    """Write a batch's runs of consecutive rows as staged parts; return one PART_RECORD per part."""
+    import pyarrow.parquet as pq
+    import ray
+
+    batch = batch.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
+    units = batch.column(UNIT_COLUMN).to_numpy(zero_copy_only=False)
+    positions = batch.column(ROW_COLUMN).to_numpy()
+    rows = batch.drop_columns(list(INTERNAL_COLUMNS))
+    writer = f"{socket.gethostname()}/node {ray.get_runtime_context().get_node_id()[:12]}/pid {os.getpid()}"
+    records = []
+    filesystem.makedirs(staging, exist_ok=True)  # on a node that has not seen the output folder yet
+    for start, end in runs(units, positions):
+        unit, first = str(units[start]), int(positions[start])
+        part = rows.slice(start, end - start)
+        staged = f"{staging}/{unit}-{first:012d}-{uuid.uuid4().hex[:8]}.parquet"
+        with filesystem.open(staged, "wb") as handle:
+            pq.write_table(part, handle)
+        records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "writer": writer,
+                        "counts": json.dumps(part_counts(part, tasks, errors_column))})
+    return pa.Table.from_pylist(records, schema=PART_RECORD)
