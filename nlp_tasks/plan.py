@@ -44,10 +44,8 @@ def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], files: list
     fragments = [fragment for file in files for fragment in split_file(
         file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
     source = CorpusDatasource(filesystem, fragments, compute.batch_size, FRAGMENT_ROWS, generated_id)
-    dataset = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
-    # Ray merges what a read task yields into blocks of up to 128 MiB, and one block goes to one actor:
-    # cut the stream into blocks of batch_size rows, so that every actor of the pool gets work.
-    dataset = dataset.repartition(target_num_rows_per_block=compute.batch_size)
+    # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
+    dataset = ray.data.read_datasource(source, override_num_blocks=source.num_blocks(compute.batch_size))
     for specs in group_by_model(tasks):
         dataset = dataset.map_batches(
             Annotator,

@@ -59,8 +59,10 @@ def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...],
 class CorpusDatasource(Datasource):
     """Reads fragments of Parquet files into blocks tagged with unit and row position.
 
-    Fragments are packed into read tasks of at least `task_rows` rows; the plan asks Ray for exactly
-    that many blocks (`num_read_tasks`), so that Ray does not cut the blocks further.
+    Fragments are packed into read tasks of at least `task_rows` rows. Ray merges what a read task
+    yields into blocks of up to 128 MiB, and one block goes to one actor: `num_blocks(rows)` is the
+    block count to ask Ray for so that it cuts each read task's output into blocks of about `rows`
+    rows, inside the read task (a separate repartition stage would cost the driver as much again).
     """
 
     def __init__(self, filesystem: Any, fragments: list[Fragment], block_rows: int, task_rows: int,
@@ -75,9 +77,9 @@ class CorpusDatasource(Datasource):
                 self.groups.append([])
             self.groups[-1].append(fragment)
 
-    @property
-    def num_read_tasks(self) -> int:
-        return len(self.groups)
+    def num_blocks(self, rows: int) -> int:
+        largest = max(sum(f.rows for f in group) for group in self.groups)
+        return len(self.groups) * max(1, -(-largest // rows))
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -91,6 +93,29 @@ class CorpusDatasource(Datasource):
         metadata = BlockMetadata(num_rows=sum(f.rows for f in fragments), size_bytes=None, exec_stats=None,
                                  input_files=list(dict.fromkeys(f.name for f in fragments)))
         return ReadTask(lambda: read_fragments(filesystem, fragments, block_rows, id_column), metadata)
+
+
+def without_views(kind: pa.DataType) -> pa.DataType:
+    """The type with Arrow's view and run-end encodings replaced by plain large types.
+
+    Parquet readers may return string_view, binary_view or list_view columns; Ray cannot serialize
+    them and pyarrow's take has no kernel for them. The values are the same; only the layout changes.
+    """
+    if kind == pa.string_view():
+        return pa.large_string()
+    if kind == pa.binary_view():
+        return pa.large_binary()
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind) or pa.types.is_large_list(kind):
+        return pa.large_list(without_views(kind.value_type))
+    if pa.types.is_list(kind):
+        return pa.list_(without_views(kind.value_type))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(without_views(kind.value_type), kind.list_size)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(without_views(field.type)) for field in kind])
+    if pa.types.is_run_end_encoded(kind):
+        return without_views(kind.value_type)
+    return kind
 
 
 def read_fragments(filesystem: Any, fragments: list[Fragment], block_rows: int,
@@ -108,6 +133,9 @@ def read_fragments(filesystem: Any, fragments: list[Fragment], block_rows: int,
 
 def tagged(table: pa.Table, fragment: Fragment, first_row: int, generated_id_column: str | None) -> pa.Table:
     """The rows with their unit and positions, partition values and (for inputs without ids) generated ids."""
+    plain = pa.schema([field.with_type(without_views(field.type)) for field in table.schema])
+    if not plain.equals(table.schema):
+        table = table.cast(plain)
     positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
     for key, value in fragment.partition:
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
