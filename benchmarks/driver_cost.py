@@ -23,7 +23,6 @@ import pyarrow as pa
 from benchmarks.common import corpus_rows, print_table, random_bert, save, write_files
 
 ACTORS = 2
-BATCH = 256
 
 
 def cpu_seconds() -> float:
@@ -55,16 +54,16 @@ class Embed:
         return batch.append_column("embedding", pa.array(list(pooled), pa.list_(pa.float32(), pooled.shape[1])))
 
 
-def run_plain(folder: Path, out: Path, model: str, max_length: int) -> None:
+def run_plain(folder: Path, out: Path, model: str, max_length: int, batch: int) -> None:
     import ray
 
     dataset = ray.data.read_parquet(str(folder)).map_batches(
         Embed, fn_constructor_kwargs={"model": model, "max_length": max_length}, batch_format="pyarrow",
-        batch_size=BATCH, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(min_size=ACTORS, max_size=ACTORS))
+        batch_size=batch, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(min_size=ACTORS, max_size=ACTORS))
     dataset.write_parquet(str(out))
 
 
-def run_job(folder: Path, out: Path, model: str, max_length: int) -> None:
+def run_job(folder: Path, out: Path, model: str, max_length: int, batch: int) -> None:
     from nlp_tasks.config import parse_config
     from nlp_tasks.job import run_job as job
 
@@ -73,17 +72,17 @@ def run_job(folder: Path, out: Path, model: str, max_length: int) -> None:
         "output": {"path": str(out)},
         "tasks": {"embedding": {"task": "feature-extraction", "model": model, "max_length": max_length}},
         "compute": {"min_actors": ACTORS, "max_actors": ACTORS, "num_cpus_per_actor": 0.5, "torch_threads": 1,
-                    "batch_size": BATCH, "token_budget": BATCH * max_length},
+                    "batch_size": batch, "token_budget": batch * max_length},
     }))
 
 
 VARIANTS = {"ray-plain": run_plain, "job": run_job}
 
 
-def measure(variant: str, folder: Path, out: Path, model: str, max_length: int) -> tuple[float, float]:
+def measure(variant: str, folder: Path, out: Path, model: str, args: argparse.Namespace) -> tuple[float, float]:
     """Driver CPU seconds and wall seconds of one run."""
     cpu, wall = cpu_seconds(), time.perf_counter()
-    VARIANTS[variant](folder, out, model, max_length)
+    VARIANTS[variant](folder, out, model, args.max_length, args.batch_size)
     return cpu_seconds() - cpu, time.perf_counter() - wall
 
 
@@ -92,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per batch (and block) in both plans")
     parser.add_argument("--repeats", type=int, default=2, help="measured runs of each variant, alternating")
     args = parser.parse_args(argv)
 
@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = write_files(table, work / "corpus", args.files)
         warmup = write_files(table.slice(0, 512), work / "warmup", 1)
         for variant in VARIANTS:
-            measure(variant, warmup, work / f"warmup-{variant}", model, args.max_length)
+            measure(variant, warmup, work / f"warmup-{variant}", model, args)
         for repeat in range(args.repeats):
             for variant in VARIANTS:
-                measured[variant].append(measure(variant, folder, work / f"{variant}-{repeat}", model,
-                                                 args.max_length))
+                measured[variant].append(measure(variant, folder, work / f"{variant}-{repeat}", model, args))
     ray.shutdown()
 
     per_1000 = {variant: min(cpu for cpu, _ in runs) / args.rows * 1000 for variant, runs in measured.items()}
@@ -122,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = per_1000["job"] / per_1000["ray-plain"]
     allowed = 1.5 * per_1000["ray-plain"] + 0.010
     print(f"job / plain: {ratio:.2f} (target: at most 1.5x plain + 10 ms per 1,000 rows = {allowed * 1000:.1f} ms)")
-    path = save("cpu-driver-cost", {
-        "parameters": vars(args) | {"actors": ACTORS, "batch_size": BATCH},
+    path = save(f"cpu-driver-cost-batch{args.batch_size}", {
+        "parameters": vars(args) | {"actors": ACTORS},
         "driver_cpu_ms_per_1000_rows": {variant: round(value * 1000, 2) for variant, value in per_1000.items()},
         "runs": {variant: [{"driver_cpu_s": round(cpu, 3), "wall_s": round(wall, 2)} for cpu, wall in runs]
                  for variant, runs in measured.items()},

@@ -40,7 +40,7 @@ def show_rows(path: str, count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)

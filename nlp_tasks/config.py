@@ -151,15 +151,24 @@ def parse_config(data: Any, source: str = "config") -> JobConfig:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML config; `overrides` maps dotted keys (e.g. "input.path") to values."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected a YAML config)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    for dotted, value in (overrides or {}).items():
-        node = data if isinstance(data, dict) else {}
+    for dotted, value in (overrides or {}).items() if isinstance(data, dict) else ():
         *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
+        node = data
+        for depth, part in enumerate(parents):
+            if not isinstance(node, dict) or not isinstance(node.setdefault(part, {}), dict):
+                where = ".".join(parents[:depth + 1])
+                raise ConfigError(f"{path}: {where}: expected a mapping (to set {dotted} from the command line)")
+            node = node[part]
         node[leaf] = value
     return parse_config(data, source=str(path))

@@ -27,7 +27,8 @@ FOOTER_READERS = 16
 """Input files whose footers are read at once (object stores answer each request in tens of ms)."""
 TAIL_BYTES = 64 * 1024
 """Bytes read from the end of a file to get its footer in one request (more when the footer is bigger)."""
-TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary())
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
+"""Text column types, after view types are replaced (`without_views`)."""
 
 
 class InputError(Exception):
@@ -85,13 +86,56 @@ class InputFiles:
     """The file or folder input.path names (for a glob, the folder above its first wildcard)."""
     files: list[InputFile]
     schema: pa.Schema
-    """The input columns (partition columns included)."""
+    """The input columns as the workers read them (partition columns last), the same for every file."""
     quarantined: dict[str, str] = field(default_factory=dict)
     """Bad files set aside (with `bad_files: quarantine`), by name, and why."""
 
     @property
     def num_rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+
+def without_views(kind: pa.DataType) -> pa.DataType:
+    """The type with Arrow's view and run-end encodings replaced by plain large types.
+
+    Parquet readers may return string_view, binary_view or list_view columns; Ray cannot serialize
+    them and pyarrow's take has no kernel for them. The values are the same; only the layout changes.
+    """
+    if kind == pa.string_view():
+        return pa.large_string()
+    if kind == pa.binary_view():
+        return pa.large_binary()
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind) or pa.types.is_large_list(kind):
+        return pa.large_list(without_views(kind.value_type))
+    if pa.types.is_list(kind):
+        return pa.list_(without_views(kind.value_type))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(without_views(kind.value_type), kind.list_size)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(without_views(field.type)) for field in kind])
+    if pa.types.is_run_end_encoded(kind):
+        return without_views(kind.value_type)
+    return kind
+
+
+def widened(kind: pa.DataType) -> pa.DataType:
+    """The type with 32-bit offsets widened to 64 (string -> large_string, ...): types that hold the same
+    values compare equal after this, so that files written by different tools can be read as one input."""
+    if kind in (pa.string(), pa.large_string()):
+        return pa.large_string()
+    if kind in (pa.binary(), pa.large_binary()):
+        return pa.large_binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.large_list(widened(kind.value_type))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(widened(kind.value_type), kind.list_size)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(widened(field.type)) for field in kind])
+    return kind
+
+
+def mapped(schema: pa.Schema, change) -> pa.Schema:
+    return pa.schema([field.with_type(change(field.type)) for field in schema])
 
 
 def _is_data_file(path: str) -> bool:
@@ -169,7 +213,7 @@ def inspect_file(filesystem: Any, path: str, info: dict, root: str,
     name = redact(path)
     try:
         metadata, footer_sha256 = read_footer(filesystem, path, int(info["size"]))
-        schema = metadata.schema.to_arrow_schema()
+        schema = mapped(metadata.schema.to_arrow_schema(), without_views)
     except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
         return f"not a readable Parquet file ({type(error).__name__}: {redact(str(error))})"
     for column in (config.text_column, config.id_column):
@@ -193,7 +237,8 @@ def inspect_input(config: InputConfig) -> InputFiles:
     """List the input files and check each one's footer and columns, a few files at a time.
 
     A bad file fails the job (`bad_files: fail`) or is set aside and reported (`quarantine`).
-    Every file must have the first good file's schema.
+    Every file must have the first good file's schema, up to the width of offsets (string and large_string
+    are the same column); the workers cast every file's rows to it.
     """
     filesystem, root, listing = list_input_files(config.path)
     if not listing:
@@ -207,7 +252,8 @@ def inspect_input(config: InputConfig) -> InputFiles:
             file, file_schema = result
             schema = schema or file_schema
             keys = [key for key, _ in file.partition]
-            if file_schema.equals(schema) and (not files or keys == [key for key, _ in files[0].partition]):
+            same = mapped(file_schema, widened).equals(mapped(schema, widened))
+            if same and (not files or keys == [key for key, _ in files[0].partition]):
                 files.append(file)
                 continue
             differing = sorted(set(map(str, file_schema)) ^ set(map(str, schema))) or [f"partition keys {keys}"]

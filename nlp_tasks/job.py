@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -173,8 +175,15 @@ def compare(source: InputFiles, markers: dict[str, dict]) -> InputChanges:
     return changes
 
 
+COMMITTERS = 16
+"""Units committed at once: on object storage a commit is a PUT and a server-side copy per part."""
+
+
 class Commits:
-    """Gathers the write stage's part records and commits each unit once its parts cover all its rows."""
+    """Gathers the write stage's part records and commits each unit once its parts cover all its rows.
+
+    Commits run in a few threads, so that the driver keeps taking records while storage answers.
+    """
 
     def __init__(self, store: OutputStore, files: list[InputFile], report: RunReport, task_fingerprints: dict):
         self.store = store
@@ -183,8 +192,12 @@ class Commits:
         self.task_fingerprints = task_fingerprints
         self.parts: dict[str, list[PartRecord]] = {}
         self.committed: set[str] = set()
+        self.pool = ThreadPoolExecutor(COMMITTERS, thread_name_prefix="commit")
+        self.running: list[Future] = []
+        self.lock = threading.Lock()
 
     def add(self, records: list[dict]) -> None:
+        self._raise_failed()
         for record in records:
             part = PartRecord(**record)
             if part.unit in self.committed:
@@ -196,11 +209,25 @@ class Commits:
                 self.commit(file, cover)
 
     def commit(self, file: InputFile, parts: list[PartRecord]) -> None:
-        self.store.commit(self.marker(file), parts)
         self.committed.add(file.unit)
         self.parts.pop(file.unit, None)
-        for part in parts:
-            self.report.add_part(part.rows, json.loads(part.counts), part.writer)
+        self.running.append(self.pool.submit(self._commit, file, parts))
+
+    def _commit(self, file: InputFile, parts: list[PartRecord]) -> None:
+        self.store.commit(self.marker(file), parts)
+        with self.lock:
+            for part in parts:
+                self.report.add_part(part.rows, json.loads(part.counts), part.writer)
+
+    def _raise_failed(self) -> None:
+        for future in [f for f in self.running if f.done()]:
+            self.running.remove(future)
+            future.result()
+
+    def finish(self) -> None:
+        """Wait for the commits under way; the first that failed raises."""
+        self.pool.shutdown(wait=True)
+        self._raise_failed()
 
     def marker(self, file: InputFile) -> dict:
         return {"unit": file.unit, "source": file.name, "identity": file.identity, "rows": file.rows,
@@ -243,7 +270,7 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     ).remote()
     try:
-        dataset = annotated_dataset(config, tasks, files, source.filesystem, store.staging, stats_name)
+        dataset = annotated_dataset(config, tasks, source, files, store.filesystem, store.staging, stats_name)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             commits.add(records.cast(PART_RECORD).to_pylist())
         return ray.get(stats.summary.remote()), dataset.stats()
@@ -298,8 +325,11 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
             commits.commit(file, [])
     pending = [file for file in changes.todo if file.rows]
     task_stats, stage_stats = {}, "nothing to do: every input file was already committed"
-    if pending:
-        task_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits)
+    try:
+        if pending:
+            task_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits)
+    finally:
+        commits.finish()
     if missing := commits.missing():
         name, rows = next(iter(missing.items()))
         raise RuntimeError(f"{len(missing)} input file(s) not committed, e.g. {name!r}: {rows} rows missing")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -56,13 +58,45 @@ def resolve_model(ref: str) -> str:
     if is_remote(ref):
         return copy_to_node(ref)
     if ref.startswith(PACKAGE_PREFIX):
-        module_name = ref[len(PACKAGE_PREFIX):]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ModelUnavailable(f"model {ref!r}: package {module_name!r} is not installed") from error
-        return str(module.get_model_path())
+        return package_model_path(ref[len(PACKAGE_PREFIX):], ref)
     return os.path.expanduser(ref)
+
+
+def defines_get_model_path(source: str) -> bool:
+    """Whether a module's source defines, assigns or imports `get_model_path` at its top level."""
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "get_model_path":
+            return True
+        if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == "get_model_path" for a in node.names):
+            return True
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "get_model_path" for t in node.targets):
+            return True
+    return False
+
+
+def package_model_path(module_name: str, ref: str) -> str:
+    """The checkpoint a package ships, from its `get_model_path()`.
+
+    The module is imported only once its source is seen to define that function: a config must not be
+    able to make the job import (and so run) just any installed module.
+    """
+    if not module_name.isidentifier():
+        raise ModelUnavailable(f"model {ref!r}: {module_name!r} is not a top-level module name")
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise ModelUnavailable(f"model {ref!r}: no Python package {module_name!r} is installed")
+    try:
+        defined = defines_get_model_path(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        defined = False
+    if not defined:
+        raise ModelUnavailable(f"model {ref!r}: package {module_name!r} does not define get_model_path(), so it "
+                               "ships no checkpoint for python: to load")
+    try:
+        return str(importlib.import_module(module_name).get_model_path())
+    except Exception as error:  # noqa: BLE001 - whatever the package raises, the model is not available
+        raise ModelUnavailable(f"model {ref!r}: {module_name}.get_model_path() failed "
+                               f"({type(error).__name__}: {error})") from None
 
 
 class ModelUnavailable(Exception):

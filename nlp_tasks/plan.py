@@ -13,7 +13,7 @@ from typing import Any
 
 from nlp_tasks.annotate import Annotator
 from nlp_tasks.config import JobConfig, TaskSpec
-from nlp_tasks.io import InputFile
+from nlp_tasks.io import InputFile, InputFiles
 from nlp_tasks.read import CorpusDatasource, split_file
 from nlp_tasks.tasks import get_task
 from nlp_tasks.write import write_parts
@@ -34,8 +34,8 @@ def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
     return list(groups.values())
 
 
-def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], files: list[InputFile], filesystem: Any,
-                      staging: str, stats_actor: str | None = None):
+def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
+                      output_filesystem: Any, staging: str, stats_actor: str | None = None):
     """The lazy plan over `files`; iterating it yields write_parts' records (write.PART_RECORD)."""
     import ray
 
@@ -43,9 +43,10 @@ def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], files: list
     generated_id = None if config.input.id_column else config.output.generated_id_column
     fragments = [fragment for file in files for fragment in split_file(
         file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
-    source = CorpusDatasource(filesystem, fragments, compute.batch_size, FRAGMENT_ROWS, generated_id)
+    reader = CorpusDatasource(source.filesystem, fragments, source.schema, compute.batch_size, FRAGMENT_ROWS,
+                              generated_id)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
-    dataset = ray.data.read_datasource(source, override_num_blocks=source.num_blocks(compute.batch_size))
+    dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(compute.batch_size))
     for specs in group_by_model(tasks):
         dataset = dataset.map_batches(
             Annotator,
@@ -66,7 +67,7 @@ def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], files: list
         )
     return dataset.map_batches(
         write_parts,
-        fn_kwargs=dict(filesystem=filesystem, staging=staging, tasks=list(tasks),
+        fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=list(tasks),
                        errors_column=config.output.errors_column),
         batch_format="pyarrow", batch_size=config.output.rows_per_file, num_cpus=WRITE_CPUS,
     )

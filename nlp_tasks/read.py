@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+
 UNIT_COLUMN = "__unit"
 ROW_COLUMN = "__row"
 INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN)
@@ -65,10 +66,11 @@ class CorpusDatasource(Datasource):
     rows, inside the read task (a separate repartition stage would cost the driver as much again).
     """
 
-    def __init__(self, filesystem: Any, fragments: list[Fragment], block_rows: int, task_rows: int,
-                 generated_id_column: str | None):
+    def __init__(self, filesystem: Any, fragments: list[Fragment], schema: pa.Schema, block_rows: int,
+                 task_rows: int, generated_id_column: str | None):
         super().__init__()
         self.filesystem = filesystem
+        self.schema = schema
         self.block_rows = block_rows
         self.generated_id_column = generated_id_column
         self.groups: list[list[Fragment]] = [[]]
@@ -89,36 +91,14 @@ class CorpusDatasource(Datasource):
         return [self._task(group) for group in self.groups]
 
     def _task(self, fragments: list[Fragment]) -> ReadTask:
-        filesystem, block_rows, id_column = self.filesystem, self.block_rows, self.generated_id_column
+        filesystem, schema, block_rows, id_column = (self.filesystem, self.schema, self.block_rows,
+                                                     self.generated_id_column)
         metadata = BlockMetadata(num_rows=sum(f.rows for f in fragments), size_bytes=None, exec_stats=None,
                                  input_files=list(dict.fromkeys(f.name for f in fragments)))
-        return ReadTask(lambda: read_fragments(filesystem, fragments, block_rows, id_column), metadata)
+        return ReadTask(lambda: read_fragments(filesystem, fragments, schema, block_rows, id_column), metadata)
 
 
-def without_views(kind: pa.DataType) -> pa.DataType:
-    """The type with Arrow's view and run-end encodings replaced by plain large types.
-
-    Parquet readers may return string_view, binary_view or list_view columns; Ray cannot serialize
-    them and pyarrow's take has no kernel for them. The values are the same; only the layout changes.
-    """
-    if kind == pa.string_view():
-        return pa.large_string()
-    if kind == pa.binary_view():
-        return pa.large_binary()
-    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind) or pa.types.is_large_list(kind):
-        return pa.large_list(without_views(kind.value_type))
-    if pa.types.is_list(kind):
-        return pa.list_(without_views(kind.value_type))
-    if pa.types.is_fixed_size_list(kind):
-        return pa.list_(without_views(kind.value_type), kind.list_size)
-    if pa.types.is_struct(kind):
-        return pa.struct([field.with_type(without_views(field.type)) for field in kind])
-    if pa.types.is_run_end_encoded(kind):
-        return without_views(kind.value_type)
-    return kind
-
-
-def read_fragments(filesystem: Any, fragments: list[Fragment], block_rows: int,
+def read_fragments(filesystem: Any, fragments: list[Fragment], schema: pa.Schema, block_rows: int,
                    generated_id_column: str | None) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
@@ -127,18 +107,19 @@ def read_fragments(filesystem: Any, fragments: list[Fragment], block_rows: int,
         with filesystem.open(fragment.path, "rb") as handle:
             batches = pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
             for batch in batches:
-                yield tagged(pa.Table.from_batches([batch]), fragment, position, generated_id_column)
+                yield tagged(pa.Table.from_batches([batch]), fragment, position, schema, generated_id_column)
                 position += batch.num_rows
 
 
-def tagged(table: pa.Table, fragment: Fragment, first_row: int, generated_id_column: str | None) -> pa.Table:
-    """The rows with their unit and positions, partition values and (for inputs without ids) generated ids."""
-    plain = pa.schema([field.with_type(without_views(field.type)) for field in table.schema])
-    if not plain.equals(table.schema):
-        table = table.cast(plain)
+def tagged(table: pa.Table, fragment: Fragment, first_row: int, schema: pa.Schema,
+           generated_id_column: str | None) -> pa.Table:
+    """The rows cast to the input's schema, with their unit and positions, partition values and (for inputs
+    without ids) generated ids."""
     positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
     for key, value in fragment.partition:
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    if not table.schema.equals(schema):
+        table = table.cast(schema)
     if generated_id_column:
         ids = pc.binary_join_element_wise(fragment.name, pc.cast(positions, pa.string()), ":")
         table = table.add_column(0, generated_id_column, ids)

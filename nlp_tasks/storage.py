@@ -1,13 +1,14 @@
 """The few filesystem operations the output's control files need to be safe: atomic writes and exclusive creates.
 
 On a local disk an atomic write is a temporary file renamed into place, and an exclusive
-create is `open(..., "x")`; on object storage a single PUT is atomic, and an exclusive create
+create a temporary file hard-linked into place; on object storage a single PUT is atomic, and an exclusive create
 is a conditional PUT (`If-None-Match: *`, which AWS S3 honours).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
@@ -34,12 +35,19 @@ def write_atomic(filesystem: Any, path: str, data: bytes) -> None:
 
 
 def create_exclusive(filesystem: Any, path: str, data: bytes) -> bool:
-    """Create `path` holding `data` unless it exists; True if this call created it."""
+    """Create `path` holding `data` unless it exists; True if this call created it.
+
+    Readers never see it empty or half written: locally the data goes to a temporary file that is
+    then hard-linked to `path` (atomic, and it fails if `path` exists).
+    """
     try:
         if is_local(filesystem):
-            filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            with filesystem.open(path, "xb") as handle:
-                handle.write(data)
+            temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            write_atomic(filesystem, temporary, data)
+            try:
+                os.link(temporary, path)
+            finally:
+                os.unlink(temporary)
         else:
             filesystem.pipe_file(path, data, mode="create")
     except FileExistsError:

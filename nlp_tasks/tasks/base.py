@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from nlp_tasks.batching import Features
 
@@ -25,7 +25,7 @@ class TaskOptions(BaseModel):
     supports_chunk: ClassVar[bool] = False
     """Whether the task can cover a long text with windows (`long_text: chunk`)."""
 
-    max_length: int | None = None
+    max_length: PositiveInt | None = None
     """Truncate inputs to this many tokens (default: the model's window); with chunk, the size of each window."""
     long_text: Literal["truncate", "chunk"] = "truncate"
     """A text longer than the window is truncated, or (chunk) covered by overlapping windows."""
@@ -46,6 +46,20 @@ class ChunkScoresOptions(TaskOptions):
     supports_chunk: ClassVar[bool] = True
     chunk_aggregation: Literal["mean", "max"] = "mean"
     """With chunk: a label's score is the mean of its window scores, or the highest one."""
+
+
+def one_label_slot(template: str) -> str:
+    """A hypothesis template must hold exactly one `{}` (the label) and no other replacement field."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ValueError(f"{template!r} is not a valid template ({error}); write literal braces as {{{{ }}}}") from None
+    if fields != [""]:
+        found = ", ".join("{" + field + "}" for field in fields) or "none"
+        raise ValueError(f"{template!r} must hold exactly one {{}} for the label and no other field (found: {found})")
+    return template
 
 
 class RowError(Exception):

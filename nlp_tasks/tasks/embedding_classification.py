@@ -9,11 +9,13 @@ aggregated per label (`chunk_aggregation`: mean or max).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from nlp_tasks.tasks.base import LABELS_SCORES, ChunkScoresOptions, LoadedModel, aggregate_windows
+from nlp_tasks.tasks.base import LABELS_SCORES, ChunkScoresOptions, LoadedModel, aggregate_windows, one_label_slot
 from nlp_tasks.tasks.feature_extraction import FeatureExtraction, FeatureExtractionOptions, normalized
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.zero_shot_classification import ranked
@@ -21,7 +23,7 @@ from nlp_tasks.tasks.zero_shot_classification import ranked
 
 class EmbeddingClassificationOptions(FeatureExtractionOptions, ChunkScoresOptions):
     candidate_labels: list[str] = Field(min_length=1)
-    hypothesis_template: str = "{}"
+    hypothesis_template: Annotated[str, AfterValidator(one_label_slot)] = "{}"
 
 
 @register

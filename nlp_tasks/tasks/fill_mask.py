@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from pydantic import PositiveInt
 
 from nlp_tasks.tasks.base import RowError, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
@@ -14,7 +15,7 @@ PREDICTION = pa.struct([
 
 
 class FillMaskOptions(TaskOptions):
-    top_k: int = 5
+    top_k: PositiveInt = 5
 
 
 @register

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from nlp_tasks.tasks.base import RowError, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
@@ -20,7 +20,7 @@ ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", 
 class QuestionAnsweringOptions(TaskOptions):
     question: str | None = None
     question_column: str | None = None
-    max_answer_len: int = 15
+    max_answer_len: PositiveInt = 15
 
     @model_validator(mode="after")
     def _one_question_source(self):

@@ -15,22 +15,23 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pyarrow as pa
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from nlp_tasks.tasks.base import LoadedModel, RowError, TaskAdapter, TaskOptions, split_rows
 from nlp_tasks.tasks.registry import register
 
 
 class GenerationOptions(TaskOptions):
-    max_new_tokens: int | None = 128
-    min_length: int | None = None
-    num_beams: int | None = None
-    no_repeat_ngram_size: int | None = None
+    max_new_tokens: PositiveInt | None = 128
+    min_length: NonNegativeInt | None = None
+    num_beams: PositiveInt | None = None
+    no_repeat_ngram_size: NonNegativeInt | None = None
     length_penalty: float | None = None
     early_stopping: bool | None = None
     do_sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
+    temperature: PositiveFloat | None = None
+    top_k: PositiveInt | None = None
+    top_p: float | None = Field(None, gt=0, le=1)
     seed: int = 0
     """Seeds sampling per batch so that reruns with do_sample are reproducible."""
 

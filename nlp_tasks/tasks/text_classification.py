@@ -10,13 +10,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import PositiveInt
 
 from nlp_tasks.tasks.base import LABEL_SCORE, ChunkScoresOptions, TaskAdapter, aggregate_windows
 from nlp_tasks.tasks.registry import register
 
 
 class TextClassificationOptions(ChunkScoresOptions):
-    top_k: int | None = None
+    top_k: PositiveInt | None = None
     """None: the best label as a struct; k: the k best as a list, highest first (as the pipeline)."""
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
     """Default as the pipeline: sigmoid for one label or multi-label models, else softmax."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from pydantic import PositiveInt
 
 from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, single_units
 from nlp_tasks.tasks.registry import register
@@ -10,7 +11,7 @@ from nlp_tasks.tasks.seq2seq import GenerationOptions, generate
 
 
 class TextGenerationOptions(GenerationOptions):
-    max_new_tokens: int | None = 50
+    max_new_tokens: PositiveInt | None = 50
     return_full_text: bool = False
     """False: only the continuation (the pipeline's `return_full_text=False`); True: text + continuation."""
 

@@ -8,9 +8,11 @@ scores are aggregated per label (`chunk_aggregation`: mean or max).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from nlp_tasks.tasks.base import (
     LABELS_SCORES,
@@ -18,6 +20,7 @@ from nlp_tasks.tasks.base import (
     LoadedModel,
     TaskAdapter,
     aggregate_windows,
+    one_label_slot,
     split_rows,
 )
 from nlp_tasks.tasks.registry import register
@@ -26,7 +29,7 @@ from nlp_tasks.tasks.registry import register
 class ZeroShotOptions(ChunkScoresOptions):
     candidate_labels: list[str] = Field(min_length=1)
     multi_label: bool = False
-    hypothesis_template: str = "This example is {}."
+    hypothesis_template: Annotated[str, AfterValidator(one_label_slot)] = "This example is {}."
 
     @property
     def hypotheses(self) -> list[str]:
@@ -47,8 +50,6 @@ class ZeroShotClassification(TaskAdapter):
 
     def __init__(self, loaded: LoadedModel, options: ZeroShotOptions):
         super().__init__(loaded, options)
-        if options.hypothesis_template.format("{label}") == options.hypothesis_template:
-            raise ValueError(f"hypothesis_template {options.hypothesis_template!r} has no {{}} for the label")
         label2id = self.model.config.label2id
         entailment = [i for label, i in label2id.items() if label.lower().startswith("entail")]
         if not entailment:
