@@ -68,13 +68,12 @@ def test_killed_inference_actor_is_replaced(tmp_path, minilm):
     assert_exactly_once(tmp_path / "out", ids)
 
 
-def test_lost_worker_node(tmp_path, minilm, monkeypatch):
+def test_lost_worker_node(tmp_path, minilm):
     import ray
     from ray.cluster_utils import Cluster
 
     from jobs.annotate import main
 
-    monkeypatch.setenv("RAY_DATA_PARQUET_BIN_PACKING_BYTES", "1")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()

@@ -24,10 +24,8 @@ FILES = 8
 
 
 def run_job(config):
-    # Ray packs small Parquet files into read units of up to 128 MiB; one file per unit here, so
-    # that files complete (and commit) one after another as they would in a corpus of large files.
-    env = {**os.environ, "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1"}
-    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO, env=env,
+    """The job as a user runs it, in a session of its own (so that a test can kill it with its embedded Ray)."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
