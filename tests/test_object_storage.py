@@ -116,3 +116,15 @@ def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
     table = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in files])
     assert sorted(table.column("id").to_pylist()) == sorted(f"{p}-{i}" for p in range(2) for i in range(3))
     assert table.column("sentiment").null_count == 2
+
+
+def test_exclusive_create_on_s3_lets_one_writer_in(s3_endpoint):
+    """The lease's primitive on object storage: a conditional PUT (If-None-Match: *) creates a key once."""
+    import s3fs
+
+    from nlp_tasks.storage import create_exclusive
+
+    fs = s3fs.S3FileSystem()
+    assert create_exclusive(fs, "corpus/out/__manifest/lease-00000001.json", b'{"run": "a"}')
+    assert not create_exclusive(fs, "corpus/out/__manifest/lease-00000001.json", b'{"run": "b"}')
+    assert fs.cat_file("corpus/out/__manifest/lease-00000001.json") == b'{"run": "a"}'
