@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -61,53 +62,72 @@ class Annotator:
 
         from nlp_tasks.batching import MicroBatcher
 
+        started = time.perf_counter()
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.text_column = text_column
         self.errors_column = errors_column
         self.adapters = load_adapters(specs, compute)
-        self.stats = _stats_actor(stats_actor)
-        self.actor_id = _actor_id() if self.stats is not None else None
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget, some.pad_values(), some.padding_side)
+        self.stats = _stats_actor(stats_actor)
+        if self.stats is not None:
+            import ray
+
+            context = ray.get_runtime_context()
+            self.actor_id = context.get_actor_id()
+            self.stats.actor_ready.remote(self.actor_id, "+".join(specs), context.get_node_id(),
+                                          time.perf_counter() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started, phases = time.time(), Counter()
         raw = batch.column(self.text_column).to_pylist()
         problems = [text_problem(value) for value in raw]
         clean = [row for row, problem in enumerate(problems) if problem is None]
         texts = [as_text(raw[row]) for row in clean]
         clean_batch = batch.take(pa.array(clean, type=pa.int64()))
-        shared: dict[Any, list[RowResult]] = {}
+        shared: dict[Any, tuple[list[RowResult], float]] = {}
         errors_by_task: dict[str, list[str | None]] = {}
+        per_task: dict[str, tuple[int, int, float]] = {}
         for column, adapter in self.adapters.items():
-            started = time.perf_counter()
             key = adapter.share_key()
-            results = shared.get(key) if key is not None else None
-            if results is None:
-                results = self._run_model(adapter, texts, clean_batch)
-                if key is not None:
-                    shared[key] = results
+            if key is None or key not in shared:
+                model_started = time.perf_counter()
+                results = self._run_model(adapter, texts, clean_batch, phases)
+                shared[key if key is not None else column] = (results, time.perf_counter() - model_started)
+            results, model_seconds = shared[key if key is not None else column]
+            post_started = time.perf_counter()
             values, errors_by_task[column] = self._postprocess(adapter, results, texts, clean, problems)
             field = pa.field(column, adapter.arrow_type(), metadata=adapter.column_metadata())
             batch = batch.append_column(field, pa.array(values, type=field.type))
-            if self.stats is not None:
-                tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
-                             for unit in result[0])
-                annotated = sum(value is not None for value in values)
-                self.stats.record.remote(column, self.actor_id, annotated, tokens, time.perf_counter() - started)
-        return with_errors(batch, self.errors_column, errors_by_task)
+            post_seconds = time.perf_counter() - post_started
+            phases["postprocess"] += post_seconds
+            tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
+                         for unit in result[0])
+            per_task[column] = (sum(value is not None for value in values), tokens, model_seconds + post_seconds)
+        batch = with_errors(batch, self.errors_column, errors_by_task)
+        if self.stats is not None:
+            self.stats.record.remote(self.actor_id, started, time.time(), batch.num_rows, dict(phases), per_task)
+        return batch
 
-    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table) -> list[RowResult]:
+    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table,
+                   phases: Counter) -> list[RowResult]:
         """Each clean row's units and their outputs (of its last level), or its RowError."""
+        started = time.perf_counter()
         with self.tokenizer_lock:
             pending = adapter.preprocess(texts, clean_batch) if texts else []
+        phases["tokenize"] += time.perf_counter() - started
         results: list[RowResult] = list(pending)
         todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
         while todo:
+            started = time.perf_counter()
             for row, outputs in zip(todo, self._forward_rows(adapter, [pending[row] for row in todo])):
                 results[row] = outputs if isinstance(outputs, RowError) else (pending[row], outputs)
+            phases["forward"] += time.perf_counter() - started
             todo = [row for row in todo if not isinstance(results[row], RowError)]
+            started = time.perf_counter()
             with self.tokenizer_lock:
                 follow_ups = adapter.next_level([results[row] for row in todo])
+            phases["tokenize"] += time.perf_counter() - started
             for row, follow_up in zip(todo, follow_ups):
                 if isinstance(follow_up, RowError):
                     results[row] = follow_up
@@ -150,18 +170,12 @@ class Annotator:
 
 
 def _stats_actor(name: str | None) -> Any:
-    """The run's TaskStats actor, when running under the job (None in-process)."""
+    """The run's RunStats actor, when running under the job (None in-process)."""
     if name is None:
         return None
     import ray
 
     return ray.get_actor(name)
-
-
-def _actor_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_actor_id()
 
 
 def with_errors(batch: pa.Table, errors_column: str, messages_by_task: dict[str, list[str | None]]) -> pa.Table:

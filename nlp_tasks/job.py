@@ -16,7 +16,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -27,7 +29,8 @@ from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redac
 from nlp_tasks.lease import LeaseHeld
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint
 from nlp_tasks.plan import annotated_dataset, group_by_model
-from nlp_tasks.report import STATS_ACTOR_PREFIX, RunReport, TaskStats, write_report
+from nlp_tasks.report import RunReport, write_report
+from nlp_tasks.stats import STATS_ACTOR_PREFIX, RunStats
 from nlp_tasks.write import PART_RECORD
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class JobResult:
     seconds: float = 0.0
     quarantined: dict[str, str] = field(default_factory=dict)
     changes: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds of the driver's phases: checks, Ray start, annotating (first record, all records), commits."""
     report: dict | None = None
     report_path: str | None = None
 
@@ -253,26 +258,39 @@ def start_ray() -> bool:
     return not joining
 
 
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - started, 2)
+
+
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
-             store: OutputStore, commits: Commits) -> tuple[dict, str]:
-    """Annotate `files` on Ray and commit them; returns the per-task stats and Ray Data's stage stats."""
+             store: OutputStore, commits: Commits, timings: dict[str, float]) -> tuple[dict, str]:
+    """Annotate `files` on Ray and commit them; returns the actors' stats and Ray Data's stage stats."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    fixed_size = start_ray()
+    with timed(timings, "start_ray"):
+        fixed_size = start_ray()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
                            fixed_size=fixed_size)
     stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
-    stats = ray.remote(num_cpus=0)(TaskStats).options(
+    stats = ray.remote(num_cpus=0)(RunStats).options(
         name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     ).remote()
     try:
+        started = time.perf_counter()
         dataset = annotated_dataset(config, tasks, source, files, store.filesystem, store.staging, stats_name)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             commits.add(records.cast(PART_RECORD).to_pylist())
+        timings["annotate"] = round(time.perf_counter() - started, 2)
         return ray.get(stats.summary.remote()), dataset.stats()
     finally:
         ray.kill(stats)
@@ -282,33 +300,37 @@ def run_job(config: JobConfig) -> JobResult:
     """Check inputs and models, annotate the files that need it, commit each one whole, and report."""
     from fsspec.core import url_to_fs
 
-    started = time.perf_counter()
-    source = inspect_input(config.input)
+    started, timings = time.perf_counter(), {}
+    with timed(timings, "inspect_input"):
+        source = inspect_input(config.input)
     for column in [*config.tasks, config.output.errors_column,
                    None if config.input.id_column else config.output.generated_id_column]:
         if column in source.schema.names:
             raise InputError(f"input column {column!r} clashes with an output column of the same name")
     for path, problem in source.quarantined.items():
         log.warning("quarantined input file %r: %s", path, problem)
-    tasks, skipped = runnable_tasks(config)
+    with timed(timings, "check_models"):
+        tasks, skipped = runnable_tasks(config)
+        job = job_manifest(config, tasks)
     for column, reason in skipped.items():
         log.warning("skipping task %r: %s", column, reason)
 
     store = OutputStore(*url_to_fs(config.output.path), name=redact(config.output.path))
     check_separate(source, store)
-    job = job_manifest(config, tasks)
     try:
-        store.open(job, config.output.if_exists, job_change)
+        with timed(timings, "open_output"):
+            store.open(job, config.output.if_exists, job_change)
     except (OutputConflict, LeaseHeld) as error:
         raise InputError(str(error)) from None
     try:
-        return _annotate_and_commit(config, tasks, skipped, source, store, job, started)
+        return _annotate_and_commit(config, tasks, skipped, source, store, job, started, timings)
     finally:
         store.close()
 
 
 def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped: dict[str, str],
-                         source: InputFiles, store: OutputStore, job: dict, started: float) -> JobResult:
+                         source: InputFiles, store: OutputStore, job: dict, started: float,
+                         timings: dict[str, float]) -> JobResult:
     changes = compare(source, store.markers)
     keep_vanished = config.output.vanished_inputs == "keep"
     for unit in changes.renamed_units + ([] if keep_vanished else changes.vanished_units):
@@ -324,12 +346,13 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
         if file.rows == 0:
             commits.commit(file, [])
     pending = [file for file in changes.todo if file.rows]
-    task_stats, stage_stats = {}, "nothing to do: every input file was already committed"
+    run_stats, stage_stats = {}, "nothing to do: every input file was already committed"
     try:
         if pending:
-            task_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits)
+            run_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits, timings)
     finally:
-        commits.finish()
+        with timed(timings, "finish_commits"):
+            commits.finish()
     if missing := commits.missing():
         name, rows = next(iter(missing.items()))
         raise RuntimeError(f"{len(missing)} input file(s) not committed, e.g. {name!r}: {rows} rows missing")
@@ -340,7 +363,7 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
     result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
                        files_done_before=changes.unchanged, files_processed=len(changes.todo),
                        quarantined=source.quarantined, seconds=time.perf_counter() - started,
-                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired})
-    result.report = report.to_dict(job, result, task_stats, stage_stats)
+                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired}, timings=timings)
+    result.report = report.to_dict(job, result, run_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)
     return result

@@ -16,31 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-STATS_ACTOR_PREFIX = "nlp-tasks-stats-"
-
-
-class TaskStats:
-    """Ray actor (num_cpus=0) that sums what each Annotator reports per batch: rows, tokens, seconds.
-
-    Rows are also counted per reporting actor, which shows whether the whole pool had work.
-    """
-
-    def __init__(self):
-        self.totals: dict[str, dict[str, float]] = defaultdict(lambda: {"rows": 0, "tokens": 0, "seconds": 0.0})
-        self.rows_by_actor: dict[str, Counter] = defaultdict(Counter)
-
-    def record(self, task: str, actor: str, rows: int, tokens: int, seconds: float) -> None:
-        totals = self.totals[task]
-        totals["rows"] += rows
-        totals["tokens"] += tokens
-        totals["seconds"] += seconds
-        self.rows_by_actor[task][actor] += rows
-
-    def summary(self) -> dict[str, dict]:
-        return {task: {**totals, "rows_by_actor": sorted(self.rows_by_actor[task].values(), reverse=True)}
-                for task, totals in self.totals.items()}
-
-
 @dataclass
 class RunReport:
     """Accumulates, on the driver, the counts of each committed part (counted by the workers that wrote it)."""
@@ -65,16 +40,7 @@ class RunReport:
             self.distributions[task].update(labels)
         self.writers[writer] += rows
 
-    def to_dict(self, job: dict, result: Any, task_stats: dict, stage_stats: str) -> dict:
-        throughput = {
-            task: {
-                "rows": int(stats["rows"]), "tokens": int(stats["tokens"]), "model_seconds": round(stats["seconds"], 3),
-                "rows_per_s": round(stats["rows"] / stats["seconds"], 2) if stats["seconds"] else None,
-                "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None,
-                "rows_by_actor": stats["rows_by_actor"],
-            }
-            for task, stats in sorted(task_stats.items())
-        }
+    def to_dict(self, job: dict, result: Any, run_stats: dict, stage_stats: str) -> dict:
         return {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "output": result.output_path,
@@ -93,7 +59,9 @@ class RunReport:
             "quarantined_files": result.quarantined,
             "input_changes": result.changes,
             "rows_by_writer": dict(self.writers.most_common()),
-            "throughput": throughput,
+            "time_s": result.timings,
+            "throughput": run_stats.get("tasks", {}),
+            "actors": run_stats.get("actors", []),
             "distributions": {task: dict(counts.most_common()) for task, counts in self.distributions.items()},
             "timeline": self.timeline,
             "config_fingerprint": job["fingerprint"],
@@ -120,10 +88,15 @@ def summary(report: dict) -> str:
     lines += [f"renamed input file {old} -> {new}" for new, old in changes.get("renamed", {}).items()]
     lines += [f"repaired: {what}" for what in changes.get("repaired", [])]
     lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
+    lines.append("time: " + ", ".join(f"{phase} {seconds} s" for phase, seconds in report["time_s"].items()))
     for task, stats in report["throughput"].items():
         lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
-                     f"({stats['model_seconds']} s of actor time; rows by actor: "
-                     f"{', '.join(map(str, stats['rows_by_actor']))})")
+                     f"({stats['actor_seconds']} s of actor time)")
+    for actor in report["actors"]:
+        share = f"{actor['busy_share']:.0%}" if actor["busy_share"] is not None else "-"
+        phases = ", ".join(f"{phase} {seconds} s" for phase, seconds in actor["phases_s"].items())
+        lines.append(f"actor {actor['actor']} ({actor['pool']}): {actor['rows']} rows in {actor['calls']} calls, "
+                     f"busy {share} of {actor['span_s']} s; model load {actor['load_s']} s; {phases}")
     for task, counts in report["distributions"].items():
         top = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:6])
         lines.append(f"{task} distribution: {top}")

@@ -55,7 +55,8 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert table.num_rows == rows
     assert sorted(table.column("id").to_pylist()) == sorted(f"{p}-{i}" for p in range(2) for i in range(rows // 2))
     assert table.schema.field("sentiment").type == pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
-    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32())
+    assert {len(vector) for vector in table.column("embedding").drop_null().to_pylist()} == {32}
     assert pa.types.is_list(table.schema.field("entities").type)
     by_id = {row["id"]: row for row in table.to_pylist()}
     assert len(by_id["0-0"]["sentiment"]) == 2 and by_id["0-0"]["errors"] == []
@@ -93,8 +94,8 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     finally:
         context.wait_for_min_actors_s = default_wait
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
-    by_actor = report["throughput"]["sentiment"]["rows_by_actor"]
-    assert len(by_actor) == 2 and sum(by_actor) == len(texts), by_actor
+    by_actor = [actor["rows"] for actor in report["actors"]]
+    assert len(by_actor) == 2 and min(by_actor) > 0 and sum(by_actor) == len(texts), by_actor
 
 
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):

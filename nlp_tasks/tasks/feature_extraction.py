@@ -41,7 +41,9 @@ class FeatureExtraction(TaskAdapter):
     auto_class = "AutoModel"
 
     def arrow_type(self) -> pa.DataType:
-        return pa.list_(pa.float32(), self.model.config.hidden_size)
+        """A list of hidden_size floats: a variable list, because pyarrow before 26 cannot read back a null in a
+        fixed-size list from Parquet (apache/arrow#35692), and rows with unusable text hold null."""
+        return pa.list_(pa.float32())
 
     def share_key(self):
         return ("pooled-embedding", self.max_length, self.options.pooling, self.options.long_text, self.stride)
