@@ -13,6 +13,7 @@ import sys
 
 from nlp_tasks.config import ConfigError, load_config
 from nlp_tasks.io import InputError
+from nlp_tasks.logs import dropping_known_ray_noise
 from nlp_tasks.report import summary
 
 EXIT_BAD_INPUT = 2
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides)
         from nlp_tasks.job import run_job
 
-        result = run_job(config)
+        with dropping_known_ray_noise():
+            result = run_job(config)
     except (ConfigError, InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

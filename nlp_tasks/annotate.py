@@ -48,7 +48,7 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[st
         raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
     loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype)
     if loaded.device.type == "cpu":
-        torch.set_num_threads(compute.torch_threads or max(1, int(compute.num_cpus_per_actor)))
+        torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
         return {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
 
@@ -68,7 +68,8 @@ class Annotator:
         self.errors_column = errors_column
         self.adapters = load_adapters(specs, compute)
         some = next(iter(self.adapters.values()))
-        self.batcher = MicroBatcher(compute.token_budget, some.pad_values(), some.padding_side)
+        self.batcher = MicroBatcher(compute.token_budget or self._device_token_budget(), some.pad_values(),
+                                    some.padding_side)
         self.stats = _stats_actor(stats_actor)
         if self.stats is not None:
             import ray
@@ -76,7 +77,18 @@ class Annotator:
             context = ray.get_runtime_context()
             self.actor_id = context.get_actor_id()
             self.stats.actor_ready.remote(self.actor_id, "+".join(specs), context.get_node_id(),
-                                          time.perf_counter() - started)
+                                          time.perf_counter() - started, self.batcher.token_budget)
+
+    def _device_token_budget(self) -> int:
+        """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
+        from nlp_tasks.compute import CPU_TOKEN_BUDGET, gpu_token_budget
+
+        some = next(iter(self.adapters.values()))
+        if some.device.type != "cuda":
+            return CPU_TOKEN_BUDGET
+        return gpu_token_budget(some.model, some.device, max(a.max_length for a in self.adapters.values()),
+                                generates=any(a.auto_class.endswith(("Seq2SeqLM", "CausalLM"))
+                                              for a in self.adapters.values()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started, phases = time.time(), Counter()

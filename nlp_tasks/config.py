@@ -51,28 +51,35 @@ class OutputConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
-    num_gpus_per_actor: float = Field(0, ge=0)
-    num_cpus_per_actor: float = Field(1, gt=0)
-    batch_size: int = Field(256, ge=1)
+    """How one actor pool runs. Every key left out is sized from the cluster when the job starts
+    (`compute.py`); a key set by hand wins, and `tasks.<name>.compute` wins over the job's `compute`."""
+
+    min_actors: int | None = Field(None, ge=1)
+    max_actors: int | None = Field(None, ge=1)
+    num_gpus_per_actor: float | None = Field(None, ge=0)
+    num_cpus_per_actor: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
     """Rows per Ray batch handed to an actor (each is then cut into micro-batches)."""
-    token_budget: int = Field(8192, ge=1)
+    token_budget: int | None = Field(None, ge=1)
     """Padded tokens per micro-batch: rows x longest row. Halved automatically on CUDA out-of-memory."""
     torch_threads: int | None = Field(None, ge=1)
-    """CPU actors: torch threads per actor (default: num_cpus_per_actor). Reading and writing need little
-    CPU, so on a small machine an actor may use more threads than the CPUs it reserves from Ray."""
-    actor_concurrency: int = Field(1, ge=1)
+    """Torch threads per actor (CPU). Reading and writing need little CPU, so on a small machine an actor
+    may use more threads than the CPUs it reserves from Ray."""
+    actor_concurrency: int | None = Field(None, ge=1)
     """Batches one actor works on at once (threads): >1 overlaps tokenization and postprocessing with
-    the forward pass of another batch, which keeps a GPU busy. Leave 1 on CPU-only actors."""
+    the forward pass of another batch, which keeps a GPU busy."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _pool_bounds(self):
-        if self.max_actors < self.min_actors:
+        if self.min_actors and self.max_actors and self.max_actors < self.min_actors:
             raise ValueError(f"max_actors ({self.max_actors}) is smaller than min_actors ({self.min_actors})")
         return self
+
+    def overridden_by(self, other: ComputeConfig | None) -> ComputeConfig:
+        """These settings with the keys `other` sets by hand replacing them."""
+        return self if other is None else self.model_copy(update=other.model_dump(exclude_unset=True))
 
 
 class TaskSpec(BaseModel):
@@ -83,12 +90,19 @@ class TaskSpec(BaseModel):
     task: str
     model: str
     revision: str | None = None
+    compute: ComputeConfig | None = None
+    """This task's pool only; tasks that share a model share a pool, and must agree."""
 
     @field_validator("task")
     @classmethod
     def _known_task(cls, name: str) -> str:
         get_task(name)
         return name
+
+    @property
+    def pool_key(self) -> tuple:
+        """Tasks that load the same checkpoint the same way share one actor pool and one model copy."""
+        return self.model, self.revision, get_task(self.task).auto_class
 
     @cached_property
     def options(self) -> TaskOptions:
@@ -103,6 +117,23 @@ class JobConfig(_Strict):
     compute: ComputeConfig = ComputeConfig()
     skip_unavailable_models: bool = False
     """True: a task whose model cannot be loaded here is reported and skipped; False: the job fails."""
+
+    @model_validator(mode="after")
+    def _one_compute_per_pool(self):
+        first: dict[tuple, tuple[str, ComputeConfig]] = {}
+        for name, spec in self.tasks.items():
+            if spec.compute is None:
+                continue
+            other, compute = first.setdefault(spec.pool_key, (name, spec.compute))
+            if compute != spec.compute:
+                raise ValueError(f"tasks.{other}.compute and tasks.{name}.compute differ, but both tasks use "
+                                 f"{spec.model!r} and so share one actor pool: set it on one of them, or the same")
+        return self
+
+    def pool_compute(self, specs: dict[str, TaskSpec]) -> ComputeConfig:
+        """The hand-set compute of the pool running `specs`: the job's, with any task's override on top."""
+        override = next((spec.compute for spec in specs.values() if spec.compute is not None), None)
+        return self.compute.overridden_by(override)
 
     @model_validator(mode="after")
     def _column_names(self):

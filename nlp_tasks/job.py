@@ -24,10 +24,11 @@ from importlib.metadata import version
 from typing import Any
 
 from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
-from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
+from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
+from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redact
 from nlp_tasks.lease import LeaseHeld
-from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint
+from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
 from nlp_tasks.plan import annotated_dataset, group_by_model
 from nlp_tasks.report import RunReport, write_report
 from nlp_tasks.stats import STATS_ACTOR_PREFIX, RunStats
@@ -50,6 +51,8 @@ class JobResult:
     changes: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds of the driver's phases: checks, Ray start, annotating (first record, all records), commits."""
+    pools: list[dict] = field(default_factory=list)
+    """Each actor pool's resolved compute settings."""
     report: dict | None = None
     report_path: str | None = None
 
@@ -99,20 +102,19 @@ def job_change(previous: dict, job: dict) -> str | None:
     return f"was produced by a different config or model (changed: {', '.join(changed)})"
 
 
-def check_cpu_reservations(stages: int, compute: ComputeConfig, cluster_cpus: float, fixed_size: bool) -> None:
-    """Actor pools must leave a CPU for reading and writing, or the job stalls waiting for one.
-
-    On a fixed-size cluster (the embedded local Ray) that is an error; a cluster that can
-    autoscale may still grow, so there it is a warning.
+def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
+    """The pools' smallest sizes must fit the cluster and leave room for reading and writing, or the job
+    waits forever. Auto-sized pools always fit; hand-set ones may not. On a fixed-size cluster (the embedded
+    local Ray) that is an error; a cluster that can autoscale may still grow, so there it is a warning.
     """
-    reserved = stages * compute.min_actors * compute.num_cpus_per_actor
-    if reserved > cluster_cpus - 1:
-        message = (
-            f"compute: {stages} actor pool(s) x min_actors {compute.min_actors} x num_cpus_per_actor "
-            f"{compute.num_cpus_per_actor} reserve {reserved:g} of the cluster's {cluster_cpus:g} CPUs; "
-            "leave at least one for reading and writing"
-        )
-        if fixed_size:
+    reserved = sum(plan.min_actors * plan.num_cpus_per_actor for plan in pools)
+    gpus = sum(plan.min_actors * plan.num_gpus_per_actor for plan in pools)
+    room = cluster.cpus - cluster.nodes * CPU_RESERVE
+    if reserved > room or gpus > cluster.gpus:
+        message = (f"compute: the actor pools' min_actors reserve {reserved:g} CPUs and {gpus:g} GPUs; the cluster "
+                   f"has {cluster.cpus:g} CPUs ({room:g} after reading and writing) and {cluster.gpus:g} GPUs: "
+                   "lower min_actors or num_cpus_per_actor, or leave them out to size them automatically")
+        if cluster.fixed_size:
             raise InputError(message)
         log.warning(message)
 
@@ -267,18 +269,28 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
         timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - started, 2)
 
 
+def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster) -> list[tuple[dict, PoolPlan]]:
+    """Each pool's tasks and settings, logged, and checked against the cluster."""
+    groups = group_by_model(tasks)
+    weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
+    plans = plan_pools(config, groups, cluster, weights)
+    for plan in plans:
+        log.info("compute: %s", plan.describe())
+    check_reservations(plans, cluster)
+    return list(zip(groups, plans))
+
+
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
-             store: OutputStore, commits: Commits, timings: dict[str, float]) -> tuple[dict, str]:
-    """Annotate `files` on Ray and commit them; returns the actors' stats and Ray Data's stage stats."""
+             store: OutputStore, commits: Commits, timings: dict[str, float]) -> tuple[dict, str, list[PoolPlan]]:
+    """Annotate `files` on Ray and commit them; returns the actors' stats, Ray Data's stage stats, the pools."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     with timed(timings, "start_ray"):
-        fixed_size = start_ray()
+        cluster = Cluster.now(fixed_size=start_ray())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
-    check_cpu_reservations(len(group_by_model(tasks)), config.compute, ray.cluster_resources().get("CPU", 0),
-                           fixed_size=fixed_size)
+    pools = size_pools(config, tasks, cluster)
     stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
     stats = ray.remote(num_cpus=0)(RunStats).options(
         name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
@@ -286,12 +298,12 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
     ).remote()
     try:
         started = time.perf_counter()
-        dataset = annotated_dataset(config, tasks, source, files, store.filesystem, store.staging, stats_name)
+        dataset = annotated_dataset(config, pools, source, files, store.filesystem, store.staging, stats_name)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             commits.add(records.cast(PART_RECORD).to_pylist())
         timings["annotate"] = round(time.perf_counter() - started, 2)
-        return ray.get(stats.summary.remote()), dataset.stats()
+        return ray.get(stats.summary.remote()), dataset.stats(), [plan for _, plan in pools]
     finally:
         ray.kill(stats)
 
@@ -346,10 +358,10 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
         if file.rows == 0:
             commits.commit(file, [])
     pending = [file for file in changes.todo if file.rows]
-    run_stats, stage_stats = {}, "nothing to do: every input file was already committed"
+    run_stats, stage_stats, plans = {}, "nothing to do: every input file was already committed", []
     try:
         if pending:
-            run_stats, stage_stats = run_plan(config, tasks, source, pending, store, commits, timings)
+            run_stats, stage_stats, plans = run_plan(config, tasks, source, pending, store, commits, timings)
     finally:
         with timed(timings, "finish_commits"):
             commits.finish()
@@ -363,7 +375,8 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
     result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
                        files_done_before=changes.unchanged, files_processed=len(changes.todo),
                        quarantined=source.quarantined, seconds=time.perf_counter() - started,
-                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired}, timings=timings)
+                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired}, timings=timings,
+                       pools=[plan.as_dict() for plan in plans])
     result.report = report.to_dict(job, result, run_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)
     return result

@@ -142,22 +142,40 @@ def check_available(ref: str, revision: str | None = None) -> str:
     return resolved
 
 
-def model_fingerprint(ref: str, revision: str | None = None) -> str:
-    """What identifies the weights a task uses: the hub commit, or a digest of the checkpoint's files.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-    Recorded in the output's manifest so that a rerun with other weights is not mixed into it.
-    """
+
+def checkpoint_files(ref: str, revision: str | None = None) -> tuple[Any, str, dict[str, dict]]:
+    """The filesystem, root and files (with their sizes) of a checkpoint that is here or in object storage."""
     from fsspec.core import url_to_fs
 
     location = ref if is_remote(ref) else resolve_model(ref)
     if not is_remote(ref) and not Path(location).is_dir():
         from huggingface_hub import snapshot_download
 
-        return "hub:" + Path(snapshot_download(location, revision=revision, local_files_only=True)).name
+        location = snapshot_download(location, revision=revision, local_files_only=True)
     filesystem, root = url_to_fs(location)
-    root = root.rstrip("/")
+    return filesystem, root.rstrip("/"), filesystem.find(root, detail=True)
+
+
+def weights_bytes(ref: str, revision: str | None = None) -> int:
+    """Size of a checkpoint's weight files: how much memory a copy of the model needs, roughly."""
+    _, _, files = checkpoint_files(ref, revision)
+    return sum(int(info.get("size") or 0) for path, info in files.items() if path.endswith(WEIGHT_SUFFIXES))
+
+
+def model_fingerprint(ref: str, revision: str | None = None) -> str:
+    """What identifies the weights a task uses: the hub commit, or a digest of the checkpoint's files.
+
+    Recorded in the output's manifest so that a rerun with other weights is not mixed into it.
+    """
+    if not is_remote(ref) and not Path(resolve_model(ref)).is_dir():
+        from huggingface_hub import snapshot_download
+
+        return "hub:" + Path(snapshot_download(resolve_model(ref), revision=revision, local_files_only=True)).name
+    filesystem, root, files = checkpoint_files(ref, revision)
     digest = hashlib.sha256()
-    for path, info in sorted(filesystem.find(root, detail=True).items()):
+    for path, info in sorted(files.items()):
         digest.update(f"{path[len(root):]}:{info.get('size')}\n".encode())
     with filesystem.open(root + "/config.json", "rb") as handle:
         digest.update(handle.read())
@@ -183,8 +201,18 @@ def pick_dtype(dtype: str, device: Any) -> Any:
 
 
 def load_model(auto_class: str, ref: str, revision: str | None, device: str, dtype: str) -> Any:
-    """Load tokenizer and model once, in eval mode on the chosen device and dtype."""
+    """Load tokenizer and model once, in eval mode on the chosen device and dtype.
+
+    Outside a terminal (an actor, a log) no progress bar is drawn: transformers draws one per load.
+    """
+    import sys
+
     import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
+        disable_progress_bars()
 
     from nlp_tasks.tasks.base import LoadedModel
 

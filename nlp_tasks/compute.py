@@ -1,0 +1,188 @@
+"""Compute that fits the cluster by itself: each actor pool's settings, from what Ray reports when the job starts.
+
+Every key of `compute` left out is sized here; any key set by hand (in `compute`, or in a task's own
+`compute`) is kept as it is.
+
+- With GPUs: GPU actors, from one up to as many as the cluster's GPUs hold (small models share a
+  GPU: a quarter or half of one each, which also overlaps one actor's Python with another's
+  kernels), each with CPUs for its tokenizing, bf16, several batches in flight, and a token budget
+  that the actor sizes from the GPU's free memory once its model is loaded.
+- CPU only: the cores are split among the pools, as one-thread actors (two one-thread processes
+  beat one two-thread process on the same cores), leaving a reserve for the read and write tasks
+  so that a small machine is never refused; fewer, wider actors where memory would not hold a
+  model copy per core.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
+
+READ_CPUS = 0.25
+"""CPUs a read task reserves: it mostly waits on storage, and must not hold a CPU an actor needs."""
+WRITE_CPUS = 0.25
+"""CPUs a write task reserves, likewise."""
+CPU_RESERVE = READ_CPUS + WRITE_CPUS
+CPU_TOKEN_BUDGET = 4096
+"""Padded tokens per micro-batch on CPU: small enough to stay in cache (16 rows of 256 tokens)."""
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 512
+GPU_ACTOR_CONCURRENCY = 4
+GPU_CPUS_PER_ACTOR_MAX = 4.0
+MEMORY_PER_WEIGHT_BYTE = 3.0
+"""Host memory an actor needs per byte of weights (the weights, their load, activations)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What Ray reports: CPUs, GPUs and memory in all, and whether the cluster can grow."""
+
+    cpus: float
+    gpus: float
+    memory: float
+    nodes: int
+    fixed_size: bool
+
+    @classmethod
+    def now(cls, fixed_size: bool) -> Cluster:
+        import ray
+
+        total = ray.cluster_resources()
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        return cls(cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0), memory=total.get("memory", 0.0),
+                   nodes=max(1, len(alive)), fixed_size=fixed_size)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One actor pool's resolved settings (`token_budget` None: the actor sizes it from the GPU)."""
+
+    tasks: tuple[str, ...]
+    model: str
+    min_actors: int
+    max_actors: int
+    num_cpus_per_actor: float
+    num_gpus_per_actor: float
+    torch_threads: int
+    batch_size: int
+    token_budget: int | None
+    actor_concurrency: int
+    device: str
+    dtype: str
+
+    @property
+    def compute(self) -> ComputeConfig:
+        """The settings as the actor takes them."""
+        return ComputeConfig(
+            min_actors=self.min_actors, max_actors=self.max_actors, num_cpus_per_actor=self.num_cpus_per_actor,
+            num_gpus_per_actor=self.num_gpus_per_actor, torch_threads=self.torch_threads,
+            batch_size=self.batch_size, token_budget=self.token_budget, actor_concurrency=self.actor_concurrency,
+            device=self.device, dtype=self.dtype)
+
+    def describe(self) -> str:
+        actors = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
+        gpus = f" + {self.num_gpus_per_actor:g} GPU" if self.num_gpus_per_actor else ""
+        budget = self.token_budget or "sized from free GPU memory"
+        return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
+                f"{gpus}, {self.torch_threads} torch thread(s), {self.device} {self.dtype}, batch {self.batch_size}, "
+                f"token budget {budget}, {self.actor_concurrency} batch(es) in flight")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tasks": list(self.tasks)}
+
+
+def gpu_share(weights: int) -> float:
+    """GPUs per actor: small models share a GPU (more actors feed it while one runs Python)."""
+    if weights and weights < 500 * 2**20:
+        return 0.25
+    if weights and weights < 2 * 2**30:
+        return 0.5
+    return 1.0
+
+
+def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
+               weights: list[int]) -> list[PoolPlan]:
+    """Each pool's settings: the hand-set ones, and the rest sized from the cluster."""
+    hand = [config.pool_compute(specs) for specs in groups]
+    on_gpu = [c.device == "cuda" or (c.device == "auto" and cluster.gpus > 0 and c.num_gpus_per_actor != 0)
+              for c in hand]
+    cpu_pools = sum(1 for gpu in on_gpu if not gpu)
+    plans = []
+    for specs, compute, gpu, size in zip(groups, hand, on_gpu, weights):
+        chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype"})
+        auto = _gpu_defaults(cluster, size) if gpu else _cpu_defaults(cluster, cpu_pools, size,
+                                                                        chosen.get("max_actors"))
+        settings = {**auto, **chosen}
+        if ("num_cpus_per_actor" in chosen and "torch_threads" not in chosen) or "torch_threads" not in settings:
+            settings["torch_threads"] = max(1, math.floor(settings["num_cpus_per_actor"]))
+        if settings["min_actors"] > settings["max_actors"]:
+            settings["max_actors"] = settings["min_actors"]
+        first = next(iter(specs.values()))
+        plans.append(PoolPlan(
+            tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
+            dtype=compute.dtype if compute.dtype != "auto" else ("bfloat16" if gpu else "float32"),
+            **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
+                                              "num_gpus_per_actor", "torch_threads", "batch_size",
+                                              "token_budget", "actor_concurrency")}))
+    return plans
+
+
+def _gpu_defaults(cluster: Cluster, weights: int) -> dict[str, Any]:
+    share = gpu_share(weights)
+    actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
+    cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * CPU_RESERVE) / max(cluster.gpus, 1.0))
+    return {
+        "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
+        "num_cpus_per_actor": max(0.5, min(GPU_CPUS_PER_ACTOR_MAX, cpus_per_gpu * share)),
+        "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
+    }
+
+
+def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None) -> dict[str, Any]:
+    """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short);
+    `actors`: the pool size, when set by hand."""
+    usable = max(0.5, cluster.cpus - cluster.nodes * CPU_RESERVE)
+    cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
+    if actors is None:
+        actors = cores
+        if weights and cluster.memory:
+            fits = max(1, math.floor(cluster.memory / max(pools, 1) / (weights * MEMORY_PER_WEIGHT_BYTE)))
+            actors = min(actors, fits)
+    fixed = actors if cluster.fixed_size else 1
+    return {
+        "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
+        "num_cpus_per_actor": round(usable / max(pools, 1) / actors, 3),
+        "torch_threads": max(1, cores // actors),
+        "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
+    }
+
+
+GPU_MEMORY_SHARE = 0.5
+"""Of the GPU memory free once the model is loaded, the share micro-batches may use (the rest: fragmentation,
+other actors sharing the GPU, the CUDA out-of-memory back-off's headroom)."""
+GPU_TOKEN_BUDGET_BOUNDS = (8192, 1 << 19)
+
+
+def gpu_token_budget(model: Any, device: Any, max_length: int, generates: bool) -> int:
+    """Padded tokens per micro-batch that fit in the GPU's free memory, as a power of two.
+
+    Per token a forward pass holds about four hidden-size vectors (queries, keys, values, output),
+    one intermediate-size vector and one attention row per head, twice over for safety;
+    generation keeps keys and values for every layer as well.
+    """
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    config = getattr(model.config, "text_config", None) or model.config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", 1024)
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "encoder_ffn_dim", 4 * hidden)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "encoder_attention_heads", 16)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "decoder_layers", 12)
+    elements = 4 * hidden + intermediate + heads * max_length + (2 * layers * hidden if generates else 0)
+    per_token = 2 * elements * torch.tensor([], dtype=model.dtype).element_size()
+    budget = int(free * GPU_MEMORY_SHARE / per_token)
+    low, high = GPU_TOKEN_BUDGET_BOUNDS
+    return 1 << int(math.log2(min(max(budget, low), high)))

@@ -1,0 +1,50 @@
+"""Keep the job's logs readable: drop the one ERROR line Ray prints for every healthy run.
+
+Ray Data hands each pool actor its own constructor arguments by reference (object refs it owns
+on the driver), and Ray core logs, once per process, an ERROR that actor restarts could fail if
+such arguments were lost (ray-project/ray#53727, #57733). Here they live as long as the driver,
+so restarts work (tests/test_faults.py kills actors and a worker node), and a line at ERROR level
+in every run teaches people to ignore errors. Ray writes it from C++ straight to file
+descriptor 2, so it can only be dropped there: `dropping_known_ray_noise` passes stderr through a
+pipe and drops lines that contain exactly that message; every other line goes through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+
+
+@contextmanager
+def dropping_known_ray_noise() -> Iterator[None]:
+    """Within the block, lines written to fd 2 that hold a KNOWN_NOISE message are not shown."""
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not any(noise in line for noise in KNOWN_NOISE):
+                    os.write(original, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder drains it and ends
+        forwarder.join(timeout=5)
+        os.close(original)

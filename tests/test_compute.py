@@ -1,0 +1,122 @@
+"""Compute that fits the cluster by itself: pools sized from what Ray reports, hand-set keys kept."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from nlp_tasks.compute import CPU_RESERVE, Cluster, plan_pools
+from nlp_tasks.config import ConfigError, parse_config
+from nlp_tasks.plan import group_by_model
+
+import tiny_models
+
+MB = 2**20
+
+
+def job(tasks: dict, compute: dict | None = None):
+    return parse_config({"input": {"path": "in"}, "output": {"path": "out"}, "tasks": tasks,
+                         **({"compute": compute} if compute is not None else {})})
+
+
+def plans_for(config, cluster: Cluster, weights: list[int]):
+    return plan_pools(config, group_by_model(config.tasks), cluster, weights)
+
+
+THREE_MODELS = {
+    "sentiment": {"task": "sentiment-analysis", "model": "a"},
+    "entities": {"task": "ner", "model": "b"},
+    "embedding": {"task": "feature-extraction", "model": "c"},
+}
+
+
+def test_pools_fit_clusters_of_several_shapes():
+    """A real multi-node Ray cluster, CPU-only first, then with (declared, not used) GPU nodes."""
+    import ray
+    from ray.cluster_utils import Cluster as RayCluster
+
+    cluster = RayCluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=4)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        cpu_only = Cluster.now(fixed_size=True)
+        assert (cpu_only.cpus, cpu_only.gpus, cpu_only.nodes) == (8, 0, 3)
+        [one] = plans_for(job({"embedding": THREE_MODELS["embedding"]}), cpu_only, [90 * MB])
+        assert (one.device, one.dtype, one.min_actors, one.max_actors, one.torch_threads) == ("cpu", "float32", 8, 8, 1)
+        three = plans_for(job(THREE_MODELS), cpu_only, [90 * MB] * 3)
+        assert [p.max_actors for p in three] == [2, 2, 2]
+        assert sum(p.max_actors * p.num_cpus_per_actor for p in three) <= 8 - 3 * CPU_RESERVE + 1e-9
+        huge = plans_for(job({"embedding": THREE_MODELS["embedding"]}), cpu_only, [int(cpu_only.memory / 4)])
+        assert huge[0].max_actors == 1 and huge[0].torch_threads == 8  # one copy fits in memory: one wide actor
+
+        for _ in range(2):
+            cluster.add_node(num_cpus=8, num_gpus=1)
+        cluster.wait_for_nodes()
+        with_gpus = Cluster.now(fixed_size=False)
+        assert (with_gpus.cpus, with_gpus.gpus) == (24, 2)
+        small, large = plans_for(job({"embedding": THREE_MODELS["embedding"],
+                                      "summary": {"task": "summarization", "model": "d"}}),
+                                 with_gpus, [90 * MB, 1600 * MB])
+        assert (small.device, small.dtype, small.num_gpus_per_actor, small.max_actors) == ("cuda", "bfloat16", 0.25, 8)
+        assert (large.num_gpus_per_actor, large.max_actors, large.min_actors) == (0.5, 4, 1)
+        assert small.token_budget is None and small.actor_concurrency > 1 and small.num_cpus_per_actor >= 1
+        pinned = plans_for(job({"embedding": {**THREE_MODELS["embedding"], "compute": {"device": "cpu"}}}),
+                           with_gpus, [90 * MB])
+        assert (pinned[0].device, pinned[0].num_gpus_per_actor) == ("cpu", 0)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_keys_set_by_hand_win_job_wide_and_per_task():
+    config = job({**THREE_MODELS, "entities": {**THREE_MODELS["entities"], "compute": {"batch_size": 7}}},
+                 {"num_cpus_per_actor": 0.25, "max_actors": 3})
+    sentiment, entities, embedding = plans_for(config, Cluster(2, 0, 24 * 2**30, 1, True), [MB] * 3)
+    assert [p.num_cpus_per_actor for p in (sentiment, entities, embedding)] == [0.25] * 3
+    assert [p.max_actors for p in (sentiment, entities, embedding)] == [3] * 3
+    assert (entities.batch_size, sentiment.batch_size) == (7, 64)
+
+
+def test_tasks_sharing_a_pool_must_agree_on_its_compute():
+    embedding = {"task": "feature-extraction", "model": "m"}
+    topic = {"task": "embedding-classification", "model": "m", "candidate_labels": ["a"]}
+    parse_config({"input": {"path": "i"}, "output": {"path": "o"},
+                  "tasks": {"embedding": {**embedding, "compute": {"batch_size": 8}}, "topic": topic}})
+    with pytest.raises(ConfigError, match="tasks.embedding.compute and tasks.topic.compute differ"):
+        parse_config({"input": {"path": "i"}, "output": {"path": "o"}, "tasks": {
+            "embedding": {**embedding, "compute": {"batch_size": 8}},
+            "topic": {**topic, "compute": {"batch_size": 16}}}})
+
+
+def test_three_models_run_on_two_cpus_without_a_compute_section(ray_local, tmp_path, models):
+    from jobs.annotate import main
+
+    texts = tiny_models.sample_texts() * 4
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), tmp_path / "in.parquet")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"},
+        "output": {"path": str(tmp_path / "out")},
+        "tasks": {
+            "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
+            "entities": {"task": "ner", "model": str(models["token-classification"])},
+            "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
+            "topic": {"task": "embedding-classification", "model": str(models["token-classification"]),
+                      "candidate_labels": ["people", "places"]},
+            "filled": {"task": "fill-mask", "model": str(models["fill-mask"])},
+        },
+    }))
+    assert main(["--config", str(config)]) == 0
+    report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
+    pools = report["compute"]
+    assert len(pools) == 4 and {p["device"] for p in pools} == {"cpu"}
+    assert sum(p["max_actors"] * p["num_cpus_per_actor"] for p in pools) <= 2
+    # embedding and topic share one forward pass: each is charged it, so their speeds are alike
+    speeds = report["throughput"]
+    assert 0.5 < speeds["embedding"]["rows_per_s"] / speeds["topic"]["rows_per_s"] < 2
