@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.stats import with_call
 from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
 
@@ -57,7 +58,8 @@ class Annotator:
     """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
-                 stats_actor: str | None = None):
+                 record_calls: bool = False):
+        """`record_calls`: add each call's record (stats.py) to its output, as the job's actors do."""
         import threading
 
         from nlp_tasks.batching import MicroBatcher
@@ -70,14 +72,15 @@ class Annotator:
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget or self._device_token_budget(), some.pad_values(),
                                     some.padding_side)
-        self.stats = _stats_actor(stats_actor)
-        if self.stats is not None:
+        self.identity: dict[str, Any] | None = None
+        self.loaded: dict[str, Any] | None = None
+        if record_calls:
             import ray
 
             context = ray.get_runtime_context()
-            self.actor_id = context.get_actor_id()
-            self.stats.actor_ready.remote(self.actor_id, "+".join(specs), context.get_node_id(),
-                                          time.perf_counter() - started, self.batcher.token_budget)
+            self.identity = {"actor": context.get_actor_id(), "node": context.get_node_id(), "pool": "+".join(specs)}
+            self.loaded = {"load_s": time.perf_counter() - started, "ready_at": time.time(),
+                           "token_budget": self.batcher.token_budget}
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
@@ -117,8 +120,10 @@ class Annotator:
                          for unit in result[0])
             per_task[column] = (sum(value is not None for value in values), tokens, model_seconds + post_seconds)
         batch = with_errors(batch, self.errors_column, errors_by_task)
-        if self.stats is not None:
-            self.stats.record.remote(self.actor_id, started, time.time(), batch.num_rows, dict(phases), per_task)
+        if self.identity is not None:
+            batch = with_call(batch, {**self.identity, **(self.loaded or {}), "started": started, "ended": time.time(),
+                                      "rows": batch.num_rows, "phases": dict(phases), "tasks": per_task})
+            self.loaded = None  # the load is reported with the first call only
         return batch
 
     def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table,
@@ -179,15 +184,6 @@ class Annotator:
             else:
                 values[clean[position]] = adapter.postprocess(texts[position], *result)
         return values, errors
-
-
-def _stats_actor(name: str | None) -> Any:
-    """The run's RunStats actor, when running under the job (None in-process)."""
-    if name is None:
-        return None
-    import ray
-
-    return ray.get_actor(name)
 
 
 def with_errors(batch: pa.Table, errors_column: str, messages_by_task: dict[str, list[str | None]]) -> pa.Table:

@@ -61,6 +61,9 @@ class PartRecord:
     staged: str
     writer: str
     counts: str
+    """JSON: the run report's counts for the part's rows (write.part_counts)."""
+    calls: str
+    """JSON: the actor calls recorded on the part's rows (stats.py)."""
 
     @property
     def end(self) -> int:

@@ -44,7 +44,8 @@ class OutputConfig(_Strict):
     """What happens to the rows of a committed input file that is no longer there: keep them, or remove
     them from the output. Either way the run report lists the file; a renamed file is never kept twice."""
     rows_per_file: int = Field(10_000, ge=1)
-    """Rows the write stage gathers per call; an output part holds at most this many rows of one input file."""
+    """Rows the write stage gathers per call (fewer on a small run); an output part holds at most this many rows
+    of one input file."""
     errors_column: str = "errors"
     generated_id_column: str = "row_id"
     """Added when the input has no id_column: "<input file>:<row position in it>", stable across runs."""

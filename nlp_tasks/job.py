@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from nlp_tasks.lease import LeaseHeld
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
 from nlp_tasks.plan import annotated_dataset, group_by_model
 from nlp_tasks.report import RunReport, write_report
-from nlp_tasks.stats import STATS_ACTOR_PREFIX, RunStats
+from nlp_tasks.stats import RunStats
 from nlp_tasks.write import PART_RECORD
 
 log = logging.getLogger(__name__)
@@ -196,6 +195,7 @@ class Commits:
         self.store = store
         self.files = {file.unit: file for file in files}
         self.report = report
+        self.stats = RunStats()
         self.task_fingerprints = task_fingerprints
         self.parts: dict[str, list[PartRecord]] = {}
         self.committed: set[str] = set()
@@ -225,6 +225,7 @@ class Commits:
         with self.lock:
             for part in parts:
                 self.report.add_part(part.rows, json.loads(part.counts), part.writer)
+                self.stats.add(json.loads(part.calls))
 
     def _raise_failed(self) -> None:
         for future in [f for f in self.running if f.done()]:
@@ -249,15 +250,18 @@ class Commits:
 def start_ray() -> bool:
     """Join the cluster named by RAY_ADDRESS (or the one running this job), else start an embedded local Ray.
 
-    Returns whether this call started Ray (a fixed-size local cluster).
+    The embedded Ray starts its dashboard only for a person at a terminal: it costs a second or two of
+    every run's start. Returns whether this call started Ray (a fixed-size local cluster).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    joining = "RAY_ADDRESS" in os.environ
-    ray.init(address=None if joining else "local")  # embedded: never some other cluster on this machine
-    return not joining
+    if "RAY_ADDRESS" in os.environ:
+        ray.init()
+        return False
+    ray.init(address="local", include_dashboard=sys.stderr.isatty())  # never some other cluster on this machine
+    return True
 
 
 @contextmanager
@@ -284,28 +288,27 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
              store: OutputStore, commits: Commits, timings: dict[str, float]) -> tuple[dict, str, list[PoolPlan]]:
     """Annotate `files` on Ray and commit them; returns the actors' stats, Ray Data's stage stats, the pools."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     with timed(timings, "start_ray"):
-        cluster = Cluster.now(fixed_size=start_ray())
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
-    pools = size_pools(config, tasks, cluster)
-    stats_name = STATS_ACTOR_PREFIX + uuid.uuid4().hex[:8]
-    stats = ray.remote(num_cpus=0)(RunStats).options(
-        name=stats_name,  # on the driver's node: losing a worker node must not lose the counts
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote()
+        started_here = start_ray()
     try:
-        started = time.perf_counter()
-        dataset = annotated_dataset(config, pools, source, files, store.filesystem, store.staging, stats_name)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = sys.stderr.isatty()
+        pools = size_pools(config, tasks, Cluster.now(fixed_size=started_here))
+        started, started_at = time.perf_counter(), time.time()
+        dataset = annotated_dataset(config, pools, source, files, store.filesystem, store.staging)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             commits.add(records.cast(PART_RECORD).to_pylist())
+            if not commits.missing():
+                break  # every file is in: do not wait for Ray Data to wind its operators down
         timings["annotate"] = round(time.perf_counter() - started, 2)
-        return ray.get(stats.summary.remote()), dataset.stats(), [plan for _, plan in pools]
+        commits.finish()
+        return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
     finally:
-        ray.kill(stats)
+        if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)
+            with timed(timings, "stop_ray"):
+                ray.shutdown()
 
 
 def run_job(config: JobConfig) -> JobResult:

@@ -32,7 +32,7 @@ def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
 
 
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
-                      files: list[InputFile], output_filesystem: Any, staging: str, stats_actor: str | None = None):
+                      files: list[InputFile], output_filesystem: Any, staging: str):
     """The lazy plan over `files`; iterating it yields write_parts' records (write.PART_RECORD)."""
     import ray
 
@@ -49,7 +49,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
             fn_constructor_kwargs=dict(
                 specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
-                stats_actor=stats_actor,
+                record_calls=True,
             ),
             batch_format="pyarrow",
             batch_size=plan.batch_size,
@@ -65,5 +65,15 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
                        errors_column=config.output.errors_column),
-        batch_format="pyarrow", batch_size=config.output.rows_per_file, num_cpus=WRITE_CPUS,
+        batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, files, pools),
+        num_cpus=WRITE_CPUS,
     )
+
+
+def rows_per_write(rows_per_file: int, files: list[InputFile], pools: list[tuple[dict, PoolPlan]]) -> int:
+    """Rows the write stage gathers per call: `output.rows_per_file`, or less on a small run, so that parts are
+    written (and files committed) while the actors work rather than all at the end: a run's rows are then
+    spread over at least two writes per actor of its widest pool."""
+    actors = max(plan.max_actors for _, plan in pools)
+    batch = max(plan.batch_size for _, plan in pools)
+    return max(batch, min(rows_per_file, -(-sum(file.rows for file in files) // (2 * actors))))

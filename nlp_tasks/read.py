@@ -21,10 +21,13 @@ import pyarrow.compute as pc
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from nlp_tasks.stats import CALLS_COLUMN
+
 
 UNIT_COLUMN = "__unit"
 ROW_COLUMN = "__row"
-INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN)
+INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN, CALLS_COLUMN)
+"""Columns of the job's own, dropped by the write stage."""
 
 
 @dataclass(frozen=True)

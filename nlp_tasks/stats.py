@@ -1,19 +1,42 @@
-"""Where a run's time goes inside its actors: a small Ray actor that the Annotators report to.
+"""Where a run's time goes inside its actors, carried with the rows instead of by another process.
 
-Each Annotator reports once when its model is loaded and once per call: when the call ran,
-how long it tokenized, ran the model and postprocessed, and per task the rows it annotated,
-the tokens it read and the seconds they took (a task that shares another's forward pass is
-charged that forward pass too, so that every task's rows/s is what it really cost). The run
-report shows per task throughput and per actor how busy it was between its first and last call.
+Each Annotator call records itself: which actor, when it ran, how long it tokenized, ran the
+model and postprocessed, and per task the rows it annotated, the tokens it read and the seconds
+they took (a task that shares another's forward pass is charged that pass too, so that every
+task's rows/s is what it cost); an actor's first call also records its model load. The record
+rides in an internal column on the first row of the call's output; the write stage moves it
+into the part record of the part that row lands in, and the driver counts the records of
+committed parts only: each call once, with no stats actor to start or to lose. The run report
+shows per task throughput and per actor how busy it was between its first and last call.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from typing import Any
 
-STATS_ACTOR_PREFIX = "nlp-tasks-stats-"
+import pyarrow as pa
+
+CALLS_COLUMN = "__calls"
+"""Internal column: on one row of a batch, the JSON list of the actor calls that produced it."""
 PHASES = ("tokenize", "forward", "postprocess")
+
+
+def with_call(batch: pa.Table, call: dict) -> pa.Table:
+    """The batch with `call` added to the record list on its first row (after those of earlier pools)."""
+    calls = batch.column(CALLS_COLUMN).to_pylist() if CALLS_COLUMN in batch.column_names else [None] * batch.num_rows
+    calls[0] = json.dumps([*json.loads(calls[0] or "[]"), call])
+    if CALLS_COLUMN in batch.column_names:
+        batch = batch.drop_columns([CALLS_COLUMN])
+    return batch.append_column(CALLS_COLUMN, pa.array(calls, pa.string()))
+
+
+def calls_in(rows: pa.Table) -> list[dict]:
+    """The call records held by these rows."""
+    if CALLS_COLUMN not in rows.column_names:
+        return []
+    return [call for value in rows.column(CALLS_COLUMN).drop_null().to_pylist() for call in json.loads(value)]
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -27,29 +50,31 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 class RunStats:
-    """Ray actor (num_cpus=0, on the driver's node) that gathers what the Annotators report."""
+    """Per task and per actor figures, from the call records of committed parts."""
 
     def __init__(self):
         self.tasks: dict[str, Counter] = defaultdict(Counter)
         self.actors: dict[str, dict[str, Any]] = {}
 
-    def actor_ready(self, actor: str, pool: str, node: str, load_seconds: float, token_budget: int) -> None:
-        """An actor loaded its model; a restarted actor keeps its id and its record, and counts the restart."""
-        state = self.actors.setdefault(actor, {"pool": pool, "calls": [], "rows": 0, "phases": Counter(),
-                                               "load_s": 0.0, "starts": 0})
-        state.update(node=node, token_budget=token_budget, load_s=state["load_s"] + load_seconds,
-                     starts=state["starts"] + 1)
+    def add(self, calls: list[dict]) -> None:
+        for call in calls:
+            state = self.actors.setdefault(call["actor"], {
+                "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0, "phases": Counter(),
+                "load_s": 0.0, "starts": 0, "ready_at": None, "token_budget": None})
+            if "load_s" in call:  # the first call after the actor loaded its model
+                state["load_s"] += call["load_s"]
+                state["starts"] += 1
+                state["ready_at"] = min(state["ready_at"] or call["ready_at"], call["ready_at"])
+                state["token_budget"] = call["token_budget"]
+            state["calls"].append((call["started"], call["ended"]))
+            state["rows"] += call["rows"]
+            state["phases"].update(call["phases"])
+            for task, (annotated, tokens, seconds) in call["tasks"].items():
+                self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds})
 
-    def record(self, actor: str, started: float, ended: float, rows: int, phases: dict[str, float],
-               tasks: dict[str, tuple[int, int, float]]) -> None:
-        state = self.actors[actor]
-        state["calls"].append((started, ended))
-        state["rows"] += rows
-        state["phases"].update(phases)
-        for task, (annotated, tokens, seconds) in tasks.items():
-            self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds})
-
-    def summary(self) -> dict:
+    def summary(self, started_at: float) -> dict:
+        """Per task and per actor figures; times of an actor's life are seconds after `started_at` (the plan's
+        start, wall clock)."""
         tasks = {}
         for task, totals in sorted(self.tasks.items()):
             seconds = totals["seconds"]
@@ -61,15 +86,17 @@ class RunStats:
         actors = []
         for actor, state in self.actors.items():
             calls = state["calls"]
-            span = max(end for _, end in calls) - min(start for start, _ in calls) if calls else 0.0
+            first, last = min(start for start, _ in calls), max(end for _, end in calls)
             busy = busy_seconds(calls)
             actors.append({
                 "actor": actor[:12], "pool": state["pool"], "node": state["node"][:12],
-                "load_s": round(state["load_s"], 2), "restarts": state["starts"] - 1,
-                "token_budget": state["token_budget"],
-                "calls": len(calls), "rows": state["rows"],
-                "busy_s": round(busy, 2), "span_s": round(span, 2),
-                "busy_share": round(busy / span, 3) if span else None,
+                "ready_after_s": round(state["ready_at"] - started_at, 2) if state["ready_at"] else None,
+                "first_call_after_s": round(first - started_at, 2),
+                "last_call_ended_after_s": round(last - started_at, 2),
+                "load_s": round(state["load_s"], 2), "restarts": max(0, state["starts"] - 1),
+                "token_budget": state["token_budget"], "calls": len(calls), "rows": state["rows"],
+                "busy_s": round(busy, 2), "span_s": round(last - first, 2),
+                "busy_share": round(busy / (last - first), 3) if last > first else None,
                 "phases_s": {phase: round(state["phases"][phase], 2) for phase in PHASES},
             })
         return {"tasks": tasks, "actors": sorted(actors, key=lambda a: (a["pool"], -a["rows"]))}

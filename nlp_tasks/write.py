@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nlp_tasks.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
+from nlp_tasks.stats import calls_in
 
 PART_RECORD = pa.schema([
     ("unit", pa.string()), ("first", pa.int64()), ("rows", pa.int64()), ("staged", pa.string()),
-    ("writer", pa.string()), ("counts", pa.string()),
+    ("writer", pa.string()), ("counts", pa.string()), ("calls", pa.string()),
 ])
 """What the write stage returns per part: all the driver ever sees of the rows."""
 
@@ -79,7 +80,7 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
     batch = batch.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
     units = batch.column(UNIT_COLUMN).to_numpy(zero_copy_only=False)
     positions = batch.column(ROW_COLUMN).to_numpy()
-    rows = batch.drop_columns(list(INTERNAL_COLUMNS))
+    rows = batch.drop_columns([c for c in INTERNAL_COLUMNS if c in batch.column_names])
     writer = f"{socket.gethostname()}/node {ray.get_runtime_context().get_node_id()[:12]}/pid {os.getpid()}"
     records = []
     filesystem.makedirs(staging, exist_ok=True)  # on a node that has not seen the output folder yet
@@ -90,5 +91,6 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
         with filesystem.open(staged, "wb") as handle:
             pq.write_table(part, handle)
         records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "writer": writer,
-                        "counts": json.dumps(part_counts(part, tasks, errors_column))})
+                        "counts": json.dumps(part_counts(part, tasks, errors_column)),
+                        "calls": json.dumps(calls_in(batch.slice(start, end - start)))})
     return pa.Table.from_pylist(records, schema=PART_RECORD)
