@@ -4,7 +4,9 @@
 Arrow batch it sets aside rows whose text is unusable, tokenizes the rest into units, runs
 the model on length-sorted micro-batches, postprocesses per row, and returns the batch with
 one more typed column per task and the per-row `errors` list extended. Tasks whose forward
-passes are identical (same `share_key`) run the model once. No row is ever dropped.
+passes are identical (same `share_key`) run the model once. No row is ever dropped. A task
+whose column the batch already holds is carried, not computed: rows read back from committed
+parts for an incremental run (`read.py`) hold the columns that stay.
 
 A row may have many units (the windows of a long text, the hypotheses of zero-shot): they are
 micro-batched together with the other rows' units and regrouped per row, so each row's value is
@@ -19,6 +21,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
@@ -35,8 +38,9 @@ RowResult = tuple[list[Features], list[Any]] | RowError
 """One clean row after the model ran: its units and their outputs, or why the task cannot annotate it."""
 
 
-def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[str, TaskAdapter]:
-    """Load the model the tasks share once, and build each task's adapter on it."""
+def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig,
+                  fitted: dict[str, dict] | None = None) -> dict[str, TaskAdapter]:
+    """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it)."""
     import torch
 
     from nlp_tasks.models import load_model
@@ -51,15 +55,48 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig) -> dict[st
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
-        return {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
+        adapters = {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
+    for column, state in (fitted or {}).items():
+        adapters[column].use_fitted(state)
+    return adapters
+
+
+def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
+              examples: dict[str, tuple[list[str], list[str]]]) -> dict[str, dict]:
+    """Each task's head, fitted on its labelled examples embedded with the task's own model and pooling.
+
+    Runs once per run, as a Ray task before the actor pools start (so it may use every core of its node).
+    """
+    import os
+
+    from nlp_tasks.heads import fit_head
+
+    embedding_specs = {column: TaskSpec.model_validate({
+        "task": "feature-extraction", "model": specs[column].model, "revision": specs[column].revision,
+        **specs[column].options.embedding_options()}) for column in examples}
+    if compute.device != "cuda":
+        compute = compute.model_copy(update={"torch_threads": os.cpu_count()})
+    embedder = Annotator(embedding_specs, compute, "text", "errors")
+    heads, embedded = {}, {}
+    for column, (texts, labels) in examples.items():
+        key = (embedding_specs[column].model_dump_json(), tuple(texts))  # heads of one example set embed it once
+        if key not in embedded:
+            table = embedder(pa.table({"text": texts}), only=[column])
+            for row, errors in enumerate(table.column("errors").to_pylist()):
+                if errors:
+                    raise ValueError(f"tasks.{column}.examples: row {row} cannot be embedded: {errors[0]['message']}")
+            embedded[key] = np.stack(table.column(column).to_numpy(zero_copy_only=False))
+        heads[column] = fit_head(specs[column].options.head, embedded[key], labels)
+    return heads
 
 
 class Annotator:
     """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
-                 record_calls: bool = False):
-        """`record_calls`: add each call's record (stats.py) to its output, as the job's actors do."""
+                 record_calls: bool = False, fitted: dict[str, dict] | None = None):
+        """`record_calls`: add each call's record (stats.py) to its output, as the job's actors do; `fitted`:
+        what the job fitted per task before the run (fit_heads)."""
         import threading
 
         from nlp_tasks.batching import MicroBatcher
@@ -68,7 +105,7 @@ class Annotator:
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.text_column = text_column
         self.errors_column = errors_column
-        self.adapters = load_adapters(specs, compute)
+        self.adapters = load_adapters(specs, compute, fitted)
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget or self._device_token_budget(), some.pad_values(),
                                     some.padding_side)
@@ -93,7 +130,12 @@ class Annotator:
                                 generates=any(a.auto_class.endswith(("Seq2SeqLM", "CausalLM"))
                                               for a in self.adapters.values()))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, only: list[str] | None = None) -> pa.Table:
+        """The batch with the columns of this actor's tasks (of `only` these) that it does not hold yet."""
+        adapters = {column: adapter for column, adapter in self.adapters.items()
+                    if column not in batch.column_names and (only is None or column in only)}
+        if not adapters:
+            return batch
         started, phases = time.time(), Counter()
         raw = batch.column(self.text_column).to_pylist()
         problems = [text_problem(value) for value in raw]
@@ -103,7 +145,7 @@ class Annotator:
         shared: dict[Any, tuple[list[RowResult], float]] = {}
         errors_by_task: dict[str, list[str | None]] = {}
         per_task: dict[str, tuple[int, int, float]] = {}
-        for column, adapter in self.adapters.items():
+        for column, adapter in adapters.items():
             key = adapter.share_key()
             if key is None or key not in shared:
                 model_started = time.perf_counter()

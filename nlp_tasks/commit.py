@@ -4,7 +4,9 @@ Layout (local or object storage), meant to be read by people too:
 
     part-<unit>-<first row>.parquet   annotated rows of one input file, from that row on
     __manifest/job.json               what produced this output: tasks, models, fingerprints
-    __manifest/units/<unit>.json      one marker per committed input file: source, identity, rows, parts
+    __manifest/units/<unit>.json      one marker per committed input file: source, identity, rows, parts,
+                                      and the fingerprint of each task whose column its parts hold
+    __manifest/heads/<task>-<fp>.json heads fitted on a task's labelled examples, by task fingerprint
     __manifest/lease-<n>.json         the running job's lease (see lease.py)
     __staging/<run>/                  parts written by the workers, not yet committed
     __reports/run-*.json, .html       one report per run
@@ -15,9 +17,10 @@ ever see committed parts.
 
 Workers write parts to the run's staging folder and report them (`write.py`). When the parts
 of a unit cover all its rows, the driver commits it: the marker, listing the parts, is written
-atomically (the commit point), then each part is moved to its final name, then any older part
-of that unit the marker does not list is deleted. A crash after the marker is rolled forward by
-the next run; before it, the unit is simply redone.
+atomically (the commit point), then each part is moved to its final name (replacing the part of
+the same name an earlier run committed, when a task was added), then any older part of that
+unit the marker does not list is deleted. A crash after the marker is rolled forward by the
+next run; before it, the unit is simply redone.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from nlp_tasks.storage import TornFile, dump, parse_json, read_json, write_atomi
 
 MANIFEST = "__manifest"
 UNITS = f"{MANIFEST}/units"
+HEADS = f"{MANIFEST}/heads"
 STAGING = "__staging"
 REPORTS = "__reports"
 PART_NAME = re.compile(r"^part-([0-9a-f]{16})-(\d{12})\.parquet$")
@@ -160,7 +164,7 @@ class OutputStore:
         try:
             if entries and if_exists == "overwrite":
                 self._delete_own_output(entries)
-            if self.job() is None:
+            if self.job() != job:  # new, or the tasks changed: each unit's marker says which tasks it holds
                 write_atomic(self.filesystem, self.path(MANIFEST, "job.json"), dump(job))
             self._reconcile()
         except BaseException:
@@ -203,14 +207,13 @@ class OutputStore:
         """Roll interrupted commits forward, drop units whose parts are gone, and delete what no marker lists."""
         self.markers = self._read_markers()
         present = set(self._entries())
+        staged = set(self.filesystem.find(self.path(STAGING))) if self.filesystem.exists(self.path(STAGING)) else set()
         for unit, marker in list(self.markers.items()):
             for part in marker["parts"]:
-                if part["file"] in present:
-                    continue
-                if part.get("staged") and self.filesystem.exists(part["staged"]):
+                if part.get("staged") in staged:  # committed, not yet moved (a present file is the older part)
                     self.filesystem.mv(part["staged"], self.path(part["file"]))
                     present.add(part["file"])
-                else:
+                elif part["file"] not in present:
                     self.repaired.append(f"input file {marker['source']!r}: committed part {part['file']} is "
                                          "missing; the file is annotated again")
                     self.remove(unit)
@@ -239,6 +242,15 @@ class OutputStore:
                 if part["file"] not in kept:
                     self.filesystem.rm(self.path(part["file"]))
         self.markers[unit] = marker
+
+    def head(self, task: str, fingerprint: str) -> dict | None:
+        """The head fitted for `task` with this task fingerprint, if this output holds it."""
+        path = self.path(HEADS, f"{task}-{fingerprint}.json")
+        return read_json(self.filesystem, path) if self.filesystem.exists(path) else None
+
+    def save_head(self, task: str, fingerprint: str, head: dict) -> None:
+        self.filesystem.makedirs(self.path(HEADS), exist_ok=True)
+        write_atomic(self.filesystem, self.path(HEADS, f"{task}-{fingerprint}.json"), dump(head))
 
     def remove(self, unit: str) -> None:
         """Uncommit a unit and delete its parts (marker first: a crash in between leaves only strays)."""

@@ -38,11 +38,16 @@ class InputConfig(_Strict):
 class OutputConfig(_Strict):
     path: str
     if_exists: Literal["resume", "overwrite", "error"] = "resume"
-    """resume: add what is not yet committed to an output made by the same config (refuse another);
-    overwrite: delete this job's earlier output and start again; error: refuse any existing output."""
+    """resume: add what is not yet committed, and the tasks added or changed since (an output of other input or
+    output columns is refused); overwrite: delete this job's earlier output and start again; error: refuse any
+    existing output."""
     vanished_inputs: Literal["keep", "remove"] = "keep"
     """What happens to the rows of a committed input file that is no longer there: keep them, or remove
     them from the output. Either way the run report lists the file; a renamed file is never kept twice."""
+    removed_tasks: Literal["keep", "drop"] = "keep"
+    """What happens to the column of a task that was in an earlier run's config and is no longer: committed files
+    keep it (files committed from now on do not get it), or drop it (each committed file is rewritten without
+    it). Tasks added or changed since are computed for the committed files either way; other columns are carried."""
     rows_per_file: int = Field(10_000, ge=1)
     """Rows the write stage gathers per call (fewer on a small run); an output part holds at most this many rows
     of one input file."""

@@ -55,7 +55,7 @@ def _logistic(embeddings: np.ndarray, targets: np.ndarray, classes: int, c: floa
 
 def head_scores(head: dict[str, Any], embeddings: np.ndarray) -> np.ndarray:
     """Each label's score for each normalized embedding (rows): similarities, or probabilities."""
-    logits = embeddings @ np.asarray(head["weights"], dtype=np.float32).T + np.asarray(head["bias"], dtype=np.float32)
+    logits = embeddings @ np.asarray(head["weights"], np.float32).T + np.asarray(head["bias"], np.float32)
     if head["kind"] == "centroid":
         return logits
     exponents = np.exp(logits - logits.max(axis=-1, keepdims=True))

@@ -1,9 +1,10 @@
 """The job on the driver: check, plan, commit, report. It never touches a row.
 
 `run_job` checks the config's inputs and models, takes the output's lease, compares the input
-files with what the output already holds (new, changed, unchanged, vanished, renamed), runs the
-Ray Data plan (`plan.py`) over the files that need it, commits each file once the workers'
-parts cover all its rows, and writes the run report.
+files with what the output already holds (new, changed, unchanged, vanished, renamed) and each
+committed file's task fingerprints with the config's (tasks added, changed or removed since),
+runs the Ray Data plan (`plan.py`) over the files that need it, commits each file once the
+workers' parts cover all its rows, and writes the run report.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from typing import Any
 from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
 from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
 from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.examples import LabelledTexts, read_examples
 from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redact
 from nlp_tasks.lease import LeaseHeld
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
-from nlp_tasks.plan import annotated_dataset, group_by_model
+from nlp_tasks.plan import Refresh, annotated_dataset, fragments_of, group_by_model
+from nlp_tasks.read import Fragment
 from nlp_tasks.report import RunReport, write_report
 from nlp_tasks.stats import RunStats
 from nlp_tasks.write import PART_RECORD
@@ -73,32 +76,37 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
     return ready, skipped
 
 
-def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec]) -> dict:
-    """What produced an output, and a fingerprint of everything that changes its values."""
-    entries = {
-        column: {
+def fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec], examples: dict[str, LabelledTexts]) -> dict:
+    """What produced an output, and fingerprints of everything that changes its values: per task (its model,
+    options and labelled examples) and for the whole job."""
+    entries = {}
+    for column, spec in tasks.items():
+        entry = {
             "task": spec.task, "model": redact(spec.model), "revision": spec.revision,
             "options": spec.options.model_dump(mode="json"),
             "model_fingerprint": model_fingerprint(spec.model, spec.revision),
         }
-        for column, spec in tasks.items()
-    }
+        if column in examples:
+            entry["examples"] = {"rows": len(examples[column].texts), "sha256": examples[column].sha256}
+        entries[column] = {**entry, "fingerprint": fingerprint([entry, config.input.text_column])}
     columns = {"text": config.input.text_column, "id": config.input.id_column or config.output.generated_id_column,
                "errors": config.output.errors_column, "partitioning": config.input.partitioning}
-    fingerprint = hashlib.sha256(json.dumps([entries, columns], sort_keys=True).encode()).hexdigest()[:16]
     return {
-        "fingerprint": fingerprint, "tasks": entries, "columns": columns,
+        "fingerprint": fingerprint([entries, columns]), "tasks": entries, "columns": columns,
         "versions": {name: version(name) for name in ("nlp-tasks", "ray", "transformers", "torch")},
     }
 
 
 def job_change(previous: dict, job: dict) -> str | None:
-    """Why an output made by `previous` cannot be resumed by `job` (None if it can)."""
-    if previous.get("fingerprint") == job["fingerprint"]:
-        return None
-    changed = sorted(column for column in set(previous.get("tasks", {})) | set(job["tasks"])
-                     if previous.get("tasks", {}).get(column) != job["tasks"].get(column)) or ["input columns"]
-    return f"was produced by a different config or model (changed: {', '.join(changed)})"
+    """Why an output made by `previous` cannot be resumed by `job` (None if it can). Tasks may differ: each
+    committed file's marker says which tasks' columns it holds, and a run computes the missing ones."""
+    before, now = previous.get("columns", {}), job["columns"]
+    changed = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+    return f"was produced with other columns (changed: {', '.join(changed)})" if changed else None
 
 
 def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
@@ -149,14 +157,33 @@ class InputChanges:
     """New name -> old name, for new files with the content of a vanished one."""
     vanished_units: list[str] = field(default_factory=list)
     renamed_units: list[str] = field(default_factory=list)
+    refreshes: list[Refresh] = field(default_factory=list)
+    """Committed, unchanged files that lack a task's column (added or changed since), or hold a dropped one."""
+    removed_kept: list[str] = field(default_factory=list)
+    """Columns of tasks no longer configured that committed files keep (output.removed_tasks: keep)."""
 
-    def as_report(self, kept_vanished: bool) -> dict:
+    def as_report(self, kept_vanished: bool, tasks: list[str]) -> dict:
+        """The changes, and which columns this run computed (or dropped) for which files."""
+        computed: dict[str, list[str]] = {column: [file.name for file in self.todo] for column in tasks}
+        dropped: dict[str, list[str]] = {}
+        for refresh in self.refreshes:
+            for column in refresh.recompute:
+                computed[column].append(refresh.file.name)
+            for column in refresh.drop:
+                dropped.setdefault(column, []).append(refresh.file.name)
         return {"new": self.new, "changed": self.changed, "renamed": self.renamed,
-                "vanished": self.vanished, "vanished_rows": "kept" if kept_vanished else "removed"}
+                "vanished": self.vanished, "vanished_rows": "kept" if kept_vanished else "removed",
+                "columns_computed": {column: files for column, files in computed.items() if files},
+                "columns_dropped": dropped, "removed_tasks_kept": self.removed_kept}
 
 
-def compare(source: InputFiles, markers: dict[str, dict]) -> InputChanges:
-    """Which input files need annotating: new ones and ones whose identity changed since their commit."""
+def compare(source: InputFiles, markers: dict[str, dict], fingerprints: dict[str, str], drop_removed: bool,
+            skipped: set[str]) -> InputChanges:
+    """Which input files need annotating: new ones and ones whose identity changed since their commit, in full;
+    committed ones whose task fingerprints differ from `fingerprints`, for the differing columns only.
+
+    A skipped task (its model unavailable here) keeps whatever column committed files hold.
+    """
     files = {file.unit: file for file in source.files}
     quarantined = set(source.quarantined)
     gone = {unit: marker for unit, marker in markers.items()
@@ -166,7 +193,15 @@ def compare(source: InputFiles, markers: dict[str, dict]) -> InputChanges:
     for unit, file in files.items():
         marker = markers.get(unit)
         if marker is not None and marker["identity"] == file.identity:
-            changes.unchanged += 1
+            done = marker.get("tasks", {})
+            recompute = tuple(column for column, value in fingerprints.items() if done.get(column) != value)
+            removed = [column for column in done if column not in fingerprints and column not in skipped]
+            drop = tuple(removed) if drop_removed else ()
+            changes.removed_kept += [column for column in removed if not drop_removed]
+            if recompute or drop:
+                changes.refreshes.append(Refresh(file, marker["parts"], recompute, drop))
+            else:
+                changes.unchanged += 1
             continue
         changes.todo.append(file)
         if marker is not None:
@@ -178,6 +213,7 @@ def compare(source: InputFiles, markers: dict[str, dict]) -> InputChanges:
             changes.new.append(file.name)
     changes.vanished_units = [unit for unit in gone if unit not in changes.renamed_units]
     changes.vanished = [gone[unit]["source"] for unit in changes.vanished_units]
+    changes.removed_kept = sorted(set(changes.removed_kept))
     return changes
 
 
@@ -191,7 +227,9 @@ class Commits:
     Commits run in a few threads, so that the driver keeps taking records while storage answers.
     """
 
-    def __init__(self, store: OutputStore, files: list[InputFile], report: RunReport, task_fingerprints: dict):
+    def __init__(self, store: OutputStore, files: list[InputFile], report: RunReport,
+                 task_fingerprints: dict[str, dict[str, str]]):
+        """`task_fingerprints`: by unit, the fingerprints of the task columns its parts will hold."""
         self.store = store
         self.files = {file.unit: file for file in files}
         self.report = report
@@ -239,7 +277,7 @@ class Commits:
 
     def marker(self, file: InputFile) -> dict:
         return {"unit": file.unit, "source": file.name, "identity": file.identity, "rows": file.rows,
-                "tasks": self.task_fingerprints}
+                "tasks": self.task_fingerprints[file.unit]}
 
     def missing(self) -> dict[str, int]:
         """Input files not committed, and how many of their rows never arrived."""
@@ -284,9 +322,42 @@ def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster) 
     return list(zip(groups, plans))
 
 
-def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, files: list[InputFile],
-             store: OutputStore, commits: Commits, timings: dict[str, float]) -> tuple[dict, str, list[PoolPlan]]:
-    """Annotate `files` on Ray and commit them; returns the actors' stats, Ray Data's stage stats, the pools."""
+def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts],
+                 fingerprints: dict[str, str]) -> dict[str, dict]:
+    """The heads of the pools' tasks with labelled examples: the output's own copy where it holds one of the same
+    task fingerprint (a nightly rerun fits nothing), else fitted now (one Ray task per pool, all at once) and kept."""
+    import ray
+
+    from nlp_tasks.annotate import fit_heads
+
+    heads, fitting = {}, []
+    for specs, plan in pools:
+        for column in [column for column in specs if column in examples]:
+            if (head := store.head(column, fingerprints[column])) is not None:
+                heads[column] = head
+        todo = {column: (examples[column].texts, examples[column].labels)
+                for column in specs if column in examples and column not in heads}
+        if todo:
+            fit = ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor,
+                                                num_gpus=plan.num_gpus_per_actor or None, max_retries=1)
+            fitting.append(fit.remote(specs, plan.compute, todo))
+    try:
+        for fitted in ray.get(fitting):
+            for column, head in fitted.items():
+                store.save_head(column, fingerprints[column], head)
+                heads[column] = head
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, ValueError):
+            raise InputError(str(error.cause)) from None
+        raise
+    return heads
+
+
+def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
+             store: OutputStore, commits: Commits, timings: dict[str, float], columns: list[str],
+             examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolPlan]]:
+    """Run `tasks` over `fragments` on Ray and commit their files; returns the actors' stats, Ray Data's stage
+    stats, the pools."""
     import ray
 
     with timed(timings, "start_ray"):
@@ -295,8 +366,11 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty()
         pools = size_pools(config, tasks, Cluster.now(fixed_size=started_here))
+        with timed(timings, "fit_heads"):
+            heads = fitted_heads(store, pools, examples, fingerprints)
         started, started_at = time.perf_counter(), time.time()
-        dataset = annotated_dataset(config, pools, source, files, store.filesystem, store.staging)
+        dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
+                                    heads)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             commits.add(records.cast(PART_RECORD).to_pylist())
@@ -326,7 +400,9 @@ def run_job(config: JobConfig) -> JobResult:
         log.warning("quarantined input file %r: %s", path, problem)
     with timed(timings, "check_models"):
         tasks, skipped = runnable_tasks(config)
-        job = job_manifest(config, tasks)
+        examples = {column: read_examples(column, spec.options.examples) for column, spec in tasks.items()
+                    if getattr(spec.options, "examples", None) is not None}
+        job = job_manifest(config, tasks, examples)
     for column, reason in skipped.items():
         log.warning("skipping task %r: %s", column, reason)
 
@@ -338,15 +414,16 @@ def run_job(config: JobConfig) -> JobResult:
     except (OutputConflict, LeaseHeld) as error:
         raise InputError(str(error)) from None
     try:
-        return _annotate_and_commit(config, tasks, skipped, source, store, job, started, timings)
+        return _annotate_and_commit(config, tasks, skipped, source, store, job, examples, started, timings)
     finally:
         store.close()
 
 
 def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped: dict[str, str],
-                         source: InputFiles, store: OutputStore, job: dict, started: float,
-                         timings: dict[str, float]) -> JobResult:
-    changes = compare(source, store.markers)
+                         source: InputFiles, store: OutputStore, job: dict, examples: dict[str, LabelledTexts],
+                         started: float, timings: dict[str, float]) -> JobResult:
+    fingerprints = {column: entry["fingerprint"] for column, entry in job["tasks"].items()}
+    changes = compare(source, store.markers, fingerprints, config.output.removed_tasks == "drop", set(skipped))
     keep_vanished = config.output.vanished_inputs == "keep"
     for unit in changes.renamed_units + ([] if keep_vanished else changes.vanished_units):
         store.remove(unit)
@@ -354,17 +431,34 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
         log.warning("input file %r was committed but is gone; its rows are %s", name,
                     "kept" if keep_vanished else "removed")
 
+    for column in changes.removed_kept:
+        log.warning("task %r is no longer configured; committed files keep its column (output.removed_tasks: keep)",
+                    column)
+
     report = RunReport(list(tasks))
-    task_fingerprints = {column: entry["model_fingerprint"] for column, entry in job["tasks"].items()}
-    commits = Commits(store, changes.todo, report, task_fingerprints)
+    marker_tasks = {file.unit: fingerprints for file in changes.todo}
+    for refresh in changes.refreshes:
+        done = store.markers[refresh.file.unit].get("tasks", {})
+        kept = {column: value for column, value in done.items() if column not in refresh.drop}
+        marker_tasks[refresh.file.unit] = {**kept, **fingerprints}
+    commits = Commits(store, changes.todo + [refresh.file for refresh in changes.refreshes], report, marker_tasks)
     for file in changes.todo:
         if file.rows == 0:
             commits.commit(file, [])
     pending = [file for file in changes.todo if file.rows]
+    refreshes = [refresh for refresh in changes.refreshes if refresh.file.rows]
+    for refresh in changes.refreshes:
+        if not refresh.file.rows:
+            commits.commit(refresh.file, [])
+    needed = {column for refresh in refreshes for column in refresh.recompute} | (set(tasks) if pending else set())
+    columns = ([] if config.input.id_column else [config.output.generated_id_column]) + source.schema.names + list(tasks)
     run_stats, stage_stats, plans = {}, "nothing to do: every input file was already committed", []
     try:
-        if pending:
-            run_stats, stage_stats, plans = run_plan(config, tasks, source, pending, store, commits, timings)
+        if pending or refreshes:
+            run_stats, stage_stats, plans = run_plan(
+                config, {column: spec for column, spec in tasks.items() if column in needed}, source,
+                fragments_of(pending, refreshes, store.path), store, commits, timings, columns, examples,
+                fingerprints)
     finally:
         with timed(timings, "finish_commits"):
             commits.finish()
@@ -376,9 +470,10 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
     if rows_out != source.num_rows:
         raise RuntimeError(f"output has {rows_out} rows of the input's files but the input has {source.num_rows}")
     result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
-                       files_done_before=changes.unchanged, files_processed=len(changes.todo),
+                       files_done_before=changes.unchanged, files_processed=len(changes.todo) + len(changes.refreshes),
                        quarantined=source.quarantined, seconds=time.perf_counter() - started,
-                       changes={**changes.as_report(keep_vanished), "repaired": store.repaired}, timings=timings,
+                       changes={**changes.as_report(keep_vanished, [column for column in tasks if column in needed]), "repaired": store.repaired},
+                       timings=timings,
                        pools=[plan.as_dict() for plan in plans])
     result.report = report.to_dict(job, result, run_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)

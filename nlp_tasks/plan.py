@@ -9,13 +9,15 @@ record per part. The driver only iterates over those records and commits (`job.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nlp_tasks.annotate import Annotator
 from nlp_tasks.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.io import InputFile, InputFiles
-from nlp_tasks.read import CorpusDatasource, split_file
+from nlp_tasks.read import CorpusDatasource, Fragment, split_file
 from nlp_tasks.write import write_parts
 
 FRAGMENT_ROWS = 65_536
@@ -31,16 +33,42 @@ def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class Refresh:
+    """A committed input file of an incremental run: its parts are read back, `recompute` columns are computed
+    again (with the tasks added or changed since) and `drop` columns removed; every other column is carried."""
+
+    file: InputFile
+    parts: list[dict]
+    """The unit marker's parts: file (name in the output), first row, rows."""
+    recompute: tuple[str, ...]
+    drop: tuple[str, ...] = ()
+
+
+def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Callable[[str], str]) -> list[Fragment]:
+    """What the read tasks read: input files cut at row groups, and the committed parts of refreshed files."""
+    fragments = [fragment for file in files for fragment in split_file(
+        file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
+    fragments += [Fragment(refresh.file.unit, part_path(part["file"]), refresh.file.name, None, part["first"],
+                           part["rows"], committed=refresh.recompute + refresh.drop)
+                  for refresh in refreshes for part in refresh.parts]
+    return fragments
+
+
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
-                      files: list[InputFile], output_filesystem: Any, staging: str):
-    """The lazy plan over `files`; iterating it yields write_parts' records (write.PART_RECORD)."""
+                      fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
+                      fitted: dict[str, dict]):
+    """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
+
+    `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
+    (annotate.fit_heads), by column.
+    """
     import ray
 
     generated_id = None if config.input.id_column else config.output.generated_id_column
-    fragments = [fragment for file in files for fragment in split_file(
-        file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
-    block_rows = min(plan.batch_size for _, plan in pools)
-    reader = CorpusDatasource(source.filesystem, fragments, source.schema, block_rows, FRAGMENT_ROWS, generated_id)
+    block_rows = min((plan.batch_size for _, plan in pools), default=config.output.rows_per_file)
+    reader = CorpusDatasource(source.filesystem, output_filesystem, fragments, source.schema, block_rows,
+                              FRAGMENT_ROWS, generated_id, config.output.errors_column)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
     dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
     for specs, plan in pools:
@@ -49,7 +77,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
             fn_constructor_kwargs=dict(
                 specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
-                record_calls=True,
+                record_calls=True, fitted={column: fitted[column] for column in specs if column in fitted},
             ),
             batch_format="pyarrow",
             batch_size=plan.batch_size,
@@ -64,16 +92,16 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     return dataset.map_batches(
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
-                       errors_column=config.output.errors_column),
-        batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, files, pools),
+                       columns=columns, errors_column=config.output.errors_column),
+        batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, fragments, pools),
         num_cpus=WRITE_CPUS,
     )
 
 
-def rows_per_write(rows_per_file: int, files: list[InputFile], pools: list[tuple[dict, PoolPlan]]) -> int:
+def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolPlan]]) -> int:
     """Rows the write stage gathers per call: `output.rows_per_file`, or less on a small run, so that parts are
     written (and files committed) while the actors work rather than all at the end: a run's rows are then
     spread over at least two writes per actor of its widest pool."""
-    actors = max(plan.max_actors for _, plan in pools)
-    batch = max(plan.batch_size for _, plan in pools)
-    return max(batch, min(rows_per_file, -(-sum(file.rows for file in files) // (2 * actors))))
+    actors = max((plan.max_actors for _, plan in pools), default=1)
+    batch = max((plan.batch_size for _, plan in pools), default=1)
+    return max(batch, min(rows_per_file, -(-sum(fragment.rows for fragment in fragments) // (2 * actors))))

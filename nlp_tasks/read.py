@@ -9,6 +9,10 @@ blocks, and no row passes through the driver.
 Files are split at row-group boundaries into read tasks, and read tasks yield blocks of at
 most `block_rows` rows, none spanning two files: one big file still feeds a whole actor pool.
 Paths never become column values, unless hive partitioning was asked for.
+
+An incremental run (tasks added or changed) reads committed output parts instead of their input
+file: their rows already hold ids, partition values and the columns that stay; the columns to
+compute again (or to drop) are dropped on reading, with their entries in the errors column.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class Fragment:
     first_row: int
     rows: int
     partition: tuple[tuple[str, str], ...] = ()
+    committed: tuple[str, ...] | None = None
+    """None: rows of an input file. Else a committed output part, read with these columns dropped."""
 
 
 def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...], target_rows: int,
@@ -69,13 +75,14 @@ class CorpusDatasource(Datasource):
     rows, inside the read task (a separate repartition stage would cost the driver as much again).
     """
 
-    def __init__(self, filesystem: Any, fragments: list[Fragment], schema: pa.Schema, block_rows: int,
-                 task_rows: int, generated_id_column: str | None):
+    def __init__(self, filesystem: Any, output_filesystem: Any, fragments: list[Fragment], schema: pa.Schema,
+                 block_rows: int, task_rows: int, generated_id_column: str | None, errors_column: str):
         super().__init__()
-        self.filesystem = filesystem
+        self.filesystems = (filesystem, output_filesystem)
         self.schema = schema
         self.block_rows = block_rows
         self.generated_id_column = generated_id_column
+        self.errors_column = errors_column
         self.groups: list[list[Fragment]] = [[]]
         for fragment in fragments:
             if sum(f.rows for f in self.groups[-1]) >= task_rows:
@@ -94,37 +101,58 @@ class CorpusDatasource(Datasource):
         return [self._task(group) for group in self.groups]
 
     def _task(self, fragments: list[Fragment]) -> ReadTask:
-        filesystem, schema, block_rows, id_column = (self.filesystem, self.schema, self.block_rows,
-                                                     self.generated_id_column)
+        filesystems, schema, block_rows, id_column, errors_column = (
+            self.filesystems, self.schema, self.block_rows, self.generated_id_column, self.errors_column)
         metadata = BlockMetadata(num_rows=sum(f.rows for f in fragments), size_bytes=None, exec_stats=None,
                                  input_files=list(dict.fromkeys(f.name for f in fragments)))
-        return ReadTask(lambda: read_fragments(filesystem, fragments, schema, block_rows, id_column), metadata)
+        return ReadTask(lambda: read_fragments(filesystems, fragments, schema, block_rows, id_column, errors_column),
+                        metadata)
 
 
-def read_fragments(filesystem: Any, fragments: list[Fragment], schema: pa.Schema, block_rows: int,
-                   generated_id_column: str | None) -> Iterator[pa.Table]:
+def read_fragments(filesystems: tuple[Any, Any], fragments: list[Fragment], schema: pa.Schema, block_rows: int,
+                   generated_id_column: str | None, errors_column: str) -> Iterator[pa.Table]:
+    """Blocks of the fragments' rows; `filesystems`: the input's and the output's (for committed parts)."""
     import pyarrow.parquet as pq
 
     for fragment in fragments:
         position = fragment.first_row
-        with filesystem.open(fragment.path, "rb") as handle:
+        with filesystems[fragment.committed is not None].open(fragment.path, "rb") as handle:
             batches = pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
             for batch in batches:
-                yield tagged(pa.Table.from_batches([batch]), fragment, position, schema, generated_id_column)
+                table = pa.Table.from_batches([batch])
+                if fragment.committed is None:
+                    table = tagged(table, fragment, position, schema, generated_id_column)
+                else:
+                    table = without_tasks(table, fragment.committed, errors_column)
+                yield with_place(table, fragment.unit, position)
                 position += batch.num_rows
 
 
 def tagged(table: pa.Table, fragment: Fragment, first_row: int, schema: pa.Schema,
            generated_id_column: str | None) -> pa.Table:
-    """The rows cast to the input's schema, with their unit and positions, partition values and (for inputs
-    without ids) generated ids."""
-    positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
+    """An input file's rows cast to the input's schema, with partition values and (for inputs without ids)
+    generated ids."""
     for key, value in fragment.partition:
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     if not table.schema.equals(schema):
         table = table.cast(schema)
     if generated_id_column:
+        positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
         ids = pc.binary_join_element_wise(fragment.name, pc.cast(positions, pa.string()), ":")
         table = table.add_column(0, generated_id_column, ids)
-    table = table.append_column(UNIT_COLUMN, pa.array([fragment.unit] * table.num_rows, pa.string()))
-    return table.append_column(ROW_COLUMN, positions)
+    return table
+
+
+def without_tasks(table: pa.Table, tasks: tuple[str, ...], errors_column: str) -> pa.Table:
+    """Committed rows without the columns of `tasks`, nor their entries in the errors column."""
+    errors = table.column(errors_column)
+    kept = pa.array([[error for error in row if error["task"] not in tasks] for row in errors.to_pylist()],
+                    errors.type)
+    table = table.drop_columns([column for column in tasks if column in table.column_names])
+    return table.set_column(table.schema.get_field_index(errors_column), errors_column, kept)
+
+
+def with_place(table: pa.Table, unit: str, first_row: int) -> pa.Table:
+    """The rows with their unit and their positions in it."""
+    table = table.append_column(UNIT_COLUMN, pa.array([unit] * table.num_rows, pa.string()))
+    return table.append_column(ROW_COLUMN, pa.array(range(first_row, first_row + table.num_rows), pa.int64()))

@@ -61,7 +61,7 @@ def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[st
     errors = part.column(errors_column).combine_chunks()
     reasons = Counter((e["task"], e["message"]) for e in pc.list_flatten(errors).to_pylist())
     labels = {}
-    for task in tasks:
+    for task in (task for task in tasks if task in part.column_names):
         values = label_values(part.column(task))
         if values is not None:
             labels[task] = {item["values"]: item["counts"] for item in pc.value_counts(values.drop_null()).to_pylist()}
@@ -72,7 +72,16 @@ def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[st
     }
 
 
-def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], errors_column: str) -> pa.Table:
+def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> pa.Table:
+    """The batch's output columns in one order for every part, whatever their path here (an input file's rows
+    or a committed part's): `columns` first, then any other carried column, then the errors."""
+    names = [c for c in columns if c in batch.column_names]
+    names += [c for c in batch.column_names if c not in names and c not in INTERNAL_COLUMNS and c != errors_column]
+    return batch.select([*names, errors_column])
+
+
+def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], columns: list[str],
+                errors_column: str) -> pa.Table:
     """Write a batch's runs of consecutive rows as staged parts; return one PART_RECORD per part."""
     import pyarrow.parquet as pq
     import ray
@@ -80,7 +89,7 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
     batch = batch.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
     units = batch.column(UNIT_COLUMN).to_numpy(zero_copy_only=False)
     positions = batch.column(ROW_COLUMN).to_numpy()
-    rows = batch.drop_columns([c for c in INTERNAL_COLUMNS if c in batch.column_names])
+    rows = output_columns(batch, columns, errors_column)
     writer = f"{socket.gethostname()}/node {ray.get_runtime_context().get_node_id()[:12]}/pid {os.getpid()}"
     records = []
     filesystem.makedirs(staging, exist_ok=True)  # on a node that has not seen the output folder yet

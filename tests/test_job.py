@@ -157,7 +157,7 @@ def test_output_column_clash_with_input(tmp_path, models, capsys):
     assert "input column 's' clashes with an output column" in run_expecting_error(config, capsys)
 
 
-def test_rerun_resumes_adds_new_files_and_refuses_a_changed_config(ray_local, tmp_path, models, corpus, capsys):
+def test_rerun_resumes_adds_new_files_and_refuses_other_columns(ray_local, tmp_path, models, corpus, capsys):
     folder, rows = corpus
     tasks = {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
     config = write_config(tmp_path, folder, tasks)
@@ -176,9 +176,11 @@ def test_rerun_resumes_adds_new_files_and_refuses_a_changed_config(ray_local, tm
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.num_rows == rows + 2 and len(set(table.column("id").to_pylist())) == rows + 2
 
-    changed = write_config(tmp_path, folder, {"s": {**tasks["s"], "top_k": 2}})
-    line = run_expecting_error(changed, capsys)
-    assert "produced by a different config or model (changed: s)" in line
+    renamed = yaml.safe_load(open(config))
+    renamed["output"]["errors_column"] = "problems"
+    open(config, "w").write(yaml.safe_dump(renamed))
+    line = run_expecting_error(config, capsys)
+    assert "was produced with other columns (changed: errors)" in line
 
 
 def test_rows_without_ids_get_stable_ids_from_file_and_position(ray_local, tmp_path, models):

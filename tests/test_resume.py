@@ -83,3 +83,47 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     output_ids = pads.dataset(out, format="parquet").to_table(columns=["id"]).column("id")
     assert sorted(output_ids.to_pylist()) == sorted(ids)
     assert not list((out / "__staging").iterdir())
+
+
+def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(tmp_path, minilm):
+    """A task added to an annotated corpus, the run killed between commits: a file's parts are its old ones, or
+    new ones its marker lists (moved into place, or still staged and moved by the next run); the rerun finishes
+    the others, and the first task's values never change."""
+    config, ids = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
+    out = tmp_path / "out"
+    first = run_job(config)
+    assert first.wait(timeout=300) == 0, first.stdout.read().decode()[-2000:]
+    before = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding"]).sort_by("id")
+
+    spec = yaml.safe_load(config.read_text())
+    spec["tasks"]["topic"] = {"task": "embedding-classification", "model": minilm, "max_length": 256,
+                              "candidate_labels": ["business", "politics", "sport", "technology", "entertainment"]}
+    config.write_text(yaml.safe_dump(spec))
+    manifest = out / "__manifest" / "units"
+
+    def with_topic() -> set[str]:
+        return {p.stem for p in manifest.glob("*.json") if "topic" in json.loads(p.read_text())["tasks"]}
+
+    second = run_job(config)
+    deadline = time.monotonic() + 240
+    while not (with_topic() and staged_units(out) - with_topic()):
+        assert second.poll() is None, second.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no file was committed in time"
+        time.sleep(0.02)
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait()
+    done = with_topic()
+    assert 1 <= len(done) < FILES
+    for marker in manifest.glob("*.json"):
+        for part in json.loads(marker.read_text())["parts"]:
+            new = "topic" in pq.read_schema(out / part["file"]).names
+            assert new or Path(part["staged"]).exists() if marker.stem in done else not new
+
+    third = run_job(config)
+    output = third.communicate(timeout=300)[0].decode()
+    assert third.returncode == 0, output[-2000:]
+    assert f"processed {FILES - len(done)} input file(s) ({len(done)} already committed)" in output
+    after = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding", "topic"]).sort_by("id")
+    assert after.column("id").to_pylist() == sorted(ids)
+    assert after.column("embedding").equals(before.column("embedding"))
+    assert after.column("topic").null_count == 0

@@ -141,6 +141,10 @@ class TaskAdapter:
         """Fold one row's units and their outputs into the Python value of its Arrow column."""
         raise NotImplementedError
 
+    def use_fitted(self, state: dict[str, Any]) -> None:
+        """Take what the job fitted for this task once per run (a head on labelled examples: annotate.fit_heads)."""
+        raise TypeError(f"task {self.name!r} fits nothing")
+
     def next_level(self, rows: list[tuple[list[Features], list[Any]]]) -> list[list[Features] | RowError | None]:
         """For multi-level tasks (map-reduce summarization): given each row's units and outputs, the units of
         the row's next level, or None where the row is done. The actor runs each level over all rows at once."""
