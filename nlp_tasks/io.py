@@ -1,11 +1,14 @@
 """Input discovery and checks, on the driver, before any model loads.
 
 Paths are anything fsspec understands: a Parquet file, a directory of them, a glob, or a URI
-(s3://, gs://, ...). Every input file's footer is read up front (a few files at a time), so that
+(s3://, gs://, hf://datasets/... for the Hugging Face Hub). Arrow IPC files (`.arrow`) are read
+too: a Hugging Face dataset saved with `save_to_disk` is a folder of them (one folder per split
+for a DatasetDict). Every input file's footer is read up front (a few files at a time), so that
 an unreadable file or a missing text column fails the job in one line that names the file,
-before inference, and so that each file's identity (size, version, footer checksum) is known:
-a committed file that changed since is annotated again. Only metadata is read here; the rows
-are read by the workers (`read.py`).
+before inference, and so that each file's identity (size, version, checksum of its last bytes)
+is known: a committed file that changed since is annotated again. Only metadata is read here
+(an Arrow stream has no footer: its record batches are counted, memory-mapped where local);
+the rows are read by the workers (`read.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,8 @@ FOOTER_READERS = 16
 """Input files whose footers are read at once (object stores answer each request in tens of ms)."""
 TAIL_BYTES = 64 * 1024
 """Bytes read from the end of a file to get its footer in one request (more when the footer is bigger)."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIX = ".arrow"
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 """Text column types, after view types are replaced (`without_views`)."""
 
@@ -55,12 +61,16 @@ class InputFile:
     """The name recorded in row ids and the manifest: the path, or URL, without credentials."""
     rows: int
     row_group_rows: tuple[int, ...]
+    """Rows of each Parquet row group, or of each Arrow record batch: the units the readers split files at."""
     size: int
     version: str | None
     """The file's modification time or ETag, as the filesystem reports it."""
     footer_sha256: str
+    """sha256 of the Parquet footer; of an Arrow file's last bytes."""
     partition: tuple[tuple[str, str], ...] = ()
     """Hive partition values (`key=value` folders) when `input.partitioning: hive`."""
+    format: str = "parquet"
+    """parquet, or arrow (Arrow IPC, stream or file format)."""
 
     @property
     def unit(self) -> str:
@@ -140,7 +150,7 @@ def mapped(schema: pa.Schema, change) -> pa.Schema:
 
 def _is_data_file(path: str) -> bool:
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    return not name.startswith(("_", ".")) and name.endswith((".parquet", ".pq"))
+    return not name.startswith(("_", ".")) and name.endswith((*PARQUET_SUFFIXES, ARROW_SUFFIX))
 
 
 def _version(info: dict) -> str | None:
@@ -192,6 +202,27 @@ def read_footer(filesystem: Any, path: str, size: int) -> tuple[pq.FileMetaData,
     return pq.read_metadata(pa.py_buffer(b"PAR1" + footer)), hashlib.sha256(footer).hexdigest()
 
 
+def open_arrow(filesystem: Any, path: str) -> tuple[Any, pa.Schema, Iterator[pa.RecordBatch]]:
+    """The opened file (memory-mapped where local), its schema and its record batches, in the Arrow IPC stream
+    format (`datasets`) or file format (Feather v2)."""
+    source = pa.memory_map(path) if "file" in filesystem.protocol else filesystem.open(path, "rb")
+    if source.read(6) == b"ARROW1":
+        reader = pa.ipc.open_file(source)
+        return source, reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    source.seek(0)
+    reader = pa.ipc.open_stream(source)
+    return source, reader.schema, iter(reader)
+
+
+def read_arrow_layout(filesystem: Any, path: str, size: int) -> tuple[pa.Schema, tuple[int, ...], str]:
+    """An Arrow IPC file's schema, rows per record batch, and the sha256 of its last bytes."""
+    source, schema, batches = open_arrow(filesystem, path)
+    with source:
+        rows = tuple(batch.num_rows for batch in batches)
+        source.seek(max(0, size - TAIL_BYTES))
+        return schema, rows, hashlib.sha256(source.read()).hexdigest()
+
+
 def text_type_problem(schema: pa.Schema, column: str) -> str | None:
     kind = schema.field(column).type
     if pa.types.is_dictionary(kind):
@@ -211,11 +242,18 @@ def inspect_file(filesystem: Any, path: str, info: dict, root: str,
                  config: InputConfig) -> tuple[InputFile, pa.Schema] | str:
     """One input file (with its footer read) and its schema, or why it cannot be annotated."""
     name = redact(path)
+    file_format = "arrow" if path.endswith(ARROW_SUFFIX) else "parquet"
     try:
-        metadata, footer_sha256 = read_footer(filesystem, path, int(info["size"]))
-        schema = mapped(metadata.schema.to_arrow_schema(), without_views)
+        if file_format == "arrow":
+            schema, row_group_rows, footer_sha256 = read_arrow_layout(filesystem, path, int(info["size"]))
+        else:
+            metadata, footer_sha256 = read_footer(filesystem, path, int(info["size"]))
+            schema = metadata.schema.to_arrow_schema()
+            row_group_rows = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+        schema = mapped(schema, without_views)
     except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
-        return f"not a readable Parquet file ({type(error).__name__}: {redact(str(error))})"
+        return f"not a readable {'Arrow' if file_format == 'arrow' else 'Parquet'} file ({type(error).__name__}: " \
+               f"{redact(str(error))})"
     for column in (config.text_column, config.id_column):
         if column is not None and column not in schema.names:
             return f"no column {column!r} (columns: {', '.join(schema.names)})"
@@ -227,9 +265,8 @@ def inspect_file(filesystem: Any, path: str, info: dict, root: str,
         if key in schema.names:
             return f"partition folder {key}=... names a column the file already has"
     return InputFile(
-        path=path, name=name, rows=metadata.num_rows,
-        row_group_rows=tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)),
-        size=int(info["size"]), version=_version(info), footer_sha256=footer_sha256, partition=partition,
+        path=path, name=name, rows=sum(row_group_rows), row_group_rows=row_group_rows, size=int(info["size"]),
+        version=_version(info), footer_sha256=footer_sha256, partition=partition, format=file_format,
     ), schema
 
 
@@ -242,7 +279,7 @@ def inspect_input(config: InputConfig) -> InputFiles:
     """
     filesystem, root, listing = list_input_files(config.path)
     if not listing:
-        raise InputError(f"input.path {redact(config.path)!r}: no Parquet files found")
+        raise InputError(f"input.path {redact(config.path)!r}: no Parquet or Arrow files found")
     paths = sorted(listing)
     with ThreadPoolExecutor(FOOTER_READERS) as pool:
         inspected = list(pool.map(lambda p: inspect_file(filesystem, p, listing[p], root, config), paths))

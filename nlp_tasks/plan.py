@@ -48,7 +48,7 @@ class Refresh:
 def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Callable[[str], str]) -> list[Fragment]:
     """What the read tasks read: input files cut at row groups, and the committed parts of refreshed files."""
     fragments = [fragment for file in files for fragment in split_file(
-        file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition)]
+        file.unit, file.path, file.name, file.row_group_rows, FRAGMENT_ROWS, file.partition, file.format)]
     fragments += [Fragment(refresh.file.unit, part_path(part["file"]), refresh.file.name, None, part["first"],
                            part["rows"], committed=refresh.recompute + refresh.drop)
                   for refresh in refreshes for part in refresh.parts]

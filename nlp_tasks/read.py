@@ -47,13 +47,15 @@ class Fragment:
     first_row: int
     rows: int
     partition: tuple[tuple[str, str], ...] = ()
+    format: str = "parquet"
+    """parquet, or arrow: then `row_groups` are record batches."""
     committed: tuple[str, ...] | None = None
     """None: rows of an input file. Else a committed output part, read with these columns dropped."""
 
 
 def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...], target_rows: int,
-               partition: tuple[tuple[str, str], ...] = (), first_row: int = 0) -> list[Fragment]:
-    """Cut a file into fragments of whole row groups of about `target_rows` rows each."""
+               partition: tuple[tuple[str, str], ...] = (), file_format: str = "parquet") -> list[Fragment]:
+    """Cut a file into fragments of whole row groups (record batches) of about `target_rows` rows each."""
     fragments: list[Fragment] = []
     groups: list[int] = []
     start = rows = 0
@@ -61,9 +63,9 @@ def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...],
         groups.append(index)
         rows += count
         if rows >= target_rows or index == len(row_group_rows) - 1:
-            fragments.append(Fragment(unit, path, name, tuple(groups), first_row + start, rows, partition))
+            fragments.append(Fragment(unit, path, name, tuple(groups), start, rows, partition, file_format))
             start, rows, groups = start + rows, 0, []
-    return fragments or [Fragment(unit, path, name, None, first_row, 0, partition)]
+    return fragments or [Fragment(unit, path, name, None, 0, 0, partition, file_format)]
 
 
 class CorpusDatasource(Datasource):
@@ -112,20 +114,35 @@ class CorpusDatasource(Datasource):
 def read_fragments(filesystems: tuple[Any, Any], fragments: list[Fragment], schema: pa.Schema, block_rows: int,
                    generated_id_column: str | None, errors_column: str) -> Iterator[pa.Table]:
     """Blocks of the fragments' rows; `filesystems`: the input's and the output's (for committed parts)."""
-    import pyarrow.parquet as pq
-
     for fragment in fragments:
         position = fragment.first_row
-        with filesystems[fragment.committed is not None].open(fragment.path, "rb") as handle:
-            batches = pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
-            for batch in batches:
-                table = pa.Table.from_batches([batch])
-                if fragment.committed is None:
-                    table = tagged(table, fragment, position, schema, generated_id_column)
-                else:
-                    table = without_tasks(table, fragment.committed, errors_column)
-                yield with_place(table, fragment.unit, position)
-                position += batch.num_rows
+        for batch in record_batches(filesystems[fragment.committed is not None], fragment, block_rows):
+            table = pa.Table.from_batches([batch])
+            if fragment.committed is None:
+                table = tagged(table, fragment, position, schema, generated_id_column)
+            else:
+                table = without_tasks(table, fragment.committed, errors_column)
+            yield with_place(table, fragment.unit, position)
+            position += batch.num_rows
+
+
+def record_batches(filesystem: Any, fragment: Fragment, block_rows: int) -> Iterator[pa.RecordBatch]:
+    """The fragment's rows in batches of at most `block_rows`."""
+    if fragment.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with filesystem.open(fragment.path, "rb") as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
+        return
+    from nlp_tasks.io import open_arrow
+
+    source, _, batches = open_arrow(filesystem, fragment.path)
+    with source:
+        wanted = set(fragment.row_groups) if fragment.row_groups is not None else None
+        for index, batch in enumerate(batches):
+            if wanted is None or index in wanted:
+                for start in range(0, batch.num_rows, block_rows):
+                    yield batch.slice(start, block_rows)
 
 
 def tagged(table: pa.Table, fragment: Fragment, first_row: int, schema: pa.Schema,

@@ -1,0 +1,65 @@
+"""Hugging Face datasets as input: a `save_to_disk` folder (Arrow stream files), Arrow IPC files, hf:// paths."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import yaml
+
+from jobs.annotate import main
+
+import tiny_models
+
+
+def run(tmp_path, input_path, models, **input_config) -> dict:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(input_path), **input_config},
+        "output": {"path": str(tmp_path / "out")},
+        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
+        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 16},
+    }))
+    assert main(["--config", str(config)]) == 0
+    return json.loads(sorted((tmp_path / "out" / "__reports").glob("*.json"))[-1].read_text())
+
+
+def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_local, tmp_path, models):
+    import datasets
+
+    texts = tiny_models.sample_texts() * 40
+    dataset = datasets.Dataset.from_dict({"text": texts, "n": list(range(len(texts)))})
+    dataset.save_to_disk(str(tmp_path / "saved"), num_shards=2)  # two Arrow stream files, record batches in each
+    report = run(tmp_path, tmp_path / "saved", models)
+    assert report["rows_in"] == report["rows_out"] == len(texts)
+    output = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert sorted(output.column("n").to_pylist()) == list(range(len(texts)))
+    assert output.column("sentiment").null_count == 0
+    for row_id, n in zip(output.column("row_id").to_pylist(), output.column("n").to_pylist()):
+        name, position = row_id.rsplit(":", 1)
+        shard = int(name.rsplit("data-", 1)[1][:5])  # data-0000k-of-00002.arrow holds a contiguous half
+        assert n == shard * len(texts) // 2 + int(position)
+    assert run(tmp_path, tmp_path / "saved", models)["files_processed"] == 0
+
+
+def test_a_dataset_dict_folder_and_arrow_ipc_files(ray_local, tmp_path, models):
+    import datasets
+
+    texts = tiny_models.sample_texts()
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": texts}),
+        "test": datasets.Dataset.from_dict({"text": texts[:5]}),
+    }).save_to_disk(str(tmp_path / "dict"))
+    with pa.OSFile(str(tmp_path / "dict" / "extra.arrow"), "wb") as sink:  # the IPC file format (Feather v2)
+        with pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as writer:
+            writer.write_table(pa.table({"text": pa.array(texts[:3], pa.large_string())}), max_chunksize=2)
+    report = run(tmp_path, tmp_path / "dict", models)
+    assert report["rows_out"] == len(texts) + 5 + 3
+
+
+def test_hub_paths_go_through_huggingface_hub_file_system():
+    from fsspec.core import url_to_fs
+
+    filesystem, path = url_to_fs("hf://datasets/SetFit/bbc-news")
+    assert type(filesystem).__name__ == "HfFileSystem" and path == "datasets/SetFit/bbc-news"
