@@ -136,7 +136,7 @@ class Annotator:
                     if column not in batch.column_names and (only is None or column in only)}
         if not adapters:
             return batch
-        started, phases = time.time(), Counter()
+        started, phases, tokens = time.time(), Counter(), Counter()
         raw = batch.column(self.text_column).to_pylist()
         problems = [text_problem(value) for value in raw]
         clean = [row for row, problem in enumerate(problems) if problem is None]
@@ -149,7 +149,7 @@ class Annotator:
             key = adapter.share_key()
             if key is None or key not in shared:
                 model_started = time.perf_counter()
-                results = self._run_model(adapter, texts, clean_batch, phases)
+                results = self._run_model(adapter, texts, clean_batch, phases, tokens)
                 shared[key if key is not None else column] = (results, time.perf_counter() - model_started)
             results, model_seconds = shared[key if key is not None else column]
             post_started = time.perf_counter()
@@ -158,19 +158,21 @@ class Annotator:
             batch = batch.append_column(field, pa.array(values, type=field.type))
             post_seconds = time.perf_counter() - post_started
             phases["postprocess"] += post_seconds
-            tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
-                         for unit in result[0])
-            per_task[column] = (sum(value is not None for value in values), tokens, model_seconds + post_seconds)
+            task_tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
+                              for unit in result[0])
+            per_task[column] = (sum(value is not None for value in values), task_tokens, model_seconds + post_seconds)
         batch = with_errors(batch, self.errors_column, errors_by_task)
         if self.identity is not None:
             batch = with_call(batch, {**self.identity, **(self.loaded or {}), "started": started, "ended": time.time(),
-                                      "rows": batch.num_rows, "phases": dict(phases), "tasks": per_task})
+                                      "rows": batch.num_rows, "phases": dict(phases), "tokens": dict(tokens),
+                                      "tasks": per_task})
             self.loaded = None  # the load is reported with the first call only
         return batch
 
-    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table,
-                   phases: Counter) -> list[RowResult]:
-        """Each clean row's units and their outputs (of its last level), or its RowError."""
+    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table, phases: Counter,
+                   tokens: Counter) -> list[RowResult]:
+        """Each clean row's units and their outputs (of its last level), or its RowError; `phases` sums the
+        seconds of each phase, `tokens` the real and padded tokens of the forward passes."""
         started = time.perf_counter()
         with self.tokenizer_lock:
             pending = adapter.preprocess(texts, clean_batch) if texts else []
@@ -179,7 +181,7 @@ class Annotator:
         todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
         while todo:
             started = time.perf_counter()
-            for row, outputs in zip(todo, self._forward_rows(adapter, [pending[row] for row in todo])):
+            for row, outputs in zip(todo, self._forward_rows(adapter, [pending[row] for row in todo], tokens)):
                 results[row] = outputs if isinstance(outputs, RowError) else (pending[row], outputs)
             phases["forward"] += time.perf_counter() - started
             todo = [row for row in todo if not isinstance(results[row], RowError)]
@@ -195,14 +197,15 @@ class Annotator:
             todo = [row for row, follow_up in zip(todo, follow_ups) if isinstance(follow_up, list)]
         return results
 
-    def _forward_rows(self, adapter: TaskAdapter, rows: list[list[Features]]) -> list[list[Any] | RowError]:
+    def _forward_rows(self, adapter: TaskAdapter, rows: list[list[Features]],
+                      tokens: Counter) -> list[list[Any] | RowError]:
         """Each row's unit outputs. If the model fails on the micro-batches, retry row by row, so that a
         row the model cannot take fails alone (as a RowError) instead of failing its whole batch."""
         import torch
 
         with torch.inference_mode():
             try:
-                outputs = iter(self.batcher.run([unit for units in rows for unit in units], adapter.forward))
+                outputs = iter(self.batcher.run([unit for units in rows for unit in units], adapter.forward, tokens))
                 return [[next(outputs) for _ in units] for units in rows]
             except Exception as error:  # noqa: BLE001 - isolate whatever the model raised
                 log.warning("model failed on a batch of %d rows (%s: %s); retrying row by row",
@@ -210,7 +213,7 @@ class Annotator:
             results: list[list[Any] | RowError] = []
             for units in rows:
                 try:
-                    results.append(self.batcher.run(units, adapter.forward))
+                    results.append(self.batcher.run(units, adapter.forward, tokens))
                 except Exception as error:  # noqa: BLE001
                     results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
             return results

@@ -7,6 +7,7 @@ padded size (rows x longest row) stays within a token budget; results go back in
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 Features = dict[str, Any]
@@ -65,10 +66,14 @@ class MicroBatcher:
         self.pad_values = pad_values
         self.padding_side = padding_side
 
-    def run(self, features: Sequence[Features], forward: Callable[[dict[str, Any]], list[Any]]) -> list[Any]:
+    def run(self, features: Sequence[Features], forward: Callable[[dict[str, Any]], list[Any]],
+            tokens: Counter | None = None) -> list[Any]:
+        """Each feature's output, in input order; `tokens` counts the real and the padded tokens run."""
         results: list[Any] = [None] * len(features)
         lengths = [len(f["input_ids"]) for f in features]
         for group in plan_micro_batches(lengths, self.token_budget):
+            if tokens is not None:
+                tokens.update(real=sum(lengths[i] for i in group), padded=len(group) * lengths[group[0]])
             for index, output in zip(group, self._run_group([features[i] for i in group], forward)):
                 results[index] = output
         return results

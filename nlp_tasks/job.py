@@ -451,7 +451,8 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
         if not refresh.file.rows:
             commits.commit(refresh.file, [])
     needed = {column for refresh in refreshes for column in refresh.recompute} | (set(tasks) if pending else set())
-    columns = ([] if config.input.id_column else [config.output.generated_id_column]) + source.schema.names + list(tasks)
+    ids = [] if config.input.id_column else [config.output.generated_id_column]
+    columns = ids + source.schema.names + list(tasks)
     run_stats, stage_stats, plans = {}, "nothing to do: every input file was already committed", []
     try:
         if pending or refreshes:
@@ -472,9 +473,9 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
     result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
                        files_done_before=changes.unchanged, files_processed=len(changes.todo) + len(changes.refreshes),
                        quarantined=source.quarantined, seconds=time.perf_counter() - started,
-                       changes={**changes.as_report(keep_vanished, [column for column in tasks if column in needed]), "repaired": store.repaired},
-                       timings=timings,
-                       pools=[plan.as_dict() for plan in plans])
+                       changes={**changes.as_report(keep_vanished, [column for column in tasks if column in needed]),
+                                "repaired": store.repaired},
+                       timings=timings, pools=[plan.as_dict() for plan in plans])
     result.report = report.to_dict(job, result, run_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)
     return result

@@ -100,7 +100,8 @@ def summary(report: dict) -> str:
         share = f"{actor['busy_share']:.0%}" if actor["busy_share"] is not None else "-"
         phases = ", ".join(f"{phase} {seconds} s" for phase, seconds in actor["phases_s"].items())
         lines.append(f"actor {actor['actor']} ({actor['pool']}): {actor['rows']} rows in {actor['calls']} calls, "
-                     f"busy {share} of {actor['span_s']} s; model load {actor['load_s']} s, ready at "
+                     f"busy {share} of {actor['span_s']} s, padding {actor['padding_share']}; "
+                     f"model load {actor['load_s']} s, ready at "
                      f"{actor['ready_after_s']} s, calls from {actor['first_call_after_s']} to "
                      f"{actor['last_call_ended_after_s']} s; {phases}")
     for task, counts in report["distributions"].items():

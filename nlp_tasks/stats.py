@@ -1,13 +1,15 @@
 """Where a run's time goes inside its actors, carried with the rows instead of by another process.
 
 Each Annotator call records itself: which actor, when it ran, how long it tokenized, ran the
-model and postprocessed, and per task the rows it annotated, the tokens it read and the seconds
-they took (a task that shares another's forward pass is charged that pass too, so that every
-task's rows/s is what it cost); an actor's first call also records its model load. The record
-rides in an internal column on the first row of the call's output; the write stage moves it
-into the part record of the part that row lands in, and the driver counts the records of
-committed parts only: each call once, with no stats actor to start or to lose. The run report
-shows per task throughput and per actor how busy it was between its first and last call.
+model and postprocessed, the real and the padded tokens of its forward passes, and per task
+the rows it annotated, the tokens it read and the seconds they took (a task that shares
+another's forward pass is charged that pass too, so that every task's rows/s is what it
+cost); an actor's first call also records its model load. The record rides in an internal
+column on the first row of the call's output; the write stage moves it into the part record
+of the part that row lands in, and the driver counts the records of committed parts only:
+each call once, with no stats actor to start or to lose. The run report shows per task
+throughput, and per actor how busy it was between its first and last call and which share
+of the tokens it ran were padding.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def padding_share(tokens: Counter) -> float | None:
+    """The share of the tokens run through the model that were padding."""
+    return round(1 - tokens["real"] / tokens["padded"], 3) if tokens["padded"] else None
+
+
 class RunStats:
     """Per task and per actor figures, from the call records of committed parts."""
 
@@ -59,7 +66,8 @@ class RunStats:
     def add(self, calls: list[dict]) -> None:
         for call in calls:
             state = self.actors.setdefault(call["actor"], {
-                "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0, "phases": Counter(),
+                "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0,
+                "phases": Counter(), "tokens": Counter(),
                 "load_s": 0.0, "starts": 0, "ready_at": None, "token_budget": None})
             if "load_s" in call:  # the first call after the actor loaded its model
                 state["load_s"] += call["load_s"]
@@ -69,6 +77,7 @@ class RunStats:
             state["calls"].append((call["started"], call["ended"]))
             state["rows"] += call["rows"]
             state["phases"].update(call["phases"])
+            state["tokens"].update(call["tokens"])
             for task, (annotated, tokens, seconds) in call["tasks"].items():
                 self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds})
 
@@ -98,5 +107,6 @@ class RunStats:
                 "busy_s": round(busy, 2), "span_s": round(last - first, 2),
                 "busy_share": round(busy / (last - first), 3) if last > first else None,
                 "phases_s": {phase: round(state["phases"][phase], 2) for phase in PHASES},
+                "padding_share": padding_share(state["tokens"]),
             })
         return {"tasks": tasks, "actors": sorted(actors, key=lambda a: (a["pool"], -a["rows"]))}

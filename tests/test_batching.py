@@ -64,3 +64,12 @@ def test_cuda_out_of_memory_halves_the_budget_and_every_row_still_runs_once():
     assert sum(rows for rows, _ in shapes) == 40 and all(rows * width <= fits for rows, width in shapes)
     assert 32 <= batcher.token_budget <= fits
     assert batcher.run(rows[:8], forward) == list(range(8)), "the halved budget holds for later batches"
+
+
+def test_micro_batcher_counts_real_and_padded_tokens():
+    from collections import Counter
+
+    features = [{"input_ids": [1] * length} for length in (4, 2, 2, 1)]
+    tokens = Counter()
+    MicroBatcher(8, {"input_ids": 0}).run(features, lambda inputs: [0] * len(inputs["input_ids"]), tokens)
+    assert tokens == {"real": 9, "padded": 12}  # micro-batches [4, 2] and [2, 1], each padded to its longest

@@ -96,6 +96,7 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     by_actor = [actor["rows"] for actor in report["actors"]]
     assert len(by_actor) == 2 and min(by_actor) > 0 and sum(by_actor) == len(texts), by_actor
+    assert all(0 <= actor["padding_share"] < 1 for actor in report["actors"])
 
 
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):

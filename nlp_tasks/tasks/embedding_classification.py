@@ -68,7 +68,8 @@ class EmbeddingClassification(FeatureExtraction):
             hypotheses = [options.hypothesis_template.format(label) for label in options.candidate_labels]
             labels = self.embed(pad_features(self.encode(hypotheses), self.pad_values())).cpu().numpy()
             self.use_fitted({"kind": "centroid", "labels": list(options.candidate_labels),
-                             "weights": np.stack([normalized(label) for label in labels]), "bias": np.zeros(len(labels))})
+                             "weights": np.stack([normalized(label) for label in labels]),
+                             "bias": np.zeros(len(labels))})
 
     def use_fitted(self, head: dict[str, Any]) -> None:
         """Score with `head` (heads.fit_head's dict), its weights as arrays once rather than per row."""
