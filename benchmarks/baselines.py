@@ -1,0 +1,68 @@
+"""What the job is measured against, in this process: `pipeline()` loops and the model's forward-only ceiling."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.scenarios import Scenario
+
+PIPELINE_BATCH = 32
+
+
+def pipeline_rows_per_s(scenario: Scenario, model: Path, texts: list[str], batch_size: int | None,
+                        device: str = "cpu", dtype: str = "float32") -> float:
+    """`pipeline(task)` over `texts`: one call per text (`batch_size` None), or one call batched by the pipeline.
+
+    feature-extraction returns per-token states (as tensors, which skips a costly `.tolist()`), mean-pooled here
+    as the job's column is; the pipeline does not return the attention mask, so a row padded inside a batch is
+    averaged over pad positions too (same work, approximate values).
+    """
+    import torch
+    from transformers import pipeline
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    pipe = pipeline(scenario.task, model=str(model), device=device, dtype=getattr(torch, dtype),
+                    **scenario.pipeline_kwargs)
+    call = {"return_tensors": True} if scenario.task == "feature-extraction" else \
+        {"truncation": True, "max_length": scenario.max_length} if scenario.task == "text-classification" else {}
+    pipe(texts[:4], **call)  # warm-up
+    started = time.perf_counter()
+    with torch.inference_mode():
+        if batch_size is None:
+            for text in texts:
+                pipe(text, **call)
+        else:
+            for _ in pipe(texts, batch_size=batch_size, **call):
+                pass
+    return len(texts) / (time.perf_counter() - started)
+
+
+def ceiling_rows_per_s(scenario: Scenario, model: Path, texts: list[str], threads: int, device: str = "cpu",
+                       dtype: str = "float32") -> float:
+    """Rows/s of the forward passes alone, on pre-tokenized batches of 32 sorted by length, already on the device:
+    a bound for any variant that runs the same model at that batch shape."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    network = getattr(transformers, scenario.auto_class).from_pretrained(model, dtype=getattr(torch, dtype))
+    network = network.to(device).eval()
+    encoded = tokenizer(texts, truncation=True, max_length=scenario.max_length)
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
+    batches = [{key: value.to(device) for key, value in tokenizer.pad(
+        {key: [encoded[key][i] for i in order[start:start + PIPELINE_BATCH]] for key in ("input_ids", "attention_mask")},
+        return_tensors="pt").items()} for start in range(0, len(texts), PIPELINE_BATCH)]
+    with torch.inference_mode():
+        network(**batches[0])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for batch in batches:
+            network(**batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return len(texts) / (time.perf_counter() - started)
