@@ -23,10 +23,12 @@ def pipeline_rows_per_s(scenario: Scenario, model: Path, texts: list[str], batch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+    window = {"truncation": True, "max_length": scenario.max_length}
+    build = {"tokenize_kwargs": window} if scenario.task == "feature-extraction" else {}
     pipe = pipeline(scenario.task, model=str(model), device=device, dtype=getattr(torch, dtype),
-                    **scenario.pipeline_kwargs)
+                    **build, **scenario.pipeline_kwargs)
     call = {"return_tensors": True} if scenario.task == "feature-extraction" else \
-        {"truncation": True, "max_length": scenario.max_length} if scenario.task == "text-classification" else {}
+        window if scenario.task == "text-classification" else {}
     pipe(texts[:4], **call)  # warm-up
     started = time.perf_counter()
     with torch.inference_mode():

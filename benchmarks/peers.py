@@ -11,7 +11,9 @@ reading, inference, writing):
   job-tuned     the same with the README's hand-tuned section (two one-thread actors, budget 4,096)
   daft          Daft's `embed_text(provider="transformers")` (sentence-transformers), read -> embed -> write
   ray-data      Ray Data's documented pattern: read_parquet -> map_batches(callable class holding a
-                SentenceTransformer, two actors of one CPU) -> write_parquet
+                SentenceTransformer, two actors) -> write_parquet. Each actor reserves half a CPU: Ray Data's
+                read and write tasks ask for one CPU each, and with more reserved by the actors of a 2-core
+                machine they wait forever (as they did with one CPU, or 0.75, per actor)
   pipeline      a plain `transformers.pipeline("feature-extraction")` loop (batches of 32), mean-pooled
   ceiling       in this process, not a whole run: the model's forward passes alone on pre-tokenized,
                 length-sorted batches of 32, all cores; its rows/s bounds what any variant can reach
@@ -75,7 +77,7 @@ def run_ray_data(source: str, target: str) -> None:
     ray.init(address="local", include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.read_parquet(source).map_batches(
-        SentenceEmbedder, batch_size=64, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2),
+        SentenceEmbedder, batch_size=64, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=2),
     ).write_parquet(target)
 
 

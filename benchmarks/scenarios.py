@@ -36,8 +36,7 @@ class Scenario:
 
 
 SCENARIOS = {scenario.name: scenario for scenario in (
-    Scenario("minilm", "feature-extraction", 256, "AutoModel", job_options={"normalize": True},
-             pipeline_kwargs={"tokenize_kwargs": {"truncation": True, "max_length": 256}}),
+    Scenario("minilm", "feature-extraction", 256, "AutoModel", job_options={"normalize": True}),
     Scenario("bert-base-classifier", "text-classification", 512, "AutoModelForSequenceClassification",
              head="BertForSequenceClassification", labels=("negative", "neutral", "positive")),
     Scenario("bert-base-ner", "token-classification", 512, "AutoModelForTokenClassification",

@@ -13,7 +13,7 @@ On the same BBC rows (replicated to --rows, in --files Parquet files):
   ceiling   the forward passes alone on pre-tokenized batches of 32 sorted by length, in this process
 
 With a GPU (nvidia-smi), each variant's GPU busy % is sampled too. Results: a table, and
-benchmarks/results/<cpu|gpu>-<scenario>-throughput.json.
+benchmarks/results/<cpu|gpu>-<scenario>-<window>-<dtype>-throughput.json.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--pipeline-rows", type=int, default=500, help="rows for the pipeline variants (slow)")
     parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--max-length", type=int, help="the token window (default: the scenario's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="the job's and the ceiling's dtype (pipelines run float32, their default)")
     parser.add_argument("--compute", nargs="*", default=[], metavar="KEY=VALUE",
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["job", "pipeline", "batched", "ceiling"])
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
+    if args.max_length:
+        scenario = replace(scenario, max_length=args.max_length)
     compute = {**parse_compute(args.compute), **({"dtype": args.dtype} if args.dtype != "float32" else {})}
     gpu = GpuSampler().enabled
     device = "cuda" if gpu else "cpu"
@@ -116,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 [[variant, r["rows_per_s"], r.get("actor_rows_per_s", ""), r.get("actor_tokens_per_s", ""),
                   r.get("busy_share", ""), r.get("padding_share", ""), (r["gpu"] or {}).get("busy_pct", "")]
                  for variant, r in results.items()])
-    path = save(f"{device}-{scenario.name}-throughput", {
-        "parameters": {"scenario": scenario.name, "rows": args.rows, "pipeline_rows": args.pipeline_rows,
+    path = save(f"{device}-{scenario.name}-{scenario.max_length}-{args.dtype}-throughput", {
+        "parameters": {"scenario": scenario.name, "max_length": scenario.max_length, "rows": args.rows, "pipeline_rows": args.pipeline_rows,
                        "files": args.files, "dtype": args.dtype, "compute": compute},
         "results": results,
     })

@@ -87,6 +87,10 @@ def summary(report: dict) -> str:
             lines.append(f"{kind} input files ({len(changes[kind])}): {', '.join(changes[kind][:5])}"
                          + (f"; their old rows were {changes['vanished_rows']}" if kind == "vanished" else ""))
     lines += [f"renamed input file {old} -> {new}" for new, old in changes.get("renamed", {}).items()]
+    lines += [f"column {column} {verb} for {len(files)} file(s)" for key, verb in (("columns_computed", "computed"),
+              ("columns_dropped", "dropped")) for column, files in changes.get(key, {}).items()]
+    lines += [f"column {column} kept: its task is no longer configured"
+              for column in changes.get("removed_tasks_kept", [])]
     lines += [f"repaired: {what}" for what in changes.get("repaired", [])]
     lines += [f"  {e['rows']:>6}  {e['task']}: {e['message']}" for e in report["errors_by_reason"][:10]]
     lines += [f"compute: pool {'+'.join(pool['tasks'])}: {pool['min_actors']}-{pool['max_actors']} actors, "

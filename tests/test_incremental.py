@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from jobs.annotate import main
+from nlp_tasks.report import summary
 
 import tiny_models
 
@@ -77,6 +78,7 @@ def test_an_added_task_is_computed_alone_and_the_first_column_is_carried(ray_loc
     assert after.schema.names == ["id", "text", "sentiment", "entities", "errors"]
 
     assert job({"sentiment": sentiment, "entities": entities})["files_processed"] == 0  # now nothing to do
+    assert "column entities computed for 3 file(s)" in summary(report)
 
 
 def test_a_changed_task_is_recomputed_and_the_others_kept(ray_local, tmp_path, models, job):
