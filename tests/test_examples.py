@@ -88,3 +88,29 @@ def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomput
     report = run(120)
     assert report["input_changes"]["columns_computed"] == {"topic": [str(tmp_path / "corpus" / "held-out.parquet")]}
     assert len(list((tmp_path / "out" / "__manifest" / "heads").glob("topic-*.json"))) == 2
+
+
+def test_bad_examples_fail_in_one_line_naming_file_and_row(tmp_path, minilm, capsys):
+    pq.write_table(pa.table({"id": ["a"], "text": ["Some text."]}), tmp_path / "in.parquet")
+
+    def run(examples: pa.Table, **columns) -> str:
+        pq.write_table(examples, tmp_path / "examples.parquet")
+        config = tmp_path / "job.yaml"
+        config.write_text(yaml.safe_dump({
+            "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"},
+            "output": {"path": str(tmp_path / "out")},
+            "tasks": {"topic": {"task": "embedding-classification", "model": minilm,
+                                "examples": {"path": str(tmp_path / "examples.parquet"), **columns}}},
+        }))
+        assert main(["--config", str(config)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    good = pa.table({"text": ["Goals galore.", "Shares fell."], "label": ["sport", "business"]})
+    assert "examples.parquet': no column 'category'" in run(good, label_column="category")
+    null_label = pa.table({"text": ["Goals galore.", "Shares fell."], "label": ["sport", None]})
+    assert "examples.parquet': row 1: no label" in run(null_label)
+    one_label = pa.table({"text": ["Goals galore.", "A late winner."], "label": ["sport", "sport"]})
+    assert "a head needs at least two" in run(one_label)
+    assert not (tmp_path / "out").exists()  # refused before the output is touched

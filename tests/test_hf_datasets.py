@@ -63,3 +63,16 @@ def test_hub_paths_go_through_huggingface_hub_file_system():
 
     filesystem, path = url_to_fs("hf://datasets/SetFit/bbc-news")
     assert type(filesystem).__name__ == "HfFileSystem" and path == "datasets/SetFit/bbc-news"
+
+
+def test_an_unreadable_arrow_file_fails_in_one_line_naming_it(tmp_path, models, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
+    }))
+    assert main(["--config", str(config)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "data-00000-of-00001.arrow': not a readable Arrow file" in lines[0], lines
