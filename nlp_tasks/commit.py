@@ -115,6 +115,8 @@ class OutputStore:
         """Committed units by id, as of the start of this run plus what it committed."""
         self.repaired: list[str] = []
         """What `open` found broken and mended (torn markers, missing parts), for the run report."""
+        self.previous_job: dict | None = None
+        """The job manifest the output had before `open` (None for a new output)."""
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -148,7 +150,7 @@ class OutputStore:
         """
         entries = self._entries()
         if entries:
-            previous = self.job()
+            previous = self.previous_job = self.job()
             if previous is None:
                 older = " (it has a _manifest/ folder: an output of an older nlp-tasks layout)" \
                     if "_manifest" in entries else ""
@@ -241,6 +243,13 @@ class OutputStore:
             for part in previous["parts"]:
                 if part["file"] not in kept:
                     self.filesystem.rm(self.path(part["file"]))
+        self.markers[unit] = marker
+
+    def retag(self, unit: str, tasks: dict[str, str]) -> None:
+        """Rewrite a committed unit's task fingerprints, its parts unchanged."""
+        self.lease.check()
+        marker = {**self.markers[unit], "tasks": tasks}
+        write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
         self.markers[unit] = marker
 
     def head(self, task: str, fingerprint: str) -> dict | None:

@@ -177,6 +177,23 @@ class InputChanges:
                 "columns_dropped": dropped, "removed_tasks_kept": self.removed_kept}
 
 
+def upgrade_markers(store: OutputStore, job: dict) -> None:
+    """Markers committed before tasks had fingerprints of their own hold each task's model fingerprint instead.
+    Where the output's earlier manifest shows the task configured as now, re-tag them (the markers only), so that
+    the first run of this version recomputes nothing that is current."""
+    previous = (store.previous_job or {}).get("tasks", {})
+    if not previous or any("fingerprint" in entry for entry in previous.values()):
+        return
+    legacy = {column: (entry["model_fingerprint"], entry["fingerprint"]) for column, entry in job["tasks"].items()
+              if previous.get(column) == {key: value for key, value in entry.items() if key != "fingerprint"}}
+    for unit, marker in list(store.markers.items()):
+        done = marker.get("tasks", {})
+        tasks = {column: legacy[column][1] if legacy.get(column, (None,))[0] == value else value
+                 for column, value in done.items()}
+        if tasks != done:
+            store.retag(unit, tasks)
+
+
 def compare(source: InputFiles, markers: dict[str, dict], fingerprints: dict[str, str], drop_removed: bool,
             skipped: set[str]) -> InputChanges:
     """Which input files need annotating: new ones and ones whose identity changed since their commit, in full;
@@ -423,6 +440,7 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
                          source: InputFiles, store: OutputStore, job: dict, examples: dict[str, LabelledTexts],
                          started: float, timings: dict[str, float]) -> JobResult:
     fingerprints = {column: entry["fingerprint"] for column, entry in job["tasks"].items()}
+    upgrade_markers(store, job)
     changes = compare(source, store.markers, fingerprints, config.output.removed_tasks == "drop", set(skipped))
     keep_vanished = config.output.vanished_inputs == "keep"
     for unit in changes.renamed_units + ([] if keep_vanished else changes.vanished_units):
