@@ -161,10 +161,16 @@ def tagged(table: pa.Table, fragment: Fragment, first_row: int, schema: pa.Schem
 
 
 def without_tasks(table: pa.Table, tasks: tuple[str, ...], errors_column: str) -> pa.Table:
-    """Committed rows without the columns of `tasks`, nor their entries in the errors column."""
-    errors = table.column(errors_column)
-    kept = pa.array([[error for error in row if error["task"] not in tasks] for row in errors.to_pylist()],
-                    errors.type)
+    """Committed rows without the columns of `tasks`, nor their entries in the errors column (in Arrow: a part
+    holds up to `rows_per_file` rows, and an incremental run reads every committed file)."""
+    import numpy as np
+
+    errors = table.column(errors_column).combine_chunks()
+    entries = pc.list_flatten(errors)
+    keep = pc.invert(pc.is_in(entries.field("task"), value_set=pa.array(tasks, pa.string())))
+    owners = pc.list_parent_indices(errors).filter(keep).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=len(errors)))]).astype(np.int32)
+    kept = pa.ListArray.from_arrays(pa.array(offsets), entries.filter(keep), type=errors.type)
     table = table.drop_columns([column for column in tasks if column in table.column_names])
     return table.set_column(table.schema.get_field_index(errors_column), errors_column, kept)
 
