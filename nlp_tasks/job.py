@@ -349,11 +349,12 @@ def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], example
 
     heads, fitting = {}, []
     for specs, plan in pools:
-        for column in [column for column in specs if column in examples]:
+        todo = {}
+        for column in (column for column in specs if column in examples):
             if (head := store.head(column, fingerprints[column])) is not None:
                 heads[column] = head
-        todo = {column: (examples[column].texts, examples[column].labels)
-                for column in specs if column in examples and column not in heads}
+            else:
+                todo[column] = (examples[column].texts, examples[column].labels)
         if todo:
             fit = ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor,
                                                 num_gpus=plan.num_gpus_per_actor or None, max_retries=1)
