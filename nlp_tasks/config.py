@@ -76,6 +76,11 @@ class ComputeConfig(_Strict):
     the forward pass of another batch, which keeps a GPU busy."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    stages: Literal["auto", "fused", "split"] = "auto"
+    """split: CPU tasks tokenize and postprocess, the actors only run the model (stages.py); fused: the actors do
+    all three. auto: split on GPUs (they are then never kept waiting on Python), fused on CPUs (no hand-off). A
+    pool with a task that needs the weights outside the forward pass (embedding-classification with
+    candidate_labels) is fused."""
 
     @model_validator(mode="after")
     def _pool_bounds(self):

@@ -116,10 +116,12 @@ def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
     """
     reserved = sum(plan.min_actors * plan.num_cpus_per_actor for plan in pools)
     gpus = sum(plan.min_actors * plan.num_gpus_per_actor for plan in pools)
-    room = cluster.cpus - cluster.nodes * CPU_RESERVE
-    if reserved > room or gpus > cluster.gpus:
+    stage_tasks = max((2 * plan.stage_cpus for plan in pools if plan.stages == "split"), default=0.0)
+    room = cluster.cpus - cluster.nodes * CPU_RESERVE - stage_tasks
+    if reserved > room + 1e-9 or gpus > cluster.gpus:
         message = (f"compute: the actor pools' min_actors reserve {reserved:g} CPUs and {gpus:g} GPUs; the cluster "
-                   f"has {cluster.cpus:g} CPUs ({room:g} after reading and writing) and {cluster.gpus:g} GPUs: "
+                   f"has {cluster.cpus:g} CPUs ({room:g} after reading, writing"
+                   f"{' and split stages' if stage_tasks else ''}) and {cluster.gpus:g} GPUs: "
                    "lower min_actors or num_cpus_per_actor, or leave them out to size them automatically")
         if cluster.fixed_size:
             raise InputError(message)

@@ -200,9 +200,12 @@ def pick_dtype(dtype: str, device: Any) -> Any:
     return getattr(torch, dtype)
 
 
-def load_model(auto_class: str, ref: str, revision: str | None, device: str, dtype: str) -> Any:
+def load_model(auto_class: str, ref: str, revision: str | None, device: str, dtype: str,
+               weights: bool = True) -> Any:
     """Load tokenizer and model once, in eval mode on the chosen device and dtype.
 
+    `weights=False`: the tokenizer and the model's skeleton on the meta device (its config and modules, no
+    weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it.
     Outside a terminal (an actor, a log) no progress bar is drawn: transformers draws one per load.
     """
     import sys
@@ -216,9 +219,16 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
 
     from nlp_tasks.tasks.base import LoadedModel
 
+    import torch
+
     path = resolve_model(ref)
-    torch_device = pick_device(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
+    if not weights:
+        config = transformers.AutoConfig.from_pretrained(path, revision=revision)
+        with torch.device("meta"):
+            model = getattr(transformers, auto_class).from_config(config)
+        return LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
+    torch_device = pick_device(device)
     model = getattr(transformers, auto_class).from_pretrained(
         path, revision=revision, dtype=pick_dtype(dtype, torch_device)
     )

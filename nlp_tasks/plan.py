@@ -2,9 +2,11 @@
 
 Every stage runs on the workers. The reader tags rows with their input file and position
 (`read.py`); tasks on the same checkpoint share a `map_batches` stage over a pool of
-`Annotator` actors, chained so that the input is read once however many tasks there are; the
-last stage writes each batch's rows as staged Parquet parts (`write.py`) and returns one small
-record per part. The driver only iterates over those records and commits (`job.py`).
+`Annotator` actors, chained so that the input is read once however many tasks there are (a
+pool with split stages runs `ModelStage` actors instead, between CPU tasks that tokenize and
+postprocess: stages.py); the last stage writes each batch's rows as staged Parquet parts
+(`write.py`) and returns one small record per part. The driver only iterates over those records
+and commits (`job.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from nlp_tasks.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.io import InputFile, InputFiles
 from nlp_tasks.read import CorpusDatasource, Fragment, split_file
+from nlp_tasks.stages import ModelStage, postprocess, tokenize
 from nlp_tasks.write import write_parts
 
 FRAGMENT_ROWS = 65_536
@@ -71,13 +74,20 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                               FRAGMENT_ROWS, generated_id, config.output.errors_column)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
     dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
-    for specs, plan in pools:
+    split = [(specs, plan) for specs, plan in pools if plan.stages == "split"]
+    if split:
         dataset = dataset.map_batches(
-            Annotator,
+            tokenize, fn_kwargs=dict(pools=[(specs, plan.compute) for specs, plan in split],
+                                     text_column=config.input.text_column),
+            batch_format="pyarrow", batch_size=split[0][1].batch_size, num_cpus=split[0][1].stage_cpus)
+    for specs, plan in pools:
+        fitted_here = {column: fitted[column] for column in specs if column in fitted}
+        dataset = dataset.map_batches(
+            ModelStage if plan.stages == "split" else Annotator,
             fn_constructor_kwargs=dict(
                 specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
-                record_calls=True, fitted={column: fitted[column] for column in specs if column in fitted},
+                record_calls=True, fitted={} if plan.stages == "split" else fitted_here,
             ),
             batch_format="pyarrow",
             batch_size=plan.batch_size,
@@ -89,6 +99,13 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                 enable_true_multi_threading=plan.actor_concurrency > 1,
             ),
         )
+        if plan.stages == "split":
+            later = [(other, other_plan.compute) for other, other_plan in split[split.index((specs, plan)) + 1:]]
+            dataset = dataset.map_batches(
+                postprocess, fn_kwargs=dict(specs=specs, compute=plan.compute, fitted=fitted_here, later=later,
+                                            text_column=config.input.text_column,
+                                            errors_column=config.output.errors_column),
+                batch_format="pyarrow", batch_size=plan.batch_size, num_cpus=plan.stage_cpus)
     return dataset.map_batches(
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],

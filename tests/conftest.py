@@ -38,17 +38,34 @@ def ray_local():
 def annotate():
     """Run tasks through the real actor class (model loading included), without Ray.
 
-    `annotate({"col": {"task": ..., "model": ..., **options}}, table_or_texts)` returns the output table.
+    `annotate({"col": {"task": ..., "model": ..., **options}}, table_or_texts)` returns the output table. Every
+    call also runs the split stages (stages.py: tokenize, ModelStage, postprocess) in-process on the same rows
+    and asserts that they give the same table, so each test of the fused path proves the split one too.
     """
     from nlp_tasks.annotate import Annotator
     from nlp_tasks.config import ComputeConfig, TaskSpec
     from nlp_tasks.plan import group_by_model
+    from nlp_tasks.stages import ModelStage, postprocess, tokenize
+    from nlp_tasks.stats import CALLS_COLUMN
+    from nlp_tasks.tasks import get_task
 
     def run(tasks: dict, rows, token_budget: int = 256) -> pa.Table:
         table = rows if isinstance(rows, pa.Table) else pa.table({"text": rows})
         compute = ComputeConfig(device="cpu", token_budget=token_budget)
-        for specs in group_by_model({column: TaskSpec.model_validate(task) for column, task in tasks.items()}):
-            table = Annotator(specs, compute, "text", "errors")(table)
-        return table
+        pools = [(specs, compute) for specs in group_by_model(
+            {column: TaskSpec.model_validate(task) for column, task in tasks.items()})]
+        fused = table
+        for specs, _ in pools:
+            fused = Annotator(specs, compute, "text", "errors")(fused)
+        if not all(get_task(spec.task).splits(spec.options) for specs, _ in pools for spec in specs.values()):
+            return fused
+        split = tokenize(table, pools=pools, text_column="text")
+        for index, (specs, _) in enumerate(pools):
+            split = ModelStage(specs, compute, "text", "errors")(split)
+            split = postprocess(split, specs=specs, compute=compute, fitted={}, text_column="text",
+                                errors_column="errors", later=pools[index + 1:])
+        split = split.drop_columns([CALLS_COLUMN])  # the CPU stages record their calls, as in a job
+        assert split.equals(fused), "the split stages and the fused actor disagree"
+        return fused
 
     return run

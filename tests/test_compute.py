@@ -65,13 +65,31 @@ def test_pools_fit_clusters_of_several_shapes():
                                  with_gpus, [90 * MB, 1600 * MB])
         assert (small.device, small.dtype, small.num_gpus_per_actor, small.max_actors) == ("cuda", "bfloat16", 0.25, 8)
         assert (large.num_gpus_per_actor, large.max_actors, large.min_actors) == (0.5, 4, 1)
-        assert small.token_budget is None and small.actor_concurrency > 1 and small.num_cpus_per_actor >= 1
+        assert small.token_budget is None and small.actor_concurrency > 1
+        # GPU pools split: their actors only run the model, a CPU per task tokenizes and postprocesses
+        assert (small.stages, large.stages, small.num_cpus_per_actor, small.stage_cpus) == ("split", "split", 0.5, 1.0)
         pinned = plans_for(job({"embedding": {**THREE_MODELS["embedding"], "compute": {"device": "cpu"}}}),
                            with_gpus, [90 * MB])
         assert (pinned[0].device, pinned[0].num_gpus_per_actor) == ("cpu", 0)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their_tasks():
+    two_cores = Cluster(cpus=2, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True)
+    [fused] = plans_for(job({"embedding": THREE_MODELS["embedding"]}), two_cores, [90 * MB])
+    assert fused.stages == "fused"
+    split = plans_for(job(THREE_MODELS, {"stages": "split"}), two_cores, [90 * MB] * 3)
+    assert {plan.stages for plan in split} == {"split"} and {plan.stage_cpus for plan in split} == {0.25}
+    actors = sum(plan.max_actors * plan.num_cpus_per_actor for plan in split)
+    assert actors + CPU_RESERVE + 2 * split[0].stage_cpus <= 2 + 1e-9  # read, write, tokenize, postprocess fit
+    gpu_node = Cluster(cpus=16, gpus=1, memory=128 * 2**30, nodes=1, fixed_size=True)
+    labels = {"task": "embedding-classification", "model": "c", "candidate_labels": ["a", "b"]}
+    on_gpu = plans_for(job({"topic": labels, "sentiment": THREE_MODELS["sentiment"]}), gpu_node, [90 * MB] * 2)
+    # candidate labels are scored against embeddings the weights make at load: that pool stays fused
+    assert [(plan.tasks, plan.stages) for plan in on_gpu] == [(("topic",), "fused"), (("sentiment",), "split")]
+    assert on_gpu[1].stage_cpus == 1.0 and "CPU tasks of 1 CPU" in on_gpu[1].describe()
 
 
 def test_keys_set_by_hand_win_job_wide_and_per_task():

@@ -83,6 +83,9 @@ class TaskAdapter:
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
     auto_class: ClassVar[str]
     padding_side: ClassVar[str] = "right"
+    text_encoding: ClassVar[dict[str, bool] | None] = None
+    """For tasks whose units are the text alone, tokenized: the tokenizer's options (their preprocess is then
+    `encode_units` with them). Such tasks on one tokenizer share their tokens (see tokens_key)."""
 
     def __init__(self, loaded: LoadedModel, options: TaskOptions):
         self.tokenizer = loaded.tokenizer
@@ -129,9 +132,24 @@ class TaskAdapter:
         """Tasks on one model with equal non-None keys have identical preprocess and forward: run them once."""
         return None
 
+    @classmethod
+    def splits(cls, options: TaskOptions) -> bool:
+        """Whether the task can run in split stages: its preprocess and postprocess need no weights, only the
+        tokenizer and the model's config (stages.py)."""
+        return True
+
+    def tokens_key(self) -> tuple | None:
+        """What makes two tasks' units equal, for tasks that tokenize the text alone (`text_encoding`): their
+        window; the tokenizer itself is compared by the caller. None: the units are this task's own."""
+        if self.text_encoding is None:
+            return None
+        return self.max_length, self.options.long_text, self.stride if self.options.long_text == "chunk" else None
+
     def preprocess(self, texts: list[str], batch: pa.Table) -> list[list[Features] | RowError]:
         """Tokenize each text into its units, or a RowError for a row the task cannot take."""
-        raise NotImplementedError
+        if self.text_encoding is None:
+            raise NotImplementedError
+        return self.encode_units(texts, **self.text_encoding)
 
     def forward(self, inputs: dict[str, Any]) -> list[Any]:
         """Run the model on one padded micro-batch; return one output per unit (CPU, unpadded)."""

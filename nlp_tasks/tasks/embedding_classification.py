@@ -71,6 +71,11 @@ class EmbeddingClassification(FeatureExtraction):
                              "weights": np.stack([normalized(label) for label in labels]),
                              "bias": np.zeros(len(labels))})
 
+    @classmethod
+    def splits(cls, options: EmbeddingClassificationOptions) -> bool:
+        """Candidate labels are scored against their hypotheses' embeddings, which the weights compute at load."""
+        return options.candidate_labels is None
+
     def use_fitted(self, head: dict[str, Any]) -> None:
         """Score with `head` (heads.fit_head's dict), its weights as arrays once rather than per row."""
         self.head = {**head, "weights": np.asarray(head["weights"], np.float32),

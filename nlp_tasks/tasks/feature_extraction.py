@@ -39,6 +39,7 @@ class FeatureExtraction(TaskAdapter):
     aliases = ("embedding",)
     options_class = FeatureExtractionOptions
     auto_class = "AutoModel"
+    text_encoding = {}
 
     def arrow_type(self) -> pa.DataType:
         """A list of hidden_size floats: a variable list, because pyarrow before 26 cannot read back a null in a
@@ -47,9 +48,6 @@ class FeatureExtraction(TaskAdapter):
 
     def share_key(self):
         return ("pooled-embedding", self.max_length, self.options.pooling, self.options.long_text, self.stride)
-
-    def preprocess(self, texts, batch):
-        return self.encode_units(texts)
 
     def embed(self, inputs: dict[str, Any]) -> Any:
         inputs = self.model_inputs(inputs)

@@ -49,12 +49,10 @@ class TextClassification(TaskAdapter):
     aliases = ("sentiment-analysis",)
     options_class = TextClassificationOptions
     auto_class = "AutoModelForSequenceClassification"
+    text_encoding = {}
 
     def arrow_type(self) -> pa.DataType:
         return LABEL_SCORE if self.options.top_k is None else pa.list_(LABEL_SCORE)
-
-    def preprocess(self, texts, batch):
-        return self.encode_units(texts)
 
     def forward(self, inputs):
         logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()

@@ -44,6 +44,7 @@ class TokenClassification(TaskAdapter):
     aliases = ("ner",)
     options_class = TokenClassificationOptions
     auto_class = "AutoModelForTokenClassification"
+    text_encoding = {"return_offsets_mapping": True, "return_special_tokens_mask": True}
 
     def __init__(self, loaded: LoadedModel, options: TokenClassificationOptions):
         super().__init__(loaded, options)
@@ -56,9 +57,6 @@ class TokenClassification(TaskAdapter):
 
     def arrow_type(self) -> pa.DataType:
         return pa.list_(ENTITY)
-
-    def preprocess(self, texts, batch):
-        return self.encode_units(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
 
     def forward(self, inputs):
         logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()

@@ -1,0 +1,71 @@
+"""Split stages: CPU tasks tokenize and postprocess, the actors only run the model, and the output is the fused one."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from jobs.annotate import main
+from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.plan import group_by_model
+from nlp_tasks.stages import UNITS_PREFIX, ModelStage, postprocess, tokenize
+from test_job import write_config
+
+import tiny_models
+
+
+def tasks_of(models) -> dict:
+    return {
+        "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"]), "top_k": 2},
+        "entities": {"task": "ner", "model": str(models["token-classification"])},
+        "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
+        "topics": {"task": "zero-shot-classification", "model": str(models["zero-shot-classification"]),
+                   "candidate_labels": ["sports", "politics"]},
+        "summary": {"task": "summarization", "model": str(models["seq2seq"]), "max_new_tokens": 6},
+    }
+
+
+def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, models):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    texts = tiny_models.sample_texts() + [None, "", "\u200b"]
+    for part in range(2):
+        pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(len(texts))], "text": texts}),
+                       folder / f"part-{part}.parquet")
+    outputs, reports = {}, {}
+    for stages in ("fused", "split"):
+        (tmp_path / stages).mkdir()
+        config = write_config(tmp_path / stages, folder, tasks_of(models), compute={"stages": stages})
+        assert main(["--config", config]) == 0
+        outputs[stages] = pads.dataset(tmp_path / stages / "out", format="parquet").to_table().sort_by("id")
+        [report] = (tmp_path / stages / "out" / "__reports").glob("*.json")
+        reports[stages] = json.loads(report.read_text())
+    assert outputs["split"].num_rows == 2 * len(texts)
+    assert outputs["split"].equals(outputs["fused"])
+    assert not [name for name in outputs["split"].column_names if name.startswith("__")]
+    pools = {actor["pool"] for actor in reports["split"]["actors"]}
+    assert {"tokenize", "sentiment", "sentiment postprocess", "summary", "summary postprocess"} <= pools
+    for task in ("sentiment", "entities", "summary"):
+        assert reports["split"]["throughput"][task]["rows"] == reports["fused"]["throughput"][task]["rows"] > 0
+        assert reports["split"]["throughput"][task]["tokens"] == reports["fused"]["throughput"][task]["tokens"]
+
+
+def test_tasks_of_several_models_on_one_tokenizer_share_their_tokens(models):
+    """The tiny BERTs share one tokenizer: sentiment, NER and embeddings read one units column (tokenized with
+    NER's offsets), zero-shot pairs each text with hypotheses and keeps its own; the last postprocess drops both."""
+    compute = ComputeConfig(device="cpu", token_budget=256)
+    specs = {column: TaskSpec.model_validate(task) for column, task in tasks_of(models).items() if column != "summary"}
+    pools = [(group, compute) for group in group_by_model(specs)]
+    table = tokenize(pa.table({"text": tiny_models.sample_texts()[:6]}), pools=pools, text_column="text")
+    units = [name for name in table.column_names if name.startswith(UNITS_PREFIX)]
+    assert len(units) == 2 and UNITS_PREFIX + "topics" in units
+    for index, (group, _) in enumerate(pools):
+        table = ModelStage(group, compute, "text", "errors")(table)
+        table = postprocess(table, specs=group, compute=compute, fitted={}, text_column="text",
+                            errors_column="errors", later=pools[index + 1:])
+        kept = [name for name in table.column_names if name.startswith(UNITS_PREFIX)]
+        assert kept == ([] if index == len(pools) - 1 else [name for name in units if name in kept])
+    assert set(specs) <= set(table.column_names) and not table.column("errors").to_pylist()[0]
