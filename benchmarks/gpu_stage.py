@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     stats.add(calls_in(output))
             seconds = time.perf_counter() - started
     summary = stats.summary(started_at)
-    task, actor = summary["tasks"]["value"], summary["actors"][0]
+    task = summary["tasks"]["value"]
+    [actor] = [actor for actor in summary["actors"] if actor["pool"] == "value"]
     record["results"] = {
         "rows_per_s": round(table.num_rows / seconds, 1), "tokens_per_s": round(task["tokens"] / seconds, 1),
         "padding_share": actor["padding_share"], "busy_share": actor["busy_share"], "gpu": sampler.summary(),

@@ -59,7 +59,7 @@ def run_job(scenario: Scenario, model: Path, source: Path, work: Path, compute: 
 def job_figures(report: dict, rows: int) -> dict:
     """What the table shows of a run report: wall rows/s, and in the actors rows/s, tokens/s, busy, padding."""
     task = report["throughput"]["value"]
-    actors = report["actors"]
+    actors = [actor for actor in report["actors"] if actor["pool"] == "value"]  # the model's, not the CPU stages'
     return {
         "rows_per_s": round(rows / report["process_s"], 2),
         "actor_rows_per_s": task["rows_per_s"], "actor_tokens_per_s": task["tokens_per_s"],

@@ -138,6 +138,11 @@ class TaskAdapter:
         tokenizer and the model's config (stages.py)."""
         return True
 
+    @property
+    def multi_level(self) -> bool:
+        """Whether next_level may give rows units of another level (map-reduce summarization)."""
+        return type(self).next_level is not TaskAdapter.next_level
+
     def tokens_key(self) -> tuple | None:
         """What makes two tasks' units equal, for tasks that tokenize the text alone (`text_encoding`): their
         window; the tokenizer itself is compared by the caller. None: the units are this task's own."""
