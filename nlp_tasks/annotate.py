@@ -163,10 +163,9 @@ def runs_of(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
     return {columns[0]: columns for columns in runs.values()}
 
 
-def unit_tokens(results: list[RowResult] | list[Pending]) -> int:
-    """Tokens of the units of the rows that have them."""
-    return sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError)
-               for unit in (result[0] if isinstance(result, tuple) else result))
+def unit_tokens(results: list[RowResult]) -> int:
+    """Tokens of the units the model ran, over the rows that have them."""
+    return sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError) for unit in result[0])
 
 
 def append_column(batch: pa.Table, adapter: TaskAdapter, column: str, values: list[Any]) -> pa.Table:
@@ -216,14 +215,10 @@ class Annotator:
                                 generates=any(a.auto_class.endswith(("Seq2SeqLM", "CausalLM"))
                                               for a in self.adapters.values()))
 
-    def to_compute(self, batch: pa.Table, only: list[str] | None) -> dict[str, TaskAdapter]:
-        """The adapters of this actor's tasks (of `only` these) whose column the batch does not hold yet."""
-        return {column: adapter for column, adapter in self.adapters.items()
-                if column not in batch.column_names and (only is None or column in only)}
-
     def __call__(self, batch: pa.Table, only: list[str] | None = None) -> pa.Table:
         """The batch with the columns of this actor's tasks (of `only` these) that it does not hold yet."""
-        adapters = self.to_compute(batch, only)
+        adapters = {column: adapter for column, adapter in self.adapters.items()
+                    if column not in batch.column_names and (only is None or column in only)}
         if not adapters:
             return batch
         started, phases, tokens = time.time(), Counter(), Counter()

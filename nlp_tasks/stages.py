@@ -209,7 +209,7 @@ class ModelStage(Annotator):
     """The GPU actor of a split pool: each run's model inputs in, its raw outputs out; no tokenizing and no
     postprocessing, but for the follow-up levels of multi-level tasks (which read whole units and hand them on)."""
 
-    def __call__(self, batch: pa.Table, only: list[str] | None = None) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         started, phases, tokens = time.time(), Counter(), Counter()
         per_task: dict[str, tuple[int, int, float]] = {}
         for run, columns in pending_runs(self.adapters, batch).items():

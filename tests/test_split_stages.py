@@ -29,16 +29,23 @@ def tasks_of(models) -> dict:
 
 
 def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, models):
+    """Every kind of task: shared tokens, pairs (zero-shot), generation, a head fitted on examples (which the
+    postprocess stage takes), unusable rows."""
     folder = tmp_path / "corpus"
     folder.mkdir()
     texts = tiny_models.sample_texts() + [None, "", "\u200b"]
     for part in range(2):
         pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(len(texts))], "text": texts}),
                        folder / f"part-{part}.parquet")
+    examples = tmp_path / "examples.parquet"
+    pq.write_table(pa.table({"text": texts[:8], "label": ["a", "b"] * 4}), examples)
+    tasks = {**tasks_of(models), "labelled": {"task": "embedding-classification", "head": "logistic",
+                                              "model": str(models["token-classification"]),
+                                              "examples": {"path": str(examples)}}}
     outputs, reports = {}, {}
     for stages in ("fused", "split"):
         (tmp_path / stages).mkdir()
-        config = write_config(tmp_path / stages, folder, tasks_of(models), compute={"stages": stages})
+        config = write_config(tmp_path / stages, folder, tasks, compute={"stages": stages})
         assert main(["--config", config]) == 0
         outputs[stages] = pads.dataset(tmp_path / stages / "out", format="parquet").to_table().sort_by("id")
         [report] = (tmp_path / stages / "out" / "__reports").glob("*.json")
@@ -48,7 +55,8 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
     assert not [name for name in outputs["split"].column_names if name.startswith("__")]
     pools = {actor["pool"] for actor in reports["split"]["actors"]}
     assert {"tokenize", "sentiment", "sentiment postprocess", "summary", "summary postprocess"} <= pools
-    for task in ("sentiment", "entities", "summary"):
+    assert outputs["split"].column("labelled").drop_null().to_pylist()[0]["labels"][0] in ("a", "b")
+    for task in ("sentiment", "entities", "summary", "labelled"):
         assert reports["split"]["throughput"][task]["rows"] == reports["fused"]["throughput"][task]["rows"] > 0
         assert reports["split"]["throughput"][task]["tokens"] == reports["fused"]["throughput"][task]["tokens"]
 
