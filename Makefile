@@ -28,6 +28,7 @@ bench: setup  # the README's CPU tables (about an hour on 2 cores): pip install 
 	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --variants job daft ceiling
 	$(PY) -m benchmarks.examples_cv
 	$(PY) -m benchmarks.ner_grouping
+	$(PY) -m benchmarks.cpu_stages
 
 clean:
 	rm -rf $(VENV) output

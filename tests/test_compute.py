@@ -135,6 +135,8 @@ def test_three_models_run_on_two_cpus_without_a_compute_section(ray_local, tmp_p
     pools = report["compute"]
     assert len(pools) == 4 and {p["device"] for p in pools} == {"cpu"}
     assert sum(p["max_actors"] * p["num_cpus_per_actor"] for p in pools) <= 2
-    # embedding and topic share one forward pass: each is charged it, so their speeds are alike
+    # embedding and topic share one forward pass, and each is charged it: the same tokens, and actor time for both
+    # (their seconds are milliseconds here, too few to compare without a machine's hiccups deciding)
     speeds = report["throughput"]
-    assert 0.5 < speeds["embedding"]["rows_per_s"] / speeds["topic"]["rows_per_s"] < 2
+    assert speeds["embedding"]["tokens"] == speeds["topic"]["tokens"] > 0
+    assert speeds["embedding"]["actor_seconds"] > 0 and speeds["topic"]["actor_seconds"] > 0
