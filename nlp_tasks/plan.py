@@ -80,7 +80,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
             tokenize, fn_kwargs=dict(pools=[(specs, plan.compute) for specs, plan in split],
                                      text_column=config.input.text_column),
             batch_format="pyarrow", batch_size=split[0][1].batch_size, num_cpus=split[0][1].stage_cpus)
-    for specs, plan in pools:
+    for index, (specs, plan) in enumerate(pools):
         fitted_here = {column: fitted[column] for column in specs if column in fitted}
         dataset = dataset.map_batches(
             ModelStage if plan.stages == "split" else Annotator,
@@ -100,7 +100,8 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
             ),
         )
         if plan.stages == "split":
-            later = [(other, other_plan.compute) for other, other_plan in split[split.index((specs, plan)) + 1:]]
+            later = [(other, other_plan.compute) for other, other_plan in pools[index + 1:]
+                     if other_plan.stages == "split"]
             dataset = dataset.map_batches(
                 postprocess, fn_kwargs=dict(specs=specs, compute=plan.compute, fitted=fitted_here, later=later,
                                             text_column=config.input.text_column,

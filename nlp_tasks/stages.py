@@ -32,6 +32,7 @@ import pyarrow as pa
 from nlp_tasks.annotate import (
     Annotator,
     Pending,
+    RowResult,
     Rows,
     append_column,
     caller,
@@ -227,6 +228,16 @@ class ModelStage(Annotator):
         return self.recorded(batch, started, phases, tokens, per_task) if per_task else batch
 
 
+def with_units(units: Pending, handed_on: RowResult) -> RowResult:
+    """A row's result as postprocess takes it: the model stage's outputs with the units the tokenize stage made
+    (or the new ones a multi-level task handed on); a row the tokenize stage refused keeps its own RowError (the
+    model stage saw only a placeholder)."""
+    if isinstance(units, RowError) or isinstance(handed_on, RowError):
+        return units if isinstance(units, RowError) else handed_on
+    new_units, outputs = handed_on
+    return (units if new_units is None else new_units, outputs)
+
+
 def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict],
                 text_column: str, errors_column: str, later: list[SplitPool]) -> pa.Table:
     """The CPU stage after a split pool: its tasks' typed columns and row errors from the raw outputs. Drops the
@@ -240,9 +251,7 @@ def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: Compute
     per_task: dict[str, tuple[int, int, float]] = {}
     for run, columns in runs.items():
         units = unpickled(batch.column(UNITS_PREFIX + units_key(adapters[run], run)))
-        results = [row_units if isinstance(row_units, RowError)
-                   else (row_units if result[0] is None else result[0], result[1]) if isinstance(result, tuple)
-                   else result for row_units, result in zip(units, unpickled(batch.column(RESULTS_PREFIX + run)))]
+        results = list(map(with_units, units, unpickled(batch.column(RESULTS_PREFIX + run))))
         for column in columns:
             column_started = time.perf_counter()
             values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
