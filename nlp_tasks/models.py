@@ -206,7 +206,8 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
 
     `weights=False`: the tokenizer and the model's skeleton on the meta device (its config and modules, no
     weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it.
-    Outside a terminal (an actor, a log) no progress bar is drawn: transformers draws one per load.
+    On CPU the linear layers are packed for oneDNN (cpu_linear.py). Outside a terminal (an actor, a log) no
+    progress bar is drawn: transformers draws one per load.
     """
     import sys
 
@@ -233,4 +234,8 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
         path, revision=revision, dtype=pick_dtype(dtype, torch_device)
     )
     model.to(torch_device).eval()
+    if torch_device.type == "cpu":
+        from nlp_tasks.cpu_linear import pack_linears
+
+        pack_linears(model)
     return LoadedModel(tokenizer=tokenizer, model=model, device=torch_device)
