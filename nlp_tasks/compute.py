@@ -38,6 +38,10 @@ and 12.2 at 4,096 (BERT-base: 1.97, 2.00, 1.87)."""
 CPU_BATCH_SIZE = 64
 GPU_BATCH_SIZE = 512
 GPU_ACTOR_CONCURRENCY = 4
+BATCHES_PER_ACTOR = 4
+"""On a small run the sized batches shrink until a pool's rows make at least this many per actor: the first actor
+to load its model takes two batches at once (Ray Data keeps two calls in flight per actor), and would otherwise
+take a run of a few batches whole while the others are still loading."""
 GPU_CPUS_PER_ACTOR_MAX = 4.0
 MEMORY_PER_WEIGHT_BYTE = 3.0
 """Host memory an actor needs per byte of weights (the weights, their load, activations)."""
@@ -116,8 +120,8 @@ def gpu_share(weights: int) -> float:
 
 
 def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
-               weights: list[int]) -> list[PoolPlan]:
-    """Each pool's settings: the hand-set ones, and the rest sized from the cluster."""
+               weights: list[int], rows: int | None = None) -> list[PoolPlan]:
+    """Each pool's settings: the hand-set ones, and the rest sized from the cluster and the run's `rows`."""
     hand = [config.pool_compute(specs) for specs in groups]
     on_gpu = [c.device == "cuda" or (c.device == "auto" and cluster.gpus > 0 and c.num_gpus_per_actor != 0)
               for c in hand]
@@ -130,6 +134,8 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
         auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
+        if rows is not None:
+            auto["batch_size"] = max(1, min(auto["batch_size"], -(-rows // (BATCHES_PER_ACTOR * auto["max_actors"]))))
         settings = {**auto, **chosen}
         if ("num_cpus_per_actor" in chosen and "torch_threads" not in chosen) or "torch_threads" not in settings:
             settings["torch_threads"] = max(1, math.floor(settings["num_cpus_per_actor"]))

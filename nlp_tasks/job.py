@@ -350,11 +350,12 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
         timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - started, 2)
 
 
-def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster) -> list[tuple[dict, PoolPlan]]:
-    """Each pool's tasks and settings, logged, and checked against the cluster."""
+def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster,
+               rows: int) -> list[tuple[dict, PoolPlan]]:
+    """Each pool's tasks and settings for a run of `rows`, logged, and checked against the cluster."""
     groups = group_by_model(tasks)
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
-    plans = plan_pools(config, groups, cluster, weights)
+    plans = plan_pools(config, groups, cluster, weights, rows)
     for plan in plans:
         log.info("compute: %s", plan.describe())
     check_reservations(plans, cluster)
@@ -405,7 +406,8 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty()
-        pools = size_pools(config, tasks, Cluster.now(fixed_size=started_here))
+        pools = size_pools(config, tasks, Cluster.now(fixed_size=started_here),
+                           sum(fragment.rows for fragment in fragments))
         with timed(timings, "fit_heads"):
             heads = fitted_heads(store, pools, examples, fingerprints)
         started, started_at = time.perf_counter(), time.time()

@@ -92,6 +92,21 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
     assert on_gpu[1].stage_cpus == 1.0 and "CPU tasks of 1 CPU" in on_gpu[1].describe()
 
 
+def test_a_small_run_is_cut_into_batches_enough_for_every_actor():
+    """The first actor up takes two batches at once: 200 rows in 64-row batches would all go to it."""
+    four_cores = Cluster(cpus=4, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True)
+    config = job({"embedding": THREE_MODELS["embedding"]})
+    groups = group_by_model(config.tasks)
+    [large] = plan_pools(config, groups, four_cores, [90 * MB], rows=100_000)
+    [small] = plan_pools(config, groups, four_cores, [90 * MB], rows=200)
+    [one_row] = plan_pools(config, groups, four_cores, [90 * MB], rows=1)
+    assert (large.max_actors, large.batch_size) == (4, 64)
+    assert (small.max_actors, small.batch_size) == (4, 13)  # 16 batches: at least 4 per actor
+    assert one_row.batch_size == 1
+    by_hand = job({"embedding": THREE_MODELS["embedding"]}, {"batch_size": 64})
+    assert plan_pools(by_hand, group_by_model(by_hand.tasks), four_cores, [90 * MB], rows=200)[0].batch_size == 64
+
+
 def test_keys_set_by_hand_win_job_wide_and_per_task():
     config = job({**THREE_MODELS, "entities": {**THREE_MODELS["entities"], "compute": {"batch_size": 7}}},
                  {"num_cpus_per_actor": 0.25, "max_actors": 3})
