@@ -41,18 +41,45 @@ def pipeline_rows_per_s(scenario: Scenario, model: Path, texts: list[str], batch
     return len(texts) / (time.perf_counter() - started)
 
 
-def ceiling_rows_per_s(scenario: Scenario, model: Path, texts: list[str], threads: int, device: str = "cpu",
-                       dtype: str = "float32") -> float:
+def ceiling_rows_per_s(scenario: Scenario, model: Path, texts: list[str], processes: int, device: str = "cpu",
+                       dtype: str = "float32", packed: bool = True) -> float:
     """Rows/s of the forward passes alone, on pre-tokenized batches of 32 sorted by length, already on the device:
-    a bound for any variant that runs the same model at that batch shape."""
+    a bound for any variant that runs the same model at that batch shape.
+
+    On CPU the batches are dealt to `processes` one-thread processes started together (the job's layout, one
+    actor per core, beats one process of as many threads here). `packed`: the model as the job loads it (linear
+    layers packed for oneDNN, nlp_tasks/cpu_linear.py); otherwise as transformers loads it, as the peers run it.
+    """
+    if device != "cpu" or processes == 1:
+        started, finished = forward_span(scenario, model, texts, 1 if device == "cpu" else 0, device, dtype, packed)
+        return len(texts) / (finished - started)
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        ready = manager.Barrier(processes)
+        spans = pool.starmap(forward_span, [(scenario, model, texts[i::processes], 1, device, dtype, packed, ready)
+                                            for i in range(processes)])
+    return len(texts) / (max(end for _, end in spans) - min(start for start, _ in spans))
+
+
+def forward_span(scenario: Scenario, model: Path, texts: list[str], threads: int, device: str, dtype: str,
+                 packed: bool, ready=None) -> tuple[float, float]:
+    """When this process's forward passes over `texts` started and finished (after a warm-up batch, and after
+    every process passed `ready`); `threads` 0 leaves torch's default."""
     import torch
     import transformers
 
+    from nlp_tasks.cpu_linear import pack_linears
+
     transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     network = getattr(transformers, scenario.auto_class).from_pretrained(model, dtype=getattr(torch, dtype))
     network = network.to(device).eval()
+    if packed:
+        pack_linears(network)
     encoded = tokenizer(texts, truncation=True, max_length=scenario.max_length)
     order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
     batches = [{key: value.to(device) for key, value in tokenizer.pad(
@@ -62,9 +89,11 @@ def ceiling_rows_per_s(scenario: Scenario, model: Path, texts: list[str], thread
         network(**batches[0])
         if device == "cuda":
             torch.cuda.synchronize()
+        if ready is not None:
+            ready.wait()
         started = time.perf_counter()
         for batch in batches:
             network(**batch)
         if device == "cuda":
             torch.cuda.synchronize()
-    return len(texts) / (time.perf_counter() - started)
+    return started, time.perf_counter()

@@ -10,7 +10,7 @@ On the same BBC rows (replicated to --rows, in --files Parquet files):
             padding shares, the driver's phases
   pipeline  `pipeline(task)` called once per text, in this process (on --pipeline-rows rows)
   batched   `pipeline(task)` called once on all texts, batch_size 32 (on --pipeline-rows rows)
-  ceiling   the forward passes alone on pre-tokenized batches of 32 sorted by length, in this process
+  ceiling   the forward passes alone on pre-tokenized batches of 32 sorted by length (baselines.py)
 
 With a GPU (nvidia-smi), each variant's GPU busy % is sampled too. Results: a table, and
 benchmarks/results/<cpu|gpu>-<scenario>-<window>-<dtype>-throughput.json.
