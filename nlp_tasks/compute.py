@@ -134,13 +134,14 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
         auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
-        if rows is not None:
-            auto["batch_size"] = max(1, min(auto["batch_size"], -(-rows // (BATCHES_PER_ACTOR * auto["max_actors"]))))
         settings = {**auto, **chosen}
         if ("num_cpus_per_actor" in chosen and "torch_threads" not in chosen) or "torch_threads" not in settings:
             settings["torch_threads"] = max(1, math.floor(settings["num_cpus_per_actor"]))
         if settings["min_actors"] > settings["max_actors"]:
             settings["max_actors"] = settings["min_actors"]
+        if rows is not None and "batch_size" not in chosen:
+            settings["batch_size"] = max(1, min(settings["batch_size"],
+                                                -(-rows // (BATCHES_PER_ACTOR * settings["max_actors"]))))
         first = next(iter(specs.values()))
         plans.append(PoolPlan(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
