@@ -21,7 +21,8 @@ reading, inference, writing):
   ceiling-eager the same with the model as transformers loads it, which is how the peers run it
 
 Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`). Results go to
-the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json.
+the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json (or --out);
+`--readme NAME ...` writes the README's peers table from such results files, with the machine they ran on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.baselines import ceiling_rows_per_s
-from benchmarks.common import REPO, corpus_rows, minilm_path, print_table, save, write_files
+from benchmarks.common import REPO, RESULTS, corpus_rows, minilm_path, print_table, save, write_files
 from benchmarks.scenarios import SCENARIOS
 
 MAX_LENGTH = 256
@@ -149,6 +151,52 @@ def whole_process(cmd: list[str], log: Path, target: Path, rows: int) -> float:
     return seconds
 
 
+README_TABLE = re.compile(r"(<!-- peers table, written by `python -m benchmarks.peers --readme)[^>]*-->\n.*?"
+                          r"(<!-- end of peers table -->)", re.DOTALL)
+
+
+def readme_table(records: list[dict]) -> str:
+    """The peers table in Markdown, from results records (a later record's figures win): whole-process seconds and
+    rows/s of the job and Daft, and the job against Daft and against its forward-only ceiling."""
+    speeds: dict[int, dict[str, float]] = {}
+    for record in records:
+        for rows, figures in record["rows_per_s"].items():
+            speeds.setdefault(int(rows), {}).update(figures)
+
+    def run(rows: int, variant: str) -> str:
+        rate = speeds[rows].get(variant)
+        return f"{rows / rate:.1f} s ({rate:.1f} rows/s)" if rate else "-"
+
+    def ratio(rows: int, top: str, bottom: str) -> str:
+        figures = speeds[rows]
+        return f"{figures[top] / figures[bottom]:.2f}" if figures.get(top) and figures.get(bottom) else "-"
+
+    def rate(rows: int, variant: str) -> str:
+        return f"{speeds[rows][variant]:.1f} rows/s" if speeds[rows].get(variant) else "-"
+
+    machine = records[0]["machine"]
+    header = ("| rows | the job | Daft `embed_text` | job ÷ Daft | ceiling (the job's kernels) | job ÷ ceiling "
+              "| ceiling-eager (the peers' kernels) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines += [f"| {rows:,} | {run(rows, 'job')} | {run(rows, 'daft')} | {ratio(rows, 'job', 'daft')} "
+              f"| {rate(rows, 'ceiling')} | {ratio(rows, 'job', 'ceiling')} | {rate(rows, 'ceiling-eager')} |"
+              for rows in sorted(speeds)]
+    lines.append(f"\nMachine: {machine['cpu']}, {machine['cores']} cores; torch {machine.get('torch')}, transformers "
+                 f"{machine.get('transformers')}, Ray {machine.get('ray')}, Daft {machine.get('daft')}; "
+                 f"{records[0]['parameters']['dtype']}, {records[0]['parameters']['files']} input files.")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(names: list[str], readme: Path = REPO / "README.md") -> None:
+    """Replace the README's peers table (between its two markers) with one made from results files `names`."""
+    records = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
+    text = readme.read_text()
+    if not README_TABLE.search(text):
+        raise SystemExit(f"{readme} has no peers table markers")
+    table = readme_table(records)
+    readme.write_text(README_TABLE.sub(lambda match: f"{match[1]} {' '.join(names)}` -->\n{table}{match[2]}", text))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 3000, 10000])
@@ -160,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the job's dtype (the peers run their default, float32)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each variant, taken in turns (the machine's speed drifts); the best counts")
+    parser.add_argument("--readme", nargs="+", metavar="NAME",
+                        help="only write the README's peers table from these results files (benchmarks/results)")
     parser.add_argument("--run", nargs=3, metavar=("PEER", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.readme:
+        write_readme(args.readme)
+        return 0
     if args.run:
         PEERS[args.run[0]](args.run[1], args.run[2])
         return 0
@@ -197,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                   *([f"{speeds['job'] / speeds['daft']:.2f}"] if {"job", "daft"} <= set(variants) else [])]
                  for rows, speeds in results.items()])
     path = save(args.out or f"cpu-peers-{args.dtype}", {
-        "parameters": {"files": args.files, "max_length": MAX_LENGTH, "dtype": args.dtype, "tuned": TUNED},
+        "parameters": {"files": args.files, "max_length": MAX_LENGTH, "dtype": args.dtype, "tuned": TUNED,
+                       "repeats": args.repeats},
         "rows_per_s": {str(rows): {v: round(s, 2) for v, s in speeds.items()} for rows, speeds in results.items()},
         "job_reports": job_reports,
     })
