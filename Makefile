@@ -23,9 +23,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  # the README's CPU tables (about an hour on 2 cores): pip install -e ".[bench]" first for the peers
+bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench]" first for the peers
 	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16
-	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --variants job daft ceiling
+	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --repeats 2 --variants job daft ceiling ceiling-eager
+	$(PY) -m benchmarks.peers --readme cpu-peers-float32
 	$(PY) -m benchmarks.examples_cv
 	$(PY) -m benchmarks.ner_grouping
 	$(PY) -m benchmarks.cpu_stages
