@@ -47,15 +47,17 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (models.load_model)."""
     import torch
 
+    from nlp_tasks.engines.choice import choose_engine
     from nlp_tasks.models import load_model
     from nlp_tasks.tasks import get_task
 
     first = next(iter(specs.values()))
     auto_class = get_task(first.task).auto_class
-    if any((s.model, s.revision, get_task(s.task).auto_class) != (first.model, first.revision, auto_class)
-           for s in specs.values()):
+    if any(spec.pool_key != first.pool_key for spec in specs.values()):
         raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
-    loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights)
+    engine = first.engine if first.engine != "auto" else choose_engine(next(iter(specs)), first, compute.dtype)[0]
+    loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights, engine,
+                        compute.inter_threads or 1)
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
@@ -286,7 +288,7 @@ class Annotator:
 
         with torch.inference_mode():
             try:
-                outputs = iter(self.batcher.run([unit for units in rows for unit in units], adapter.forward, tokens))
+                outputs = iter(adapter.run([unit for units in rows for unit in units], self.batcher, tokens))
                 return [[next(outputs) for _ in units] for units in rows]
             except Exception as error:  # noqa: BLE001 - isolate whatever the model raised
                 log.warning("model failed on a batch of %d rows (%s: %s); retrying row by row",
@@ -294,7 +296,7 @@ class Annotator:
             results: list[list[Any] | RowError] = []
             for units in rows:
                 try:
-                    results.append(self.batcher.run(units, adapter.forward, tokens))
+                    results.append(adapter.run(units, self.batcher, tokens))
                 except Exception as error:  # noqa: BLE001
                     results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
             return results

@@ -86,6 +86,9 @@ class PoolPlan:
     stages: str = "fused"
     stage_cpus: float = 1.0
     """With split stages: CPUs each task of the tokenize and postprocess stages reserves."""
+    engine: str = "transformers"
+    inter_threads: int = 1
+    """CTranslate2 pools: batches one actor decodes at once, one thread each."""
 
     @property
     def compute(self) -> ComputeConfig:
@@ -94,14 +97,16 @@ class PoolPlan:
             min_actors=self.min_actors, max_actors=self.max_actors, num_cpus_per_actor=self.num_cpus_per_actor,
             num_gpus_per_actor=self.num_gpus_per_actor, torch_threads=self.torch_threads,
             batch_size=self.batch_size, token_budget=self.token_budget, actor_concurrency=self.actor_concurrency,
-            device=self.device, dtype=self.dtype, stages=self.stages)
+            inter_threads=self.inter_threads, device=self.device, dtype=self.dtype, stages=self.stages)
 
     def describe(self) -> str:
         actors = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
         gpus = f" + {self.num_gpus_per_actor:g} GPU" if self.num_gpus_per_actor else ""
         budget = self.token_budget or "sized from free GPU memory"
+        threads = (f"CTranslate2 with {self.inter_threads} one-thread worker(s)" if self.engine == "ctranslate2"
+                   else f"{self.torch_threads} torch thread(s)")
         return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
-                f"{gpus}, {self.torch_threads} torch thread(s), {self.device} {self.dtype}, batch {self.batch_size}, "
+                f"{gpus}, {threads}, {self.device} {self.dtype}, batch {self.batch_size}, "
                 f"token budget {budget}, {self.actor_concurrency} batch(es) in flight"
                 + (f", tokenizing and postprocessing in CPU tasks of {self.stage_cpus:g} CPU"
                    if self.stages == "split" else ""))
@@ -131,25 +136,29 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
     cpu_pools = sum(1 for gpu in on_gpu if not gpu)
     plans = []
     for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
+        first = next(iter(specs.values()))
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
         auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
+        if first.engine == "ctranslate2":
+            auto = _ctranslate2_defaults(auto, cluster, gpu, chosen.get("max_actors"))
         settings = {**auto, **chosen}
-        if ("num_cpus_per_actor" in chosen and "torch_threads" not in chosen) or "torch_threads" not in settings:
-            settings["torch_threads"] = max(1, math.floor(settings["num_cpus_per_actor"]))
+        threads = "inter_threads" if first.engine == "ctranslate2" and not gpu else "torch_threads"
+        if ("num_cpus_per_actor" in chosen and threads not in chosen) or threads not in settings:
+            settings[threads] = max(1, math.floor(settings["num_cpus_per_actor"]))
         if settings["min_actors"] > settings["max_actors"]:
             settings["max_actors"] = settings["min_actors"]
         if rows is not None and "batch_size" not in chosen:
             settings["batch_size"] = max(1, min(settings["batch_size"],
                                                 -(-rows // (BATCHES_PER_ACTOR * settings["max_actors"]))))
-        first = next(iter(specs.values()))
         plans.append(PoolPlan(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
-            dtype=compute.dtype if compute.dtype != "auto" else ("bfloat16" if gpu else "float32"),
-            stages="split" if pool_split else "fused",
+            dtype=compute.dtype if compute.dtype != "auto" else (
+                ("float16" if first.engine == "ctranslate2" else "bfloat16") if gpu else "float32"),
+            stages="split" if pool_split else "fused", engine=first.engine if first.engine != "auto" else "transformers",
             **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
                                               "num_gpus_per_actor", "torch_threads", "batch_size",
-                                              "token_budget", "actor_concurrency")}))
+                                              "token_budget", "actor_concurrency", "inter_threads")}))
     return with_stage_cpus(plans, cluster)
 
 
@@ -171,7 +180,7 @@ def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
         "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, min(GPU_CPUS_PER_ACTOR_MAX,
                                                                                 cpus_per_gpu * share)),
-        "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
+        "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY, "inter_threads": 1,
     }
 
 
@@ -192,8 +201,21 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
         "num_cpus_per_actor": round(usable / max(pools, 1) / actors, 3),
         "torch_threads": max(1, cores // actors),
-        "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
+        "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1, "inter_threads": 1,
     }
+
+
+def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, actors: int | None) -> dict[str, Any]:
+    """CTranslate2 pools: on CPU one actor per node, whose workers take the pool's cores (one model copy per node,
+    and CTranslate2's docs advise more workers rather than more threads per batch); two batches in flight, so that
+    one batch's last micro-batch never leaves a worker idle. On a GPU one worker per actor, batches queued."""
+    if gpu:
+        return {**auto, "inter_threads": 1}
+    cores = auto["max_actors"] * auto["torch_threads"]
+    actors = actors or min(auto["max_actors"], cluster.nodes)
+    return {**auto, "min_actors": min(auto["min_actors"], actors), "max_actors": actors,
+            "num_cpus_per_actor": round(auto["num_cpus_per_actor"] * auto["max_actors"] / actors, 3),
+            "torch_threads": 1, "inter_threads": max(1, cores // actors), "actor_concurrency": 2}
 
 
 GPU_MEMORY_SHARE = 0.5

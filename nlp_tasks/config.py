@@ -74,8 +74,12 @@ class ComputeConfig(_Strict):
     actor_concurrency: int | None = Field(None, ge=1)
     """Batches one actor works on at once (threads): >1 overlaps tokenization and postprocessing with
     the forward pass of another batch, which keeps a GPU busy."""
+    inter_threads: int | None = Field(None, ge=1)
+    """CTranslate2 pools: batches one actor decodes at once, one thread each (on CPU, CTranslate2's docs advise
+    raising these, not the threads per batch)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8", "int8_float16"] = "auto"
+    """int8 (CPU or GPU) and int8_float16 (GPU): CTranslate2 pools only; never claimed equal to float32."""
     stages: Literal["auto", "fused", "split"] = "auto"
     """split: CPU tasks tokenize and postprocess, the actors only run the model (stages.py); fused: the actors do
     all three. auto: split on GPUs (they are then never kept waiting on Python), fused on CPUs (no hand-off). A
@@ -101,6 +105,9 @@ class TaskSpec(BaseModel):
     task: str
     model: str
     revision: str | None = None
+    engine: Literal["auto", "transformers", "ctranslate2"] = "auto"
+    """What runs the model: auto takes CTranslate2 for a generation task whose checkpoint and options it supports
+    (engines/choice.py), transformers otherwise; naming an engine that cannot run the task is an error."""
     compute: ComputeConfig | None = None
     """This task's pool only; tasks that share a model share a pool, and must agree."""
 
@@ -110,10 +117,17 @@ class TaskSpec(BaseModel):
         get_task(name)
         return name
 
+    @model_validator(mode="after")
+    def _engine_runs_task(self):
+        engines = get_task(self.task).engines
+        if self.engine != "auto" and self.engine not in engines:
+            raise ValueError(f"engine: {self.task} runs on {' or '.join(engines)}, not {self.engine}")
+        return self
+
     @property
     def pool_key(self) -> tuple:
         """Tasks that load the same checkpoint the same way share one actor pool and one model copy."""
-        return self.model, self.revision, get_task(self.task).auto_class
+        return self.model, self.revision, get_task(self.task).auto_class, self.engine
 
     @cached_property
     def options(self) -> TaskOptions:

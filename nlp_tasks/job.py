@@ -26,6 +26,7 @@ from typing import Any
 from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
 from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
 from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.examples import LabelledTexts, read_examples
 from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redact
 from nlp_tasks.lease import LeaseHeld
@@ -60,7 +61,8 @@ class JobResult:
 
 
 def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
-    """Tasks whose models are here (or downloadable), and the reasons for those that are not."""
+    """Tasks whose models are here (or downloadable), each with the engine that runs it (`engine: auto` resolved),
+    and the reasons for those that are not."""
     ready, skipped = {}, {}
     for column, spec in config.tasks.items():
         try:
@@ -70,7 +72,10 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
                 raise InputError(f"tasks.{column}: {error}") from None
             skipped[column] = str(error)
             continue
-        ready[column] = spec
+        engine, why_not = choose_engine(column, spec, config.pool_compute({column: spec}).dtype)
+        if why_not:
+            log.info("task %r runs on %s: %s", column, engine, why_not)
+        ready[column] = spec.model_copy(update={"engine": engine})
     if not ready:
         raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
     return ready, skipped

@@ -18,10 +18,14 @@ def is_remote(ref: str) -> bool:
     return "://" in ref and not ref.startswith("file://")
 
 
+def cache_root() -> Path:
+    """This node's cache of model copies and conversions ($NLP_TASKS_MODEL_CACHE)."""
+    return Path(os.environ.get("NLP_TASKS_MODEL_CACHE", Path.home() / ".cache" / "nlp_tasks" / "models"))
+
+
 def local_copy_dir(ref: str) -> Path:
     """Where a checkpoint from object storage is kept on this node."""
-    root = Path(os.environ.get("NLP_TASKS_MODEL_CACHE", Path.home() / ".cache" / "nlp_tasks" / "models"))
-    return root / hashlib.sha256(ref.rstrip("/").encode()).hexdigest()[:16]
+    return cache_root() / hashlib.sha256(ref.rstrip("/").encode()).hexdigest()[:16]
 
 
 def copy_to_node(ref: str) -> str:
@@ -158,6 +162,18 @@ def checkpoint_files(ref: str, revision: str | None = None) -> tuple[Any, str, d
     return filesystem, root.rstrip("/"), filesystem.find(root, detail=True)
 
 
+def checkpoint_json(ref: str, name: str, revision: str | None = None) -> dict:
+    """One of a checkpoint's JSON files (config.json, generation_config.json), here or in object storage; {} if it
+    has none."""
+    import json
+
+    filesystem, root, files = checkpoint_files(ref, revision)
+    if f"{root}/{name}" not in files:
+        return {}
+    with filesystem.open(f"{root}/{name}", "rb") as handle:
+        return json.load(handle)
+
+
 def weights_bytes(ref: str, revision: str | None = None) -> int:
     """Size of a checkpoint's weight files: how much memory a copy of the model needs, roughly."""
     _, _, files = checkpoint_files(ref, revision)
@@ -201,11 +217,12 @@ def pick_dtype(dtype: str, device: Any) -> Any:
 
 
 def load_model(auto_class: str, ref: str, revision: str | None, device: str, dtype: str,
-               weights: bool = True) -> Any:
+               weights: bool = True, engine: str = "transformers", engine_threads: int = 1) -> Any:
     """Load tokenizer and model once, in eval mode on the chosen device and dtype.
 
     `weights=False`: the tokenizer and the model's skeleton on the meta device (its config and modules, no
-    weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it.
+    weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it; so too
+    beside another `engine` (ctranslate2, with `engine_threads` workers), which runs the model itself.
     On CPU the linear layers are packed for oneDNN (cpu_linear.py). Outside a terminal (an actor, a log) no
     progress bar is drawn: transformers draws one per load.
     """
@@ -218,17 +235,29 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
         transformers.utils.logging.disable_progress_bar()
         disable_progress_bars()
 
-    from nlp_tasks.tasks.base import LoadedModel
-
     import torch
+
+    from nlp_tasks.tasks.base import LoadedModel
 
     path = resolve_model(ref)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
-    if not weights:
+    if not weights or engine != "transformers":
         config = transformers.AutoConfig.from_pretrained(path, revision=revision)
         with torch.device("meta"):
             model = getattr(transformers, auto_class).from_config(config)
-        return LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
+        skeleton = LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
+        if not weights:
+            return skeleton
+        from nlp_tasks.engines.ctranslate2_models import CTranslate2Model, converted
+
+        torch_device = pick_device(device)
+        quantization = dtype if dtype != "auto" else ("float16" if torch_device.type == "cuda" else "float32")
+        skeleton.device = torch_device
+        skeleton.engine = CTranslate2Model(
+            converted(path, model_fingerprint(ref, revision), quantization), auto_class == "AutoModelForSeq2SeqLM",
+            torch_device.type, quantization, engine_threads, tokenizer,
+            generation=checkpoint_json(path, "generation_config.json", revision))
+        return skeleton
     torch_device = pick_device(device)
     model = getattr(transformers, auto_class).from_pretrained(
         path, revision=revision, dtype=pick_dtype(dtype, torch_device)

@@ -19,7 +19,8 @@ TEXTS = tiny_models.sample_texts()
 ])
 def test_seq2seq_batched_equals_single_generate(models, annotate, task, options):
     path = models["seq2seq"]
-    out = annotate({"gen": {"task": task, "model": str(path), **options}}, TEXTS).column("gen").to_pylist()
+    out = annotate({"gen": {"task": task, "model": str(path), "engine": "transformers", **options}},
+                   TEXTS).column("gen").to_pylist()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
     generate = {k: v for k, v in options.items() if k != "prefix"}

@@ -8,13 +8,14 @@ row's unit outputs into one typed Arrow value.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-from nlp_tasks.batching import Features
+from nlp_tasks.batching import Features, MicroBatcher
 
 
 class TaskOptions(BaseModel):
@@ -72,7 +73,10 @@ class LoadedModel:
 
     tokenizer: Any
     model: Any
+    """The transformers model; with another engine, its skeleton (config and modules, no weights)."""
     device: Any
+    engine: Any = None
+    """The engine that runs the model where it is not PyTorch (engines/ctranslate2_models.CTranslate2Model)."""
 
 
 class TaskAdapter:
@@ -82,6 +86,8 @@ class TaskAdapter:
     aliases: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
     auto_class: ClassVar[str]
+    engines: ClassVar[tuple[str, ...]] = ("transformers",)
+    """What can run the task's model; `engine: auto` picks one by the checkpoint (engines/choice.py)."""
     padding_side: ClassVar[str] = "right"
     text_encoding: ClassVar[dict[str, bool] | None] = None
     """For tasks whose units are the text alone, tokenized: the tokenizer's options (their preprocess is then
@@ -159,6 +165,11 @@ class TaskAdapter:
     def forward(self, inputs: dict[str, Any]) -> list[Any]:
         """Run the model on one padded micro-batch; return one output per unit (CPU, unpadded)."""
         raise NotImplementedError
+
+    def run(self, units: list[Features], batcher: MicroBatcher, tokens: Counter | None = None) -> list[Any]:
+        """Each unit's output, in order: `forward` over the batcher's length-sorted micro-batches (an engine with
+        batching of its own overrides this)."""
+        return batcher.run(units, self.forward, tokens)
 
     def postprocess(self, text: str, units: list[Features], outputs: list[Any]) -> Any:
         """Fold one row's units and their outputs into the Python value of its Arrow column."""

@@ -66,20 +66,43 @@ def generate(model: Any, inputs: dict[str, Any], options: GenerationOptions, **e
     return model.generate(**inputs, **options.generate_kwargs(), **extra)
 
 
+class GenerationTask(TaskAdapter):
+    """What the generation tasks share: transformers' `generate` in `forward`, or CTranslate2 (`engine`), whose
+    decoding arguments are mapped once from the checkpoint's generation_config and the task's options."""
+
+    engines = ("transformers", "ctranslate2")
+
+    def __init__(self, loaded: LoadedModel, options: GenerationOptions):
+        super().__init__(loaded, options)
+        self.engine = loaded.engine
+        if self.engine is not None:
+            from nlp_tasks.engines.decoding import ctranslate2_decoding, generation_settings
+
+            task = {**options.generate_kwargs(), **self.generate_extra(), "seed": options.seed}
+            self.decoding = ctranslate2_decoding(generation_settings(self.engine.generation, task),
+                                                 seq2seq=self.auto_class == "AutoModelForSeq2SeqLM")
+
+    def generate_extra(self) -> dict[str, Any]:
+        """Settings the task derives beyond its options (a forced first token)."""
+        return {}
+
+    def run(self, units, batcher, tokens=None):
+        if self.engine is None:
+            return super().run(units, batcher, tokens)
+        return self.engine.generate(units, self.decoding, batcher.token_budget, tokens)
+
+
 SUMMARY_LEVELS = pa.struct([("summary", pa.string()), ("levels", pa.int32())])
 
 
 @register
-class Summarization(TaskAdapter):
+class Summarization(GenerationTask):
     name = "summarization"
     options_class = SummarizationOptions
     auto_class = "AutoModelForSeq2SeqLM"
 
     def arrow_type(self) -> pa.DataType:
         return pa.string() if self.options.long_text == "truncate" else SUMMARY_LEVELS
-
-    def generate_extra(self) -> dict[str, Any]:
-        return {}
 
     def reserved_tokens(self) -> int:
         """Every window starts with the prefix."""

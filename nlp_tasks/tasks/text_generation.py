@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import PositiveInt
 
-from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, single_units
+from nlp_tasks.tasks.base import LoadedModel, single_units
 from nlp_tasks.tasks.registry import register
-from nlp_tasks.tasks.seq2seq import GenerationOptions, generate
+from nlp_tasks.tasks.seq2seq import GenerationOptions, GenerationTask, generate
 
 
 class TextGenerationOptions(GenerationOptions):
@@ -17,16 +17,16 @@ class TextGenerationOptions(GenerationOptions):
 
 
 @register
-class TextGeneration(TaskAdapter):
+class TextGeneration(GenerationTask):
     name = "text-generation"
     options_class = TextGenerationOptions
     auto_class = "AutoModelForCausalLM"
     padding_side = "left"
 
     def __init__(self, loaded: LoadedModel, options: TextGenerationOptions):
+        if loaded.tokenizer.pad_token_id is None:
+            loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
         super().__init__(loaded, options)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @property
     def max_length(self) -> int:
