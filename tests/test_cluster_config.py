@@ -1,9 +1,12 @@
-"""cluster.yaml and k8s/rayjob.yaml are valid, and fit what jobs/configs/nightly.yaml asks for.
+"""cluster.yaml, k8s/rayjob.yaml and k8s/raycronjob.yaml are valid, and fit what jobs/configs/nightly.yaml asks for.
 
 cluster.yaml goes through the same preparation and validation as `ray up` before it talks to
 AWS: defaults merged, then checked against the launcher's JSON schema that the ray package
 ships. No RayJob CRD schema ships offline, so the manifest gets a hand-written check of the
-fields KubeRay needs.
+fields KubeRay needs. The RayCronJob gets the same check on its job template, and is validated
+against KubeRay 1.7.0's own schema, cut down in tests/schemas, with unknown fields rejected as
+`kubectl apply` does; its job template must equal the RayJob's spec, which that schema then
+covers too (in that release it is the RayJob CRD's spec schema).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
+import zoneinfo
 from pathlib import Path
 
 import jsonschema
@@ -26,6 +31,12 @@ from nlp_tasks.plan import group_by_model
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
 RAYJOB_DOCS = list(yaml.safe_load_all((ROOT / "k8s" / "rayjob.yaml").read_text()))
+RAYCRONJOB_DOCS = list(yaml.safe_load_all((ROOT / "k8s" / "raycronjob.yaml").read_text()))
+RAYCRONJOB_SCHEMA = yaml.safe_load((ROOT / "tests" / "schemas" / "kuberay-1.7.0-raycronjob.yaml").read_text())
+MAX_RAYCRONJOB_NAME = 36
+"""KubeRay 1.7's limit: each night's RayJob is named <name>-<minute> and must fit the RayJob's own limit."""
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
+"""minute, hour, day of month, month, day of week (0 is Sunday)."""
 NIGHTLY = "jobs/configs/nightly.yaml"
 RAY_MINOR = ".".join(ray.__version__.split(".")[:2])
 PROJECT_VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
@@ -151,17 +162,22 @@ def rayjob() -> dict:
     return RAYJOB_DOCS[0]
 
 
-def test_rayjob_has_the_fields_kuberay_needs(rayjob):
-    assert rayjob_problems(rayjob) == []
-    assert rayjob["spec"]["entrypoint"] == f"python -m jobs.annotate --config {NIGHTLY}"
-    cluster = rayjob["spec"]["rayClusterSpec"]
+def assert_runs_nightly_on_this_release(spec: dict) -> None:
+    """A RayJob spec runs the nightly config on the Ray of pyproject.toml, with this release's code."""
+    assert spec["entrypoint"] == f"python -m jobs.annotate --config {NIGHTLY}"
+    cluster = spec["rayClusterSpec"]
     images = [c["image"] for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
               for c in group["template"]["spec"]["containers"]]
     assert cluster["rayVersion"].startswith(f"{RAY_MINOR}.")
     assert all(image.startswith(f"rayproject/ray:{cluster['rayVersion']}-") for image in images)
-    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert f"v{PROJECT_VERSION}" in runtime_env["working_dir"]
     assert any(f"v{PROJECT_VERSION}" in package for package in runtime_env["pip"])
+
+
+def test_rayjob_has_the_fields_kuberay_needs(rayjob):
+    assert rayjob_problems(rayjob) == []
+    assert_runs_nightly_on_this_release(rayjob["spec"])
 
 
 @pytest.mark.parametrize("mutate, problem", [
@@ -184,3 +200,159 @@ def test_rayjob_has_room_for_the_nightly_job(rayjob):
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     shape = cpus(limits["cpu"]), float(limits["nvidia.com/gpu"]), group["maxReplicas"]
     fits(nightly_pools(*shape), *shape)
+
+
+def cron_field(text: str, low: int, high: int) -> set[int]:
+    """The values one cron field names: "*", "5", "1-5", "*/15", "0-30/10", or a list of these. Raises ValueError
+    on anything else: stricter than KubeRay's parser, which also takes names (MON, JAN) and "@daily"."""
+    values: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"(?:\*|(\d+)-(\d+))(?:/(\d+))?|(\d+)", part)
+        if not match:
+            raise ValueError(f"{part!r} is not a cron field")
+        if match[4]:
+            start = end = int(match[4])
+        else:
+            start, end = (int(match[1]), int(match[2])) if match[1] else (low, high)
+        step = int(match[3] or 1)
+        if not low <= start <= end <= high or step < 1:
+            raise ValueError(f"{part!r} is outside {low}-{high}")
+        values.update(range(start, end + 1, step))
+    return values
+
+
+def cron_schedule(expression: str) -> list[set[int]]:
+    """A 5-field cron expression as the minutes, hours, days of month, months and days of week it names."""
+    fields = expression.split()
+    if len(fields) != len(CRON_RANGES):
+        raise ValueError(f"{expression!r} has {len(fields)} fields, not 5 (minute hour day-of-month month day-of-week)")
+    return [cron_field(text, low, high) for text, (low, high) in zip(fields, CRON_RANGES)]
+
+
+@pytest.mark.parametrize("expression, error", [
+    ("0 2 * *", "not 5"),
+    ("0 2 * * * *", "not 5"),
+    ("60 2 * * *", "outside 0-59"),
+    ("0 24 * * *", "outside 0-23"),
+    ("0 2 0 * *", "outside 1-31"),
+    ("0 2 * * 7", "outside 0-6"),
+    ("0 5-2 * * *", "outside 0-23"),
+    ("*/0 2 * * *", "outside 0-59"),
+    ("5/10 2 * * *", "not a cron field"),
+    ("0 2 * * MON", "not a cron field"),
+    ("@daily", "not 5"),
+    ("TZ=Etc/UTC 0 2 * * *", "not 5"),
+])
+def test_cron_schedule_rejects_what_is_not_a_5_field_expression(expression, error):
+    with pytest.raises(ValueError, match=error):
+        cron_schedule(expression)
+
+
+def test_cron_schedule_expands_fields():
+    assert cron_schedule("*/20 2,14 1-10/3 * 1-5") == [
+        {0, 20, 40}, {2, 14}, {1, 4, 7, 10}, set(range(1, 13)), {1, 2, 3, 4, 5}]
+
+
+def raycronjob_problems(doc: dict) -> list[str]:
+    """What a RayCronJob (ray.io/v1) manifest lacks for this project; empty when it is complete. Its job template
+    gets the RayJob's checks, on the RayJob KubeRay makes of it."""
+    problems = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    need(doc.get("apiVersion") == "ray.io/v1", "apiVersion: ray.io/v1")
+    need(doc.get("kind") == "RayCronJob", "kind: RayCronJob")
+    name = (doc.get("metadata") or {}).get("name", "")
+    need(bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)) and len(name) <= MAX_RAYCRONJOB_NAME,
+         f"metadata.name: a DNS-1123 label of at most {MAX_RAYCRONJOB_NAME} characters")
+    spec = doc.get("spec") or {}
+    try:
+        cron_schedule(str(spec.get("schedule", "")))
+    except ValueError as error:
+        problems.append(f"spec.schedule: a 5-field cron expression ({error})")
+    need(spec.get("timeZone") in zoneinfo.available_timezones(), "spec.timeZone: an IANA time zone")
+    need(spec.get("suspend", False) is False, "spec.suspend: false (a suspended RayCronJob never runs)")
+    template = spec.get("jobTemplate")
+    need(isinstance(template, dict), "spec.jobTemplate: a RayJob spec")
+    if isinstance(template, dict):
+        tonight = f"{name}-{int(time.time()) // 60}"  # KubeRay names each RayJob after its minute
+        rayjob = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": tonight}, "spec": template}
+        problems += [f"spec.jobTemplate: {problem}" for problem in rayjob_problems(rayjob)]
+    return problems
+
+
+def closed(schema):
+    """A copy of a CRD schema in which every object that lists its fields takes no others: `kubectl apply` rejects
+    unknown fields (strict field validation, its default), where jsonschema would let them through."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copied = {key: closed(value) for key, value in schema.items()}
+    if "properties" in schema:
+        copied.setdefault("additionalProperties", False)
+    return copied
+
+
+@pytest.fixture(scope="module")
+def raycronjob() -> dict:
+    assert len(RAYCRONJOB_DOCS) == 1, "k8s/raycronjob.yaml should hold one document"
+    return RAYCRONJOB_DOCS[0]
+
+
+def test_raycronjob_has_the_fields_kuberay_needs(raycronjob):
+    assert raycronjob_problems(raycronjob) == []
+    assert_runs_nightly_on_this_release(raycronjob["spec"]["jobTemplate"])
+
+
+def test_raycronjob_passes_kuberays_schema(raycronjob):
+    jsonschema.validate(raycronjob, closed(RAYCRONJOB_SCHEMA))
+
+
+def test_raycronjob_runs_once_a_night(raycronjob):
+    minutes, hours, days, months, weekdays = cron_schedule(raycronjob["spec"]["schedule"])
+    assert len(minutes) == len(hours) == 1
+    assert (days, months, weekdays) == (set(range(1, 32)), set(range(1, 13)), set(range(7)))
+
+
+def test_raycronjob_runs_the_rayjob(raycronjob, rayjob):
+    """One cluster shape, image and runtime environment: the template is the RayJob's spec, all of it."""
+    assert raycronjob["spec"]["jobTemplate"] == rayjob["spec"]
+    assert raycronjob["metadata"]["labels"] == rayjob["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("mutate, problem", [
+    pytest.param(lambda d: d.update(kind="CronJob"), "kind: RayCronJob", id="kind"),
+    pytest.param(lambda d: d["metadata"].update(name="nlp-annotate-nightly-with-a-long-name"),
+                 f"metadata.name: a DNS-1123 label of at most {MAX_RAYCRONJOB_NAME} characters", id="long-name"),
+    pytest.param(lambda d: d["spec"].update(schedule="0 2 * *"), "spec.schedule: a 5-field cron expression",
+                 id="four-fields"),
+    pytest.param(lambda d: d["spec"].update(timeZone="Europe/Springfield"), "spec.timeZone: an IANA time zone",
+                 id="unknown-zone"),
+    pytest.param(lambda d: d["spec"].update(suspend=True), "spec.suspend: false", id="suspended"),
+    pytest.param(lambda d: d["spec"]["jobTemplate"].pop("entrypoint"), "spec.jobTemplate: spec.entrypoint",
+                 id="no-entrypoint"),
+])
+def test_raycronjob_check_notices_a_missing_field(raycronjob, mutate, problem):
+    broken = copy.deepcopy(raycronjob)
+    mutate(broken)
+    assert any(found.startswith(problem) for found in raycronjob_problems(broken))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    pytest.param(lambda d: d["spec"].update(concurrencyPolicy="Forbid"), "'concurrencyPolicy' was unexpected",
+                 id="no-concurrency-policy-in-1.7"),
+    pytest.param(lambda d: d["spec"]["jobTemplate"].update(shutdownAfterJobFinish=True),
+                 "'shutdownAfterJobFinish' was unexpected", id="template-typo"),
+    pytest.param(lambda d: d["spec"]["jobTemplate"]["rayClusterSpec"]["workerGroupSpecs"][0].update(maxReplica=8),
+                 "'maxReplica' was unexpected", id="worker-group-typo"),
+    pytest.param(lambda d: d["spec"].update(timeZone=""), "should be non-empty", id="empty-zone"),
+    pytest.param(lambda d: d["spec"].pop("schedule"), "'schedule' is a required property", id="no-schedule"),
+])
+def test_kuberays_schema_rejects_a_broken_copy(raycronjob, mutate, message):
+    broken = copy.deepcopy(raycronjob)
+    mutate(broken)
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
+        jsonschema.validate(broken, closed(RAYCRONJOB_SCHEMA))
