@@ -36,6 +36,7 @@ CASES = [
     ("translation", {"max_new_tokens": 10, "tgt_lang": "The"}),
     ("text-generation", {"max_new_tokens": 10}),
     ("text-generation", {"max_new_tokens": 8, "num_beams": 2, "return_full_text": True}),
+    ("text-generation", {"max_new_tokens": 6, "min_new_tokens": 6, "repetition_penalty": 1.3}),
 ]
 
 
@@ -96,6 +97,14 @@ def test_each_row_equals_generate_or_is_a_near_tie(models, annotate, task, optio
                 >= mean_log_prob(model, inputs, expected, specials, seq2seq) - NEAR_TIE), text
     assert ties <= len(TEXTS) // 4, f"{ties} of {len(TEXTS)} rows differ"
     assert any(ours)
+
+
+def test_sampling_on_ctranslate2_is_seeded(models, annotate):
+    task = {"task": "text-generation", "model": str(models["text-generation"]), "engine": "ctranslate2",
+            "max_new_tokens": 12, "do_sample": True, "top_k": 20, "temperature": 1.5}
+    first, again = (annotate({"g": {**task, "seed": 1}}, TEXTS).column("g").to_pylist() for _ in range(2))
+    other = annotate({"g": {**task, "seed": 2}}, TEXTS).column("g").to_pylist()
+    assert first == again and first != other
 
 
 def test_map_reduce_runs_every_level_through_ctranslate2(models, annotate):

@@ -24,8 +24,11 @@ from nlp_tasks.tasks.registry import register
 class GenerationOptions(TaskOptions):
     max_new_tokens: PositiveInt | None = 128
     min_length: NonNegativeInt | None = None
+    """transformers' min_length: counts the decoder start token, and for text-generation the prompt too."""
+    min_new_tokens: NonNegativeInt | None = None
     num_beams: PositiveInt | None = None
     no_repeat_ngram_size: NonNegativeInt | None = None
+    repetition_penalty: PositiveFloat | None = None
     length_penalty: float | None = None
     early_stopping: bool | None = None
     do_sample: bool = False
@@ -37,8 +40,8 @@ class GenerationOptions(TaskOptions):
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The options `generate` takes, leaving unset ones to the checkpoint's generation_config."""
-        fields = ("max_new_tokens", "min_length", "num_beams", "no_repeat_ngram_size", "length_penalty",
-                  "early_stopping", "do_sample", "temperature", "top_k", "top_p")
+        fields = ("max_new_tokens", "min_length", "min_new_tokens", "num_beams", "no_repeat_ngram_size",
+                  "repetition_penalty", "length_penalty", "early_stopping", "do_sample", "temperature", "top_k", "top_p")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
