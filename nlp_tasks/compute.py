@@ -35,6 +35,10 @@ CPU_TOKEN_BUDGET = 2048
 """Padded tokens per micro-batch on CPU: 8 rows of 256 tokens. On BBC rows with one thread, in-process, MiniLM ran
 24.7 rows/s in bfloat16 at 2,048 against 22.0 at 1,024 and 24.1 at 4,096; in float32 13.15 against 13.2 at 1,024
 and 12.2 at 4,096 (BERT-base: 1.97, 2.00, 1.87)."""
+CTRANSLATE2_CPU_TOKEN_BUDGET = 8192
+"""Padded source tokens per micro-batch of a CTranslate2 pool on CPU: 16 rows of 512. Beam search 4 over BBC rows
+(BART-base shape, one process, 2 workers) took 16.9 CPU-seconds for 16 rows at 8,192 against 20.7 at 4,096 and
+24.6 at 2,048."""
 CPU_BATCH_SIZE = 64
 GPU_BATCH_SIZE = 512
 GPU_ACTOR_CONCURRENCY = 4
@@ -155,7 +159,8 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
             dtype=compute.dtype if compute.dtype != "auto" else (
                 ("float16" if first.engine == "ctranslate2" else "bfloat16") if gpu else "float32"),
-            stages="split" if pool_split else "fused", engine=first.engine if first.engine != "auto" else "transformers",
+            stages="split" if pool_split else "fused",
+            engine=first.engine if first.engine != "auto" else "transformers",
             **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
                                               "num_gpus_per_actor", "torch_threads", "batch_size",
                                               "token_budget", "actor_concurrency", "inter_threads")}))
@@ -180,7 +185,8 @@ def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
         "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, min(GPU_CPUS_PER_ACTOR_MAX,
                                                                                 cpus_per_gpu * share)),
-        "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY, "inter_threads": 1,
+        "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
+        "inter_threads": 1,
     }
 
 
@@ -201,7 +207,8 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
         "num_cpus_per_actor": round(usable / max(pools, 1) / actors, 3),
         "torch_threads": max(1, cores // actors),
-        "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1, "inter_threads": 1,
+        "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
+        "inter_threads": 1,
     }
 
 
@@ -215,7 +222,8 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
     actors = actors or min(auto["max_actors"], cluster.nodes)
     return {**auto, "min_actors": min(auto["min_actors"], actors), "max_actors": actors,
             "num_cpus_per_actor": round(auto["num_cpus_per_actor"] * auto["max_actors"] / actors, 3),
-            "torch_threads": 1, "inter_threads": max(1, cores // actors), "actor_concurrency": 2}
+            "torch_threads": 1, "inter_threads": max(1, cores // actors), "actor_concurrency": 2,
+            "token_budget": CTRANSLATE2_CPU_TOKEN_BUDGET}
 
 
 GPU_MEMORY_SHARE = 0.5

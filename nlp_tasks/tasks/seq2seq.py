@@ -41,7 +41,8 @@ class GenerationOptions(TaskOptions):
     def generate_kwargs(self) -> dict[str, Any]:
         """The options `generate` takes, leaving unset ones to the checkpoint's generation_config."""
         fields = ("max_new_tokens", "min_length", "min_new_tokens", "num_beams", "no_repeat_ngram_size",
-                  "repetition_penalty", "length_penalty", "early_stopping", "do_sample", "temperature", "top_k", "top_p")
+                  "repetition_penalty", "length_penalty", "early_stopping", "do_sample", "temperature", "top_k",
+                  "top_p")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
