@@ -221,7 +221,7 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
     cores = auto["max_actors"] * auto["torch_threads"]
     actors = actors or min(auto["max_actors"], cluster.nodes)
     return {**auto, "min_actors": min(auto["min_actors"], actors), "max_actors": actors,
-            "num_cpus_per_actor": round(auto["num_cpus_per_actor"] * auto["max_actors"] / actors, 3),
+            "num_cpus_per_actor": math.floor(auto["num_cpus_per_actor"] * auto["max_actors"] / actors * 100) / 100,
             "torch_threads": 1, "inter_threads": max(1, cores // actors), "actor_concurrency": 2,
             "token_budget": CTRANSLATE2_CPU_TOKEN_BUDGET}
 

@@ -155,3 +155,21 @@ def test_three_models_run_on_two_cpus_without_a_compute_section(ray_local, tmp_p
     speeds = report["throughput"]
     assert speeds["embedding"]["tokens"] == speeds["topic"]["tokens"] > 0
     assert speeds["embedding"]["actor_seconds"] > 0 and speeds["topic"]["actor_seconds"] > 0
+
+
+def test_ctranslate2_pools_take_a_node_each_and_their_workers_take_its_cores():
+    tasks = {"summary": {"task": "summarization", "model": "s", "engine": "ctranslate2"},
+             "sentiment": {"task": "sentiment-analysis", "model": "a"}}
+    summary, sentiment = plans_for(job(tasks), Cluster(cpus=16, gpus=0, memory=64e9, nodes=2, fixed_size=True),
+                                   [500 * MB, 100 * MB])
+    assert (summary.engine, summary.max_actors, summary.inter_threads, summary.actor_concurrency) == (
+        "ctranslate2", 2, 4, 2)
+    assert summary.max_actors * summary.num_cpus_per_actor <= (16 - 2 * CPU_RESERVE) / 2
+    assert (sentiment.engine, sentiment.max_actors, sentiment.inter_threads) == ("transformers", 8, 1)
+    assert "CTranslate2 with 4 one-thread worker(s)" in summary.describe()
+    [hand] = plans_for(job({"summary": tasks["summary"]}, {"num_cpus_per_actor": 1, "max_actors": 3}),
+                       Cluster(cpus=16, gpus=0, memory=64e9, nodes=2, fixed_size=True), [500 * MB])
+    assert (hand.max_actors, hand.inter_threads) == (3, 1)
+    [gpu] = plans_for(job({"summary": tasks["summary"]}), Cluster(cpus=16, gpus=2, memory=64e9, nodes=2,
+                                                                   fixed_size=True), [500 * MB])
+    assert (gpu.device, gpu.dtype, gpu.inter_threads) == ("cuda", "float16", 1)
