@@ -28,6 +28,8 @@ bench: setup  # the README's CPU tables (about two hours on 2 cores): pip instal
 	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --repeats 2 --variants job daft ceiling ceiling-eager
 	$(PY) -m benchmarks.peers --readme cpu-peers-float32
 	$(PY) -m benchmarks.examples_cv
+	$(PY) -m benchmarks.summarization --docs 48
+	$(PY) -m benchmarks.summarization --docs 1000 --beams 4 --dtypes float32 int8 --variants job ctranslate2
 	$(PY) -m benchmarks.ner_grouping
 	$(PY) -m benchmarks.cpu_stages
 
