@@ -246,17 +246,12 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
         with torch.device("meta"):
             model = getattr(transformers, auto_class).from_config(config)
         skeleton = LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
-        if not weights:
-            return skeleton
-        from nlp_tasks.engines.ctranslate2_models import CTranslate2Model, converted
+        if weights:  # another engine runs the model
+            from nlp_tasks.engines.ctranslate2_models import load_ctranslate2
 
-        torch_device = pick_device(device)
-        quantization = dtype if dtype != "auto" else ("float16" if torch_device.type == "cuda" else "float32")
-        skeleton.device = torch_device
-        skeleton.engine = CTranslate2Model(
-            converted(path, model_fingerprint(ref, revision), quantization), auto_class == "AutoModelForSeq2SeqLM",
-            torch_device.type, quantization, engine_threads, tokenizer,
-            generation=checkpoint_json(path, "generation_config.json", revision))
+            skeleton.device = pick_device(device)
+            skeleton.engine = load_ctranslate2(ref, revision, path, auto_class == "AutoModelForSeq2SeqLM",
+                                               skeleton.device.type, dtype, engine_threads, tokenizer)
         return skeleton
     torch_device = pick_device(device)
     model = getattr(transformers, auto_class).from_pretrained(

@@ -71,6 +71,16 @@ def _converter(path: str) -> Any:
     return Converter(path)
 
 
+def load_ctranslate2(ref: str, revision: str | None, path: str, seq2seq: bool, device: str, dtype: str,
+                     threads: int, tokenizer: Any) -> CTranslate2Model:
+    """The checkpoint `ref` (here at `path`) in CTranslate2 on `device`, converted for `dtype` once per node."""
+    from nlp_tasks.models import checkpoint_json, model_fingerprint
+
+    quantization = dtype if dtype != "auto" else ("float16" if device == "cuda" else "float32")
+    return CTranslate2Model(converted(path, model_fingerprint(ref, revision), quantization), seq2seq, device,
+                            quantization, threads, tokenizer, checkpoint_json(path, "generation_config.json", revision))
+
+
 class CTranslate2Model:
     """A converted checkpoint in CTranslate2 (a Translator for encoder-decoders, a Generator for decoders), turning
     units into generated token ids. `threads`: batches decoded at once, one thread each (on CPU its docs advise
