@@ -264,8 +264,8 @@ def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, st
         elif is_data_file(file):
             files[file] = info
     return filesystem, root, files, {
-        hidden: f"starts with {hidden[0]!r}, as readers skip it: {count} file(s) not read (name the folder as "
-                "input.path to read it)" for hidden, count in sorted(skipped.items())}
+        hidden: f"starts with {hidden.rstrip('/').rsplit('/', 1)[-1][0]!r}, as readers skip it: {count} file(s) not "
+                "read (name the folder as input.path to read it)" for hidden, count in sorted(skipped.items())}
 
 
 def read_footer(filesystem: Any, path: str, size: int) -> tuple[pq.FileMetaData, str]:
