@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nlp_tasks.io import FOOTER_READERS, read_footer, redact, version_of
-from nlp_tasks.lease import Lease
+from nlp_tasks.lease import Lease, LeaseHeld
 from nlp_tasks.storage import TornFile, dump, parse_json, read_json, write_atomic
 
 MANIFEST = "__manifest"
@@ -220,8 +220,14 @@ class OutputStore:
             if if_exists == "resume" and (changed := change_message(previous, job)):
                 raise OutputConflict(f"output.path {self.name!r} {changed}; write to a new output.path "
                                      "or set output.if_exists: overwrite")
-        self.filesystem.makedirs(self.path(MANIFEST), exist_ok=True)
-        self.lease.acquire()
+        try:
+            self.filesystem.makedirs(self.path(MANIFEST), exist_ok=True)
+            self.lease.acquire()
+        except LeaseHeld:
+            raise
+        except Exception as error:  # noqa: BLE001 - OSError, or a client's own (aiohttp, botocore): the first writes
+            raise OutputConflict(f"output.path {self.name!r}: cannot create or write it ({type(error).__name__}: "
+                                 f"{redact(str(error))})") from None
         try:
             if entries and if_exists == "overwrite":
                 self._delete_own_output(entries)

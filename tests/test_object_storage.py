@@ -128,3 +128,62 @@ def test_exclusive_create_on_s3_lets_one_writer_in(s3_endpoint):
     assert create_exclusive(fs, "corpus/out/__manifest/lease-00000001.json", b'{"run": "a"}')
     assert not create_exclusive(fs, "corpus/out/__manifest/lease-00000001.json", b'{"run": "b"}')
     assert fs.cat_file("corpus/out/__manifest/lease-00000001.json") == b'{"run": "a"}'
+
+
+SECRET = "AKIAEXAMPLEKEYID:wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET"
+
+
+def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, models, tmp_path):
+    """s3:// reads no credentials from a URL (s3fs would take `KEY:SECRET@bucket` for a bucket name and print it in a
+    botocore error): in input, output, model or examples, the job stops in one line naming the URL without them."""
+    import s3fs
+    import yaml
+
+    from test_data_safety import cli
+
+    fs = s3fs.S3FileSystem()
+    with fs.open("corpus/creds/in/a.parquet", "wb") as handle:
+        pq.write_table(pa.table({"id": ["a0"], "text": ["Paris is big."]}), handle)
+    url = f"s3://{SECRET}@corpus/creds"
+    model = str(models["text-classification"])
+    sentiment = {"task": "sentiment-analysis", "model": model}
+    cases = {
+        "input.path": ({"path": f"{url}/in/"}, {"path": "s3://corpus/creds/out/"}, sentiment),
+        "output.path": ({"path": "s3://corpus/creds/in/"}, {"path": f"{url}/out/"}, sentiment),
+        "tasks.s.model": ({"path": "s3://corpus/creds/in/"}, {"path": "s3://corpus/creds/out/"},
+                          {**sentiment, "model": f"{url}/models/sentiment"}),
+        "tasks.s.examples": ({"path": "s3://corpus/creds/in/"}, {"path": "s3://corpus/creds/out/"},
+                             {"task": "embedding-classification", "model": str(models["token-classification"]),
+                              "examples": {"path": f"{url}/examples.parquet"}}),
+    }
+    for key, (source, output, task) in cases.items():
+        config = tmp_path / "job.yaml"
+        config.write_text(yaml.safe_dump({"input": {**source, "id_column": "id"}, "output": output,
+                                          "tasks": {"s": task}}))
+        result = cli(str(config))
+        printed = result.stdout + result.stderr
+        for piece in SECRET.replace(":", "/").split("/"):
+            assert piece not in printed, (key, printed[-3000:])
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (key, printed[-3000:])
+        assert lines[0].startswith(f"error: {key} 's3://corpus/creds/") and "does not take credentials" in lines[0]
+    fs.invalidate_cache()
+    assert not fs.exists("corpus/creds/out"), "nothing was written"
+
+
+def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_endpoint, models, tmp_path):
+    """A bucket that does not exist, with a secret in another URL on the command line: one line, no secret."""
+    import yaml
+
+    from test_data_safety import cli
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": "s3://no-such-bucket/in/", "id_column": "id"},
+        "output": {"path": "s3://corpus/out-missing/"},
+        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
+    }))
+    result = cli(str(config), "--output", f"https://user:{SECRET.split(':')[1]}@example.invalid/out")
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("INFO ")]
+    assert result.returncode == 2 and len(lines) == 1 and "'s3://no-such-bucket/in/'" in lines[0], result.stderr[-3000:]
+    assert "wJalr" not in result.stdout + result.stderr and "Traceback" not in result.stderr
