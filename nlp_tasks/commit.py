@@ -302,7 +302,9 @@ class OutputStore:
         self.filesystem.makedirs(self.staging, exist_ok=True)
 
     def _listing(self) -> dict[str, dict]:
-        """The output folder's entries by name, with their sizes and versions: one listing request."""
+        """The output folder's entries by name, with their sizes and versions, as storage has them now (not as a
+        client's listing cache remembers them): one listing."""
+        self.filesystem.invalidate_cache(self.root)
         entries = self.filesystem.ls(self.root, detail=True)
         return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in entries}
 
@@ -330,7 +332,7 @@ class OutputStore:
                     doubtful.append((unit, part))
 
         def check(item: tuple[str, dict]) -> str | None:
-            unit, part = item
+            part = item[1]
             entry = listing[part["file"]]
             try:
                 metadata, footer_sha256 = read_footer(self.filesystem, self.path(part["file"]), int(entry["size"]))

@@ -1,6 +1,6 @@
 """The run report: what a run did, for machines (JSON) and for people (a summary and an HTML page).
 
-Written next to the output as `__reports/run-<UTC time>.{json,html}`: rows in and out, rows with
+Written next to the output as `__reports/run-<UTC time, to the millisecond>.{json,html}`: rows in and out, rows with
 errors by reason, per-task throughput measured inside the actors (rows/s and tokens/s of model
 time), wall time per stage, models and their fingerprints, the config fingerprint, library
 versions, and the distribution of labels or entity types per task.
@@ -168,7 +168,8 @@ def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     name a URL); returns the JSON's path."""
     from nlp_tasks.io import redact
 
-    stamp = report["finished_at"].replace(":", "").replace("-", "")
+    now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
     from nlp_tasks.commit import REPORTS
 
     folder = f"{output_root.rstrip('/')}/{REPORTS}"

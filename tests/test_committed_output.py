@@ -4,7 +4,6 @@ redone once; the summary says what the output holds; nothing of a run's staging 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq

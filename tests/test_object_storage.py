@@ -187,3 +187,62 @@ def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("INFO ")]
     assert result.returncode == 2 and len(lines) == 1 and "'s3://no-such-bucket/in/'" in lines[0], result.stderr[-3000:]
     assert "wJalr" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint, models, tmp_path):
+    """On object storage too: a deleted part, a truncated one and one rewritten with another footer but the same
+    size (its ETag changes) are each found at start; their files are redone once, every row ends up there once."""
+    import json
+    import os
+
+    import ray
+    import s3fs
+    import yaml
+
+    from jobs.annotate import main
+
+    fs = s3fs.S3FileSystem()
+    for index in range(3):
+        with fs.open(f"corpus/damage/in/f{index}.parquet", "wb") as handle:
+            pq.write_table(pa.table({"id": [f"{index}-{i}" for i in range(4)], "text": ["Paris is big."] * 4}), handle)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": "s3://corpus/damage/in/", "id_column": "id"},
+        "output": {"path": "s3://corpus/damage/out/", "rows_per_file": 2},
+        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
+        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 2},
+    }))
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+        key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                         "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
+    try:
+        assert main(["--config", str(config)]) == 0
+        assert main(["--config", str(config)]) == 0  # records each part's ETag
+        fs.invalidate_cache()
+        markers = {}
+        for path in fs.find("corpus/damage/out/__manifest/units/"):
+            marker = json.loads(fs.cat_file(path))
+            markers[marker["source"].rsplit("/", 1)[-1]] = marker
+        assert all(part.get("version") for marker in markers.values() for part in marker["parts"])
+        parts = {name: f"corpus/damage/out/{marker['parts'][-1]['file']}" for name, marker in markers.items()}
+        fs.rm(parts["f0.parquet"])
+        fs.pipe_file(parts["f1.parquet"], fs.cat_file(parts["f1.parquet"])[:50])
+        data = fs.cat_file(parts["f2.parquet"])
+        at = data.rindex(b"parquet-cpp-arrow version ") + len(b"parquet-cpp-arrow version ")
+        fs.pipe_file(parts["f2.parquet"], data[:at] + b"9" + data[at + 1:])
+        assert main(["--config", str(config)]) == 0
+        assert main(["--config", str(config)]) == 0
+    finally:
+        ray.shutdown()
+    fs.invalidate_cache()
+    reports = sorted(fs.find("corpus/damage/out/__reports/"))
+    repaired = json.loads(fs.cat_file([p for p in reports if p.endswith(".json")][-2]))["input_changes"]["repaired"]
+    reasons = {"f0.parquet": "is missing", "f1.parquet": "truncated or replaced", "f2.parquet": "not the part committed"}
+    assert len(repaired) == 3
+    for name, reason in reasons.items():
+        assert [note for note in repaired if f"{name}'" in note and reason in note], (name, repaired)
+    last = json.loads(fs.cat_file([p for p in reports if p.endswith(".json")][-1]))
+    assert last["input_changes"]["repaired"] == [] and last["files_processed"] == 0
+    files = [p for p in fs.find("corpus/damage/out/") if p.endswith(".parquet") and "/__" not in p]
+    table = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in files])
+    assert sorted(table.column("id").to_pylist()) == sorted(f"{f}-{i}" for f in range(3) for i in range(4))
