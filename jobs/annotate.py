@@ -1,8 +1,10 @@
 """Run the annotation job: `python -m jobs.annotate --config jobs/configs/demo.yaml`.
 
 With no cluster address this starts an embedded local Ray; with RAY_ADDRESS set, or under
-`ray job submit`, it joins that cluster. Exit 0 on success; on a bad config, input or model:
-exit 2 with one line naming what is wrong, before any model is loaded.
+`ray job submit`, it joins that cluster. Exit 0 on success; on a bad config, input, model or
+output path: exit 2 with one line naming what is wrong, before any model is loaded; when the run
+cannot make the output whole: exit 1 with one line saying what to do. Nothing printed carries a
+credential: every message, log line and traceback is redacted (io.redact).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
+from pathlib import Path
 
 from nlp_tasks.config import ConfigError, load_config
-from nlp_tasks.io import InputError
-from nlp_tasks.logs import dropping_known_ray_noise
-from nlp_tasks.report import summary
+from nlp_tasks.io import InputError, redact, register_secrets
+from nlp_tasks.logs import dropping_known_ray_noise, redact_logging
+from nlp_tasks.report import holds, summary
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,26 +44,43 @@ def show_rows(path: str, count: int) -> None:
             print(f"{key:>12}: {text[:200] + ' ...' if len(text) > 200 else text}")
 
 
+def register_config_secrets(args: argparse.Namespace) -> None:
+    """Learn the credentials of every URL on the command line and in the config file, before anything can fail."""
+    register_secrets(f"{args.input or ''} {args.output or ''}")
+    try:
+        register_secrets(Path(args.config).read_text(errors="replace"))
+    except OSError:
+        pass  # load_config names the problem
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    redact_logging()
+    register_config_secrets(args)
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)
-        from nlp_tasks.job import run_job
+        from nlp_tasks.job import JobFailed, run_job
 
         with dropping_known_ray_noise():
-            result = run_job(config)
+            try:
+                result = run_job(config)
+            except JobFailed as error:
+                print(f"error: {redact(str(error))}", file=sys.stderr)
+                return EXIT_FAILED
     except (ConfigError, InputError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception:  # noqa: BLE001 - a bug or a storage failure: its traceback, without credentials
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        return EXIT_FAILED
     for column, reason in result.skipped.items():
-        print(f"skipped task {column!r}: {reason}")
-    print(summary(result.report))
+        print(f"skipped task {column!r}: {redact(reason)}")
+    print(redact(summary(result.report)))
     print(f"report: {result.report_path} (and .html)")
     print(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
-          f"output has {result.rows_out} of {result.rows_in} rows with {', '.join(result.tasks)} "
-          f"after {result.seconds:.1f} s -> {result.output_path}")
+          f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> {result.output_path}")
     if args.show:
         show_rows(result.output_path, args.show)
     return 0

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from nlp_tasks.config import ConfigError, load_config
+from nlp_tasks.io import redact, register_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -64,29 +65,34 @@ def runtime_env() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    register_secrets(f"{args.input or ''} {args.output or ''} {args.address}")
+    try:
+        register_secrets(Path(args.config).read_text(errors="replace"))
+    except OSError:
+        pass  # load_config names the problem
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         load_config(args.config, overrides)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(args.address)
     job_id = client.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env())
-    print(f"submitted job {job_id} to {args.address}")
-    print(f"follow its logs with: ray job logs --follow {job_id} --address {args.address}")
+    print(f"submitted job {job_id} to {redact(args.address)}")
+    print(f"follow its logs with: ray job logs --follow {job_id} --address {redact(args.address)}")
     if not args.wait:
         return 0
 
     # Polling needs nothing beyond `requests`; streaming the logs would need ray[default]'s aiohttp.
     while not (status := client.get_job_status(job_id)).is_terminal():
         time.sleep(POLL_S)
-    print(client.get_job_logs(job_id), end="")
+    print(redact(client.get_job_logs(job_id)), end="")
     print(f"job {job_id}: {status.value}")
     if status != JobStatus.SUCCEEDED:
-        print(f"error: {client.get_job_info(job_id).message}", file=sys.stderr)
+        print(f"error: {redact(client.get_job_info(job_id).message)}", file=sys.stderr)
         return 1
     return 0
 

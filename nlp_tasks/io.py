@@ -41,14 +41,69 @@ class InputError(Exception):
     """The input cannot be annotated as configured; the message names the file and problem."""
 
 
-def redact(url: str) -> str:
-    """A path or URL without the credentials it may carry: `user:password@` and secret-looking query values.
+URL_CREDENTIALS = re.compile(r"([A-Za-z][\w+.-]*://)([^\s/'\"@:]*(?::(?!\d*(?:[/?#'\"\s]|$))[^\s'\"@]*)?)@")
+"""`user:password@` (or `token@`) after a URL's scheme; a `:` followed by digits and a slash is a port."""
+SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:sig|token|secret|password|passwd|key|credential|auth)[^=&\s]*=)([^&\s'\"]*)",
+                          re.IGNORECASE)
+SECRETS: set[str] = set()
+"""Credentials the configured URLs carry (`register_secrets`): replaced wherever they appear, URL or not (s3fs,
+for one, puts `user:password@bucket` in its errors without the scheme)."""
 
-    Every path that is recorded (row ids, manifest, reports) or printed goes through this.
+
+def register_secrets(text: str) -> None:
+    """Remember the credentials of every URL in `text` (a config, a command line), so that `redact` removes them
+    from any message, whole or in pieces (an error may cut a secret at a slash)."""
+    from urllib.parse import unquote
+
+    for match in URL_CREDENTIALS.finditer(text):
+        user, colon, password = match.group(2).partition(":")
+        pieces = {match.group(2), f"{user}:{password.split('/')[0]}", password, *password.split("/")} if colon \
+            else {user}  # a user name is no secret; a token alone (https://TOKEN@host) is
+        SECRETS.update(piece for value in pieces for piece in (value, unquote(value)) if len(piece) >= 4)
+    SECRETS.update(value for match in SECRET_QUERY.finditer(text) if len(value := match.group(2)) >= 4)
+
+
+def redact(text: str) -> str:
+    """A path, URL or message without the credentials it may carry: `user:password@` and secret-looking query
+    values of any URL in it, and every registered secret.
+
+    Every path that is recorded (row ids, manifest, reports) or printed, and every message, log line and
+    traceback the job shows, goes through this.
     """
-    url = re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", url)
-    return re.sub(r"([?&][^=&]*(?:sig|token|secret|password|passwd|key|credential|auth)[^=&]*=)[^&]*", r"\1***",
-                  url, flags=re.IGNORECASE)
+    text = SECRET_QUERY.sub(r"\1***", URL_CREDENTIALS.sub(r"\1", text))
+    for secret in sorted(SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+CREDENTIAL_HINTS = {
+    "s3": "as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or the machine's role",
+    "gs": "as GOOGLE_APPLICATION_CREDENTIALS or the machine's service account",
+    "gcs": "as GOOGLE_APPLICATION_CREDENTIALS or the machine's service account",
+    "hf": "as HF_TOKEN",
+}
+URL_CREDENTIAL_USERS = ("http", "https")
+"""Protocols whose filesystem passes the URL, credentials included, to its client as it is."""
+
+
+def check_credentials(key: str, url: str) -> None:
+    """Credentials in a URL must be ones its filesystem uses (ftp://, sftp://, http://); elsewhere (s3://: a
+    bucket cannot be named `user:password@bucket`) it is a one-line error naming the URL without them."""
+    match = URL_CREDENTIALS.match(url)
+    if not match:
+        return
+    protocol = match.group(1)[:-3].lower()
+    if protocol in URL_CREDENTIAL_USERS:
+        return
+    from fsspec.registry import get_filesystem_class
+
+    try:
+        used = {str(value) for value in get_filesystem_class(protocol)._get_kwargs_from_urls(url).values()}
+    except Exception:  # noqa: BLE001 - an unknown protocol or a driver not installed: fsspec says so later
+        used = set()
+    if not used & set(match.group(2).split(":")):
+        raise InputError(f"{key} {redact(url)!r}: {protocol}:// does not take credentials in the URL; remove them and "
+                         f"give them {CREDENTIAL_HINTS.get(protocol, 'the way its filesystem reads them')}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +154,8 @@ class InputFiles:
     """The input columns as the workers read them (partition columns last), the same for every file."""
     quarantined: dict[str, str] = field(default_factory=dict)
     """Bad files set aside (with `bad_files: quarantine`), by name, and why."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Folders and files below input.path that readers pass over (`hidden_part`), and how many files they hold."""
 
     @property
     def num_rows(self) -> int:
@@ -148,21 +205,38 @@ def mapped(schema: pa.Schema, change) -> pa.Schema:
     return pa.schema([field.with_type(change(field.type)) for field in schema])
 
 
-def _is_data_file(path: str) -> bool:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return not name.startswith(("_", ".")) and name.endswith((*PARQUET_SUFFIXES, ARROW_SUFFIX))
+def hidden_part(relative: str) -> str | None:
+    """The folder or files of `relative` (a path below input.path) that Parquet readers (pyarrow.dataset, Spark,
+    pandas) pass over: the first folder whose name starts with `_` or `.` (`_temporary/`, `.ipynb_checkpoints/`,
+    another output's `__staging/`), with a trailing `/`, or for a file so named (`_SUCCESS`, `.part-0.crc`) the
+    pattern of its folder's such files (`sub/_*`); None if there is none.
+
+    input.path itself may name such a folder: only what is below it is looked at.
+    """
+    components = relative.strip("/").split("/")
+    for depth, component in enumerate(components):
+        if component.startswith(("_", ".")):
+            if depth < len(components) - 1:
+                return "/".join(components[:depth + 1]) + "/"
+            return "/".join([*components[:depth], component[0] + "*"])
+    return None
 
 
-def _version(info: dict) -> str | None:
+def is_data_file(path: str) -> bool:
+    return path.endswith((*PARQUET_SUFFIXES, ARROW_SUFFIX))
+
+
+def version_of(info: dict) -> str | None:
+    """A file's modification time or ETag, from its listing entry."""
     for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "modified"):
         if info.get(key) is not None:
             return str(info[key]).strip('"')
     return None
 
 
-def list_input_files(path: str) -> tuple[Any, str, dict[str, dict]]:
-    """The filesystem, what the input path names (a file, a folder, a glob's folder), and each input file's
-    listing entry (size, version), by path.
+def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, str]]:
+    """The filesystem, what the input path names (a file, a folder, a glob's folder), each input file's listing
+    entry (size, version) by path, and what was passed over below it (`hidden_part`), by folder or file.
 
     A glob is only a glob where the path names no existing file (file names may hold `?`, `*` or `[`).
     """
@@ -171,18 +245,27 @@ def list_input_files(path: str) -> tuple[Any, str, dict[str, dict]]:
     try:
         filesystem, root = url_to_fs(path)
         if filesystem.isfile(root):
-            return filesystem, root, {root: filesystem.info(root)}
+            return filesystem, root, {root: filesystem.info(root)}, {}
         if filesystem.isdir(root):
             found = filesystem.find(root, detail=True)
-            return filesystem, root, {p: info for p, info in found.items() if _is_data_file(p[len(root):])}
-        if globbing.has_magic(root):
-            found = filesystem.glob(root, detail=True)
-            return filesystem, re.split(r"[*?\[]", root)[0].rsplit("/", 1)[0], {
-                p: info for p, info in found.items() if info.get("type") != "directory"}
+        elif globbing.has_magic(root):
+            found = {p: info for p, info in filesystem.glob(root, detail=True).items()
+                     if info.get("type") != "directory"}
+            root = re.split(r"[*?\[]", root)[0].rsplit("/", 1)[0]
+        else:
+            raise InputError(f"input.path {redact(path)!r}: no such file or directory")
     except (OSError, ValueError, ImportError) as error:
         raise InputError(f"input.path {redact(path)!r}: cannot list it ({type(error).__name__}: "
                          f"{redact(str(error))})") from None
-    raise InputError(f"input.path {redact(path)!r}: no such file or directory")
+    files, skipped = {}, {}
+    for file, info in found.items():
+        if (hidden := hidden_part(file[len(root):])) is not None:
+            skipped[hidden] = skipped.get(hidden, 0) + 1
+        elif is_data_file(file):
+            files[file] = info
+    return filesystem, root, files, {
+        hidden: f"starts with {hidden.rstrip('/').rsplit('/', 1)[-1][0]!r}, as readers skip it: {count} file(s) not "
+                "read (name the folder as input.path to read it)" for hidden, count in sorted(skipped.items())}
 
 
 def read_footer(filesystem: Any, path: str, size: int) -> tuple[pq.FileMetaData, str]:
@@ -266,7 +349,7 @@ def inspect_file(filesystem: Any, path: str, info: dict, root: str,
             return f"partition folder {key}=... names a column the file already has"
     return InputFile(
         path=path, name=name, rows=sum(row_group_rows), row_group_rows=row_group_rows, size=int(info["size"]),
-        version=_version(info), footer_sha256=footer_sha256, partition=partition, format=file_format,
+        version=version_of(info), footer_sha256=footer_sha256, partition=partition, format=file_format,
     ), schema
 
 
@@ -277,9 +360,10 @@ def inspect_input(config: InputConfig) -> InputFiles:
     Every file must have the first good file's schema, up to the width of offsets (string and large_string
     are the same column); the workers cast every file's rows to it.
     """
-    filesystem, root, listing = list_input_files(config.path)
+    filesystem, root, listing, skipped = list_input_files(config.path)
     if not listing:
-        raise InputError(f"input.path {redact(config.path)!r}: no Parquet or Arrow files found")
+        passed = f" (skipped, as readers do: {', '.join(skipped)})" if skipped else ""
+        raise InputError(f"input.path {redact(config.path)!r}: no Parquet or Arrow files found{passed}")
     paths = sorted(listing)
     with ThreadPoolExecutor(FOOTER_READERS) as pool:
         inspected = list(pool.map(lambda p: inspect_file(filesystem, p, listing[p], root, config), paths))
@@ -302,4 +386,4 @@ def inspect_input(config: InputConfig) -> InputFiles:
         raise InputError(f"input.path {redact(config.path)!r}: no usable input file ({len(quarantined)} quarantined)")
     for key in dict(files[0].partition):
         schema = schema.append(pa.field(key, pa.string()))
-    return InputFiles(filesystem, root, files, schema, quarantined)
+    return InputFiles(filesystem, root, files, schema, quarantined, skipped)

@@ -28,7 +28,7 @@ from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.examples import LabelledTexts, read_examples
-from nlp_tasks.io import InputError, InputFile, InputFiles, inspect_input, redact
+from nlp_tasks.io import InputError, InputFile, InputFiles, check_credentials, inspect_input, redact, register_secrets
 from nlp_tasks.lease import LeaseHeld
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
 from nlp_tasks.plan import Refresh, annotated_dataset, fragments_of, group_by_model
@@ -51,6 +51,10 @@ class JobResult:
     files_processed: int = 0
     seconds: float = 0.0
     quarantined: dict[str, str] = field(default_factory=dict)
+    skipped_inputs: dict[str, str] = field(default_factory=dict)
+    """Folders and files below input.path that readers pass over, so the job did too (io.hidden_part)."""
+    rows_kept_vanished: int = 0
+    """Rows the output keeps of committed input files that are gone (output.vanished_inputs: keep)."""
     changes: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds of the driver's phases: checks, Ray start, annotating (first record, all records), commits."""
@@ -81,6 +85,10 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
     return ready, skipped
 
 
+class JobFailed(Exception):
+    """The run could not make the output whole; the message names the file and what to do. Not a user error."""
+
+
 def fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -92,7 +100,7 @@ def job_manifest(config: JobConfig, tasks: dict[str, TaskSpec], examples: dict[s
     for column, spec in tasks.items():
         entry = {
             "task": spec.task, "model": redact(spec.model), "revision": spec.revision,
-            "options": spec.options.model_dump(mode="json"),
+            "options": json.loads(redact(json.dumps(spec.options.model_dump(mode="json")))),
             "model_fingerprint": model_fingerprint(spec.model, spec.revision),
         }
         if column in examples:
@@ -202,9 +210,10 @@ def upgrade_markers(store: OutputStore, job: dict) -> None:
 
 
 def compare(source: InputFiles, markers: dict[str, dict], fingerprints: dict[str, str], drop_removed: bool,
-            skipped: set[str]) -> InputChanges:
-    """Which input files need annotating: new ones and ones whose identity changed since their commit, in full;
-    committed ones whose task fingerprints differ from `fingerprints`, for the differing columns only.
+            skipped: set[str], redone: set[str] = frozenset()) -> InputChanges:
+    """Which input files need annotating: new ones and ones whose identity (or row count) changed since their
+    commit, in full; committed ones whose task fingerprints differ from `fingerprints`, for the differing columns
+    only. Files whose committed output was dropped as broken (`redone`, reported as repaired) are not called new.
 
     A skipped task (its model unavailable here) keeps whatever column committed files hold.
     """
@@ -216,7 +225,7 @@ def compare(source: InputFiles, markers: dict[str, dict], fingerprints: dict[str
     changes = InputChanges(todo=[], unchanged=0)
     for unit, file in files.items():
         marker = markers.get(unit)
-        if marker is not None and marker["identity"] == file.identity:
+        if marker is not None and marker["identity"] == file.identity and marker["rows"] == file.rows:
             done = marker.get("tasks", {})
             recompute = tuple(column for column, value in fingerprints.items() if done.get(column) != value)
             removed = [column for column in done if column not in fingerprints and column not in skipped]
@@ -230,6 +239,8 @@ def compare(source: InputFiles, markers: dict[str, dict], fingerprints: dict[str
         changes.todo.append(file)
         if marker is not None:
             changes.changed.append(file.name)
+        elif unit in redone:
+            continue
         elif (old := gone_by_content.pop(file.content_key, None)) is not None:
             changes.renamed[file.name] = gone[old]["source"]
             changes.renamed_units.append(old)
@@ -437,6 +448,12 @@ def run_job(config: JobConfig) -> JobResult:
     from fsspec.core import url_to_fs
 
     started, timings = time.perf_counter(), {}
+    register_secrets(config.model_dump_json())
+    for key, url in [("input.path", config.input.path), ("output.path", config.output.path),
+                     *((f"tasks.{column}.model", spec.model) for column, spec in config.tasks.items()),
+                     *((f"tasks.{column}.examples", spec.options.examples.path) for column, spec in config.tasks.items()
+                       if getattr(spec.options, "examples", None) is not None)]:
+        check_credentials(key, url)
     with timed(timings, "inspect_input"):
         source = inspect_input(config.input)
     for column in [*config.tasks, config.output.errors_column,
@@ -445,6 +462,8 @@ def run_job(config: JobConfig) -> JobResult:
             raise InputError(f"input column {column!r} clashes with an output column of the same name")
     for path, problem in source.quarantined.items():
         log.warning("quarantined input file %r: %s", path, problem)
+    for path, why in source.skipped.items():
+        log.info("input: not reading %r: %s", path, why)
     with timed(timings, "check_models"):
         tasks, skipped = runnable_tasks(config)
         examples = {column: read_examples(column, spec.options.examples) for column, spec in tasks.items()
@@ -453,13 +472,17 @@ def run_job(config: JobConfig) -> JobResult:
     for column, reason in skipped.items():
         log.warning("skipping task %r: %s", column, reason)
 
-    store = OutputStore(*url_to_fs(config.output.path), name=redact(config.output.path))
-    check_separate(source, store)
+    name = redact(config.output.path)
     try:
+        store = OutputStore(*url_to_fs(config.output.path), name=name)
+        check_separate(source, store)
         with timed(timings, "open_output"):
             store.open(job, config.output.if_exists, job_change)
     except (OutputConflict, LeaseHeld) as error:
         raise InputError(str(error)) from None
+    except (OSError, ValueError, ImportError) as error:
+        raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "
+                         f"{redact(str(error))})") from None
     try:
         return _annotate_and_commit(config, tasks, skipped, source, store, job, examples, started, timings)
     finally:
@@ -471,7 +494,14 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
                          started: float, timings: dict[str, float]) -> JobResult:
     fingerprints = {column: entry["fingerprint"] for column, entry in job["tasks"].items()}
     upgrade_markers(store, job)
-    changes = compare(source, store.markers, fingerprints, config.output.removed_tasks == "drop", set(skipped))
+    changes = compare(source, store.markers, fingerprints, config.output.removed_tasks == "drop", set(skipped),
+                      set(store.redone))
+    current = {file.unit for file in source.files}
+    repaired = [f"{why}; " + ("its input file is annotated again" if unit in current else
+                              "its input file is gone: its rows are no longer in the output")
+                for unit, why in store.redone.items()]
+    for note in repaired:
+        log.warning("repaired: %s", note)
     keep_vanished = config.output.vanished_inputs == "keep"
     for unit in changes.renamed_units + ([] if keep_vanished else changes.vanished_units):
         store.remove(unit)
@@ -513,16 +543,20 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
             commits.finish()
     if missing := commits.missing():
         name, rows = next(iter(missing.items()))
-        raise RuntimeError(f"{len(missing)} input file(s) not committed, e.g. {name!r}: {rows} rows missing")
+        raise JobFailed(f"{len(missing)} input file(s) not committed, e.g. {name!r}: {rows} rows missing; run the "
+                        "job again to annotate them")
+    for file in source.files:
+        if store.markers[file.unit]["rows"] != file.rows:
+            raise JobFailed(f"input file {file.name!r} has {file.rows} rows but its commit in the output holds "
+                            f"{store.markers[file.unit]['rows']}; run the job again: it annotates the file again")
 
-    rows_out = sum(store.markers[file.unit]["rows"] for file in source.files)
-    if rows_out != source.num_rows:
-        raise RuntimeError(f"output has {rows_out} rows of the input's files but the input has {source.num_rows}")
-    result = JobResult(store.name, source.num_rows, rows_out, list(tasks), skipped,
+    kept_vanished = sum(store.markers[unit]["rows"] for unit in changes.vanished_units if unit in store.markers)
+    result = JobResult(store.name, source.num_rows, source.num_rows, list(tasks), skipped,
                        files_done_before=changes.unchanged, files_processed=len(changes.todo) + len(changes.refreshes),
-                       quarantined=source.quarantined, seconds=time.perf_counter() - started,
+                       quarantined=source.quarantined, skipped_inputs=source.skipped, rows_kept_vanished=kept_vanished,
+                       seconds=time.perf_counter() - started,
                        changes={**changes.as_report(keep_vanished, [column for column in tasks if column in needed]),
-                                "repaired": store.repaired},
+                                "repaired": repaired + store.repaired},
                        timings=timings, pools=[plan.as_dict() for plan in plans])
     result.report = report.to_dict(job, result, run_stats, stage_stats)
     result.report_path = write_report(store.filesystem, store.root, result.report)

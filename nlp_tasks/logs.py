@@ -1,4 +1,5 @@
-"""Keep the job's logs readable: drop the one ERROR line Ray prints for every healthy run.
+"""Keep the job's logs readable and free of secrets: drop the one ERROR line Ray prints for every healthy run, and
+pass every log record and every line written to stderr through the redaction (io.redact).
 
 Ray Data hands each pool actor its own constructor arguments by reference (object refs it owns
 on the driver), and Ray core logs, once per process, an ERROR that actor restarts could fail if
@@ -6,11 +7,15 @@ such arguments were lost (ray-project/ray#53727, #57733). Here they live as long
 so restarts work (tests/test_faults.py kills actors and a worker node), and a line at ERROR level
 in every run teaches people to ignore errors. Ray writes it from C++ straight to file
 descriptor 2, so it can only be dropped there: `dropping_known_ray_noise` passes stderr through a
-pipe and drops lines that contain exactly that message; every other line goes through unchanged.
+pipe and drops lines that contain exactly that message; every other line goes through redacted. That
+pipe also catches what no Python logger formats: tracebacks Ray prints for its workers, warnings of
+C++ libraries. Log records are redacted where they are formatted (`RedactingFilter`), before any
+handler writes them anywhere.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -18,6 +23,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+
+
+def redacted(line: bytes) -> bytes:
+    from nlp_tasks.io import redact
+
+    return redact(line.decode(errors="surrogateescape")).encode(errors="surrogateescape")
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts the record's message, traceback and stack before the handler formats them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from nlp_tasks.io import redact
+
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def redact_logging() -> None:
+    """Redact what every handler of the root logger writes, Python warnings included (they are logged)."""
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 @contextmanager
@@ -37,7 +72,7 @@ def dropping_known_ray_noise() -> Iterator[None]:
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
                 if not any(noise in line for noise in KNOWN_NOISE):
-                    os.write(original, line)
+                    os.write(original, redacted(line))
 
     forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
     forwarder.start()

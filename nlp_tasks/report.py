@@ -1,6 +1,6 @@
 """The run report: what a run did, for machines (JSON) and for people (a summary and an HTML page).
 
-Written next to the output as `__reports/run-<UTC time>.{json,html}`: rows in and out, rows with
+Written next to the output as `__reports/run-<UTC time, to the millisecond>.{json,html}`: rows in and out, rows with
 errors by reason, per-task throughput measured inside the actors (rows/s and tokens/s of model
 time), wall time per stage, models and their fingerprints, the config fingerprint, library
 versions, and the distribution of labels or entity types per task.
@@ -46,6 +46,7 @@ class RunReport:
             "output": result.output_path,
             "rows_in": result.rows_in,
             "rows_out": result.rows_out,
+            "rows_kept_from_vanished_inputs": result.rows_kept_vanished,
             "rows_this_run": self.rows,
             "files_processed": result.files_processed,
             "files_already_committed": result.files_done_before,
@@ -57,6 +58,7 @@ class RunReport:
             ],
             "skipped_tasks": result.skipped,
             "quarantined_files": result.quarantined,
+            "skipped_inputs": result.skipped_inputs,
             "input_changes": result.changes,
             "rows_by_writer": dict(self.writers.most_common()),
             "time_s": result.timings,
@@ -81,6 +83,7 @@ def summary(report: dict) -> str:
         f"rows with errors: {report['rows_with_errors']}",
     ]
     lines += [f"quarantined input file {path}: {problem}" for path, problem in report["quarantined_files"].items()]
+    lines += [f"not read below input.path: {path} {why}" for path, why in report["skipped_inputs"].items()]
     changes = report["input_changes"]
     for kind in ("changed", "vanished"):
         if changes.get(kind):
@@ -155,14 +158,25 @@ def to_html(report: dict) -> str:
     )
 
 
+def holds(report: dict) -> str:
+    """What the output holds after the run: the current input's rows, and those kept of vanished input files."""
+    kept = report["rows_kept_from_vanished_inputs"]
+    return (f"output holds {report['rows_out'] + kept} rows: {report['rows_out']} of the input's {report['rows_in']}"
+            + (f" and {kept} kept from vanished input files" if kept else ""))
+
+
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
-    """Write the JSON and HTML next to the output; returns the JSON's path."""
-    stamp = report["finished_at"].replace(":", "").replace("-", "")
+    """Write the JSON and HTML next to the output, secrets redacted (a task's skip reason, a stage's error may
+    name a URL); returns the JSON's path."""
+    from nlp_tasks.io import redact
+
+    now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
     from nlp_tasks.commit import REPORTS
 
     folder = f"{output_root.rstrip('/')}/{REPORTS}"
     filesystem.makedirs(folder, exist_ok=True)
     for suffix, text in (("json", json.dumps(report, indent=2)), ("html", to_html(report))):
         with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:
-            handle.write(text.encode())
+            handle.write(redact(text).encode())
     return f"{folder}/run-{stamp}.json"

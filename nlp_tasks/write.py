@@ -4,15 +4,19 @@ The last stage of the plan. A batch's rows are sorted by (unit, position) and cu
 consecutive positions of one unit; each run becomes one Parquet part in the run's staging
 folder, under a name unique to this attempt (a retried task writes a new file instead of
 racing the old one). The stage returns one record per part: which rows it holds, where it was
-staged, who wrote it, and the counts the run report needs (errors by reason, labels per task).
+staged, its size and footer checksum (what the marker records, to tell later whether the committed
+part is still this one), who wrote it, and the counts the run report needs (errors by reason, labels
+per task).
 The driver commits a unit once its parts cover all its rows (`commit.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import struct
 import uuid
 from collections import Counter
 from typing import Any
@@ -26,6 +30,7 @@ from nlp_tasks.stats import calls_in
 
 PART_RECORD = pa.schema([
     ("unit", pa.string()), ("first", pa.int64()), ("rows", pa.int64()), ("staged", pa.string()),
+    ("size", pa.int64()), ("footer_sha256", pa.string()),
     ("writer", pa.string()), ("counts", pa.string()), ("calls", pa.string()),
 ])
 """What the write stage returns per part: all the driver ever sees of the rows."""
@@ -72,6 +77,13 @@ def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[st
     }
 
 
+def footer_sha256(data: pa.Buffer) -> str:
+    """sha256 of a Parquet file's footer with its length and magic (the bytes io.read_footer checksums)."""
+    view = memoryview(data)
+    footer_length = struct.unpack("<I", view[-8:-4])[0]
+    return hashlib.sha256(view[-(footer_length + 8):]).hexdigest()
+
+
 def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> pa.Table:
     """The batch's output columns in one order for every part, whatever their path here (an input file's rows
     or a committed part's): `columns` first, then any other carried column, then the errors."""
@@ -97,9 +109,13 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
         unit, first = str(units[start]), int(positions[start])
         part = rows.slice(start, end - start)
         staged = f"{staging}/{unit}-{first:012d}-{uuid.uuid4().hex[:8]}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink)
+        data = sink.getvalue()
         with filesystem.open(staged, "wb") as handle:
-            pq.write_table(part, handle)
-        records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "writer": writer,
+            handle.write(data)
+        records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "size": data.size,
+                        "footer_sha256": footer_sha256(data), "writer": writer,
                         "counts": json.dumps(part_counts(part, tasks, errors_column)),
                         "calls": json.dumps(calls_in(batch.slice(start, end - start)))})
     return pa.Table.from_pylist(records, schema=PART_RECORD)

@@ -51,10 +51,17 @@ def report(out: Path) -> dict:
     return json.loads(sorted((out / "__reports").glob("*.json"))[-1].read_text())
 
 
-def error_line(config: str, *args: str) -> str:
-    """The CLI run as a user runs it: exit 2 and one line on stderr, no traceback."""
-    result = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config), *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+def cli(config: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run as a user runs it, its output captured."""
+    return subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def error_line(config: str, *args: str, secret: str | None = None) -> str:
+    """The CLI run as a user runs it: exit 2 and one line on stderr, no traceback, and `secret` nowhere."""
+    result = cli(config, *args)
+    if secret is not None:
+        assert secret not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
     return lines[0]
@@ -281,6 +288,77 @@ def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, mod
             assert b"hunter2" not in path.read_bytes(), path
 
 
+def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, models):
+    """http:// takes credentials from the URL; when the input, model or examples it names cannot be read, or the
+    output cannot be written there, the one-line error names the URL without them."""
+    (tmp_path / "served").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                               "--directory", str(tmp_path / "served")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://reader:hunter2@127.0.0.1:{port}"
+    corpus = tmp_path / "corpus"
+    write_rows(corpus / "a.parquet", ["a0"])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        cases = {
+            "input.path": (lambda: write_job(tmp_path, f"{base}/missing.parquet", models=models), "missing.parquet"),
+            "output.path": (lambda: write_job(tmp_path, corpus, f"{base}/out", models=models), "/out"),
+            "model": (lambda: write_job(tmp_path, corpus, models=models, tasks={"sentiment": {
+                "task": "sentiment-analysis", "model": f"{base}/model"}}), "/model"),
+            "examples": (lambda: write_job(tmp_path, corpus, models=models, tasks={"sentiment": {
+                "task": "embedding-classification", "model": str(models["token-classification"]),
+                "examples": {"path": f"{base}/examples.parquet"}}}), "/examples.parquet"),
+        }
+        for name, (config, where) in cases.items():
+            line = error_line(config(), secret="hunter2")
+            assert f"http://127.0.0.1:{port}" in line and where in line, (name, line)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_log_records_and_stderr_lines_are_redacted(capfd):
+    """What no message of ours formats, a library's log record or traceback, a line a C++ library or Ray writes
+    to stderr, passes through the redaction too."""
+    import io
+    import logging
+    import os
+
+    from nlp_tasks.io import register_secrets
+    from nlp_tasks.logs import RedactingFilter, dropping_known_ray_noise
+
+    register_secrets("s3://AKIDLOGTEST:log/SECRET/value@bucket/in")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test-redaction")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise FileNotFoundError("AKIDLOGTEST:log/SECRET/value@bucket/in/a.parquet")
+        except FileNotFoundError:
+            logger.exception("reading %s failed", "https://user:pass-word@host/x?X-Amz-Signature=abcdef123")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "FileNotFoundError" in written and "https://host/x?X-Amz-Signature=***" in written
+    for piece in ("SECRET", "pass-word", "abcdef123", "AKIDLOGTEST"):
+        assert piece not in written, written
+
+    with dropping_known_ray_noise():
+        os.write(2, b"Invalid bucket name \"AKIDLOGTEST:log\": see s3://AKIDLOGTEST:log/SECRET/value@bucket\n")
+    err = capfd.readouterr().err
+    assert "Invalid bucket name" in err and "s3://bucket" in err and "SECRET" not in err and "AKIDLOGTEST" not in err
+
+
 # readers ------------------------------------------------------------------------------------------------------------
 
 
@@ -336,6 +414,14 @@ def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     for name, (content, message) in cases.items():
         config.write_text(content)
         assert message in error_line(config, *(["--input", str(corpus)] if name == "list input" else [])), name
+    config.write_text(text.replace("task: sentiment-analysis", "task: sentiment-analysis\n    max_length: 2000000"))
+    assert "tasks.sentiment.max_length: Input should be less than or equal to 1000000" in error_line(config)
+    config.write_text(text)
+    (tmp_path / "a-file").write_text("not a folder")
+    for output, problem in ((tmp_path / "a-file" / "out", "NotADirectoryError"),
+                            ("/proc/self/no-such-folder/out", "FileNotFoundError")):
+        line = error_line(config, "--output", str(output))
+        assert line.startswith(f"error: output.path '{output}': cannot create or write it ({problem}"), line
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
     assert "is a directory" in error_line(tmp_path)
     assert "not a text file" in error_line(tmp_path / "binary.yaml")

@@ -50,7 +50,7 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
         "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
     })
     assert main(["--config", config]) == 0
-    assert f"output has {rows} of {rows} rows" in capsys.readouterr().out
+    assert f"output holds {rows} rows: {rows} of the input's {rows} with" in capsys.readouterr().out
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.num_rows == rows
     assert sorted(table.column("id").to_pylist()) == sorted(f"{p}-{i}" for p in range(2) for i in range(rows // 2))

@@ -82,7 +82,7 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     assert {name: (out / name).stat().st_mtime_ns for name in visible} == visible
     output_ids = pads.dataset(out, format="parquet").to_table(columns=["id"]).column("id")
     assert sorted(output_ids.to_pylist()) == sorted(ids)
-    assert not list((out / "__staging").iterdir())
+    assert not (out / "__staging").exists(), "staging is removed with what it held"
 
 
 def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(tmp_path, minilm):

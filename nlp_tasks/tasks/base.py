@@ -26,8 +26,9 @@ class TaskOptions(BaseModel):
     supports_chunk: ClassVar[bool] = False
     """Whether the task can cover a long text with windows (`long_text: chunk`)."""
 
-    max_length: PositiveInt | None = None
-    """Truncate inputs to this many tokens (default: the model's window); with chunk, the size of each window."""
+    max_length: PositiveInt | None = Field(None, le=1_000_000)
+    """Truncate inputs to this many tokens (default: the model's window); with chunk, the size of each window.
+    Above the model's window (its max_position_embeddings or tokenizer limit) it is clamped to the window."""
     long_text: Literal["truncate", "chunk"] = "truncate"
     """A text longer than the window is truncated, or (chunk) covered by overlapping windows."""
     stride: int | None = Field(None, ge=0)
