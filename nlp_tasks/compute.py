@@ -45,7 +45,9 @@ GPU_ACTOR_CONCURRENCY = 4
 BATCHES_PER_ACTOR = 4
 """On a small run the sized batches shrink until a pool's rows make at least this many per actor: the first actor
 to load its model takes two batches at once (Ray Data keeps two calls in flight per actor), and would otherwise
-take a run of a few batches whole while the others are still loading."""
+take a run of a few batches whole while the others are still loading. A CTranslate2 pool on CPU (an actor per node)
+shrinks them only to one per worker: each call is sorted by length and cut into micro-batches that all its workers
+take, and smaller calls would only carry more padding."""
 GPU_CPUS_PER_ACTOR_MAX = 4.0
 MEMORY_PER_WEIGHT_BYTE = 3.0
 """Host memory an actor needs per byte of weights (the weights, their load, activations)."""
@@ -153,8 +155,9 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         if settings["min_actors"] > settings["max_actors"]:
             settings["max_actors"] = settings["min_actors"]
         if rows is not None and "batch_size" not in chosen:
-            settings["batch_size"] = max(1, min(settings["batch_size"],
-                                                -(-rows // (BATCHES_PER_ACTOR * settings["max_actors"]))))
+            calls = settings["max_actors"] * (settings["inter_threads"] if first.engine == "ctranslate2" and not gpu
+                                              else BATCHES_PER_ACTOR)
+            settings["batch_size"] = max(1, min(settings["batch_size"], -(-rows // calls)))
         plans.append(PoolPlan(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
             dtype=compute.dtype if compute.dtype != "auto" else (

@@ -173,3 +173,10 @@ def test_ctranslate2_pools_take_a_node_each_and_their_workers_take_its_cores():
     [gpu] = plans_for(job({"summary": tasks["summary"]}), Cluster(cpus=16, gpus=2, memory=64e9, nodes=2,
                                                                    fixed_size=True), [500 * MB])
     assert (gpu.device, gpu.dtype, gpu.inter_threads) == ("cuda", "float16", 1)
+
+
+def test_a_small_run_on_ctranslate2_gets_one_call_per_worker():
+    tasks = {"summary": {"task": "summarization", "model": "s", "engine": "ctranslate2"}}
+    [plan] = plan_pools(job(tasks), group_by_model(job(tasks).tasks),
+                        Cluster(cpus=2, gpus=0, memory=24e9, nodes=1, fixed_size=True), [500 * MB], 48)
+    assert (plan.max_actors, plan.inter_threads, plan.batch_size) == (1, 2, 24)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -259,14 +260,14 @@ def test_column_names_are_checked_together():
 # secrets ------------------------------------------------------------------------------------------------------------
 
 
-def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, models):
-    write_rows(tmp_path / "served" / "corpus.parquet", ["a0", "a1"])
+@contextlib.contextmanager
+def served(folder):
+    """An HTTP server on loopback serving `folder`; yields its port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-                               "--directory", str(tmp_path / "served")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
@@ -274,12 +275,18 @@ def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, mod
                 break
             except OSError:
                 time.sleep(0.1)
-        url = f"http://reader:hunter2@127.0.0.1:{port}/corpus.parquet"
-        config = write_job(tmp_path, url, tmp_path / "out", models, input={"id_column": None})
-        assert main(["--config", config]) == 0
+        yield port
     finally:
         server.terminate()
         server.wait()
+
+
+def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, models):
+    write_rows(tmp_path / "served" / "corpus.parquet", ["a0", "a1"])
+    with served(tmp_path / "served") as port:
+        url = f"http://reader:hunter2@127.0.0.1:{port}/corpus.parquet"
+        config = write_job(tmp_path, url, tmp_path / "out", models, input={"id_column": None})
+        assert main(["--config", config]) == 0
     out = tmp_path / "out"
     ids = output_table(out).column("row_id").to_pylist()
     assert ids == [f"http://127.0.0.1:{port}/corpus.parquet:{i}" for i in range(2)]
@@ -292,22 +299,10 @@ def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, mode
     """http:// takes credentials from the URL; when the input, model or examples it names cannot be read, or the
     output cannot be written there, the one-line error names the URL without them."""
     (tmp_path / "served").mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-                               "--directory", str(tmp_path / "served")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://reader:hunter2@127.0.0.1:{port}"
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0"])
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with served(tmp_path / "served") as port:
+        base = f"http://reader:hunter2@127.0.0.1:{port}"
         cases = {
             "input.path": (lambda: write_job(tmp_path, f"{base}/missing.parquet", models=models), "missing.parquet"),
             "output.path": (lambda: write_job(tmp_path, corpus, f"{base}/out", models=models), "/out"),
@@ -320,9 +315,6 @@ def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, mode
         for name, (config, where) in cases.items():
             line = error_line(config(), secret="hunter2")
             assert f"http://127.0.0.1:{port}" in line and where in line, (name, line)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def test_log_records_and_stderr_lines_are_redacted(capfd):
