@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.throughput import CORPORA, NER_LABELS, RESULTS, TEXT, minilm_path
+from benchmarks.common import CORPORA, RESULTS, minilm_path
+from benchmarks.scenarios import NER_LABELS
+
+TEXT = "text"
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.tasks.token_classification import TokenClassification, TokenClassificationOptions, pipeline_entities
 
     torch.set_num_threads(1)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path(args.minilm_path))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.minilm_path or minilm_path())
     tokenizer.model_max_length = args.max_length
     config = transformers.BertConfig(  # postprocessing needs only the labels; the weights never run
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
