@@ -114,18 +114,25 @@ def test_cluster_yaml_has_room_for_the_nightly_job():
     fits(pools, *shape)
 
 
-def rayjob_problems(doc: dict) -> list[str]:
-    """What a RayJob (ray.io/v1) manifest lacks for this project; empty when it is complete."""
-    problems = []
+def header_problems(doc: dict, kind: str, max_name: int):
+    """The problems of a ray.io/v1 manifest's apiVersion, kind and name, and the `need(ok, what)` that adds more."""
+    problems: list[str] = []
 
     def need(ok: bool, what: str) -> None:
         if not ok:
             problems.append(what)
 
     need(doc.get("apiVersion") == "ray.io/v1", "apiVersion: ray.io/v1")
-    need(doc.get("kind") == "RayJob", "kind: RayJob")
+    need(doc.get("kind") == kind, f"kind: {kind}")
     name = (doc.get("metadata") or {}).get("name", "")
-    need(bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)), "metadata.name: a DNS-1123 label")
+    need(bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)) and len(name) <= max_name,
+         f"metadata.name: a DNS-1123 label of at most {max_name} characters")
+    return problems, need
+
+
+def rayjob_problems(doc: dict) -> list[str]:
+    """What a RayJob (ray.io/v1) manifest lacks for this project; empty when it is complete."""
+    problems, need = header_problems(doc, "RayJob", 63)
     spec = doc.get("spec") or {}
     need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip() != "", "spec.entrypoint")
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "null")
@@ -256,17 +263,8 @@ def test_cron_schedule_expands_fields():
 def raycronjob_problems(doc: dict) -> list[str]:
     """What a RayCronJob (ray.io/v1) manifest lacks for this project; empty when it is complete. Its job template
     gets the RayJob's checks, on the RayJob KubeRay makes of it."""
-    problems = []
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            problems.append(what)
-
-    need(doc.get("apiVersion") == "ray.io/v1", "apiVersion: ray.io/v1")
-    need(doc.get("kind") == "RayCronJob", "kind: RayCronJob")
+    problems, need = header_problems(doc, "RayCronJob", MAX_RAYCRONJOB_NAME)
     name = (doc.get("metadata") or {}).get("name", "")
-    need(bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)) and len(name) <= MAX_RAYCRONJOB_NAME,
-         f"metadata.name: a DNS-1123 label of at most {MAX_RAYCRONJOB_NAME} characters")
     spec = doc.get("spec") or {}
     try:
         cron_schedule(str(spec.get("schedule", "")))

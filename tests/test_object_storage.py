@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,15 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+
+def ray_with_s3() -> None:
+    """A local Ray whose workers reach the moto endpoint with the test's credentials."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+        key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                         "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
 
 
 def free_port() -> int:
@@ -21,8 +31,6 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A standalone moto server process; credentials and endpoint set for every client in this process."""
-    import os
-
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,8 +92,6 @@ def test_missing_model_on_s3_is_unavailable(s3_endpoint):
 
 
 def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
-    import os
-
     import ray
     import s3fs
     import yaml
@@ -104,9 +110,7 @@ def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
         "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
         "compute": {"num_cpus_per_actor": 0.5, "batch_size": 4},
     }))
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
-        key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                         "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
+    ray_with_s3()
     try:
         assert main(["--config", str(config)]) == 0
     finally:
@@ -138,7 +142,6 @@ def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, m
     botocore error): in input, output, model or examples, the job stops in one line naming the URL without them."""
     import s3fs
     import yaml
-
     from test_data_safety import cli
 
     fs = s3fs.S3FileSystem()
@@ -174,7 +177,6 @@ def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, m
 def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_endpoint, models, tmp_path):
     """A bucket that does not exist, with a secret in another URL on the command line: one line, no secret."""
     import yaml
-
     from test_data_safety import cli
 
     config = tmp_path / "job.yaml"
@@ -193,7 +195,6 @@ def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint,
     """On object storage too: a deleted part, a truncated one and one rewritten with another footer but the same
     size (its ETag changes) are each found at start; their files are redone once, every row ends up there once."""
     import json
-    import os
 
     import ray
     import s3fs
@@ -212,9 +213,7 @@ def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint,
         "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
         "compute": {"num_cpus_per_actor": 0.5, "batch_size": 2},
     }))
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
-        key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                         "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
+    ray_with_s3()
     try:
         assert main(["--config", str(config)]) == 0
         assert main(["--config", str(config)]) == 0  # records each part's ETag
