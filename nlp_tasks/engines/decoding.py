@@ -29,11 +29,9 @@ class Unsupported(Exception):
 def generation_settings(checkpoint: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     """What `generate` would run with: GenerationConfig's defaults, the checkpoint's generation_config on top, the
     task's own options on top of that; `origin` records which settings the task set."""
-    settings = {**DEFAULTS, **checkpoint, **task}
-    if task.get("max_new_tokens") is None and "max_length" in task:
-        settings["max_new_tokens"] = None
-    return {**settings, "origin": {key: "the task's options" if key in task else "the checkpoint's generation_config"
-                                   for key in {**checkpoint, **task}}}
+    origin = {key: "the task's options" if key in task else "the checkpoint's generation_config"
+              for key in {**checkpoint, **task}}
+    return {**DEFAULTS, **checkpoint, **task, "origin": origin}
 
 
 def _where(settings: dict[str, Any], key: str) -> str:
