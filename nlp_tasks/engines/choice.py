@@ -29,11 +29,9 @@ def ctranslate2_problem(spec: TaskSpec) -> str | None:
     model_type = checkpoint_json(spec.model, "config.json", spec.revision).get("model_type")
     if model_type not in supported:
         return f"its converter does not take model type {model_type!r} for {spec.task}"
-    options = spec.options
-    task = {**options.generate_kwargs(), "seed": options.seed}
     try:
         ctranslate2_decoding(generation_settings(checkpoint_json(spec.model, "generation_config.json", spec.revision),
-                                                 task), seq2seq)
+                                                 spec.options.engine_settings()), seq2seq)
     except Unsupported as error:
         return str(error)
     return None

@@ -45,6 +45,10 @@ class GenerationOptions(TaskOptions):
                   "top_p")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
+    def engine_settings(self) -> dict[str, Any]:
+        """What an engine other than transformers maps (engines/decoding.py): the generate options and the seed."""
+        return {**self.generate_kwargs(), "seed": self.seed}
+
 
 class Seq2SeqOptions(GenerationOptions):
     prefix: str = ""
@@ -82,7 +86,7 @@ class GenerationTask(TaskAdapter):
         if self.engine is not None:
             from nlp_tasks.engines.decoding import ctranslate2_decoding, generation_settings
 
-            task = {**options.generate_kwargs(), **self.generate_extra(), "seed": options.seed}
+            task = {**options.engine_settings(), **self.generate_extra()}
             self.decoding = ctranslate2_decoding(generation_settings(self.engine.generation, task),
                                                  seq2seq=self.auto_class == "AutoModelForSeq2SeqLM")
 
