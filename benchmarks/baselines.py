@@ -70,7 +70,7 @@ def forward_span(scenario: Scenario, model: Path, texts: list[str], threads: int
     import torch
     import transformers
 
-    from nlp_tasks.cpu_linear import pack_linears
+    from nlp_tasks.models.cpu_linear import pack_linears
 
     transformers.utils.logging.disable_progress_bar()
     if threads:

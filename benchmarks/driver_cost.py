@@ -65,7 +65,7 @@ def run_plain(folder: Path, out: Path, model: str, max_length: int, batch: int) 
 
 def run_job(folder: Path, out: Path, model: str, max_length: int, batch: int) -> None:
     from nlp_tasks.config import parse_config
-    from nlp_tasks.job import run_job as job
+    from nlp_tasks.driver.job import run_job as job
 
     job(parse_config({
         "input": {"path": str(folder), "id_column": "id"},

@@ -27,7 +27,7 @@ HEADS = ("centroid", "logistic")
 def run_fold(work: Path, examples, held_out, max_length: int) -> dict[str, float]:
     """Each head's accuracy on `held_out`, fitted on `examples` by the job."""
     from nlp_tasks.config import parse_config
-    from nlp_tasks.job import run_job
+    from nlp_tasks.driver.job import run_job
 
     pq.write_table(examples, work / "examples.parquet")
     (work / "corpus").mkdir()

@@ -31,10 +31,10 @@ from benchmarks.scenarios import SCENARIOS, checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nlp_tasks.annotate import Annotator
+    from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.stages import ModelStage, tokenize
-    from nlp_tasks.stats import CALLS_COLUMN, RunStats, calls_in
+    from nlp_tasks.workers.stages import ModelStage, tokenize
+    from nlp_tasks.workers.stats import CALLS_COLUMN, RunStats, calls_in
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="bert-base-classifier", choices=sorted(SCENARIOS))

@@ -168,7 +168,7 @@ def run_peer(variant: str, model: str, source: Path, work: Path, beams: int, new
            "--beams", str(beams), "--max-new-tokens", str(new_tokens), "--dtypes", dtype, "--source", str(source)]
     if variant == "ctranslate2":
         from nlp_tasks.engines.ctranslate2_models import converted
-        from nlp_tasks.models import model_fingerprint
+        from nlp_tasks.models.loading import model_fingerprint
 
         cmd += ["--converted", converted(model, model_fingerprint(model), dtype)]
     seconds = process(cmd + ["--target", str(work / "out.parquet")], work / f"{variant}.log")

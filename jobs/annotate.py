@@ -16,9 +16,9 @@ import traceback
 from pathlib import Path
 
 from nlp_tasks.config import ConfigError, load_config
-from nlp_tasks.io import InputError, redact, register_secrets
-from nlp_tasks.logs import dropping_known_ray_noise, redact_logging
-from nlp_tasks.report import holds, summary
+from nlp_tasks.driver.inputs import InputError, redact, register_secrets
+from nlp_tasks.driver.logs import dropping_known_ray_noise, redact_logging
+from nlp_tasks.driver.report import holds, summary
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)
-        from nlp_tasks.job import JobFailed, run_job
+        from nlp_tasks.driver.job import JobFailed, run_job
 
         with dropping_known_ray_noise():
             try:

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from nlp_tasks.compute import CPU_RESERVE, Cluster, plan_pools
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, plan_pools
 from nlp_tasks.config import ConfigError, parse_config
-from nlp_tasks.plan import group_by_model
+from nlp_tasks.driver.plan import group_by_model
 
 import tiny_models
 

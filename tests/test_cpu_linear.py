@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers
 
-from nlp_tasks.cpu_linear import PackedLinear, pack_linears
-from nlp_tasks.models import load_model
+from nlp_tasks.models.cpu_linear import PackedLinear, pack_linears
+from nlp_tasks.models.loading import load_model
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

@@ -16,7 +16,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, CTRLConfig, CTRLLMHeadModel
 
 from jobs.annotate import main
-from nlp_tasks.annotate import Annotator
+from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 

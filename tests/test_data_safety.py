@@ -181,7 +181,7 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(ray_local, tmp_
 def test_racing_runs_get_the_lease_exactly_once(tmp_path):
     import fsspec
 
-    from nlp_tasks.lease import Lease, LeaseHeld
+    from nlp_tasks.output.lease import Lease, LeaseHeld
 
     filesystem = fsspec.filesystem("file")
     results: list[str] = []
@@ -324,8 +324,8 @@ def test_log_records_and_stderr_lines_are_redacted(capfd):
     import logging
     import os
 
-    from nlp_tasks.io import register_secrets
-    from nlp_tasks.logs import RedactingFilter, dropping_known_ray_noise
+    from nlp_tasks.driver.inputs import register_secrets
+    from nlp_tasks.driver.logs import RedactingFilter, dropping_known_ray_noise
 
     register_secrets("s3://AKIDLOGTEST:log/SECRET/value@bucket/in")
     stream = io.StringIO()

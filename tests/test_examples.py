@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from jobs.annotate import main
-from nlp_tasks.annotate import Annotator, fit_heads
+from nlp_tasks.workers.annotate import Annotator, fit_heads
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec, parse_config
-from nlp_tasks.heads import fit_head, head_scores
+from nlp_tasks.models.heads import fit_head, head_scores
 
 from conftest import REPO
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from jobs.annotate import main
-from nlp_tasks.report import summary
+from nlp_tasks.driver.report import summary
 
 import tiny_models
 

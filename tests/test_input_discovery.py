@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 
 from jobs.annotate import main
 from nlp_tasks.config import InputConfig
-from nlp_tasks.io import inspect_input
+from nlp_tasks.driver.inputs import inspect_input
 
 from test_data_safety import output_table, report, write_job, write_rows
 

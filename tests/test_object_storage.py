@@ -65,7 +65,7 @@ def s3_endpoint(tmp_path_factory):
 def test_model_from_s3_is_copied_once_per_node(s3_endpoint, models, tmp_path, monkeypatch):
     import s3fs
 
-    from nlp_tasks.models import check_available, local_copy_dir, resolve_model
+    from nlp_tasks.models.loading import check_available, local_copy_dir, resolve_model
 
     monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(tmp_path / "cache"))
     fs = s3fs.S3FileSystem()
@@ -85,7 +85,7 @@ def test_model_from_s3_is_copied_once_per_node(s3_endpoint, models, tmp_path, mo
 
 
 def test_missing_model_on_s3_is_unavailable(s3_endpoint):
-    from nlp_tasks.models import ModelUnavailable, check_available
+    from nlp_tasks.models.loading import ModelUnavailable, check_available
 
     with pytest.raises(ModelUnavailable, match="no config.json"):
         check_available("s3://corpus/models/none")
@@ -126,7 +126,7 @@ def test_exclusive_create_on_s3_lets_one_writer_in(s3_endpoint):
     """The lease's primitive on object storage: a conditional PUT (If-None-Match: *) creates a key once."""
     import s3fs
 
-    from nlp_tasks.storage import create_exclusive
+    from nlp_tasks.output.storage import create_exclusive
 
     fs = s3fs.S3FileSystem()
     assert create_exclusive(fs, "corpus/out/__manifest/lease-00000001.json", b'{"run": "a"}')

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.plan import group_by_model
-from nlp_tasks.stages import UNITS_PREFIX, ModelStage, postprocess, tokenize
+from nlp_tasks.driver.plan import group_by_model
+from nlp_tasks.workers.stages import UNITS_PREFIX, ModelStage, postprocess, tokenize
 from test_job import write_config
 
 import tiny_models

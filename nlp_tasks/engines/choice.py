@@ -20,7 +20,7 @@ def ctranslate2_problem(spec: TaskSpec) -> str | None:
     """Why CTranslate2 cannot run this task as configured, or None."""
     from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES
     from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
-    from nlp_tasks.models import checkpoint_json
+    from nlp_tasks.models.loading import checkpoint_json
 
     if importlib.util.find_spec("ctranslate2") is None:
         return "the ctranslate2 package is not installed"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nlp_tasks.batching import Features, plan_micro_batches
+from nlp_tasks.workers.batching import Features, plan_micro_batches
 
 SEQ2SEQ_TYPES = {"bart": "BartConfig", "mbart": "MBartConfig", "marian": "MarianConfig", "pegasus": "PegasusConfig",
                  "t5": "T5Config", "mt5": "MT5Config", "umt5": "UMT5Config", "m2m_100": "M2M100Config"}
@@ -30,7 +30,7 @@ DECODER_TYPES = {"gpt2": "GPT2Config", "gptj": "GPTJConfig", "gpt_neox": "GPTNeo
 
 
 def conversion_dir(fingerprint: str, quantization: str) -> Path:
-    from nlp_tasks.models import cache_root
+    from nlp_tasks.models.loading import cache_root
 
     return cache_root() / "ctranslate2" / f"{fingerprint.replace(':', '-')}-{quantization}"
 
@@ -74,7 +74,7 @@ def _converter(path: str) -> Any:
 def load_ctranslate2(ref: str, revision: str | None, path: str, seq2seq: bool, device: str, dtype: str,
                      threads: int, tokenizer: Any) -> CTranslate2Model:
     """The checkpoint `ref` (here at `path`) in CTranslate2 on `device`, converted for `dtype` once per node."""
-    from nlp_tasks.models import checkpoint_json, model_fingerprint
+    from nlp_tasks.models.loading import checkpoint_json, model_fingerprint
 
     quantization = dtype if dtype != "auto" else ("float16" if device == "cuda" else "float32")
     return CTranslate2Model(converted(path, model_fingerprint(ref, revision), quantization), seq2seq, device,

@@ -63,7 +63,7 @@ class EmbeddingClassification(FeatureExtraction):
         super().__init__(loaded, options)
         self.head: dict[str, Any] | None = None
         if options.candidate_labels is not None:
-            from nlp_tasks.batching import pad_features
+            from nlp_tasks.workers.batching import pad_features
 
             hypotheses = [options.hypothesis_template.format(label) for label in options.candidate_labels]
             labels = self.embed(pad_features(self.encode(hypotheses), self.pad_values())).cpu().numpy()
@@ -85,7 +85,7 @@ class EmbeddingClassification(FeatureExtraction):
         return LABELS_SCORES
 
     def postprocess(self, text, units, outputs):
-        from nlp_tasks.heads import head_scores
+        from nlp_tasks.models.heads import head_scores
 
         if self.head is None:
             raise RuntimeError("embedding-classification with examples needs its fitted head (annotate.fit_heads)")

@@ -259,7 +259,7 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
     )
     model.to(torch_device).eval()
     if torch_device.type == "cpu":
-        from nlp_tasks.cpu_linear import pack_linears
+        from nlp_tasks.models.cpu_linear import pack_linears
 
         pack_linears(model)
     return LoadedModel(tokenizer=tokenizer, model=model, device=torch_device)

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.stats import with_call
+from nlp_tasks.workers.stats import with_call
 from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
-from nlp_tasks.text_checks import as_text, text_problem
+from nlp_tasks.workers.text_checks import as_text, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     import torch
 
     from nlp_tasks.engines.choice import choose_engine
-    from nlp_tasks.models import load_model
+    from nlp_tasks.models.loading import load_model
     from nlp_tasks.tasks import get_task
 
     first = next(iter(specs.values()))
@@ -75,7 +75,7 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
     """
     import os
 
-    from nlp_tasks.heads import fit_head
+    from nlp_tasks.models.heads import fit_head
 
     embedding_specs = {column: TaskSpec.model_validate({
         "task": "feature-extraction", "model": specs[column].model, "revision": specs[column].revision,
@@ -188,7 +188,7 @@ class Annotator:
         what the job fitted per task before the run (fit_heads)."""
         import threading
 
-        from nlp_tasks.batching import MicroBatcher
+        from nlp_tasks.workers.batching import MicroBatcher
 
         started = time.perf_counter()
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
@@ -208,7 +208,7 @@ class Annotator:
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
-        from nlp_tasks.compute import CPU_TOKEN_BUDGET, gpu_token_budget
+        from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET, gpu_token_budget
 
         some = next(iter(self.adapters.values()))
         if some.device.type != "cuda":

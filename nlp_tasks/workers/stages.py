@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from nlp_tasks.annotate import (
+from nlp_tasks.workers.annotate import (
     Annotator,
     Pending,
     RowResult,
@@ -43,9 +43,9 @@ from nlp_tasks.annotate import (
     unit_tokens,
     with_errors,
 )
-from nlp_tasks.batching import MODEL_INPUT_KEYS
+from nlp_tasks.workers.batching import MODEL_INPUT_KEYS
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.stats import with_call
+from nlp_tasks.workers.stats import with_call
 from nlp_tasks.tasks.base import RowError, TaskAdapter
 
 UNITS_PREFIX = "__units."

@@ -40,9 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from nlp_tasks.io import FOOTER_READERS, read_footer, redact, version_of
-from nlp_tasks.lease import Lease, LeaseHeld
-from nlp_tasks.storage import TornFile, dump, parse_json, read_json, write_atomic
+from nlp_tasks.driver.inputs import FOOTER_READERS, read_footer, redact, version_of
+from nlp_tasks.output.lease import Lease, LeaseHeld
+from nlp_tasks.output.storage import TornFile, dump, parse_json, read_json, write_atomic
 
 MANIFEST = "__manifest"
 UNITS = f"{MANIFEST}/units"

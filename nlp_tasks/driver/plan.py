@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nlp_tasks.annotate import Annotator
-from nlp_tasks.compute import READ_CPUS, WRITE_CPUS, PoolPlan
+from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.config import JobConfig, TaskSpec
-from nlp_tasks.io import InputFile, InputFiles
-from nlp_tasks.read import CorpusDatasource, Fragment, split_file
-from nlp_tasks.stages import ModelStage, postprocess, tokenize
-from nlp_tasks.write import write_parts
+from nlp_tasks.driver.inputs import InputFile, InputFiles
+from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
+from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
+from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536
 """Rows per read task: a big file is cut (at row-group boundaries) into fragments of about this many rows,

@@ -11,9 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nlp_tasks.io import InputError, redact
+from nlp_tasks.driver.inputs import InputError, redact
 from nlp_tasks.tasks.embedding_classification import Examples
-from nlp_tasks.text_checks import as_text, text_problem
+from nlp_tasks.workers.text_checks import as_text, text_problem
 
 
 @dataclass(frozen=True)

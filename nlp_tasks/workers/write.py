@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nlp_tasks.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
-from nlp_tasks.stats import calls_in
+from nlp_tasks.workers.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
+from nlp_tasks.workers.stats import calls_in
 
 PART_RECORD = pa.schema([
     ("unit", pa.string()), ("first", pa.int64()), ("rows", pa.int64()), ("staged", pa.string()),

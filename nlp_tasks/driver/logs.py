@@ -26,7 +26,7 @@ KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts 
 
 
 def redacted(line: bytes) -> bytes:
-    from nlp_tasks.io import redact
+    from nlp_tasks.driver.inputs import redact
 
     return redact(line.decode(errors="surrogateescape")).encode(errors="surrogateescape")
 
@@ -35,7 +35,7 @@ class RedactingFilter(logging.Filter):
     """A handler filter that redacts the record's message, traceback and stack before the handler formats them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from nlp_tasks.io import redact
+        from nlp_tasks.driver.inputs import redact
 
         record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:

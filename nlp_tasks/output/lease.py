@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from nlp_tasks.storage import TornFile, create_exclusive, dump, read_json, write_atomic
+from nlp_tasks.output.storage import TornFile, create_exclusive, dump, read_json, write_atomic
 
 LEASE_TTL_S = 120.0
 """How long a lease lives without renewal; a dead holder's output is free again after this."""

@@ -23,19 +23,19 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
-from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
+from nlp_tasks.output.store import OutputConflict, OutputStore, PartRecord, exact_cover
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
-from nlp_tasks.examples import LabelledTexts, read_examples
-from nlp_tasks.io import InputError, InputFile, InputFiles, check_credentials, inspect_input, redact, register_secrets
-from nlp_tasks.lease import LeaseHeld
-from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
-from nlp_tasks.plan import Refresh, annotated_dataset, fragments_of, group_by_model
-from nlp_tasks.read import Fragment
-from nlp_tasks.report import RunReport, write_report
-from nlp_tasks.stats import RunStats
-from nlp_tasks.write import PART_RECORD
+from nlp_tasks.driver.examples import LabelledTexts, read_examples
+from nlp_tasks.driver.inputs import InputError, InputFile, InputFiles, check_credentials, inspect_input, redact, register_secrets
+from nlp_tasks.output.lease import LeaseHeld
+from nlp_tasks.models.loading import ModelUnavailable, check_available, model_fingerprint, weights_bytes
+from nlp_tasks.driver.plan import Refresh, annotated_dataset, fragments_of, group_by_model
+from nlp_tasks.workers.read import Fragment
+from nlp_tasks.driver.report import RunReport, write_report
+from nlp_tasks.workers.stats import RunStats
+from nlp_tasks.workers.write import PART_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], example
     task fingerprint (a nightly rerun fits nothing), else fitted now (one Ray task per pool, all at once) and kept."""
     import ray
 
-    from nlp_tasks.annotate import fit_heads
+    from nlp_tasks.workers.annotate import fit_heads
 
     heads, fitting = {}, []
     for specs, plan in pools:
