@@ -31,8 +31,8 @@ from benchmarks.scenarios import SCENARIOS, checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.config import ComputeConfig, TaskSpec
+    from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.workers.stages import ModelStage, tokenize
     from nlp_tasks.workers.stats import CALLS_COLUMN, RunStats, calls_in
 

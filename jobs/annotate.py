@@ -4,7 +4,7 @@ With no cluster address this starts an embedded local Ray; with RAY_ADDRESS set,
 `ray job submit`, it joins that cluster. Exit 0 on success; on a bad config, input, model or
 output path: exit 2 with one line naming what is wrong, before any model is loaded; when the run
 cannot make the output whole: exit 1 with one line saying what to do. Nothing printed carries a
-credential: every message, log line and traceback is redacted (io.redact).
+credential: every message, log line and traceback is redacted (secrets.redact).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from nlp_tasks.config import ConfigError, load_config
-from nlp_tasks.driver.inputs import InputError, redact, register_secrets
+from nlp_tasks.config import load_config
 from nlp_tasks.driver.logs import dropping_known_ray_noise, redact_logging
 from nlp_tasks.driver.report import holds, summary
+from nlp_tasks.errors import UserError
+from nlp_tasks.secrets import redact, register_secrets
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)
-        from nlp_tasks.driver.job import JobFailed, run_job
+        from nlp_tasks.driver.commits import JobFailed
+        from nlp_tasks.driver.job import run_job
 
         with dropping_known_ray_noise():
             try:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             except JobFailed as error:
                 print(f"error: {redact(str(error))}", file=sys.stderr)
                 return EXIT_FAILED
-    except (ConfigError, InputError) as error:
+    except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception:  # noqa: BLE001 - a bug or a storage failure: its traceback, without credentials

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from nlp_tasks.config import ConfigError, load_config
-from nlp_tasks.driver.inputs import redact, register_secrets
+from nlp_tasks.secrets import redact, register_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

@@ -9,11 +9,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nlp_tasks.errors import UserError
 from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import TaskOptions
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """The configuration is invalid; the message is one line naming the file and key."""
 
 

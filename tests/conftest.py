@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +41,12 @@ def annotate():
     call also runs the split stages (stages.py: tokenize, ModelStage, postprocess) in-process on the same rows
     and asserts that they give the same table, so each test of the fused path proves the split one too.
     """
-    from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.config import ComputeConfig, TaskSpec
     from nlp_tasks.driver.plan import group_by_model
+    from nlp_tasks.tasks import get_task
+    from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
     from nlp_tasks.workers.stats import CALLS_COLUMN
-    from nlp_tasks.tasks import get_task
 
     def run(tasks: dict, rows, token_budget: int = 256) -> pa.Table:
         table = rows if isinstance(rows, pa.Table) else pa.table({"text": rows})

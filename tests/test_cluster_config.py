@@ -24,8 +24,8 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from nlp_tasks.driver.compute import Cluster, plan_pools
 from nlp_tasks.config import load_config
+from nlp_tasks.driver.compute import Cluster, plan_pools
 from nlp_tasks.driver.plan import group_by_model
 
 ROOT = Path(__file__).resolve().parent.parent

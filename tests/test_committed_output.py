@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_data_safety import output_table, report, write_job, write_rows
 
 from jobs.annotate import main
-
-from test_data_safety import output_table, report, write_job, write_rows
 
 FILES = 13
 ROWS = 6

@@ -7,13 +7,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tiny_models
 import yaml
 
-from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, plan_pools
 from nlp_tasks.config import ConfigError, parse_config
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, plan_pools
 from nlp_tasks.driver.plan import group_by_model
-
-import tiny_models
 
 MB = 2**20
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from nlp_tasks.config import ConfigError, load_config
-
-from conftest import REPO
 
 VALID = """
 input: {path: data.parquet, text_column: body}

@@ -16,9 +16,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, CTRLConfig, CTRLLMHeadModel
 
 from jobs.annotate import main
-from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
+from nlp_tasks.workers.annotate import Annotator
 
 TEXTS = tiny_models.sample_texts()
 NEAR_TIE = 0.15

@@ -17,11 +17,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from jobs.annotate import main
-
 from conftest import REPO
 from test_resume import corpus_and_config, run_job
+
+from jobs.annotate import main
 
 
 def write_job(tmp_path: Path, input_path, output_path=None, models=None, **sections) -> str:
@@ -324,8 +323,8 @@ def test_log_records_and_stderr_lines_are_redacted(capfd):
     import logging
     import os
 
-    from nlp_tasks.driver.inputs import register_secrets
     from nlp_tasks.driver.logs import RedactingFilter, dropping_known_ray_noise
+    from nlp_tasks.secrets import register_secrets
 
     register_secrets("s3://AKIDLOGTEST:log/SECRET/value@bucket/in")
     stream = io.StringIO()

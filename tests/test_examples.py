@@ -10,13 +10,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import REPO
 
 from jobs.annotate import main
-from nlp_tasks.workers.annotate import Annotator, fit_heads
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec, parse_config
 from nlp_tasks.models.heads import fit_head, head_scores
-
-from conftest import REPO
+from nlp_tasks.workers.annotate import Annotator, fit_heads
 
 
 def test_heads_separate_labelled_points():

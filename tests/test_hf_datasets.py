@@ -6,11 +6,10 @@ import json
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import tiny_models
 import yaml
 
 from jobs.annotate import main
-
-import tiny_models
 
 
 def run(tmp_path, input_path, models, **input_config) -> dict:

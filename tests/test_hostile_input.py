@@ -7,12 +7,11 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tiny_models
 import yaml
 from transformers import AutoTokenizer
 
 from jobs.annotate import main
-
-import tiny_models
 
 HOSTILE_TEXTS = [
     "Alice Johnson moved to Paris.",

@@ -12,12 +12,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import tiny_models
 import yaml
 
 from jobs.annotate import main
 from nlp_tasks.driver.report import summary
-
-import tiny_models
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.dataset as pads
+from test_data_safety import output_table, report, write_job, write_rows
 
 from jobs.annotate import main
 from nlp_tasks.config import InputConfig
 from nlp_tasks.driver.inputs import inspect_input
-
-from test_data_safety import output_table, report, write_job, write_rows
 
 READ = ["a.parquet", "sub/b.parquet", "sub/deeper/c.parquet", "k=v/d.parquet"]
 PASSED_OVER = {

@@ -9,11 +9,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import ray
+import tiny_models
 import yaml
 
 from jobs.annotate import main
-
-import tiny_models
 
 
 def write_config(tmp_path, input_path, tasks, compute=None, **extra) -> str:

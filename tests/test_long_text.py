@@ -11,12 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
-from transformers import AutoTokenizer, pipeline
-
 import tiny_models
+import torch
 from conftest import REPO
 from test_pipeline_equivalence import assert_close
+from transformers import AutoTokenizer, pipeline
 
 SAMPLES = tiny_models.sample_texts()
 LONG_TEXT = " ".join(SAMPLES) * 3  # about 400 BERT tokens: 7 to 9 windows of 64

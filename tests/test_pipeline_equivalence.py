@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from transformers import pipeline
-
 import tiny_models
+from transformers import pipeline
 
 LONG_TEXT = " ".join(tiny_models.sample_texts()) * 3  # far past the tiny models' 64-token window
 TEXTS = tiny_models.sample_texts() + [LONG_TEXT]
@@ -147,7 +146,6 @@ def test_minilm_embeddings_match_pipeline_and_sentence_transformers(minilm, anno
 def test_minilm_topic_labels_agree_with_bbc_categories(minilm, annotate):
     """Real semantics: topic by embedding similarity recovers most of the BBC editors' categories."""
     import pyarrow.parquet as pq
-
     from conftest import REPO
 
     table = pq.read_table(REPO / "data" / "bbc_sample.parquet").take(list(range(0, 200, 4)))

@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
-
 from conftest import REPO
 
 FILES = 8

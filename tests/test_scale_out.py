@@ -8,9 +8,8 @@ import os
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import yaml
-
 import tiny_models
+import yaml
 
 FILES = 6
 

@@ -7,14 +7,13 @@ import json
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import tiny_models
+from test_job import write_config
 
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.driver.plan import group_by_model
 from nlp_tasks.workers.stages import UNITS_PREFIX, ModelStage, postprocess, tokenize
-from test_job import write_config
-
-import tiny_models
 
 
 def tasks_of(models) -> dict:

@@ -1,6 +1,7 @@
 """The tiny offline models in tiny_models.py load with the Auto classes / pipelines and behave sensibly."""
 
 import pytest
+import tiny_models as tm
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -12,8 +13,6 @@ from transformers import (
     AutoTokenizer,
     pipeline,
 )
-
-import tiny_models as tm
 
 AUTO_CLASSES = {
     "text-classification": AutoModelForSequenceClassification,

@@ -15,12 +15,15 @@ Every key of `compute` left out is sized here; any key set by hand (in `compute`
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
+from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
 from nlp_tasks.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 READ_CPUS = 0.25
 """CPUs a read task reserves: it mostly waits on storage, and must not hold a CPU an actor needs."""
@@ -229,29 +232,33 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
             "token_budget": CTRANSLATE2_CPU_TOKEN_BUDGET}
 
 
-GPU_MEMORY_SHARE = 0.5
-"""Of the GPU memory free once the model is loaded, the share micro-batches may use (the rest: fragmentation,
-other actors sharing the GPU, the CUDA out-of-memory back-off's headroom)."""
-GPU_TOKEN_BUDGET_BOUNDS = (8192, 1 << 19)
+def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
+               rows: int) -> list[tuple[dict, PoolPlan]]:
+    """Each pool's tasks and settings for a run of `rows`, logged, and checked against the cluster."""
+    from nlp_tasks.models.loading import weights_bytes
+
+    weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
+    plans = plan_pools(config, groups, cluster, weights, rows)
+    for plan in plans:
+        log.info("compute: %s", plan.describe())
+    check_reservations(plans, cluster)
+    return list(zip(groups, plans))
 
 
-def gpu_token_budget(model: Any, device: Any, max_length: int, generates: bool) -> int:
-    """Padded tokens per micro-batch that fit in the GPU's free memory, as a power of two.
-
-    Per token a forward pass holds about four hidden-size vectors (queries, keys, values, output),
-    one intermediate-size vector and one attention row per head, twice over for safety;
-    generation keeps keys and values for every layer as well.
+def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
+    """The pools' smallest sizes must fit the cluster and leave room for reading and writing, or the job
+    waits forever. Auto-sized pools always fit; hand-set ones may not. On a fixed-size cluster (the embedded
+    local Ray) that is an error; a cluster that can autoscale may still grow, so there it is a warning.
     """
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    config = getattr(model.config, "text_config", None) or model.config
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", 1024)
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "encoder_ffn_dim", 4 * hidden)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "encoder_attention_heads", 16)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "decoder_layers", 12)
-    elements = 4 * hidden + intermediate + heads * max_length + (2 * layers * hidden if generates else 0)
-    per_token = 2 * elements * torch.tensor([], dtype=model.dtype).element_size()
-    budget = int(free * GPU_MEMORY_SHARE / per_token)
-    low, high = GPU_TOKEN_BUDGET_BOUNDS
-    return 1 << int(math.log2(min(max(budget, low), high)))
+    reserved = sum(plan.min_actors * plan.num_cpus_per_actor for plan in pools)
+    gpus = sum(plan.min_actors * plan.num_gpus_per_actor for plan in pools)
+    stage_tasks = max((2 * plan.stage_cpus for plan in pools if plan.stages == "split"), default=0.0)
+    room = cluster.cpus - cluster.nodes * CPU_RESERVE - stage_tasks
+    if reserved > room + 1e-9 or gpus > cluster.gpus:
+        message = (f"compute: the actor pools' min_actors reserve {reserved:g} CPUs and {gpus:g} GPUs; the cluster "
+                   f"has {cluster.cpus:g} CPUs ({room:g} after reading, writing"
+                   f"{' and split stages' if stage_tasks else ''}) and {cluster.gpus:g} GPUs: "
+                   "lower min_actors or num_cpus_per_actor, or leave them out to size them automatically")
+        if cluster.fixed_size:
+            raise ConfigError(message)
+        log.warning(message)

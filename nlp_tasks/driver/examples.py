@@ -1,8 +1,10 @@
-"""Labelled examples of `embedding-classification` tasks, read and checked on the driver before the run.
+"""Labelled examples of `embedding-classification` tasks: read and checked on the driver before the run, and the
+heads fitted on them.
 
 They are a few hundred to a few thousand short rows: the driver reads them once, so that their
 content fingerprint enters the task's fingerprint (a changed example set is a changed task), and
-hands them to the Ray task that fits the heads (`annotate.fit_heads`).
+hands them to the Ray task that fits the heads (`workers.annotate.fit_heads`), unless the output keeps heads of
+the same task fingerprint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nlp_tasks.driver.inputs import InputError, redact
+from nlp_tasks.driver.compute import PoolPlan
+from nlp_tasks.errors import InputError, UserError
+from nlp_tasks.output.store import OutputStore
+from nlp_tasks.secrets import redact
 from nlp_tasks.tasks.embedding_classification import Examples
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
@@ -51,3 +56,35 @@ def read_examples(column: str, examples: Examples) -> LabelledTexts:
     if len(set(labels)) < 2:
         raise InputError(f"{where}: {len(texts)} rows with {len(set(labels))} label(s); a head needs at least two")
     return LabelledTexts(texts, labels)
+
+
+def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts],
+                 fingerprints: dict[str, str]) -> dict[str, dict]:
+    """The heads of the pools' tasks with labelled examples: the output's own copy where it holds one of the same
+    task fingerprint (a nightly rerun fits nothing), else fitted now (one Ray task per pool, all at once) and kept."""
+    import ray
+
+    from nlp_tasks.workers.annotate import fit_heads
+
+    heads, fitting = {}, []
+    for specs, plan in pools:
+        todo = {}
+        for column in (column for column in specs if column in examples):
+            if (head := store.head(column, fingerprints[column])) is not None:
+                heads[column] = head
+            else:
+                todo[column] = (examples[column].texts, examples[column].labels)
+        if todo:
+            fit = ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor,
+                                                num_gpus=plan.num_gpus_per_actor or None, max_retries=1)
+            fitting.append(fit.remote(specs, plan.compute, todo))
+    try:
+        for fitted in ray.get(fitting):
+            for column, head in fitted.items():
+                store.save_head(column, fingerprints[column], head)
+                heads[column] = head
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise error.cause from None
+        raise
+    return heads

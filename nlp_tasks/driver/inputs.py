@@ -16,94 +16,21 @@ from __future__ import annotations
 import glob as globbing
 import hashlib
 import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nlp_tasks.config import InputConfig
+from nlp_tasks.errors import InputError
+from nlp_tasks.files import FOOTER_READERS, read_arrow_layout, read_footer, version_of
+from nlp_tasks.secrets import redact
 
-FOOTER_READERS = 16
-"""Input files whose footers are read at once (object stores answer each request in tens of ms)."""
-TAIL_BYTES = 64 * 1024
-"""Bytes read from the end of a file to get its footer in one request (more when the footer is bigger)."""
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIX = ".arrow"
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 """Text column types, after view types are replaced (`without_views`)."""
-
-
-class InputError(Exception):
-    """The input cannot be annotated as configured; the message names the file and problem."""
-
-
-URL_CREDENTIALS = re.compile(r"([A-Za-z][\w+.-]*://)([^\s/'\"@:]*(?::(?!\d*(?:[/?#'\"\s]|$))[^\s'\"@]*)?)@")
-"""`user:password@` (or `token@`) after a URL's scheme; a `:` followed by digits and a slash is a port."""
-SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:sig|token|secret|password|passwd|key|credential|auth)[^=&\s]*=)([^&\s'\"]*)",
-                          re.IGNORECASE)
-SECRETS: set[str] = set()
-"""Credentials the configured URLs carry (`register_secrets`): replaced wherever they appear, URL or not (s3fs,
-for one, puts `user:password@bucket` in its errors without the scheme)."""
-
-
-def register_secrets(text: str) -> None:
-    """Remember the credentials of every URL in `text` (a config, a command line), so that `redact` removes them
-    from any message, whole or in pieces (an error may cut a secret at a slash)."""
-    from urllib.parse import unquote
-
-    for match in URL_CREDENTIALS.finditer(text):
-        user, colon, password = match.group(2).partition(":")
-        pieces = {match.group(2), f"{user}:{password.split('/')[0]}", password, *password.split("/")} if colon \
-            else {user}  # a user name is no secret; a token alone (https://TOKEN@host) is
-        SECRETS.update(piece for value in pieces for piece in (value, unquote(value)) if len(piece) >= 4)
-    SECRETS.update(value for match in SECRET_QUERY.finditer(text) if len(value := match.group(2)) >= 4)
-
-
-def redact(text: str) -> str:
-    """A path, URL or message without the credentials it may carry: `user:password@` and secret-looking query
-    values of any URL in it, and every registered secret.
-
-    Every path that is recorded (row ids, manifest, reports) or printed, and every message, log line and
-    traceback the job shows, goes through this.
-    """
-    text = SECRET_QUERY.sub(r"\1***", URL_CREDENTIALS.sub(r"\1", text))
-    for secret in sorted(SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-CREDENTIAL_HINTS = {
-    "s3": "as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or the machine's role",
-    "gs": "as GOOGLE_APPLICATION_CREDENTIALS or the machine's service account",
-    "gcs": "as GOOGLE_APPLICATION_CREDENTIALS or the machine's service account",
-    "hf": "as HF_TOKEN",
-}
-URL_CREDENTIAL_USERS = ("http", "https")
-"""Protocols whose filesystem passes the URL, credentials included, to its client as it is."""
-
-
-def check_credentials(key: str, url: str) -> None:
-    """Credentials in a URL must be ones its filesystem uses (ftp://, sftp://, http://); elsewhere (s3://: a
-    bucket cannot be named `user:password@bucket`) it is a one-line error naming the URL without them."""
-    match = URL_CREDENTIALS.match(url)
-    if not match:
-        return
-    protocol = match.group(1)[:-3].lower()
-    if protocol in URL_CREDENTIAL_USERS:
-        return
-    from fsspec.registry import get_filesystem_class
-
-    try:
-        used = {str(value) for value in get_filesystem_class(protocol)._get_kwargs_from_urls(url).values()}
-    except Exception:  # noqa: BLE001 - an unknown protocol or a driver not installed: fsspec says so later
-        used = set()
-    if not used & set(match.group(2).split(":")):
-        raise InputError(f"{key} {redact(url)!r}: {protocol}:// does not take credentials in the URL; remove them and "
-                         f"give them {CREDENTIAL_HINTS.get(protocol, 'the way its filesystem reads them')}")
 
 
 @dataclass(frozen=True)
@@ -226,14 +153,6 @@ def is_data_file(path: str) -> bool:
     return path.endswith((*PARQUET_SUFFIXES, ARROW_SUFFIX))
 
 
-def version_of(info: dict) -> str | None:
-    """A file's modification time or ETag, from its listing entry."""
-    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "modified"):
-        if info.get(key) is not None:
-            return str(info[key]).strip('"')
-    return None
-
-
 def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, str]]:
     """The filesystem, what the input path names (a file, a folder, a glob's folder), each input file's listing
     entry (size, version) by path, and what was passed over below it (`hidden_part`), by folder or file.
@@ -266,44 +185,6 @@ def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, st
     return filesystem, root, files, {
         hidden: f"starts with {hidden.rstrip('/').rsplit('/', 1)[-1][0]!r}, as readers skip it: {count} file(s) not "
                 "read (name the folder as input.path to read it)" for hidden, count in sorted(skipped.items())}
-
-
-def read_footer(filesystem: Any, path: str, size: int) -> tuple[pq.FileMetaData, str]:
-    """A Parquet file's metadata and the sha256 of its footer bytes, in one read (two if the footer is big)."""
-    with filesystem.open(path, "rb") as handle:
-        handle.seek(max(0, size - TAIL_BYTES))
-        tail = handle.read()
-        if len(tail) < 12 or tail[-4:] != b"PAR1":
-            raise ValueError("no Parquet magic bytes at the end of the file")
-        footer_length = struct.unpack("<I", tail[-8:-4])[0]
-        if footer_length + 8 > len(tail):
-            if footer_length + 12 > size:
-                raise ValueError(f"footer length {footer_length} exceeds the file size {size}")
-            handle.seek(size - footer_length - 8)
-            tail = handle.read()
-    footer = tail[-(footer_length + 8):]
-    return pq.read_metadata(pa.py_buffer(b"PAR1" + footer)), hashlib.sha256(footer).hexdigest()
-
-
-def open_arrow(filesystem: Any, path: str) -> tuple[Any, pa.Schema, Iterator[pa.RecordBatch]]:
-    """The opened file (memory-mapped where local), its schema and its record batches, in the Arrow IPC stream
-    format (`datasets`) or file format (Feather v2)."""
-    source = pa.memory_map(path) if "file" in filesystem.protocol else filesystem.open(path, "rb")
-    if source.read(6) == b"ARROW1":
-        reader = pa.ipc.open_file(source)
-        return source, reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
-    source.seek(0)
-    reader = pa.ipc.open_stream(source)
-    return source, reader.schema, iter(reader)
-
-
-def read_arrow_layout(filesystem: Any, path: str, size: int) -> tuple[pa.Schema, tuple[int, ...], str]:
-    """An Arrow IPC file's schema, rows per record batch, and the sha256 of its last bytes."""
-    source, schema, batches = open_arrow(filesystem, path)
-    with source:
-        rows = tuple(batch.num_rows for batch in batches)
-        source.seek(max(0, size - TAIL_BYTES))
-        return schema, rows, hashlib.sha256(source.read()).hexdigest()
 
 
 def text_type_problem(schema: pa.Schema, column: str) -> str | None:

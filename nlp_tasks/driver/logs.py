@@ -1,5 +1,5 @@
 """Keep the job's logs readable and free of secrets: drop the one ERROR line Ray prints for every healthy run, and
-pass every log record and every line written to stderr through the redaction (io.redact).
+pass every log record and every line written to stderr through the redaction (secrets.redact).
 
 Ray Data hands each pool actor its own constructor arguments by reference (object refs it owns
 on the driver), and Ray core logs, once per process, an ERROR that actor restarts could fail if
@@ -26,7 +26,7 @@ KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts 
 
 
 def redacted(line: bytes) -> bytes:
-    from nlp_tasks.driver.inputs import redact
+    from nlp_tasks.secrets import redact
 
     return redact(line.decode(errors="surrogateescape")).encode(errors="surrogateescape")
 
@@ -35,7 +35,7 @@ class RedactingFilter(logging.Filter):
     """A handler filter that redacts the record's message, traceback and stack before the handler formats them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from nlp_tasks.driver.inputs import redact
+        from nlp_tasks.secrets import redact
 
         record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:

@@ -168,11 +168,11 @@ def holds(report: dict) -> str:
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     """Write the JSON and HTML next to the output, secrets redacted (a task's skip reason, a stage's error may
     name a URL); returns the JSON's path."""
-    from nlp_tasks.driver.inputs import redact
+    from nlp_tasks.secrets import redact
 
     now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
     stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
-    from nlp_tasks.output.store import REPORTS
+    from nlp_tasks.output.layout import REPORTS
 
     folder = f"{output_root.rstrip('/')}/{REPORTS}"
     filesystem.makedirs(folder, exist_ok=True)

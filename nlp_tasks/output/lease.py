@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any
 
+from nlp_tasks.errors import UserError
 from nlp_tasks.output.storage import TornFile, create_exclusive, dump, read_json, write_atomic
 
 LEASE_TTL_S = 120.0
@@ -27,7 +28,7 @@ LEASE_TTL_S = 120.0
 LEASE_NAME = re.compile(r"lease-(\d{8})\.json$")
 
 
-class LeaseHeld(Exception):
+class LeaseHeld(UserError):
     """Another run holds the output; the message names it."""
 
 

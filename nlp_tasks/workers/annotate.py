@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.workers.stats import with_call
 from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
+from nlp_tasks.workers.stats import with_call
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
     """
     import os
 
+    from nlp_tasks.errors import InputError
     from nlp_tasks.models.heads import fit_head
 
     embedding_specs = {column: TaskSpec.model_validate({
@@ -90,7 +91,7 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
             table = embedder(pa.table({"text": texts}), only=[column])
             for row, errors in enumerate(table.column("errors").to_pylist()):
                 if errors:
-                    raise ValueError(f"tasks.{column}.examples: row {row} cannot be embedded: {errors[0]['message']}")
+                    raise InputError(f"tasks.{column}.examples: row {row} cannot be embedded: {errors[0]['message']}")
             embedded[key] = np.stack(table.column(column).to_numpy(zero_copy_only=False))
         heads[column] = fit_head(specs[column].options.head, embedded[key], labels)
     return heads
@@ -208,7 +209,8 @@ class Annotator:
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
-        from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET, gpu_token_budget
+        from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET
+        from nlp_tasks.workers.batching import gpu_token_budget
 
         some = next(iter(self.adapters.values()))
         if some.device.type != "cuda":

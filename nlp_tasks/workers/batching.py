@@ -7,6 +7,7 @@ padded size (rows x longest row) stays within a token budget; results go back in
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -93,3 +94,31 @@ class MicroBatcher:
             self.token_budget = max(1, min(self.token_budget, inputs["input_ids"].numel() // 2))
             half = len(group) // 2
             return self._run_group(group[:half], forward) + self._run_group(group[half:], forward)
+
+
+GPU_MEMORY_SHARE = 0.5
+"""Of the GPU memory free once the model is loaded, the share micro-batches may use (the rest: fragmentation,
+other actors sharing the GPU, the CUDA out-of-memory back-off's headroom)."""
+GPU_TOKEN_BUDGET_BOUNDS = (8192, 1 << 19)
+
+
+def gpu_token_budget(model: Any, device: Any, max_length: int, generates: bool) -> int:
+    """Padded tokens per micro-batch that fit in the GPU's free memory, as a power of two.
+
+    Per token a forward pass holds about four hidden-size vectors (queries, keys, values, output),
+    one intermediate-size vector and one attention row per head, twice over for safety;
+    generation keeps keys and values for every layer as well.
+    """
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    config = getattr(model.config, "text_config", None) or model.config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", 1024)
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "encoder_ffn_dim", 4 * hidden)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "encoder_attention_heads", 16)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "decoder_layers", 12)
+    elements = 4 * hidden + intermediate + heads * max_length + (2 * layers * hidden if generates else 0)
+    per_token = 2 * elements * torch.tensor([], dtype=model.dtype).element_size()
+    budget = int(free * GPU_MEMORY_SHARE / per_token)
+    low, high = GPU_TOKEN_BUDGET_BOUNDS
+    return 1 << int(math.log2(min(max(budget, low), high)))

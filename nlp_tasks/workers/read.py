@@ -27,7 +27,6 @@ from ray.data.datasource import Datasource, ReadTask
 
 from nlp_tasks.workers.stats import CALLS_COLUMN
 
-
 UNIT_COLUMN = "__unit"
 ROW_COLUMN = "__row"
 INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN, CALLS_COLUMN)
@@ -134,7 +133,7 @@ def record_batches(filesystem: Any, fragment: Fragment, block_rows: int) -> Iter
         with filesystem.open(fragment.path, "rb") as handle:
             yield from pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
         return
-    from nlp_tasks.driver.inputs import open_arrow
+    from nlp_tasks.files import open_arrow
 
     source, _, batches = open_arrow(filesystem, fragment.path)
     with source:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.tasks.base import RowError, TaskAdapter
 from nlp_tasks.workers.annotate import (
     Annotator,
     Pending,
@@ -44,9 +46,7 @@ from nlp_tasks.workers.annotate import (
     with_errors,
 )
 from nlp_tasks.workers.batching import MODEL_INPUT_KEYS
-from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.workers.stats import with_call
-from nlp_tasks.tasks.base import RowError, TaskAdapter
 
 UNITS_PREFIX = "__units."
 """Each row's units whole (pickled), for the postprocess stage and multi-level tasks."""

@@ -78,7 +78,7 @@ def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[st
 
 
 def footer_sha256(data: pa.Buffer) -> str:
-    """sha256 of a Parquet file's footer with its length and magic (the bytes io.read_footer checksums)."""
+    """sha256 of a Parquet file's footer with its length and magic (the bytes files.read_footer checksums)."""
     view = memoryview(data)
     footer_length = struct.unpack("<I", view[-8:-4])[0]
     return hashlib.sha256(view[-(footer_length + 8):]).hexdigest()

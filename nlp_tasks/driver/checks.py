@@ -1,0 +1,122 @@
+"""The driver's checks before anything runs: credentials, the input's files and columns, the models, the output.
+
+Every problem found here is the user's (`errors.UserError`): one line naming the file, column or key, exit 2, before
+any model loads or the output is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.driver.examples import LabelledTexts, read_examples
+from nlp_tasks.driver.inputs import InputFiles, inspect_input
+from nlp_tasks.driver.manifest import job_change, job_manifest
+from nlp_tasks.driver.phases import timed
+from nlp_tasks.engines.choice import choose_engine
+from nlp_tasks.errors import InputError
+from nlp_tasks.models.loading import ModelUnavailable, check_available
+from nlp_tasks.output.store import OutputStore
+from nlp_tasks.secrets import check_credentials, redact, register_secrets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckedJob:
+    """What the checks found: the input files, the tasks that can run (engines resolved), the labelled examples
+    and the job manifest."""
+
+    source: InputFiles
+    tasks: dict[str, TaskSpec]
+    skipped: dict[str, str]
+    """Tasks whose model is not available here, and why (input.skip_unavailable_models)."""
+    examples: dict[str, LabelledTexts]
+    job: dict
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return {column: entry["fingerprint"] for column, entry in self.job["tasks"].items()}
+
+
+def check_job(config: JobConfig, timings: dict[str, float]) -> CheckedJob:
+    """Check the config's URLs, the input and the models; nothing is written."""
+    register_secrets(config.model_dump_json())
+    examples = {column: spec.options.examples for column, spec in config.tasks.items()
+                if getattr(spec.options, "examples", None) is not None}
+    for key, url in [("input.path", config.input.path), ("output.path", config.output.path),
+                     *((f"tasks.{column}.model", spec.model) for column, spec in config.tasks.items()),
+                     *((f"tasks.{column}.examples", found.path) for column, found in examples.items())]:
+        check_credentials(key, url)
+    with timed(timings, "inspect_input"):
+        source = inspect_input(config.input)
+    for column in [*config.tasks, config.output.errors_column,
+                   None if config.input.id_column else config.output.generated_id_column]:
+        if column in source.schema.names:
+            raise InputError(f"input column {column!r} clashes with an output column of the same name")
+    for path, problem in source.quarantined.items():
+        log.warning("quarantined input file %r: %s", path, problem)
+    for path, why in source.skipped.items():
+        log.info("input: not reading %r: %s", path, why)
+    with timed(timings, "check_models"):
+        tasks, skipped = runnable_tasks(config)
+        labelled = {column: read_examples(column, examples[column]) for column in tasks if column in examples}
+        job = job_manifest(config, tasks, labelled)
+    for column, reason in skipped.items():
+        log.warning("skipping task %r: %s", column, reason)
+    return CheckedJob(source, tasks, skipped, labelled, job)
+
+
+def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
+    """Tasks whose models are here (or downloadable), each with the engine that runs it (`engine: auto` resolved),
+    and the reasons for those that are not."""
+    ready, skipped = {}, {}
+    for column, spec in config.tasks.items():
+        try:
+            check_available(spec.model, spec.revision)
+        except ModelUnavailable as error:
+            if not config.skip_unavailable_models:
+                raise InputError(f"tasks.{column}: {error}") from None
+            skipped[column] = str(error)
+            continue
+        engine, why_not = choose_engine(column, spec, config.pool_compute({column: spec}).dtype)
+        if why_not:
+            log.info("task %r runs on %s: %s", column, engine, why_not)
+        ready[column] = spec.model_copy(update={"engine": engine})
+    if not ready:
+        raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
+    return ready, skipped
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def check_separate(source: InputFiles, store: OutputStore) -> None:
+    """Input and output must not overlap: the output would be read as input, or overwrite it."""
+    if type(source.filesystem) is not type(store.filesystem):
+        return
+    real = os.path.realpath if "file" in str(store.filesystem.protocol) else (lambda p: p.rstrip("/"))
+    output, root = real(store.root), real(source.root)
+    inside_output = next((f for f in source.files if _inside(real(f.path), output)), None)
+    if inside_output or _inside(output, root):
+        where = f"input file {inside_output.name!r} is inside it" if inside_output else "it is inside input.path"
+        raise InputError(f"output.path {store.name!r} overlaps the input ({where}); choose an output outside it")
+
+
+def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float]) -> OutputStore:
+    """The output, its lease taken and its committed files checked (output.if_exists decides what may be there)."""
+    from fsspec.core import url_to_fs
+
+    name = redact(config.output.path)
+    try:
+        store = OutputStore(*url_to_fs(config.output.path), name=name)
+        check_separate(checked.source, store)
+        with timed(timings, "open_output"):
+            store.open(checked.job, config.output.if_exists, job_change)
+    except (OSError, ValueError, ImportError) as error:
+        raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "
+                         f"{redact(str(error))})") from None
+    return store

@@ -1,0 +1,53 @@
+"""Running the plan on Ray: join or start Ray, size the pools, fit the heads, and stream the write stage's part
+records into the commits. Only those small records reach the driver; the rows stay on the workers."""
+
+from __future__ import annotations
+
+import time
+
+from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.driver.commits import Commits
+from nlp_tasks.driver.compute import Cluster, PoolPlan, size_pools
+from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
+from nlp_tasks.driver.inputs import InputFiles
+from nlp_tasks.driver.phases import timed
+from nlp_tasks.driver.plan import annotated_dataset, group_by_model
+from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
+from nlp_tasks.output.store import OutputStore
+from nlp_tasks.workers.read import Fragment
+from nlp_tasks.workers.write import PART_RECORD
+
+
+def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
+             store: OutputStore, commits: Commits, timings: dict[str, float], columns: list[str],
+             examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolPlan]]:
+    """Run `tasks` over `fragments` on Ray and commit their files; returns the actors' stats, Ray Data's stage
+    stats, the pools."""
+    import sys
+
+    import ray
+
+    with timed(timings, "start_ray"):
+        started_here = start_ray()
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = sys.stderr.isatty()
+        pools = size_pools(config, group_by_model(tasks), Cluster.now(fixed_size=started_here),
+                           sum(fragment.rows for fragment in fragments))
+        with timed(timings, "fit_heads"):
+            heads = fitted_heads(store, pools, examples, fingerprints)
+        started, started_at = time.perf_counter(), time.time()
+        dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
+                                    heads)
+        for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
+            commits.add(records.cast(PART_RECORD).to_pylist())
+            if not commits.missing():
+                break  # every file is in: do not wait for Ray Data to wind its operators down
+        timings["annotate"] = round(time.perf_counter() - started, 2)
+        commits.finish()
+        return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
+    finally:
+        if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)
+            with timed(timings, "stop_ray"):
+                stop_embedded_ray()
