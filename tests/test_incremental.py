@@ -115,25 +115,3 @@ def test_a_removed_task_is_kept_unless_the_config_drops_it(ray_local, tmp_path, 
     assert "sentiment" not in after.schema.names
     assert column_bytes(after, "embedding") == column_bytes(before, "embedding")
     assert not any(e["task"] == "sentiment" for row in after.column("errors").to_pylist() for e in row)
-
-
-def test_an_output_from_before_task_fingerprints_is_not_recomputed(ray_local, tmp_path, models, job):
-    """Markers of the earlier layout held each task's model fingerprint: a task configured as before is current."""
-    sentiment = {"task": "sentiment-analysis", "model": str(models["text-classification"])}
-    job({"sentiment": sentiment})
-    before = output(tmp_path)
-    manifest = tmp_path / "out" / "__manifest"
-    earlier = json.loads((manifest / "job.json").read_text())
-    for entry in earlier["tasks"].values():
-        del entry["fingerprint"]
-    (manifest / "job.json").write_text(json.dumps(earlier))
-    for path in (manifest / "units").glob("*.json"):
-        marker = json.loads(path.read_text())
-        path.write_text(json.dumps({**marker, "tasks": {"sentiment": earlier["tasks"]["sentiment"]["model_fingerprint"]}}))
-
-    report = job({"sentiment": sentiment})
-    assert report["files_processed"] == 0
-    current = {"sentiment": report["tasks"]["sentiment"]["fingerprint"]}
-    assert all(json.loads(path.read_text())["tasks"] == current for path in (manifest / "units").glob("*.json"))
-    assert column_bytes(output(tmp_path), "sentiment") == column_bytes(before, "sentiment")
-    assert job({"sentiment": sentiment})["files_processed"] == 0
