@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+from typing import Self
 
 
 class GpuSampler:
@@ -20,7 +21,7 @@ class GpuSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self) -> GpuSampler:
+    def __enter__(self) -> Self:
         if self.enabled:
             self._thread.start()
         return self

@@ -48,7 +48,8 @@ def run_job(scenario: Scenario, model: Path, source: Path, work: Path, compute: 
     started = time.perf_counter()
     with (work / "job.log").open("w") as log:
         result = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                check=False)
     seconds = time.perf_counter() - started
     if result.returncode:
         raise SystemExit(f"the job failed ({result.returncode}); see {work / 'job.log'}")

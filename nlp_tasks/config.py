@@ -199,7 +199,7 @@ def parse_config(data: Any, source: str = "config") -> JobConfig:
         raise ConfigError(f"{source}: {_describe(error, prefix='')}") from None
     for name, spec in config.tasks.items():
         try:
-            spec.options
+            _ = spec.options  # validates the task's options
         except ValidationError as error:
             raise ConfigError(f"{source}: {_describe(error, prefix=f'tasks.{name}')}") from None
     return config

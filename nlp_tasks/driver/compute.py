@@ -155,8 +155,7 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         threads = "inter_threads" if first.engine == "ctranslate2" and not gpu else "torch_threads"
         if ("num_cpus_per_actor" in chosen and threads not in chosen) or threads not in settings:
             settings[threads] = max(1, math.floor(settings["num_cpus_per_actor"]))
-        if settings["min_actors"] > settings["max_actors"]:
-            settings["max_actors"] = settings["min_actors"]
+        settings["max_actors"] = max(settings["max_actors"], settings["min_actors"])
         if rows is not None and "batch_size" not in chosen:
             calls = settings["max_actors"] * (settings["inter_threads"] if first.engine == "ctranslate2" and not gpu
                                               else BATCHES_PER_ACTOR)

@@ -77,9 +77,9 @@ class RunReport:
 def summary(report: dict) -> str:
     """The human summary printed at the end of a run."""
     lines = [
-        f"rows: {report['rows_in']} in, {report['rows_out']} out "
+        (f"rows: {report['rows_in']} in, {report['rows_out']} out "
         f"({report['rows_this_run']} this run, {report['files_processed']} file(s); "
-        f"{report['files_already_committed']} already committed) in {report['seconds']} s",
+        f"{report['files_already_committed']} already committed) in {report['seconds']} s"),
         f"rows with errors: {report['rows_with_errors']}",
     ]
     lines += [f"quarantined input file {path}: {problem}" for path, problem in report["quarantined_files"].items()]

@@ -190,7 +190,7 @@ class TaskAdapter:
     def encode(self, texts: list[str], **kwargs: Any) -> list[Features]:
         """Tokenize without padding, truncated to the window; one features dict per text."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
-        return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+        return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
 
     def encode_units(self, texts: list[str], **kwargs: Any) -> list[list[Features]]:
         """Each text's units: one truncated to the window, or with chunk the overlapping windows covering it all.
@@ -220,7 +220,7 @@ class TaskAdapter:
         owners = encoded.pop("overflow_to_sample_mapping")
         rows: list[list[Features]] = [[] for _ in texts]
         for index, owner in enumerate(owners):
-            rows[owner].append({k: encoded[k][index] for k in encoded.keys()})
+            rows[owner].append({k: encoded[k][index] for k in encoded})
         return rows
 
     def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:

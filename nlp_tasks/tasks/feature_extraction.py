@@ -39,7 +39,7 @@ class FeatureExtraction(TaskAdapter):
     aliases = ("embedding",)
     options_class = FeatureExtractionOptions
     auto_class = "AutoModel"
-    text_encoding = {}
+    text_encoding: ClassVar[dict[str, bool] | None] = {}
 
     def arrow_type(self) -> pa.DataType:
         """A list of hidden_size floats: a variable list, because pyarrow before 26 cannot read back a null in a

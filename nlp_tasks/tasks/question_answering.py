@@ -67,7 +67,7 @@ class QuestionAnswering(TaskAdapter):
         )
         units: list = [RowError(problem) if problem else None for problem in problems]
         for position, row in enumerate(clean):
-            unit = {k: encoded[k][position] for k in encoded.keys()}
+            unit = {k: encoded[k][position] for k in encoded}
             unit["context_mask"] = [sequence == 1 for sequence in encoded.sequence_ids(position)]
             units[row] = [unit]
         return units

@@ -6,7 +6,7 @@ With `long_text: chunk` every window is scored and the scores are aggregated per
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +49,7 @@ class TextClassification(TaskAdapter):
     aliases = ("sentiment-analysis",)
     options_class = TextClassificationOptions
     auto_class = "AutoModelForSequenceClassification"
-    text_encoding = {}
+    text_encoding: ClassVar[dict[str, bool] | None] = {}
 
     def arrow_type(self) -> pa.DataType:
         return LABEL_SCORE if self.options.top_k is None else pa.list_(LABEL_SCORE)

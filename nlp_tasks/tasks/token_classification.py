@@ -28,7 +28,7 @@ ENTITY = pa.struct([
 class TokenClassificationOptions(TaskOptions):
     supports_chunk: ClassVar[bool] = True
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "simple"
-    ignore_labels: list[str] = ["O"]
+    ignore_labels: list[str] = ["O"]  # noqa: RUF012 - a pydantic field: each instance gets its own copy
 
     @model_validator(mode="after")
     def _chunk_merges_entities(self):
@@ -44,7 +44,7 @@ class TokenClassification(TaskAdapter):
     aliases = ("ner",)
     options_class = TokenClassificationOptions
     auto_class = "AutoModelForTokenClassification"
-    text_encoding = {"return_offsets_mapping": True, "return_special_tokens_mask": True}
+    text_encoding: ClassVar[dict[str, bool] | None] = {"return_offsets_mapping": True, "return_special_tokens_mask": True}
 
     def __init__(self, loaded: LoadedModel, options: TokenClassificationOptions):
         super().__init__(loaded, options)

@@ -73,7 +73,7 @@ class ZeroShotClassification(TaskAdapter):
             [piece for piece in pieces for _ in hypotheses], hypotheses * len(pieces),
             truncation="only_first", max_length=self.max_length,
         )
-        units = [{k: pairs[k][i] for k in pairs.keys()} for i in range(len(pieces) * len(hypotheses))]
+        units = [{k: pairs[k][i] for k in pairs} for i in range(len(pieces) * len(hypotheses))]
         return split_rows(units, [len(row) * len(hypotheses) for row in windows])
 
     def forward(self, inputs):

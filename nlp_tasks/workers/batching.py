@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Features = dict[str, Any]
 """One token sequence: model inputs (lists of ints) plus whatever the adapter keeps for postprocessing."""

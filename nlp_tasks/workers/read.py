@@ -17,8 +17,9 @@ compute again (or to drop) are dropped on reading, with their entries in the err
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -13,6 +13,7 @@ The driver commits a unit once its parts cover all its rows (`commit.py`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -40,7 +41,7 @@ def runs(units: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) slices of a (unit, position)-sorted batch holding consecutive positions of one unit."""
     breaks = np.flatnonzero((units[1:] != units[:-1]) | (positions[1:] != positions[:-1] + 1)) + 1
     edges = [0, *breaks.tolist(), len(positions)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def label_values(column: pa.ChunkedArray) -> pa.Array | None:
