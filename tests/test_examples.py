@@ -15,7 +15,8 @@ from conftest import REPO
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec, parse_config
 from nlp_tasks.models.heads import fit_head, head_scores
-from nlp_tasks.workers.annotate import Annotator, fit_heads
+from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.heads import fit_heads
 
 
 def test_heads_separate_labelled_points():

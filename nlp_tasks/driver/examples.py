@@ -3,7 +3,7 @@ heads fitted on them.
 
 They are a few hundred to a few thousand short rows: the driver reads them once, so that their
 content fingerprint enters the task's fingerprint (a changed example set is a changed task), and
-hands them to the Ray task that fits the heads (`workers.annotate.fit_heads`), unless the output keeps heads of
+hands them to the Ray task that fits the heads (`workers.heads.fit_heads`), unless the output keeps heads of
 the same task fingerprint.
 """
 
@@ -64,7 +64,7 @@ def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], example
     task fingerprint (a nightly rerun fits nothing), else fitted now (one Ray task per pool, all at once) and kept."""
     import ray
 
-    from nlp_tasks.workers.annotate import fit_heads
+    from nlp_tasks.workers.heads import fit_heads
 
     heads, fitting = {}, []
     for specs, plan in pools:

@@ -64,7 +64,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
-    (annotate.fit_heads), by column.
+    (heads.fit_heads), by column.
     """
     import ray
 

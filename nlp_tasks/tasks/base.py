@@ -177,7 +177,7 @@ class TaskAdapter:
         raise NotImplementedError
 
     def use_fitted(self, state: dict[str, Any]) -> None:
-        """Take what the job fitted for this task once per run (a head on labelled examples: annotate.fit_heads)."""
+        """Take what the job fitted for this task once per run (a head on labelled examples: heads.fit_heads)."""
         raise TypeError(f"task {self.name!r} fits nothing")
 
     def next_level(self, rows: list[tuple[list[Features], list[Any]]]) -> list[list[Features] | RowError | None]:

@@ -88,6 +88,6 @@ class EmbeddingClassification(FeatureExtraction):
         from nlp_tasks.models.heads import head_scores
 
         if self.head is None:
-            raise RuntimeError("embedding-classification with examples needs its fitted head (annotate.fit_heads)")
+            raise RuntimeError("embedding-classification with examples needs its fitted head (heads.fit_heads)")
         scores = head_scores(self.head, np.stack([normalized(window) for window in outputs]))
         return ranked(self.head["labels"], aggregate_windows(scores, self.options.chunk_aggregation))

@@ -22,7 +22,6 @@ from collections import Counter
 from functools import cached_property
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
@@ -65,36 +64,6 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     for column, state in (fitted or {}).items():
         adapters[column].use_fitted(state)
     return adapters
-
-
-def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
-              examples: dict[str, tuple[list[str], list[str]]]) -> dict[str, dict]:
-    """Each task's head, fitted on its labelled examples embedded with the task's own model and pooling.
-
-    Runs once per run, as a Ray task before the actor pools start (so it may use every core of its node).
-    """
-    import os
-
-    from nlp_tasks.errors import InputError
-    from nlp_tasks.models.heads import fit_head
-
-    embedding_specs = {column: TaskSpec.model_validate({
-        "task": "feature-extraction", "model": specs[column].model, "revision": specs[column].revision,
-        **specs[column].options.embedding_options()}) for column in examples}
-    if compute.device != "cuda":
-        compute = compute.model_copy(update={"torch_threads": os.cpu_count()})
-    embedder = Annotator(embedding_specs, compute, "text", "errors")
-    heads, embedded = {}, {}
-    for column, (texts, labels) in examples.items():
-        key = (embedding_specs[column].model_dump_json(), tuple(texts))  # heads of one example set embed it once
-        if key not in embedded:
-            table = embedder(pa.table({"text": texts}), only=[column])
-            for row, errors in enumerate(table.column("errors").to_pylist()):
-                if errors:
-                    raise InputError(f"tasks.{column}.examples: row {row} cannot be embedded: {errors[0]['message']}")
-            embedded[key] = np.stack(table.column(column).to_numpy(zero_copy_only=False))
-        heads[column] = fit_head(specs[column].options.head, embedded[key], labels)
-    return heads
 
 
 def caller() -> tuple[str, str]:
