@@ -22,7 +22,7 @@ reading, inference, writing):
 
 Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`). Results go to
 the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json (or --out);
-`--readme NAME ...` writes the README's peers table from such results files, with the machine they ran on.
+`--readme NAME ...` writes the peers table of docs/performance.md from such results files, with the machine they ran on.
 """
 
 from __future__ import annotations
@@ -187,8 +187,8 @@ def readme_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(names: list[str], readme: Path = REPO / "README.md") -> None:
-    """Replace the README's peers table (between its two markers) with one made from results files `names`."""
+def write_readme(names: list[str], readme: Path = REPO / "docs" / "performance.md") -> None:
+    """Replace the peers table of docs/performance.md (between its two markers) with one made from results files `names`."""
     records = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
     text = readme.read_text()
     if not README_TABLE.search(text):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each variant, taken in turns (the machine's speed drifts); the best counts")
     parser.add_argument("--readme", nargs="+", metavar="NAME",
-                        help="only write the README's peers table from these results files (benchmarks/results)")
+                        help="only write docs/performance.md's peers table from these results files (benchmarks/results)")
     parser.add_argument("--run", nargs=3, metavar=("PEER", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.readme:

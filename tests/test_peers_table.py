@@ -1,4 +1,4 @@
-"""The README's peers table is written from benchmark results files, between its markers and nowhere else."""
+"""The peers table of docs/performance.md is written from benchmark results files, between its markers and nowhere else."""
 
 from __future__ import annotations
 

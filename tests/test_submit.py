@@ -178,6 +178,6 @@ def test_upload_is_the_project_without_venv_outputs_or_git(tmp_path):
     env, package = runtime_env(), tmp_path / "package.zip"
     _zip_files(env["working_dir"], env["excludes"], str(package), include_gitignore=False)  # excludes alone suffice
     names = zipfile.ZipFile(package).namelist()
-    assert {"jobs/annotate.py", "nlp_tasks/job.py", "data/bbc_sample.parquet"} <= set(names)
+    assert {"jobs/annotate.py", "nlp_tasks/driver/job.py", "data/bbc_sample.parquet"} <= set(names)
     assert not [name for name in names if name.startswith((".venv/", ".git/", "output/")) or "__pycache__/" in name]
     assert package.stat().st_size < 20 * 2**20

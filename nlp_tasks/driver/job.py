@@ -1,4 +1,4 @@
-"""The job on the driver, step by step as the README's "How a file is committed" tells it. It never touches a row.
+"""The job on the driver, step by step as docs/output.md tells it. It never touches a row.
 
     check        the config's URLs, the input files and columns, the models          (checks.py)
     open         the output: its lease, its committed files verified, if_exists       (checks.py, output/)
