@@ -13,14 +13,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS_ENV = "NLP_TASKS_BENCH_RESULTS"
+RESULTS = Path(os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parent / "results")
+"""Where results files go: benchmarks/results, or the folder $NLP_TASKS_BENCH_RESULTS names (a smoke run's)."""
 CORPORA = (REPO.parent / "shared/corpora/bbc_news/train.parquet", REPO / "data/bbc_sample.parquet")
 """The full BBC training split where it exists (beside a checkout), else the sample bundled in the repo."""
 
 
+def corpus_path() -> Path:
+    """The first of CORPORA that exists."""
+    return next(path for path in CORPORA if path.exists())
+
+
 def corpus_rows(rows: int, corpus: Path | None = None) -> pa.Table:
     """`rows` BBC articles (id, text, category): the corpus repeated as often as needed, with unique ids."""
-    path = corpus or next(path for path in CORPORA if path.exists())
+    path = corpus or corpus_path()
     table = pq.read_table(path, columns=["id", "text", "category"])
     repeated = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows)
     ids = [f"{i:08d}" for i in range(rows)]
@@ -89,8 +96,8 @@ def machine() -> dict:
 
 
 def save(name: str, record: dict) -> Path:
-    """Write a benchmark's JSON record to benchmarks/results/<name>.json."""
-    RESULTS.mkdir(exist_ok=True)
+    """Write a benchmark's JSON record, with the machine, to <RESULTS>/<name>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **record}, indent=2) + "\n")
     return path

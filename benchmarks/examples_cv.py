@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from benchmarks.common import CORPORA, print_table, save
+from benchmarks.common import corpus_path, print_table, save
 
 HEADS = ("centroid", "logistic")
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args(argv)
-    table = pq.read_table(next(path for path in CORPORA if path.exists()), columns=["id", "text", "category"])
+    table = pq.read_table(corpus_path(), columns=["id", "text", "category"])
     order = np.random.default_rng(0).permutation(table.num_rows)
     folds = np.array_split(order, args.folds)
     results = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.common import CORPORA, RESULTS, minilm_path
+from benchmarks.common import RESULTS, corpus_path, machine, minilm_path
 from benchmarks.scenarios import NER_LABELS
 
 TEXT = "text"
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     loaded = LoadedModel(tokenizer, transformers.BertForTokenClassification(config).eval(), torch.device("cpu"))
     pipeline = transformers.TokenClassificationPipeline(model=loaded.model, tokenizer=tokenizer, device="cpu")
-    corpus = next(path for path in CORPORA if path.exists())
+    corpus = corpus_path()
     texts = pq.read_table(corpus, columns=[TEXT]).column(TEXT).to_pylist()[:args.rows]
 
     results = []
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{strategy:8} job {r['job_rows_per_s']:7.0f} rows/s   pipeline {r['pipeline_rows_per_s']:5.0f} rows/s   "
               f"{r['speedup']:5.1f}x   {r['entities_per_row']:.0f} entities/row   same entities: {same}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "ner_grouping", "parameters": vars(args),
+    Path(args.out).write_text(json.dumps({"machine": machine(), "benchmark": "ner_grouping", "parameters": vars(args),
                                           "corpus": str(corpus), "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0 if all(r["same_entities"] for r in results) else 1

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CORPORA, REPO, corpus_rows, print_table, save, write_files
+from benchmarks.common import REPO, corpus_path, corpus_rows, print_table, save, write_files
 
 MAX_INPUT = 512
 SUB_BATCH = 8
@@ -76,7 +76,7 @@ def corpus_texts() -> list[str]:
     """Every article of the corpus (what the tokenizer is trained on)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(next(path for path in CORPORA if path.exists()), columns=["text"]).column("text").to_pylist()
+    return pq.read_table(corpus_path(), columns=["text"]).column("text").to_pylist()
 
 
 def tiny_bart(target: Path) -> Path:
