@@ -103,6 +103,12 @@ def save(name: str, record: dict) -> Path:
     return path
 
 
+def failed(what: str, returncode: int, log: Path, lines: int = 30) -> SystemExit:
+    """A failed process's exit, with the end of its log (which sits in a temporary folder that is about to go)."""
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return SystemExit(f"{what} failed ({returncode}); the end of {log}:\n{tail}")
+
+
 def print_table(headers: list[str], rows: list[list]) -> None:
     cells = [headers, *[[str(cell) for cell in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

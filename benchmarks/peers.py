@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.baselines import ceiling_rows_per_s
-from benchmarks.common import REPO, RESULTS, corpus_rows, minilm_path, print_table, save, write_files
+from benchmarks.common import REPO, RESULTS, corpus_rows, failed, minilm_path, print_table, save, write_files
 from benchmarks.scenarios import SCENARIOS
 
 MAX_LENGTH = 256
@@ -144,7 +144,7 @@ def whole_process(cmd: list[str], log: Path, target: Path, rows: int) -> float:
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
     seconds = time.perf_counter() - started
     if result.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}); see {log}")
+        raise failed(" ".join(cmd), result.returncode, log)
     written = ds.dataset(target, format="parquet").count_rows()
     if written != rows:
         raise SystemExit(f"{' '.join(cmd)} wrote {written} rows, not {rows}; see {log}")

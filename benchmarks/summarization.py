@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import REPO, corpus_path, corpus_rows, print_table, save, write_files
+from benchmarks.common import REPO, corpus_path, corpus_rows, failed, print_table, save, write_files
 
 MAX_INPUT = 512
 SUB_BATCH = 8
@@ -159,7 +159,7 @@ def process(cmd: list[str], log: Path) -> float:
         result = subprocess.run(cmd, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
     if result.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}); see {log}")
+        raise failed(" ".join(cmd), result.returncode, log)
     return round(time.perf_counter() - started, 2)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.baselines import PIPELINE_BATCH, ceiling_rows_per_s, pipeline_rows_per_s
-from benchmarks.common import REPO, corpus_rows, print_table, save, write_files
+from benchmarks.common import REPO, corpus_rows, failed, print_table, save, write_files
 from benchmarks.gpu import GpuSampler
 from benchmarks.scenarios import SCENARIOS, Scenario, checkpoint
 
@@ -52,7 +52,7 @@ def run_job(scenario: Scenario, model: Path, source: Path, work: Path, compute: 
                                 check=False)
     seconds = time.perf_counter() - started
     if result.returncode:
-        raise SystemExit(f"the job failed ({result.returncode}); see {work / 'job.log'}")
+        raise failed("the job", result.returncode, work / "job.log")
     report = json.loads(next((work / "out" / "__reports").glob("*.json")).read_text())
     return {**report, "process_s": round(seconds, 2)}
 
