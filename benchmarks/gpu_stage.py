@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--token-budget", type=int, help="default: what the GPU's free memory holds")
     parser.add_argument("--oom-check", action="store_true")
+    parser.add_argument("--oom-check-rows", type=int, default=32768, help="rows of the --oom-check batch")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: to try the script out")
     parser.add_argument("--stages", default="split", choices=["split", "fused"])
     args = parser.parse_args(argv)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.oom_check:
             oversized = Annotator(specs, ComputeConfig(device=args.device, dtype=args.dtype, token_budget=1 << 26),
                                   "text", "errors")
-            giant = corpus_rows(32768)
+            giant = corpus_rows(args.oom_check_rows)
             output = oversized(giant)
             record["oom_check"] = {"rows": giant.num_rows, "budget_asked": 1 << 26,
                                    "budget_after": oversized.batcher.token_budget,

@@ -4,6 +4,7 @@ The BERT-base models need no network: `BertConfig()` defaults (hidden 768, 12 la
 head, seeded random weights, and MiniLM's tokenizer (BERT uncased WordPiece) with a 512 window.
 An NER head's "O" bias is raised until NER_O_SHARE of the sample texts' tokens are O, as in real
 NER output (a plain random head tags most tokens as entities, and grouping them would dominate).
+The tiny scenarios are the same heads on a 2-layer, 32-wide BERT: smoke runs, whose figures say nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from benchmarks.common import minilm_path, random_bert
 
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 NER_O_SHARE = 0.85
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Scenario:
     head: str | None = None
     """None: the MiniLM checkpoint; else a BERT-base of this class with random weights."""
     labels: tuple[str, ...] = ()
+    sizes: dict = field(default_factory=dict)
+    """BertConfig overrides of BERT-base's sizes (the tiny scenarios)."""
 
     def job_task(self, model: Path) -> dict:
         return {"task": self.task, "model": str(model), "max_length": self.max_length, **self.job_options}
@@ -42,6 +46,11 @@ SCENARIOS = {scenario.name: scenario for scenario in (
     Scenario("bert-base-ner", "token-classification", 512, "AutoModelForTokenClassification",
              job_options={"aggregation_strategy": "simple"}, pipeline_kwargs={"aggregation_strategy": "simple"},
              head="BertForTokenClassification", labels=NER_LABELS),
+    Scenario("tiny-classifier", "text-classification", 128, "AutoModelForSequenceClassification",
+             head="BertForSequenceClassification", labels=("negative", "neutral", "positive"), sizes=TINY),
+    Scenario("tiny-ner", "token-classification", 128, "AutoModelForTokenClassification",
+             job_options={"aggregation_strategy": "simple"}, pipeline_kwargs={"aggregation_strategy": "simple"},
+             head="BertForTokenClassification", labels=NER_LABELS, sizes=TINY),
 )}
 
 
@@ -49,7 +58,7 @@ def checkpoint(scenario: Scenario, workdir: Path, sample_texts: list[str]) -> Pa
     """The checkpoint directory every variant loads (built under `workdir` for the BERT-base scenarios)."""
     if scenario.head is None:
         return Path(minilm_path())
-    target = random_bert(workdir / scenario.name, scenario.head, scenario.labels)
+    target = random_bert(workdir / scenario.name, scenario.head, scenario.labels, **scenario.sizes)
     if "O" in scenario.labels:
         _raise_o_bias(target, sample_texts, scenario.labels.index("O"))
     return target
