@@ -20,7 +20,8 @@ reading, inference, writing):
                 oneDNN); its rows/s bounds what the job can reach
   ceiling-eager the same with the model as transformers loads it, which is how the peers run it
 
-Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`). Results go to
+Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`); a peer whose package is
+missing is skipped, with a message, and listed under "skipped" in the results. Results go to
 the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json (or --out);
 `--readme NAME ...` writes the peers table of docs/performance.md from such results files, with the machine they ran on.
 """
@@ -28,6 +29,7 @@ the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json (o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -107,6 +109,8 @@ def run_pipeline(source: str, target: str) -> None:
 
 
 PEERS = {"daft": run_daft, "ray-data": run_ray_data, "pipeline": run_pipeline}
+PEER_PACKAGES = {"daft": "daft", "ray-data": "sentence_transformers"}
+"""The peers that need a package of the `bench` extra."""
 
 
 # The measuring side ---------------------------------------------------------------------------------------------
@@ -219,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         PEERS[args.run[0]](args.run[1], args.run[2])
         return 0
 
+    skipped = {variant: f"{package} is not installed (pip install -e .[bench])"
+               for variant, package in PEER_PACKAGES.items()
+               if variant in args.variants and importlib.util.find_spec(package) is None}
+    for variant, reason in skipped.items():
+        print(f"skipping {variant}: {reason}", file=sys.stderr, flush=True)
+    variants = [variant for variant in args.variants if variant not in skipped]
     results: dict[int, dict[str, float]] = {}
     job_reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             source = write_files(table, work / f"corpus-{rows}", args.files)
             results[rows] = {}
             for repeat in range(args.repeats):
-                for variant in (v for v in args.variants if v not in CEILINGS):
+                for variant in (v for v in variants if v not in CEILINGS):
                     target = work / f"out-{variant}-{rows}-{repeat}"
                     seconds = whole_process(command(variant, work, source, target, args.dtype),
                                             work / f"{variant}-{rows}-{repeat}.log", target, rows)
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         job_reports[f"{variant}-{rows}-{repeat}"] = {
                             key: value for key, value in json.loads(report.read_text()).items()
                             if key in ("seconds", "time_s", "compute", "actors", "throughput")}
-            for variant in (v for v in args.variants if v in CEILINGS):
+            for variant in (v for v in variants if v in CEILINGS):
                 results[rows][variant] = ceiling_rows_per_s(SCENARIOS["minilm"], Path(minilm_path()),
                                                             table.column("text").to_pylist(), os.cpu_count() or 1,
                                                             dtype=args.dtype, packed=CEILINGS[variant])
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"files": args.files, "max_length": MAX_LENGTH, "dtype": args.dtype, "tuned": TUNED,
                        "repeats": args.repeats},
         "rows_per_s": {str(rows): {v: round(s, 2) for v, s in speeds.items()} for rows, speeds in results.items()},
-        "job_reports": job_reports,
+        "job_reports": job_reports, "skipped": skipped,
     })
     print(f"rows/s, whole process (ceiling: forward passes only); wrote {path}")
     return 0
