@@ -29,6 +29,10 @@ from benchmarks.common import corpus_rows, save
 from benchmarks.gpu import GpuSampler
 from benchmarks.scenarios import SCENARIOS, checkpoint
 
+SMOKE_ARGS = ["--scenario", "tiny-classifier", "--device", "cpu", "--dtype", "float32", "--rows", "8",
+              "--batch-size", "4", "--concurrency", "2", "--oom-check", "--oom-check-rows", "8"]
+"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+
 
 def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.config import ComputeConfig, TaskSpec

@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 from benchmarks.common import RESULTS, corpus_path, machine, minilm_path
 from benchmarks.scenarios import NER_LABELS
 
+SMOKE_ARGS = ["--rows", "4", "--max-length", "64"]
+"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+
 TEXT = "text"
 
 STRATEGIES = ("none", "simple", "first", "average", "max")

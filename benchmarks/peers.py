@@ -45,6 +45,9 @@ from benchmarks.baselines import ceiling_rows_per_s
 from benchmarks.common import REPO, RESULTS, corpus_rows, failed, minilm_path, print_table, save, write_files
 from benchmarks.scenarios import SCENARIOS
 
+SMOKE_ARGS = ["--rows", "8", "--files", "2"]
+"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+
 MAX_LENGTH = 256
 TUNED = {"min_actors": 2, "max_actors": 2, "num_cpus_per_actor": 0.5, "torch_threads": 1, "token_budget": 4096,
          "batch_size": 64}

@@ -35,6 +35,9 @@ from benchmarks.common import REPO, corpus_rows, failed, print_table, save, writ
 from benchmarks.gpu import GpuSampler
 from benchmarks.scenarios import SCENARIOS, Scenario, checkpoint
 
+SMOKE_ARGS = ["--scenario", "tiny-ner", "--rows", "8", "--pipeline-rows", "4", "--files", "2"]
+"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+
 
 def run_job(scenario: Scenario, model: Path, source: Path, work: Path, compute: dict) -> dict:
     """The job as a user runs it; returns its run report, with the whole process's seconds added."""
