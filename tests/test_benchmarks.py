@@ -73,11 +73,10 @@ def _positive(*figures) -> None:
 
 
 def _peers(records: dict) -> None:
-    from benchmarks.peers import readme_table
+    from benchmarks.peers import PEER_PACKAGES, readme_table
 
     record = records["cpu-peers-float32"]
-    missing = {variant for variant, package in {"daft": "daft", "ray-data": "sentence_transformers"}.items()
-               if importlib.util.find_spec(package) is None}
+    missing = {variant for variant, package in PEER_PACKAGES.items() if importlib.util.find_spec(package) is None}
     speeds = record["rows_per_s"]["8"]
     assert set(speeds) == {"job", "job-tuned", "daft", "ray-data", "pipeline", "ceiling", "ceiling-eager"} - missing
     assert set(record["skipped"]) == missing
