@@ -32,6 +32,7 @@ from nlp_tasks.io import InputError, InputFile, InputFiles, check_credentials, i
 from nlp_tasks.lease import LeaseHeld
 from nlp_tasks.models import ModelUnavailable, check_available, model_fingerprint, weights_bytes
 from nlp_tasks.plan import Refresh, annotated_dataset, fragments_of, group_by_model
+from nlp_tasks.progress import RunEvents
 from nlp_tasks.read import Fragment
 from nlp_tasks.report import RunReport, write_report
 from nlp_tasks.stats import RunStats
@@ -263,9 +264,10 @@ class Commits:
     """
 
     def __init__(self, store: OutputStore, files: list[InputFile], report: RunReport,
-                 task_fingerprints: dict[str, dict[str, str]]):
+                 task_fingerprints: dict[str, dict[str, str]], events: RunEvents | None = None):
         """`task_fingerprints`: by unit, the fingerprints of the task columns its parts will hold."""
         self.store = store
+        self.events = events or RunEvents()
         self.files = {file.unit: file for file in files}
         self.report = report
         self.stats = RunStats()
@@ -295,6 +297,7 @@ class Commits:
 
     def _commit(self, file: InputFile, parts: list[PartRecord]) -> None:
         self.store.commit(self.marker(file), parts)
+        self.events.committed(file.unit, file.name, sum(part.rows for part in parts))
         with self.lock:
             for part in parts:
                 self.report.add_part(part.rows, json.loads(part.counts), part.writer)
@@ -358,12 +361,16 @@ def stop_embedded_ray() -> None:
 
 
 @contextmanager
-def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+def timed(timings: dict[str, float], phase: str, events: RunEvents | None = None) -> Iterator[None]:
     started = time.perf_counter()
+    if events is not None:
+        events.phase_started(phase)
     try:
         yield
     finally:
         timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - started, 2)
+        if events is not None:
+            events.phase_ended(phase)
 
 
 def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster,
@@ -417,44 +424,52 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
     stats, the pools."""
     import ray
 
-    with timed(timings, "start_ray"):
+    with timed(timings, "start_ray", commits.events):
         started_here = start_ray()
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = sys.stderr.isatty()
+        context.enable_progress_bars = False  # the CLI draws its own (progress.py), from the records below
         pools = size_pools(config, tasks, Cluster.now(fixed_size=started_here),
                            sum(fragment.rows for fragment in fragments))
-        with timed(timings, "fit_heads"):
+        commits.events.planned([(fragment.unit, fragment.name, fragment.rows) for fragment in fragments],
+                               [("+".join(specs), plan.max_actors) for specs, plan in pools])
+        with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
         started, started_at = time.perf_counter(), time.time()
+        commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
                                     heads)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
-            commits.add(records.cast(PART_RECORD).to_pylist())
+            part_records = records.cast(PART_RECORD).to_pylist()
+            commits.events.parts_written(part_records)
+            commits.add(part_records)
             if not commits.missing():
                 break  # every file is in: do not wait for Ray Data to wind its operators down
         timings["annotate"] = round(time.perf_counter() - started, 2)
+        commits.events.phase_ended("annotate")
         commits.finish()
         return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
     finally:
         if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)
-            with timed(timings, "stop_ray"):
+            with timed(timings, "stop_ray", commits.events):
                 stop_embedded_ray()
 
 
-def run_job(config: JobConfig) -> JobResult:
-    """Check inputs and models, annotate the files that need it, commit each one whole, and report."""
+def run_job(config: JobConfig, progress: Any = None) -> JobResult:
+    """Check inputs and models, annotate the files that need it, commit each one whole, and report.
+
+    `progress`: a display (progress.py) told of the run's phases, parts written and commits as they happen."""
     from fsspec.core import url_to_fs
 
-    started, timings = time.perf_counter(), {}
+    started, timings, events = time.perf_counter(), {}, RunEvents(progress)
     register_secrets(config.model_dump_json())
     for key, url in [("input.path", config.input.path), ("output.path", config.output.path),
                      *((f"tasks.{column}.model", spec.model) for column, spec in config.tasks.items()),
                      *((f"tasks.{column}.examples", spec.options.examples.path) for column, spec in config.tasks.items()
                        if getattr(spec.options, "examples", None) is not None)]:
         check_credentials(key, url)
-    with timed(timings, "inspect_input"):
+    with timed(timings, "inspect_input", events):
         source = inspect_input(config.input)
     for column in [*config.tasks, config.output.errors_column,
                    None if config.input.id_column else config.output.generated_id_column]:
@@ -464,7 +479,7 @@ def run_job(config: JobConfig) -> JobResult:
         log.warning("quarantined input file %r: %s", path, problem)
     for path, why in source.skipped.items():
         log.info("input: not reading %r: %s", path, why)
-    with timed(timings, "check_models"):
+    with timed(timings, "check_models", events):
         tasks, skipped = runnable_tasks(config)
         examples = {column: read_examples(column, spec.options.examples) for column, spec in tasks.items()
                     if getattr(spec.options, "examples", None) is not None}
@@ -476,7 +491,7 @@ def run_job(config: JobConfig) -> JobResult:
     try:
         store = OutputStore(*url_to_fs(config.output.path), name=name)
         check_separate(source, store)
-        with timed(timings, "open_output"):
+        with timed(timings, "open_output", events):
             store.open(job, config.output.if_exists, job_change)
     except (OutputConflict, LeaseHeld) as error:
         raise InputError(str(error)) from None
@@ -484,14 +499,14 @@ def run_job(config: JobConfig) -> JobResult:
         raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "
                          f"{redact(str(error))})") from None
     try:
-        return _annotate_and_commit(config, tasks, skipped, source, store, job, examples, started, timings)
+        return _annotate_and_commit(config, tasks, skipped, source, store, job, examples, started, timings, events)
     finally:
         store.close()
 
 
 def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped: dict[str, str],
                          source: InputFiles, store: OutputStore, job: dict, examples: dict[str, LabelledTexts],
-                         started: float, timings: dict[str, float]) -> JobResult:
+                         started: float, timings: dict[str, float], events: RunEvents) -> JobResult:
     fingerprints = {column: entry["fingerprint"] for column, entry in job["tasks"].items()}
     upgrade_markers(store, job)
     changes = compare(source, store.markers, fingerprints, config.output.removed_tasks == "drop", set(skipped),
@@ -519,7 +534,8 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
         done = store.markers[refresh.file.unit].get("tasks", {})
         kept = {column: value for column, value in done.items() if column not in refresh.drop}
         marker_tasks[refresh.file.unit] = {**kept, **fingerprints}
-    commits = Commits(store, changes.todo + [refresh.file for refresh in changes.refreshes], report, marker_tasks)
+    commits = Commits(store, changes.todo + [refresh.file for refresh in changes.refreshes], report, marker_tasks,
+                      events)
     for file in changes.todo:
         if file.rows == 0:
             commits.commit(file, [])
@@ -539,7 +555,7 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
                 fragments_of(pending, refreshes, store.path), store, commits, timings, columns, examples,
                 fingerprints)
     finally:
-        with timed(timings, "finish_commits"):
+        with timed(timings, "finish_commits", commits.events):
             commits.finish()
     if missing := commits.missing():
         name, rows = next(iter(missing.items()))
@@ -558,6 +574,6 @@ def _annotate_and_commit(config: JobConfig, tasks: dict[str, TaskSpec], skipped:
                        changes={**changes.as_report(keep_vanished, [column for column in tasks if column in needed]),
                                 "repaired": repaired + store.repaired},
                        timings=timings, pools=[plan.as_dict() for plan in plans])
-    result.report = report.to_dict(job, result, run_stats, stage_stats)
+    result.report = report.to_dict(job, result, run_stats, stage_stats, events.as_report())
     result.report_path = write_report(store.filesystem, store.root, result.report)
     return result
