@@ -265,9 +265,14 @@ class PlainLines:
 class _AboveLive:
     """A text stream whose lines the live display prints above itself, redacted as the stderr filter would."""
 
-    def __init__(self, console: Any):
+    def __init__(self, console: Any, underneath: TextIO):
         self.console = console
+        self.underneath = underneath
         self.buffer = ""
+
+    def fileno(self) -> int:
+        """The descriptor below (Ray's fault handler writes tracebacks there, past any Python stream)."""
+        return self.underneath.fileno()
 
     def write(self, text: str) -> int:
         from nlp_tasks.io import redact
@@ -294,6 +299,7 @@ class LiveDisplay:
         self.console = Console(file=terminal, force_terminal=True, highlight=False)
         self.events: RunEvents | None = None
         self.live = None
+        self.last_step: tuple | None = None
         self.streams: list[tuple[logging.StreamHandler, Any]] = []
         self.stderr = None
 
@@ -301,7 +307,12 @@ class LiveDisplay:
         self.events = events
 
     def changed(self, snap: Snapshot) -> None:
-        pass  # the view is pulled by the refresh thread
+        """Redrawn four times a second anyway; also at each phase and each percent of the rows written or
+        committed, so that no step of a quick run goes undrawn."""
+        step = (snap.phase, int(100 * snap.share()), snap.rows_committed * 100 // (snap.rows_total or 1))
+        if self.live is not None and step != self.last_step:
+            self.last_step = step
+            self.live.refresh()
 
     def __enter__(self) -> LiveDisplay:
         from rich.live import Live
@@ -309,7 +320,7 @@ class LiveDisplay:
         self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=4,
                          redirect_stdout=False, redirect_stderr=False, transient=False)
         self.live.start()
-        above = _AboveLive(self.console)
+        above = _AboveLive(self.console, sys.stderr)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 self.streams.append((handler, handler.setStream(above)))
