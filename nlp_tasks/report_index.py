@@ -68,23 +68,24 @@ def marks(runs: list[dict]) -> list[set[str]]:
 
 def trend(title: str, values: list[float | None], worse: list[bool], fmt: str) -> str:
     """A small line chart of one figure over the runs, oldest left; worse runs red."""
-    width, height, pad = 1000, 150, 30
+    width, height, pad = 340, 130, 14
     known = [v for v in values if v is not None]
     peak = max(known, default=0) or 1
     step = (width - 2 * pad) / max(1, len(values) - 1)
-    points = [(pad + i * step, height - 24 - (height - 48) * v / peak, v, w)
+    points = [(pad + i * step, height - 24 - (height - 44) * v / peak, v, w)
               for i, (v, w) in enumerate(zip(values, worse)) if v is not None]
     parts = [f"<line class='axis' x1='{pad}' x2='{width - pad}' y1='{height - 24}' y2='{height - 24}'/>",
              f"<text class='small' x='{pad}' y='{height - 8}'>oldest</text>",
              f"<text class='small' x='{width - pad}' y='{height - 8}' text-anchor='end'>newest</text>",
              f"<text class='small' x='{pad}' y='12'>max {esc(format(peak, fmt))}</text>"]
     if len(points) > 1:
-        parts.append(f"<polyline fill='none' stroke='{PALETTE[0]}' stroke-width='3' points='"
+        parts.append(f"<polyline fill='none' stroke='{PALETTE[0]}' stroke-width='2' points='"
                      + " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points) + "'/>")
     for x, y, value, bad in points:
-        parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{9 if bad else 6}' fill='{'#d62728' if bad else PALETTE[0]}'>"
+        parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{5.5 if bad else 3.5}' "
+                     f"fill='{'#d62728' if bad else PALETTE[0]}'>"
                      f"<title>{esc(format(value, fmt))}</title></circle>")
-    return f"<div class='trend'><h3>{esc(title)}</h3>{svg(height, ''.join(parts), title)}</div>"
+    return f"<div class='trend'><h3>{esc(title)}</h3>{svg(height, ''.join(parts), title, width)}</div>"
 
 
 def change_text(report: dict) -> str:
@@ -110,7 +111,9 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
     drawn = oldest_first[-TREND_RUNS:]
     drawn_flags = flagged[-TREND_RUNS:]
     charts = "".join([
-        trend("wall time (s)", [figures(r)["seconds"] for r in drawn], ["seconds" in f for f in drawn_flags], ".1f"),
+        trend("wall time (s), runs with rows",
+              [figures(r)["seconds"] if r.get("rows_this_run") else None for r in drawn],
+              ["seconds" in f for f in drawn_flags], ".1f"),
         trend("rows/s, end to end", [figures(r)["rows_per_s"] for r in drawn],
               ["rows_per_s" in f for f in drawn_flags], ".1f"),
         trend("share of rows with errors", [figures(r)["error_share"] for r in drawn],
@@ -127,7 +130,8 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
         flag = (lambda key: " class='n worse'" if key in worse else " class='n'")
         state = "<span class='ok'>ok</span>" if ok else f"<span class='bad'>{esc('; '.join(look))}</span>"
         rows.append(
-            f"<tr><td><a href='{esc(name)}.html'>{esc(report.get('finished_at', name))}</a></td><td>{state}</td>"
+            f"<tr><td><a href='{esc(name)}.html'>{esc(report.get('finished_at', name).replace('T', ' '))}</a></td>"
+            f"<td>{state}</td>"
             f"<td class='n'>{number(report.get('rows_this_run'))}</td><td class='n'>{number(report.get('rows_out'))}</td>"
             f"<td{flag('seconds')}>{number(fig['seconds'])}</td><td{flag('rows_per_s')}>{number(fig['rows_per_s'])}</td>"
             f"<td{flag('error_share')}>{number(report.get('rows_with_errors'))}</td><td>{esc(change_text(report))}</td>"
@@ -135,7 +139,7 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
     output = next((report["output"] for _, report in readable), "")
     style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"
              ".worse{color:#b3261e;font-weight:700}.ok{color:#2f7d32;font-weight:600}.bad{color:#b3261e}"
-             "col.when{width:13rem}col.state{width:auto}col.num{width:6.5rem}col.changes{width:16rem}</style>")
+             "col.when{width:11.5rem}col.state{width:auto}col.num{width:5.6rem}col.changes{width:15rem}</style>")
     body = (f"{style}<h1>All runs</h1><div class='sub'>{esc(output)} · {len(runs)} run(s), newest first; "
             "a red figure is worse than the median of the runs before it</div>"
             f"<section id='trends'><h2>Trends</h2><div class='trends'>{charts}</div></section>"

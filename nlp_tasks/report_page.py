@@ -39,6 +39,7 @@ main{max-width:72rem;margin:0 auto;padding:1.2rem 1.5rem 3rem}
 h1{font-size:1.45rem;margin:.2rem 0 .1rem} h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
 h3{font-size:.95rem;margin:1rem 0 .3rem;color:var(--muted)}
 .sub{color:var(--muted);overflow-wrap:anywhere}
+section>h2:first-child{margin-top:.1rem}
 section,.verdict{background:#fff;border:1px solid var(--line);border-radius:8px;padding:.8rem 1rem;margin:.9rem 0}
 .verdict{border-width:2px;font-size:1.05rem}
 .verdict.ok{border-color:var(--ok)} .verdict.look{border-color:var(--look)}
@@ -70,6 +71,12 @@ def esc(value: Any) -> str:
 def cut(text: str, length: int) -> str:
     text = str(text)
     return text if len(text) <= length else text[:length - 1] + "…"
+
+
+def cut_path(path: str, length: int) -> str:
+    """A file name cut from the left: its last part says most."""
+    path = str(path)
+    return path if len(path) <= length else "…" + path[-(length - 1):]
 
 
 def number(value: Any) -> str:
@@ -328,7 +335,7 @@ def rows_over_time(report: dict) -> str:
         parts.append(f"<g><title>{esc(file['name'])}: {file['rows']:,} rows"
                      + (f", committed at {commit_at[file['name']]:.2f} s" if file["name"] in commit_at else
                         ", not committed") + "</title>"
-                     f"<text x='{fx0 - 8}' y='{top_y + 13}' text-anchor='end'>{esc(cut(file['name'], 36))}</text>"
+                     f"<text x='{fx0 - 8}' y='{top_y + 13}' text-anchor='end'>{esc(cut_path(file['name'], 36))}</text>"
                      f"<rect x='{fx0}' y='{top_y + 1}' width='{x1 - fx0}' height='{lane - 2}' fill='#f3f4f6'/>"
                      f"<polygon fill='{PALETTE[0]}' fill-opacity='.45' points='{' '.join(points)}'/>"
                      + (f"<path d='M{fx(stop):.1f},{top_y + 1} l5,8 l-5,8 l-5,-8 z' fill='{COMMIT}'/>"
