@@ -366,22 +366,6 @@ class LiveDisplay:
         return grid
 
 
-class QuietDisplay:
-    """No display (a library call)."""
-
-    def attach(self, events: RunEvents) -> None:
-        pass
-
-    def changed(self, snap: Snapshot) -> None:
-        pass
-
-    def __enter__(self) -> QuietDisplay:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def display_for_stderr() -> LiveDisplay | PlainLines:
     """A live display if stderr is a terminal (asked now, before the stderr filter puts a pipe there), else lines.
 
