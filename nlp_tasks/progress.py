@@ -78,7 +78,8 @@ def seconds_text(seconds: float) -> str:
 def plain_line(snap: Snapshot) -> str:
     """One progress line for logs."""
     parts = [f"{snap.rows_written}/{snap.rows_total} rows annotated ({snap.share():.0%})",
-             f"{snap.rows_committed} committed", f"{snap.files_committed}/{snap.files_total} file(s) committed"]
+             f"{snap.rows_committed}/{snap.rows_total} committed",
+             f"{snap.files_committed}/{snap.files_total} file(s) committed"]
     if snap.rows_per_s:
         parts.append(f"{snap.rows_per_s:.1f} rows/s")
     if snap.seconds_left is not None:
@@ -353,7 +354,7 @@ class LiveDisplay:
             bar = ProgressBar(total=snap.rows_total, completed=snap.rows_written, width=40)
             line = Table.grid(padding=(0, 2))
             line.add_row(bar, Text(f"annotated {snap.rows_written}/{snap.rows_total} rows ({snap.share():.0%})  "
-                                   f"committed {snap.rows_committed}  files {snap.files_committed}/"
+                                   f"committed {snap.rows_committed}/{snap.rows_total}  files {snap.files_committed}/"
                                    f"{snap.files_total} committed"))
             grid.add_row(line)
             speed = f"{snap.rows_per_s:.1f} rows/s" if snap.rows_per_s else "rows/s: measuring"

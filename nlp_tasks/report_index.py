@@ -45,6 +45,11 @@ def figures(report: dict) -> dict[str, float | None]:
             "error_share": report.get("rows_with_errors", 0) / rows if rows else None, "rows": rows}
 
 
+def median(runs: list[dict[str, float | None]], key: str) -> float | None:
+    values = [run[key] for run in runs if run[key] is not None]
+    return statistics.median(values) if values else None
+
+
 def marks(runs: list[dict]) -> list[set[str]]:
     """Per run (oldest first), which figures are worse than the median of the runs before it."""
     out = []
@@ -52,14 +57,11 @@ def marks(runs: list[dict]) -> list[set[str]]:
         before = [figures(r) for r in runs[:index] if r.get("rows_this_run")]
         now, worse = figures(report), set()
         if before and report.get("rows_this_run"):
-            def median(key: str) -> float | None:
-                values = [f[key] for f in before if f[key] is not None]
-                return statistics.median(values) if values else None
-            if (m := median("seconds")) and now["seconds"] > m * WORSE:
+            if (m := median(before, "seconds")) and now["seconds"] > m * WORSE:
                 worse.add("seconds")
-            if (m := median("rows_per_s")) and now["rows_per_s"] and now["rows_per_s"] < m / WORSE:
+            if (m := median(before, "rows_per_s")) and now["rows_per_s"] and now["rows_per_s"] < m / WORSE:
                 worse.add("rows_per_s")
-            if (m := median("error_share")) is not None and now["error_share"] is not None \
+            if (m := median(before, "error_share")) is not None and now["error_share"] is not None \
                     and now["error_share"] > max(m * WORSE, m + 0.001):
                 worse.add("error_share")
         out.append(worse)
@@ -102,6 +104,10 @@ def change_text(report: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def flag(worse: set[str], key: str) -> str:
+    return " class='n worse'" if key in worse else " class='n'"
+
+
 def index_page(runs: list[tuple[str, dict | None]]) -> str:
     """The page of all runs (module docstring); `runs` newest first."""
     readable = [(name, report) for name, report in runs if report is not None]
@@ -127,14 +133,16 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
             continue
         ok, look = verdict(report)
         fig, worse = figures(report), worse_by_name.get(name, set())
-        flag = (lambda key: " class='n worse'" if key in worse else " class='n'")
         state = "<span class='ok'>ok</span>" if ok else f"<span class='bad'>{esc('; '.join(look))}</span>"
         rows.append(
             f"<tr><td><a href='{esc(name)}.html'>{esc(report.get('finished_at', name).replace('T', ' '))}</a></td>"
             f"<td>{state}</td>"
-            f"<td class='n'>{number(report.get('rows_this_run'))}</td><td class='n'>{number(report.get('rows_out'))}</td>"
-            f"<td{flag('seconds')}>{number(fig['seconds'])}</td><td{flag('rows_per_s')}>{number(fig['rows_per_s'])}</td>"
-            f"<td{flag('error_share')}>{number(report.get('rows_with_errors'))}</td><td>{esc(change_text(report))}</td>"
+            f"<td class='n'>{number(report.get('rows_this_run'))}</td>"
+            f"<td class='n'>{number(report.get('rows_out'))}</td>"
+            f"<td{flag(worse, 'seconds')}>{number(fig['seconds'])}</td>"
+            f"<td{flag(worse, 'rows_per_s')}>{number(fig['rows_per_s'])}</td>"
+            f"<td{flag(worse, 'error_share')}>{number(report.get('rows_with_errors'))}</td>"
+            f"<td>{esc(change_text(report))}</td>"
             "</tr>")
     output = next((report["output"] for _, report in readable), "")
     style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"

@@ -34,7 +34,8 @@ DIST_WIDTH = 520
 CSS = """
 :root{--ink:#1d2330;--muted:#5b6473;--line:#d9dde3;--ok:#2f7d32;--look:#b3261e;--bg:#f6f7f9}
 *{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:var(--bg);margin:0}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:var(--bg);
+margin:0}
 main{max-width:72rem;margin:0 auto;padding:1.2rem 1.5rem 3rem}
 h1{font-size:1.45rem;margin:.2rem 0 .1rem} h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
 h3{font-size:.95rem;margin:1rem 0 .3rem;color:var(--muted)}
@@ -133,9 +134,11 @@ def bars(counts: dict[str, float], color: str = PALETTE[0], unit: str = "", labe
         y = index * 22
         length = max(1.0, bar_width * count / peak)
         rows.append(f"<g><title>{esc(name)}: {esc(number(count))}{esc(unit)}</title>"
-                    f"<text x='{label_width - 8}' y='{y + 15}' text-anchor='end'>{esc(cut(name, label_width // 7))}</text>"
+                    f"<text x='{label_width - 8}' y='{y + 15}' text-anchor='end'>"
+                    f"{esc(cut(name, label_width // 7))}</text>"
                     f"<rect x='{label_width}' y='{y + 4}' width='{length:.1f}' height='15' rx='2' fill='{color}'/>"
-                    f"<text x='{label_width + length + 6:.1f}' y='{y + 15}'>{esc(number(count))}{esc(unit)}</text></g>")
+                    f"<text x='{label_width + length + 6:.1f}' y='{y + 15}'>{esc(number(count))}{esc(unit)}"
+                    "</text></g>")
     return svg(22 * len(counts) + 6, "".join(rows), "bar chart", width)
 
 
@@ -342,7 +345,7 @@ def rows_over_time(report: dict) -> str:
                         if file["name"] in commit_at else "") + "</g>")
     height = lane * len(shown) + 4
     parts.append(time_axis(fx0, x1, height, end, 0))
-    per_file = (f"<h3>Per input file: share of its rows written over time, ◆ its commit</h3>"
+    per_file = ("<h3>Per input file: share of its rows written over time, ◆ its commit</h3>"
                 + svg(height + 20, "".join(parts), "rows per input file over time"))
     if len(lanes) > MAX_FILE_LANES:
         per_file += f"<p class='note'>and {len(lanes) - MAX_FILE_LANES} more file(s), not drawn</p>"
@@ -391,8 +394,8 @@ def where_time_went(report: dict) -> str:
         phases = actor.get("phases_s", {})
         idle = max(0.0, actor["span_s"] - actor["busy_s"])
         parts = [("model load", actor.get("load_s", 0.0), LOAD)]
-        parts += [(phase, seconds, {"tokenize": TOKENIZE, "forward": BUSY, "postprocess": POSTPROCESS}.get(phase, "#999"))
-                  for phase, seconds in phases.items()]
+        colors = {"tokenize": TOKENIZE, "forward": BUSY, "postprocess": POSTPROCESS}
+        parts += [(phase, seconds, colors.get(phase, "#999")) for phase, seconds in phases.items()]
         parts.append(("idle between first and last call", idle, IDLE))
         rows.append((f"{actor['pool']} {actor['actor'][:8]}", parts))
     items = [(name, color) for name, color in PHASE_COLORS.items() if any(p[0] == name for p in driver)]

@@ -88,7 +88,8 @@ def test_reports_hold_what_the_pages_draw(runs):
     run = second["run"]
     assert [phase for phase, *_ in run["phases"]][:3] == ["inspect_input", "check_models", "open_output"]
     assert "annotate" in [phase for phase, *_ in run["phases"]]
-    assert sorted(name.rsplit("/", 1)[-1] for _, name, _ in run["commits"]) == sorted(["changing.parquet", HOSTILE_FILE])
+    committed = sorted(name.rsplit("/", 1)[-1] for _, name, _ in run["commits"])
+    assert committed == sorted(["changing.parquet", HOSTILE_FILE])
     assert run["written"][-1][1] == run["rows_total"] == 42
     assert all(actor["busy_spans"] for actor in second["actors"])
     assert (runs / "index.html").is_file() and not list(runs.glob("*.tmp-*"))
