@@ -36,6 +36,8 @@ PLAIN_EVERY_S = 30.0
 PLAIN_SHARE_STEP = 0.1
 """... and each time another tenth of the rows is annotated."""
 CPU_STAGES = ("tokenize", "postprocess")
+REPORTED_FILES = 500
+"""Input files whose rows over time the report keeps (the page draws a few of them; commits are all kept)."""
 
 
 @dataclass
@@ -204,7 +206,8 @@ class RunEvents:
                 "written": self.written,
                 "commits": self.commits,
                 "files": {unit: {"name": name, "rows": rows, "written": self.file_written.get(unit, [])}
-                          for unit, (name, rows) in self.files.items()},
+                          for unit, (name, rows) in list(self.files.items())[:REPORTED_FILES]},
+                "files_not_listed": max(0, len(self.files) - REPORTED_FILES),
             }
 
 

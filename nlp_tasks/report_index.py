@@ -25,6 +25,7 @@ TREND_RUNS = 60
 
 def run_reports(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]:
     """(name without suffix, report or None if unreadable) of every run report in `folder`, newest first."""
+    filesystem.invalidate_cache(folder)  # object storage: a listing cached before this run's report was written
     paths = sorted((p for p in filesystem.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("run-")
                     and p.endswith(".json")), reverse=True)
     runs = []

@@ -220,3 +220,21 @@ def test_index_lists_every_run_newest_first_with_trends(runs, tmp_path):
         widths, off = off_screen(index, tmp_path, width)
         assert not off, f"index at {width} px: {widths}, past the right edge: {off}"
     screenshot_is_drawn(index, tmp_path)
+
+
+def test_index_on_object_storage_is_one_write_of_every_report_there(runs):
+    """Where the output is not a local folder (here fsspec's in-memory store), the index is written with one PUT."""
+    import fsspec
+
+    from nlp_tasks.report_index import write_index
+
+    memory = fsspec.filesystem("memory")
+    folder = "/bucket/out/__reports"
+    for path in sorted(runs.glob("run-*.json"))[:2]:
+        memory.pipe_file(f"{folder}/{path.name}", path.read_bytes())
+    memory.pipe_file(f"{folder}/run-20000101T000000.000Z.json", b"{torn")
+    written = write_index(memory, folder)
+    page = memory.cat_file(written).decode()
+    assert written == f"{folder}/index.html" and memory.ls(folder, detail=False).count(written) == 1
+    assert page.count("<tr><td><a href=") == 2 and "unreadable report" in page
+    assert sorted(p for p in memory.ls(folder, detail=False) if "tmp" in p) == []
