@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 from nlp_tasks.config import load_config
-from nlp_tasks.driver.logs import dropping_known_ray_noise, redact_logging
-from nlp_tasks.driver.report import holds, summary
+from nlp_tasks.driver.logs import dropping_known_ray_noise, quiet_ray_console, redact_logging
+from nlp_tasks.driver.report import holds, index_path, summary
 from nlp_tasks.errors import UserError
 from nlp_tasks.secrets import redact, register_secrets
 
@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", help="override input.path")
     parser.add_argument("--output", help="override output.path")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print N enriched rows at the end")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also print Ray's own INFO and WARNING lines (its execution plan, ...)")
     return parser.parse_args(argv)
 
 
@@ -64,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides)
         from nlp_tasks.driver.commits import JobFailed
         from nlp_tasks.driver.job import run_job
+        from nlp_tasks.driver.progress import display_for_stderr
 
-        with dropping_known_ray_noise():
+        if not args.verbose:
+            quiet_ray_console()
+        display = display_for_stderr()  # asked before the filter puts a pipe on stderr
+        with dropping_known_ray_noise(), display:
             try:
-                result = run_job(config)
+                result = run_job(config, progress=display)
             except JobFailed as error:
                 print(f"error: {redact(str(error))}", file=sys.stderr)
                 return EXIT_FAILED
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     for column, reason in result.skipped.items():
         print(f"skipped task {column!r}: {redact(reason)}")
     print(redact(summary(result.report)))
-    print(f"report: {result.report_path} (and .html)")
+    print(f"report of this run: {result.report_path.removesuffix('.json')}.html (data: .json)")
+    print(f"all runs of this output: {index_path(result.report_path)}")
     print(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
           f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> {result.output_path}")
     if args.show:

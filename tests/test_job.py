@@ -63,8 +63,9 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert {e["task"] for e in by_id["1-12"]["errors"]} == {"sentiment", "entities", "embedding"}
     assert any(row["entities"] for row in by_id.values())
 
-    report_files = sorted((tmp_path / "out" / "__reports").iterdir())
+    report_files = sorted((tmp_path / "out" / "__reports").glob("run-*"))
     assert [p.suffix for p in report_files] == [".html", ".json"]
+    assert (tmp_path / "out" / "__reports" / "index.html").is_file()
     report = json.loads(report_files[1].read_text())
     assert report["rows_in"] == report["rows_out"] == rows and report["rows_with_errors"] == 6
     assert {"task": "sentiment", "message": "text is empty or whitespace", "rows": 4} in report["errors_by_reason"]

@@ -15,6 +15,7 @@ from nlp_tasks.driver.examples import LabelledTexts, read_examples
 from nlp_tasks.driver.inputs import InputFiles, inspect_input
 from nlp_tasks.driver.manifest import job_change, job_manifest
 from nlp_tasks.driver.phases import timed
+from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.errors import InputError
 from nlp_tasks.models.loading import ModelUnavailable, check_available
@@ -41,7 +42,7 @@ class CheckedJob:
         return {column: entry["fingerprint"] for column, entry in self.job["tasks"].items()}
 
 
-def check_job(config: JobConfig, timings: dict[str, float]) -> CheckedJob:
+def check_job(config: JobConfig, timings: dict[str, float], events: RunEvents) -> CheckedJob:
     """Check the config's URLs, the input and the models; nothing is written."""
     register_secrets(config.model_dump_json())
     examples = {column: spec.options.examples for column, spec in config.tasks.items()
@@ -50,7 +51,7 @@ def check_job(config: JobConfig, timings: dict[str, float]) -> CheckedJob:
                      *((f"tasks.{column}.model", spec.model) for column, spec in config.tasks.items()),
                      *((f"tasks.{column}.examples", found.path) for column, found in examples.items())]:
         check_credentials(key, url)
-    with timed(timings, "inspect_input"):
+    with timed(timings, "inspect_input", events):
         source = inspect_input(config.input)
     for column in [*config.tasks, config.output.errors_column,
                    None if config.input.id_column else config.output.generated_id_column]:
@@ -60,7 +61,7 @@ def check_job(config: JobConfig, timings: dict[str, float]) -> CheckedJob:
         log.warning("quarantined input file %r: %s", path, problem)
     for path, why in source.skipped.items():
         log.info("input: not reading %r: %s", path, why)
-    with timed(timings, "check_models"):
+    with timed(timings, "check_models", events):
         tasks, skipped = runnable_tasks(config)
         labelled = {column: read_examples(column, examples[column]) for column in tasks if column in examples}
         job = job_manifest(config, tasks, labelled)
@@ -106,7 +107,7 @@ def check_separate(source: InputFiles, store: OutputStore) -> None:
         raise InputError(f"output.path {store.name!r} overlaps the input ({where}); choose an output outside it")
 
 
-def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float]) -> OutputStore:
+def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float], events: RunEvents) -> OutputStore:
     """The output, its lease taken and its committed files checked (output.if_exists decides what may be there)."""
     from fsspec.core import url_to_fs
 
@@ -114,7 +115,7 @@ def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float
     try:
         store = OutputStore(*url_to_fs(config.output.path), name=name)
         check_separate(checked.source, store)
-        with timed(timings, "open_output"):
+        with timed(timings, "open_output", events):
             store.open(checked.job, config.output.if_exists, job_change)
     except (OSError, ValueError, ImportError) as error:
         raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "

@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from nlp_tasks.driver.changes import InputChanges
 from nlp_tasks.driver.inputs import InputFile, InputFiles
+from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.report import RunReport
 from nlp_tasks.output.layout import PartRecord, exact_cover
 from nlp_tasks.output.store import OutputStore
@@ -25,11 +26,13 @@ class JobFailed(Exception):
 class Commits:
     """Gathers the write stage's part records and commits each input file once its parts cover all its rows."""
 
-    def __init__(self, store: OutputStore, changes: InputChanges, fingerprints: dict[str, str], report: RunReport):
+    def __init__(self, store: OutputStore, changes: InputChanges, fingerprints: dict[str, str], report: RunReport,
+                 events: RunEvents):
         """`fingerprints`: the configured tasks' fingerprints, which every file this run commits holds columns of
         (a refreshed file keeps its other columns' fingerprints, less those it drops)."""
         self.store = store
         self.report = report
+        self.events = events
         self.stats = RunStats()
         self.task_fingerprints = {file.unit: fingerprints for file in changes.todo}
         for refresh in changes.refreshes:
@@ -68,6 +71,7 @@ class Commits:
 
     def _commit(self, file: InputFile, parts: list[PartRecord]) -> None:
         self.store.commit(self.marker(file), parts)
+        self.events.committed(file.unit, file.name, sum(part.rows for part in parts))
         with self.lock:
             for part in parts:
                 self.report.add_part(part.rows, json.loads(part.counts), part.writer)

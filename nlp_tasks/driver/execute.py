@@ -23,31 +23,35 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
              examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolPlan]]:
     """Run `tasks` over `fragments` on Ray and commit their files; returns the actors' stats, Ray Data's stage
     stats, the pools."""
-    import sys
-
     import ray
 
-    with timed(timings, "start_ray"):
+    with timed(timings, "start_ray", commits.events):
         started_here = start_ray()
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = sys.stderr.isatty()
+        context.enable_progress_bars = False  # the CLI draws its own (progress.py), from the records below
         pools = size_pools(config, group_by_model(tasks), Cluster.now(fixed_size=started_here),
                            sum(fragment.rows for fragment in fragments))
-        with timed(timings, "fit_heads"):
+        commits.events.planned([(fragment.unit, fragment.name, fragment.rows) for fragment in fragments],
+                               [("+".join(specs), plan.max_actors) for specs, plan in pools])
+        with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
         started, started_at = time.perf_counter(), time.time()
+        commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
                                     heads)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
-            commits.add(records.cast(PART_RECORD).to_pylist())
+            part_records = records.cast(PART_RECORD).to_pylist()
+            commits.events.parts_written(part_records)
+            commits.add(part_records)
             if not commits.missing():
                 break  # every file is in: do not wait for Ray Data to wind its operators down
         timings["annotate"] = round(time.perf_counter() - started, 2)
+        commits.events.phase_ended("annotate")
         commits.finish()
         return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
     finally:
         if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)
-            with timed(timings, "stop_ray"):
+            with timed(timings, "stop_ray", commits.events):
                 stop_embedded_ray()

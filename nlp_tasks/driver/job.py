@@ -21,6 +21,7 @@ from nlp_tasks.driver.commits import Commits
 from nlp_tasks.driver.execute import run_plan
 from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.plan import fragments_of
+from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.report import RunReport, write_report
 from nlp_tasks.output.store import OutputStore
 
@@ -49,23 +50,25 @@ class JobResult:
     report_path: str | None = None
 
 
-def run_job(config: JobConfig) -> JobResult:
-    """Check inputs and models, annotate the files that need it, commit each one whole, and report."""
-    started, timings = time.perf_counter(), {}
-    checked = check_job(config, timings)
-    store = open_output(config, checked, timings)
+def run_job(config: JobConfig, progress: Any = None) -> JobResult:
+    """Check inputs and models, annotate the files that need it, commit each one whole, and report.
+
+    `progress`: a display (progress.py) told of the run's phases, parts written and commits as they happen."""
+    started, timings, events = time.perf_counter(), {}, RunEvents(progress)
+    checked = check_job(config, timings, events)
+    store = open_output(config, checked, timings, events)
     try:
         keep_vanished = config.output.vanished_inputs == "keep"
         changes = compare(checked.source, store.markers, checked.fingerprints, config.output.removed_tasks == "drop",
                           set(checked.skipped), set(store.redone))
         repaired = apply_changes(store, changes, checked.source, keep_vanished)
         report = RunReport(list(checked.tasks))
-        commits = Commits(store, changes, checked.fingerprints, report)
+        commits = Commits(store, changes, checked.fingerprints, report, events)
         commits.commit_empty()
         try:
             needed, run_stats, stage_stats, plans = annotate(config, checked, changes, store, commits, timings)
         finally:
-            with timed(timings, "finish_commits"):
+            with timed(timings, "finish_commits", events):
                 commits.finish()
         commits.verify(checked.source)
         result = JobResult(
@@ -78,7 +81,7 @@ def run_job(config: JobConfig) -> JobResult:
             changes={**changes.as_report(keep_vanished, [column for column in checked.tasks if column in needed]),
                      "repaired": repaired + store.repaired},
             timings=timings, pools=[plan.as_dict() for plan in plans])
-        result.report = report.to_dict(checked.job, result, run_stats, stage_stats)
+        result.report = report.to_dict(checked.job, result, run_stats, stage_stats, events.as_report())
         result.report_path = write_report(store.filesystem, store.root, result.report)
         return result
     finally:

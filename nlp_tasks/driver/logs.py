@@ -83,3 +83,27 @@ def dropping_known_ray_noise() -> Iterator[None]:
         os.dup2(original, 2)  # closes the pipe's last write end: the forwarder drains it and ends
         forwarder.join(timeout=5)
         os.close(original)
+
+
+class _BelowErrorDropped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+RAY_LOGGERS = ("ray", "ray.data")
+"""Ray's loggers that print to the console (each with its own handler; they do not propagate)."""
+
+
+def quiet_ray_console() -> None:
+    """Keep Ray's INFO and WARNING lines off the console; they stay in Ray's log files (Ray Data's under the session
+    folder). A person at a run sees the job's own lines and its progress, not Ray's execution plan with its dataset
+    id, "Progress bars disabled" or "Token authentication is enabled". Its errors still print. Imports Ray: its
+    loggers are configured when it is imported."""
+    import ray
+    import ray.data  # noqa: F401
+
+    for name in RAY_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                    and not any(isinstance(f, _BelowErrorDropped) for f in handler.filters)):
+                handler.addFilter(_BelowErrorDropped())

@@ -110,7 +110,8 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     return dataset.map_batches(
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
-                       columns=columns, errors_column=config.output.errors_column),
+                       columns=columns, errors_column=config.output.errors_column,
+                       id_column=config.input.id_column or generated_id),
         batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, fragments, pools),
         num_cpus=WRITE_CPUS,
     )

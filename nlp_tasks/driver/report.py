@@ -1,14 +1,15 @@
-"""The run report: what a run did, for machines (JSON) and for people (a summary and an HTML page).
+"""The run report: what a run did, for machines (JSON) and for people (a summary, a page per run, a page of all runs).
 
 Written next to the output as `__reports/run-<UTC time, to the millisecond>.{json,html}`: rows in and out, rows with
-errors by reason, per-task throughput measured inside the actors (rows/s and tokens/s of model
-time), wall time per stage, models and their fingerprints, the config fingerprint, library
-versions, and the distribution of labels or entity types per task.
+errors by reason (with a few row ids each), per-task throughput measured inside the actors (rows/s and tokens/s of
+model time), wall time per stage, the run's timeline as the driver saw it (progress.RunEvents), models and their
+fingerprints, the config fingerprint, library versions, and per task the distribution of its labels or entity types,
+or of a number that fits its output (write.measured_values). The HTML pages are drawn by report_page.py (this run)
+and report_index.py (`__reports/index.html`, every run of the output, rewritten at each run's end).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections import Counter, defaultdict
@@ -28,19 +29,26 @@ class RunReport:
     rows_with_errors: int = 0
     distributions: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     writers: Counter = field(default_factory=Counter)
+    error_ids: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    values: dict[str, tuple[str, Counter]] = field(default_factory=dict)
 
     def add_part(self, rows: int, counts: dict, writer: str) -> None:
         """One committed part's rows and counts (write.part_counts)."""
         self.rows += rows
         self.timeline.append((round(time.perf_counter() - self.started, 3), self.rows))
         self.rows_with_errors += counts["rows_with_errors"]
-        for task, message, count in counts["errors"]:
+        for task, message, count, *ids in counts["errors"]:
             self.errors[(task, message)] += count
+            kept = self.error_ids.setdefault((task, message), [])
+            kept += [row_id for row_id in (ids[0] if ids else []) if row_id not in kept][:3 - len(kept)]
         for task, labels in counts["labels"].items():
             self.distributions[task].update(labels)
+        for task, (measure, bins) in counts.get("values", {}).items():
+            self.values.setdefault(task, (measure, Counter()))[1].update(bins)
         self.writers[writer] += rows
 
-    def to_dict(self, job: dict, result: Any, run_stats: dict, stage_stats: str) -> dict:
+    def to_dict(self, job: dict, result: Any, run_stats: dict, stage_stats: str, run: dict | None = None) -> dict:
+        """The report; `run`: the driver's timeline of the run (progress.RunEvents.as_report)."""
         return {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "output": result.output_path,
@@ -56,6 +64,8 @@ class RunReport:
                 {"task": task, "message": message, "rows": count}
                 for (task, message), count in self.errors.most_common()
             ],
+            "error_row_ids": [{"task": task, "message": message, "row_ids": self.error_ids.get((task, message), [])}
+                              for (task, message), _ in self.errors.most_common()],
             "skipped_tasks": result.skipped,
             "quarantined_files": result.quarantined,
             "skipped_inputs": result.skipped_inputs,
@@ -66,7 +76,11 @@ class RunReport:
             "throughput": run_stats.get("tasks", {}),
             "actors": run_stats.get("actors", []),
             "distributions": {task: dict(counts.most_common()) for task, counts in self.distributions.items()},
+            "value_distributions": {task: {"measure": measure, "bins": dict(sorted(bins.items(),
+                                                                                  key=lambda item: float(item[0])))}
+                                    for task, (measure, bins) in self.values.items()},
             "timeline": self.timeline,
+            "run": run or {},
             "config_fingerprint": job["fingerprint"],
             "tasks": job["tasks"],
             "versions": job["versions"],
@@ -119,45 +133,6 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _bars(counts: dict[str, int], width: int = 420) -> str:
-    if not counts:
-        return "<p>none</p>"
-    peak = max(counts.values())
-    rows = []
-    for index, (label, count) in enumerate(counts.items()):
-        y = index * 22
-        length = max(1, int(width * count / peak))
-        rows.append(f'<text x="0" y="{y + 14}">{html.escape(str(label))}</text>'
-                    f'<rect x="160" y="{y + 3}" width="{length}" height="15" fill="#4c78a8"/>'
-                    f'<text x="{166 + length}" y="{y + 14}">{count}</text>')
-    return f'<svg width="{width + 240}" height="{22 * len(counts) + 6}" font-size="12">{"".join(rows)}</svg>'
-
-
-def _line(points: list[tuple[float, int]], width: int = 600, height: int = 220) -> str:
-    if len(points) < 2:
-        return "<p>too few batches to plot</p>"
-    last_t, last_rows = points[-1][0] or 1, points[-1][1] or 1
-    path = " ".join(f"{40 + (width - 60) * t / last_t:.1f},{height - 30 - (height - 50) * r / last_rows:.1f}"
-                    for t, r in points)
-    return (f'<svg width="{width}" height="{height}" font-size="12">'
-            f'<polyline fill="none" stroke="#4c78a8" stroke-width="2" points="{path}"/>'
-            f'<text x="40" y="{height - 8}">0 s</text><text x="{width - 60}" y="{height - 8}">{last_t:.0f} s</text>'
-            f'<text x="0" y="16">{last_rows} rows</text></svg>')
-
-
-def to_html(report: dict) -> str:
-    """A self-contained page: rows committed over time and each task's label distribution."""
-    sections = [f"<h2>Rows annotated over time</h2>{_line(report['timeline'])}"]
-    for task, counts in report["distributions"].items():
-        sections.append(f"<h2>{html.escape(task)}: label distribution</h2>{_bars(counts)}")
-    return (
-        "<!doctype html><meta charset='utf-8'><title>nlp-tasks run report</title>"
-        "<body style='font-family:sans-serif;max-width:60em;margin:2em auto'>"
-        f"<h1>Run report</h1><pre>{html.escape(summary(report))}</pre>{''.join(sections)}"
-        f"<h2>Stages</h2><pre>{html.escape(report['stage_stats'])}</pre></body>"
-    )
-
-
 def holds(report: dict) -> str:
     """What the output holds after the run: the current input's rows, and those kept of vanished input files."""
     kept = report["rows_kept_from_vanished_inputs"]
@@ -166,17 +141,25 @@ def holds(report: dict) -> str:
 
 
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
-    """Write the JSON and HTML next to the output, secrets redacted (a task's skip reason, a stage's error may
-    name a URL); returns the JSON's path."""
+    """Write the JSON and the run's page next to the output, secrets redacted (a task's skip reason, a stage's error
+    may name a URL), then rewrite the index of all runs (report_index.py); returns the JSON's path."""
+    from nlp_tasks.driver.report_index import write_index
+    from nlp_tasks.driver.report_page import run_page
+    from nlp_tasks.output.layout import REPORTS
     from nlp_tasks.secrets import redact
 
     now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
     stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
-    from nlp_tasks.output.layout import REPORTS
-
     folder = f"{output_root.rstrip('/')}/{REPORTS}"
     filesystem.makedirs(folder, exist_ok=True)
-    for suffix, text in (("json", json.dumps(report, indent=2)), ("html", to_html(report))):
+    report = json.loads(redact(json.dumps(report)))
+    for suffix, text in (("json", json.dumps(report, indent=2)), ("html", run_page(report, f"run-{stamp}"))):
         with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:
             handle.write(redact(text).encode())
+    write_index(filesystem, folder)
     return f"{folder}/run-{stamp}.json"
+
+
+def index_path(report_path: str) -> str:
+    """The index of all runs beside a run's report."""
+    return f"{report_path.rsplit('/', 1)[0]}/index.html"

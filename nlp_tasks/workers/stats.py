@@ -51,6 +51,25 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+BUSY_SPANS = 120
+"""Busy spans kept per actor for the report's timeline: calls closer than 1/BUSY_SPANS of the actor's life merge."""
+
+
+def busy_spans(intervals: list[tuple[float, float]], origin: float) -> list[list[float]]:
+    """The [start, end] spans an actor was busy, seconds after `origin`, merged to at most about BUSY_SPANS."""
+    if not intervals:
+        return []
+    ordered = sorted(intervals)
+    gap = (max(end for _, end in ordered) - ordered[0][0]) / BUSY_SPANS
+    spans = [list(ordered[0])]
+    for start, end in ordered[1:]:
+        if start <= spans[-1][1] + gap:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return [[round(start - origin, 3), round(end - origin, 3)] for start, end in spans]
+
+
 def padding_share(tokens: Counter) -> float | None:
     """The share of the tokens run through the model that were padding."""
     return round(1 - tokens["real"] / tokens["padded"], 3) if tokens["padded"] else None
@@ -108,5 +127,6 @@ class RunStats:
                 "busy_share": round(busy / (last - first), 3) if last > first else None,
                 "phases_s": {phase: round(state["phases"][phase], 2) for phase in PHASES},
                 "padding_share": padding_share(state["tokens"]),
+                "busy_spans": busy_spans(calls, started_at),
             })
         return {"tasks": tasks, "actors": sorted(actors, key=lambda a: (a["pool"], -a["rows"]))}

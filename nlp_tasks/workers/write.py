@@ -62,19 +62,72 @@ def label_values(column: pa.ChunkedArray) -> pa.Array | None:
     return None
 
 
-def part_counts(part: pa.Table, tasks: list[str], errors_column: str) -> dict[str, Any]:
-    """The run report's counts for one part: rows with errors, errors by (task, message), labels per task."""
+def measured_values(column: pa.ChunkedArray) -> tuple[str, pa.Array] | None:
+    """For a task whose output is not a label, the number that describes it best, and its name: an embedding's
+    norm, a generated text's length in words, an answer's (or the best mask fill's) score."""
+    array = column.combine_chunks().drop_null()
+    kind = array.type
+    if not len(array):
+        return None
+    if pa.types.is_list(kind) and pa.types.is_floating(kind.value_type):
+        return "embedding norm", pc.sqrt(_squared_sums(array))
+    if pa.types.is_struct(kind) and kind.get_field_index("summary") >= 0:
+        array, kind = array.field("summary"), pa.string()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "length in words", pc.list_value_length(pc.utf8_split_whitespace(array))
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        array, kind = pc.list_element(array.filter(pc.greater(pc.list_value_length(array), 0)), 0), kind.value_type
+    if pa.types.is_struct(kind) and kind.get_field_index("score") >= 0 and kind.get_field_index("label") < 0:
+        return "score", array.field("score")
+    return None
+
+
+def _squared_sums(array: pa.Array) -> pa.Array:
+    """Each list's sum of squares."""
+    values = np.asarray(pc.list_flatten(array).to_numpy(zero_copy_only=False), dtype=np.float64)
+    offsets = np.asarray(array.offsets.to_numpy(), dtype=np.int64)
+    running = np.concatenate([[0.0], np.cumsum(values ** 2)])
+    return pa.array(running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]])
+
+
+def value_bin(value: float) -> str:
+    """A value rounded down to two significant digits: bins that add up across parts and that a page can merge."""
+    if value <= 0 or not np.isfinite(value):
+        return "0"
+    step = 10.0 ** (np.floor(np.log10(value)) - 1)
+    return f"{np.floor(value / step + 1e-9) * step:.6g}"
+
+
+ERROR_ROW_IDS = 3
+"""Row ids a part reports per error reason: enough for a person to look a few rows up."""
+
+
+def part_counts(part: pa.Table, tasks: list[str], errors_column: str, id_column: str | None = None) -> dict[str, Any]:
+    """The run report's counts for one part: rows with errors, errors by (task, message) with a few row ids each,
+    labels per task, and for other outputs a binned number (measured_values)."""
     errors = part.column(errors_column).combine_chunks()
     reasons = Counter((e["task"], e["message"]) for e in pc.list_flatten(errors).to_pylist())
-    labels = {}
+    examples: dict[tuple[str, str], list[str]] = {}
+    if reasons and id_column in part.column_names:
+        for row_id, row_errors in zip(part.column(id_column).to_pylist(), errors.to_pylist()):
+            for error in row_errors or []:
+                ids = examples.setdefault((error["task"], error["message"]), [])
+                if len(ids) < ERROR_ROW_IDS and str(row_id) not in ids:
+                    ids.append(str(row_id))
+    labels, values = {}, {}
     for task in (task for task in tasks if task in part.column_names):
-        values = label_values(part.column(task))
-        if values is not None:
-            labels[task] = {item["values"]: item["counts"] for item in pc.value_counts(values.drop_null()).to_pylist()}
+        found = label_values(part.column(task))
+        if found is not None:
+            labels[task] = {item["values"]: item["counts"] for item in pc.value_counts(found.drop_null()).to_pylist()}
+        elif (measured := measured_values(part.column(task))) is not None:
+            measure, numbers = measured
+            values[task] = [measure, dict(Counter(value_bin(float(v)) for v in numbers.drop_null().to_pylist()))]
     return {
         "rows_with_errors": pc.sum(pc.greater(pc.list_value_length(errors), 0)).as_py() or 0,
-        "errors": [[task, message, count] for (task, message), count in reasons.items()],
+        "errors": [[task, message, count, examples.get((task, message), [])]
+                   for (task, message), count in reasons.items()],
         "labels": labels,
+        "values": values,
     }
 
 
@@ -94,7 +147,7 @@ def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> p
 
 
 def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], columns: list[str],
-                errors_column: str) -> pa.Table:
+                errors_column: str, id_column: str | None = None) -> pa.Table:
     """Write a batch's runs of consecutive rows as staged parts; return one PART_RECORD per part."""
     import pyarrow.parquet as pq
     import ray
@@ -117,6 +170,6 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
             handle.write(data)
         records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "size": data.size,
                         "footer_sha256": footer_sha256(data), "writer": writer,
-                        "counts": json.dumps(part_counts(part, tasks, errors_column)),
+                        "counts": json.dumps(part_counts(part, tasks, errors_column, id_column)),
                         "calls": json.dumps(calls_in(batch.slice(start, end - start)))})
     return pa.Table.from_pylist(records, schema=PART_RECORD)

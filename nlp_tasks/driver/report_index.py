@@ -1,0 +1,169 @@
+"""`__reports/index.html`: every run of one output, newest first, so that a slower or worse night stands out.
+
+Rebuilt from the run reports beside it (`run-*.json`, which are never rewritten) at each run's end, and written
+atomically (storage.write_atomic: a rename locally, one PUT on object storage), so a reader sees the old index or
+the new one. At the top, small trend charts over the runs (wall time, rows/s, share of rows with errors, rows
+annotated), a run that is slower or worse than the median of the runs before it marked red; below, one row per run
+with its verdict, rows, duration, rows/s, errors and input changes, linking to its page.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from nlp_tasks.driver.report_page import PALETTE, esc, number, page, svg, verdict
+from nlp_tasks.output.storage import write_atomic
+
+WORSE = 1.25
+"""A run whose wall time (or error share) is this much over the median of the runs before it is marked; rows/s
+under the median divided by this too."""
+TREND_RUNS = 60
+"""Runs drawn in the trend charts (the newest)."""
+
+
+def run_reports(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]:
+    """(name without suffix, report or None if unreadable) of every run report in `folder`, newest first."""
+    filesystem.invalidate_cache(folder)  # object storage: a listing cached before this run's report was written
+    paths = sorted((p for p in filesystem.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("run-")
+                    and p.endswith(".json")), reverse=True)
+    runs = []
+    for path in paths:
+        name = path.rsplit("/", 1)[-1][:-len(".json")]
+        try:
+            report = json.loads(filesystem.cat_file(path))
+            runs.append((name, report if isinstance(report, dict) and "rows_this_run" in report else None))
+        except (OSError, ValueError):
+            runs.append((name, None))
+    return runs
+
+
+def figures(report: dict) -> dict[str, float | None]:
+    seconds = report.get("seconds") or 0
+    rows = report.get("rows_this_run", 0)
+    return {"seconds": seconds, "rows_per_s": round(rows / seconds, 1) if seconds and rows else None,
+            "error_share": report.get("rows_with_errors", 0) / rows if rows else None, "rows": rows}
+
+
+def median(runs: list[dict[str, float | None]], key: str) -> float | None:
+    values = [run[key] for run in runs if run[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def marks(runs: list[dict]) -> list[set[str]]:
+    """Per run (oldest first), which figures are worse than the median of the runs before it."""
+    out = []
+    for index, report in enumerate(runs):
+        before = [figures(r) for r in runs[:index] if r.get("rows_this_run")]
+        now, worse = figures(report), set()
+        if before and report.get("rows_this_run"):
+            if (m := median(before, "seconds")) and now["seconds"] > m * WORSE:
+                worse.add("seconds")
+            if (m := median(before, "rows_per_s")) and now["rows_per_s"] and now["rows_per_s"] < m / WORSE:
+                worse.add("rows_per_s")
+            if (m := median(before, "error_share")) is not None and now["error_share"] is not None \
+                    and now["error_share"] > max(m * WORSE, m + 0.001):
+                worse.add("error_share")
+        out.append(worse)
+    return out
+
+
+def trend(title: str, values: list[float | None], worse: list[bool], fmt: str) -> str:
+    """A small line chart of one figure over the runs, oldest left; worse runs red."""
+    width, height, pad = 340, 130, 14
+    known = [v for v in values if v is not None]
+    peak = max(known, default=0) or 1
+    step = (width - 2 * pad) / max(1, len(values) - 1)
+    points = [(pad + i * step, height - 24 - (height - 44) * v / peak, v, w)
+              for i, (v, w) in enumerate(zip(values, worse)) if v is not None]
+    parts = [f"<line class='axis' x1='{pad}' x2='{width - pad}' y1='{height - 24}' y2='{height - 24}'/>",
+             f"<text class='small' x='{pad}' y='{height - 8}'>oldest</text>",
+             f"<text class='small' x='{width - pad}' y='{height - 8}' text-anchor='end'>newest</text>",
+             f"<text class='small' x='{pad}' y='12'>max {esc(format(peak, fmt))}</text>"]
+    if len(points) > 1:
+        parts.append(f"<polyline fill='none' stroke='{PALETTE[0]}' stroke-width='2' points='"
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points) + "'/>")
+    for x, y, value, bad in points:
+        parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{5.5 if bad else 3.5}' "
+                     f"fill='{'#d62728' if bad else PALETTE[0]}'>"
+                     f"<title>{esc(format(value, fmt))}</title></circle>")
+    return f"<div class='trend'><h3>{esc(title)}</h3>{svg(height, ''.join(parts), title, width)}</div>"
+
+
+def change_text(report: dict) -> str:
+    changes = report.get("input_changes", {})
+    parts = [f"{len(changes[k])} {k}" for k in ("new", "changed", "vanished") if changes.get(k)]
+    if changes.get("renamed"):
+        parts.append(f"{len(changes['renamed'])} renamed")
+    parts += [f"column {c} computed for {len(files)}" for c, files in changes.get("columns_computed", {}).items()
+              if files and not changes.get("new") and not changes.get("changed")]
+    if report.get("skipped_tasks"):
+        parts.append(f"{len(report['skipped_tasks'])} task(s) skipped")
+    if report.get("quarantined_files"):
+        parts.append(f"{len(report['quarantined_files'])} quarantined")
+    return ", ".join(parts) or "none"
+
+
+def flag(worse: set[str], key: str) -> str:
+    return " class='n worse'" if key in worse else " class='n'"
+
+
+def index_page(runs: list[tuple[str, dict | None]]) -> str:
+    """The page of all runs (module docstring); `runs` newest first."""
+    readable = [(name, report) for name, report in runs if report is not None]
+    oldest_first = [report for _, report in reversed(readable)]
+    flagged = marks(oldest_first)
+    worse_by_name = {name: flagged[len(readable) - 1 - i] for i, (name, _) in enumerate(readable)}
+    drawn = oldest_first[-TREND_RUNS:]
+    drawn_flags = flagged[-TREND_RUNS:]
+    charts = "".join([
+        trend("wall time (s), runs with rows",
+              [figures(r)["seconds"] if r.get("rows_this_run") else None for r in drawn],
+              ["seconds" in f for f in drawn_flags], ".1f"),
+        trend("rows/s, end to end", [figures(r)["rows_per_s"] for r in drawn],
+              ["rows_per_s" in f for f in drawn_flags], ".1f"),
+        trend("share of rows with errors", [figures(r)["error_share"] for r in drawn],
+              ["error_share" in f for f in drawn_flags], ".1%"),
+        trend("rows annotated", [figures(r)["rows"] for r in drawn], [False] * len(drawn), ",.0f"),
+    ])
+    rows = []
+    for name, report in runs:
+        if report is None:
+            rows.append(f"<tr><td>{esc(name)}</td><td colspan='7'>unreadable report</td></tr>")
+            continue
+        ok, look = verdict(report)
+        fig, worse = figures(report), worse_by_name.get(name, set())
+        state = "<span class='ok'>ok</span>" if ok else f"<span class='bad'>{esc('; '.join(look))}</span>"
+        rows.append(
+            f"<tr><td><a href='{esc(name)}.html'>{esc(report.get('finished_at', name).replace('T', ' '))}</a></td>"
+            f"<td>{state}</td>"
+            f"<td class='n'>{number(report.get('rows_this_run'))}</td>"
+            f"<td class='n'>{number(report.get('rows_out'))}</td>"
+            f"<td{flag(worse, 'seconds')}>{number(fig['seconds'])}</td>"
+            f"<td{flag(worse, 'rows_per_s')}>{number(fig['rows_per_s'])}</td>"
+            f"<td{flag(worse, 'error_share')}>{number(report.get('rows_with_errors'))}</td>"
+            f"<td>{esc(change_text(report))}</td>"
+            "</tr>")
+    output = next((report["output"] for _, report in readable), "")
+    style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"
+             ".worse{color:#b3261e;font-weight:700}.ok{color:#2f7d32;font-weight:600}.bad{color:#b3261e}"
+             "col.when{width:11.5rem}col.state{width:auto}col.num{width:5.6rem}col.changes{width:15rem}</style>")
+    body = (f"{style}<h1>All runs</h1><div class='sub'>{esc(output)} · {len(runs)} run(s), newest first; "
+            "a red figure is worse than the median of the runs before it</div>"
+            f"<section id='trends'><h2>Trends</h2><div class='trends'>{charts}</div></section>"
+            "<section><table id='runs'><colgroup><col class='when'><col class='state'><col class='num'>"
+            "<col class='num'><col class='num'><col class='num'><col class='num'><col class='changes'></colgroup>"
+            "<tr><th>finished</th><th>verdict</th><th class='n'>rows this run</th><th class='n'>rows in output</th>"
+            "<th class='n'>seconds</th><th class='n'>rows/s</th><th class='n'>rows with errors</th>"
+            f"<th>input changes</th></tr>{''.join(rows)}</table></section>")
+    return page(f"nlp-tasks runs: {output}", body)
+
+
+def write_index(filesystem: Any, folder: str) -> str:
+    """Rebuild `folder/index.html` from the run reports there, atomically; returns its path."""
+    from nlp_tasks.secrets import redact
+
+    path = f"{folder.rstrip('/')}/index.html"
+    write_atomic(filesystem, path, redact(index_page(run_reports(filesystem, folder))).encode())
+    return path
