@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides)
         from nlp_tasks.driver.commits import JobFailed
+        from nlp_tasks.driver.display import display_for_stderr
         from nlp_tasks.driver.job import run_job
-        from nlp_tasks.driver.progress import display_for_stderr
 
         if not args.verbose:
             quiet_ray_console()

@@ -18,11 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tiny_models
 import yaml
 
 from jobs.annotate import main
-
-import tiny_models
 
 BROWSER = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 needs_browser = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium installed (Debian: apt-get install "
@@ -78,7 +77,7 @@ def reports(folder: Path) -> list[dict]:
 
 
 def test_reports_hold_what_the_pages_draw(runs):
-    first, second, third = reports(runs)
+    _first, second, third = reports(runs)
     assert second["rows_with_errors"] == 3 and third["rows_this_run"] == 0
     ids = {(e["task"], e["message"]): e["row_ids"] for e in second["error_row_ids"]}
     assert ids[("sentiment", "text is empty or whitespace")] == ["h-0", "h-2"]
@@ -100,7 +99,7 @@ def browse(path: Path, *flags: str, width: int = 1280, height: int = 800) -> sub
     return subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
                            f"--window-size={width},{height}", "--virtual-time-budget=3000", *flags,
-                           path.as_uri()], capture_output=True, text=True, timeout=180)
+                           path.as_uri()], capture_output=True, text=True, timeout=180, check=False)
 
 
 def dom(path: Path) -> str:
@@ -134,7 +133,7 @@ def screenshot_is_drawn(page: Path, tmp_path: Path) -> None:
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    _width, height, _depth, _colour = struct.unpack(">IIBB", data[16:26])
     chunks, position = [], 8
     while position < len(data):
         length, kind = struct.unpack(">I4s", data[position:position + 8])
@@ -166,26 +165,26 @@ def test_run_page_shows_verdict_timeline_charts_tables_and_distributions(runs, t
     first, second, third = (dom(page) for page in pages)
     assert "id=\"verdict\"" in first and ">OK<" in first
 
-    verdict = re.search(r'<div class="verdict look" id="verdict">(.*?)</div>', second, re.S).group(1)
+    verdict = re.search(r'<div class="verdict look" id="verdict">(.*?)</div>', second, re.DOTALL).group(1)
     assert "Needs a look" in verdict and "3 row(s) with errors" in verdict and "1 skipped task(s): summary" in verdict
-    timeline = re.search(r"<section id=\"timeline\">(.*?)</section>", second, re.S).group(1)
+    timeline = re.search(r"<section id=\"timeline\">(.*?)</section>", second, re.DOTALL).group(1)
     assert ">driver<" in timeline and ">commits<" in timeline
     assert timeline.count("committed at") == 2 and "model load" in timeline and "idle between calls" in timeline
     assert re.search(r"<title>annotate: [\d.]+ to [\d.]+ s", timeline) and "<title>start_ray" in timeline
-    rows = re.search(r"<section id=\"rows\">(.*?)</section>", second, re.S).group(1)
+    rows = re.search(r"<section id=\"rows\">(.*?)</section>", second, re.DOTALL).group(1)
     assert rows.count("<svg") == 2 and "rows committed" in rows and "changing.parquet" in rows
     assert "&lt;img src=x onerror=" in rows  # the hostile file's lane, named as text
-    throughput = re.search(r"<section id=\"throughput\">(.*?)</section>", second, re.S).group(1)
+    throughput = re.search(r"<section id=\"throughput\">(.*?)</section>", second, re.DOTALL).group(1)
     assert all(f"<td>{task}</td>" in throughput for task in ("sentiment", "topic", "embedding"))
-    time_went = re.search(r"<section id=\"time\">(.*?)</section>", second, re.S).group(1)
+    time_went = re.search(r"<section id=\"time\">(.*?)</section>", second, re.DOTALL).group(1)
     assert "driver (wall time)" in time_went and "forward" in time_went
-    errors = re.search(r'<table id="errors">(.*?)</table>', second, re.S).group(1)
+    errors = re.search(r'<table id="errors">(.*?)</table>', second, re.DOTALL).group(1)
     assert "text is empty or whitespace" in errors and "h-0, h-2" in errors
-    changes = re.search(r'<table id="changes">(.*?)</table>', second, re.S).group(1)
+    changes = re.search(r'<table id="changes">(.*?)</table>', second, re.DOTALL).group(1)
     assert re.search(r"<td>changed</td><td class=\"n\">1</td><td>[^<]*/changing.parquet</td>", changes)
     assert "<td>new</td>" in changes and "skipped task summary" in changes
-    assert re.search(r'<table id="compute">.*sentiment.*</table>', second, re.S)
-    distributions = re.search(r"<section id=\"distributions\">(.*?)</section>", second, re.S).group(1)
+    assert re.search(r'<table id="compute">.*sentiment.*</table>', second, re.DOTALL)
+    distributions = re.search(r"<section id=\"distributions\">(.*?)</section>", second, re.DOTALL).group(1)
     assert "sentiment: labels" in distributions and "topic: labels" in distributions
     assert "embedding: embedding norm" in distributions
     assert re.search(r'<details id="raw"><summary>Ray Data\'s statistics', second)
@@ -203,15 +202,15 @@ def test_run_page_shows_verdict_timeline_charts_tables_and_distributions(runs, t
 def test_index_lists_every_run_newest_first_with_trends(runs, tmp_path):
     index = runs / "index.html"
     page_dom = dom(index)
-    table = re.search(r'<table id="runs">(.*?)</table>', page_dom, re.S).group(1)
+    table = re.search(r'<table id="runs">(.*?)</table>', page_dom, re.DOTALL).group(1)
     links = re.findall(r'<a href="(run-[^"]+\.html)">', table)
     assert links == sorted((p.name for p in runs.glob("run-*.html")), reverse=True) and len(links) == 3
     assert all((runs / link).is_file() for link in links)
-    newest, middle, oldest = re.findall(r"<tr><td><a.*?</tr>", table, re.S)
+    newest, middle, oldest = re.findall(r"<tr><td><a.*?</tr>", table, re.DOTALL)
     assert '<span class="ok">ok</span>' in oldest and "42" in middle and "3 row(s) with errors" in middle
     assert "1 changed" in middle and "1 new" in middle and "1 task(s) skipped" in middle
     assert re.search(r'<td class="n">0</td>', newest)
-    trends = re.search(r'<section id="trends">(.*?)</section>', page_dom, re.S).group(1)
+    trends = re.search(r'<section id="trends">(.*?)</section>', page_dom, re.DOTALL).group(1)
     assert trends.count("<svg") == 4 and "wall time" in trends and "share of rows with errors" in trends
     assert trends.count("<circle") >= 4 * 2  # the runs with rows, in each chart
     assert_inert(page_dom)
@@ -226,7 +225,7 @@ def test_index_on_object_storage_is_one_write_of_every_report_there(runs):
     """Where the output is not a local folder (here fsspec's in-memory store), the index is written with one PUT."""
     import fsspec
 
-    from nlp_tasks.driver.report_index import write_index
+    from nlp_tasks.driver.pages.index_page import write_index
 
     memory = fsspec.filesystem("memory")
     folder = "/bucket/out/__reports"

@@ -4,8 +4,8 @@ Written next to the output as `__reports/run-<UTC time, to the millisecond>.{jso
 errors by reason (with a few row ids each), per-task throughput measured inside the actors (rows/s and tokens/s of
 model time), wall time per stage, the run's timeline as the driver saw it (progress.RunEvents), models and their
 fingerprints, the config fingerprint, library versions, and per task the distribution of its labels or entity types,
-or of a number that fits its output (write.measured_values). The HTML pages are drawn by report_page.py (this run)
-and report_index.py (`__reports/index.html`, every run of the output, rewritten at each run's end).
+or of a number that fits its output (write.measured_values). The HTML pages are drawn by pages/run_page.py (this run)
+and pages/index_page.py (`__reports/index.html`, every run of the output, rewritten at each run's end).
 """
 
 from __future__ import annotations
@@ -142,9 +142,9 @@ def holds(report: dict) -> str:
 
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     """Write the JSON and the run's page next to the output, secrets redacted (a task's skip reason, a stage's error
-    may name a URL), then rewrite the index of all runs (report_index.py); returns the JSON's path."""
-    from nlp_tasks.driver.report_index import write_index
-    from nlp_tasks.driver.report_page import run_page
+    may name a URL), then rewrite the index of all runs (pages/index_page.py); returns the JSON's path."""
+    from nlp_tasks.driver.pages.index_page import write_index
+    from nlp_tasks.driver.pages.run_page import run_page
     from nlp_tasks.output.layout import REPORTS
     from nlp_tasks.secrets import redact
 

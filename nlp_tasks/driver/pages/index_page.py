@@ -13,7 +13,8 @@ import json
 import statistics
 from typing import Any
 
-from nlp_tasks.driver.report_page import PALETTE, esc, number, page, svg, verdict
+from nlp_tasks.driver.pages.markup import PALETTE, esc, number, page, svg
+from nlp_tasks.driver.pages.verdict import verdict
 from nlp_tasks.output.storage import write_atomic
 
 WORSE = 1.25
