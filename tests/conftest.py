@@ -28,7 +28,7 @@ def ray_local():
     """A local Ray for one test module (modules that need other Ray settings start their own)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another cluster on this machine
     yield
     ray.shutdown()
 

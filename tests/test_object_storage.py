@@ -17,7 +17,7 @@ def ray_with_s3() -> None:
     """A local Ray whose workers reach the moto endpoint with the test's credentials."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
         key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                          "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
 
