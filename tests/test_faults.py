@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
-from test_resume import FILES, corpus_and_config, run_job
+from helpers import FILES, corpus_and_config, run_job
 
 MARKERS = "????????????????.json"
 

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pyarrow.dataset as pads
 import tiny_models
-import yaml
+from helpers import last_report, sentiment, write_config
 
 from jobs.annotate import main
 
 
-def run(tmp_path, input_path, models, **input_config) -> dict:
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(input_path), **input_config},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 16},
-    }))
-    assert main(["--config", str(config)]) == 0
-    return json.loads(sorted((tmp_path / "out" / "__reports").glob("*.json"))[-1].read_text())
+def run(tmp_path, input_path, models) -> dict:
+    config = write_config(tmp_path, input_path, sentiment(models), input={"id_column": None},
+                          compute={"batch_size": 16})
+    assert main(["--config", config]) == 0
+    return last_report(tmp_path / "out")
 
 
 def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_local, tmp_path, models):
@@ -67,11 +60,7 @@ def test_hub_paths_go_through_huggingface_hub_file_system():
 def test_an_unreadable_arrow_file_fails_in_one_line_naming_it(tmp_path, models, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-    }))
-    assert main(["--config", str(config)]) == 2
+    config = write_config(tmp_path, tmp_path / "in", sentiment(models), input={"id_column": None}, compute=None)
+    assert main(["--config", config]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "data-00000-of-00001.arrow': not a readable Arrow file" in lines[0], lines
