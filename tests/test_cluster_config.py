@@ -97,7 +97,7 @@ def test_cluster_yaml_shape():
     head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
     workers = {name: spec for name, spec in CLUSTER["available_node_types"].items() if spec is not head}
     assert head["resources"].get("GPU", 0) == 0 and head["resources"]["CPU"] >= 2
-    [(name, worker)] = workers.items()
+    [worker] = workers.values()
     assert (worker["min_workers"], worker["max_workers"], worker["resources"]["GPU"]) == (0, 8, 1)
     assert 1 <= CLUSTER["idle_timeout_minutes"] <= 60
     assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_MINOR)}\.\d+-py3\d+-gpu", CLUSTER["docker"]["image"])

@@ -43,9 +43,9 @@ def test_a_dataset_dict_folder_and_arrow_ipc_files(ray_local, tmp_path, models):
         "train": datasets.Dataset.from_dict({"text": texts}),
         "test": datasets.Dataset.from_dict({"text": texts[:5]}),
     }).save_to_disk(str(tmp_path / "dict"))
-    with pa.OSFile(str(tmp_path / "dict" / "extra.arrow"), "wb") as sink:  # the IPC file format (Feather v2)
-        with pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as writer:
-            writer.write_table(pa.table({"text": pa.array(texts[:3], pa.large_string())}), max_chunksize=2)
+    with (pa.OSFile(str(tmp_path / "dict" / "extra.arrow"), "wb") as sink,  # the IPC file format (Feather v2)
+          pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as writer):
+        writer.write_table(pa.table({"text": pa.array(texts[:3], pa.large_string())}), max_chunksize=2)
     report = run(tmp_path, tmp_path / "dict", models)
     assert report["rows_out"] == len(texts) + 5 + 3
 

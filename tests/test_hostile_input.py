@@ -39,8 +39,8 @@ def test_hostile_rows_are_all_kept(models, annotate):
             assert 0 <= entity["start"] < entity["end"] <= len(text)
     for row in out.slice(len(HOSTILE_TEXTS)).to_pylist():
         assert row["sentiment"] is None and row["entities"] is None and row["topic"] is None
-        assert {e["message"] for e in row["errors"]} == {"text has no visible character (only control, format "
-                                                         "or zero-width characters)"}
+        assert {e["message"] for e in row["errors"]} == {("text has no visible character (only control, format "
+                                                          "or zero-width characters)")}
 
 
 def test_a_row_the_model_cannot_take_fails_alone(models, annotate, tmp_path):

@@ -87,7 +87,7 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
 
 
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):
-    folder, rows = corpus
+    folder, _ = corpus
     config = write_config(tmp_path, folder, {
         "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
         "summary": {"task": "summarization", "model": str(tmp_path / "no-such-model")},

@@ -111,7 +111,7 @@ def ray_head():
 def submit(config: Path, address: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.submit", "--config", str(config), "--address", address, *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
     )
 
 
