@@ -12,6 +12,8 @@ from helpers import error_line, last_report, output_table, sentiment, write_conf
 
 from jobs.annotate import main
 
+pytestmark = pytest.mark.slow  # every test runs the job two to four times
+
 FILES = 13
 ROWS = 6
 POSITIONS = ("first", "middle", "last")

@@ -33,6 +33,7 @@ THREE_MODELS = {
 }
 
 
+@pytest.mark.slow
 def test_pools_fit_clusters_of_several_shapes():
     """A real multi-node Ray cluster, CPU-only first, then with (declared, not used) GPU nodes."""
     import ray
@@ -126,6 +127,7 @@ def test_tasks_sharing_a_pool_must_agree_on_its_compute():
             "topic": {**topic, "compute": {"batch_size": 16}}}})
 
 
+@pytest.mark.slow
 def test_three_models_run_on_two_cpus_without_a_compute_section(ray_local, tmp_path, models):
     from jobs.annotate import main
 

@@ -126,6 +126,7 @@ def _convert(args):
     return converted(args[0], "sha256:test", "float32")
 
 
+@pytest.mark.slow
 def test_two_actors_starting_together_convert_once_and_never_use_a_partial_conversion(models, tmp_path):
     cache = tmp_path / "cache"
     stale = cache / "ctranslate2" / "sha256-test-float32.partial-killed"
@@ -189,6 +190,7 @@ def test_int8_runs_on_ctranslate2_and_is_a_config_error_elsewhere(models, annota
         choose_engine("s", TaskSpec.model_validate({**spec, "engine": "transformers"}), "int8")
 
 
+@pytest.mark.slow
 def test_the_job_says_which_engine_each_pool_runs(ray_local, models, ctrl, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"id": [str(i) for i in range(len(TEXTS))], "text": TEXTS}), tmp_path / "in" / "p.parquet")

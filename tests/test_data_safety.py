@@ -33,6 +33,7 @@ from jobs.annotate import main
 # overwrite and overlapping trees --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["resume", "overwrite", "error"])
 def test_output_overlapping_the_input_is_refused_in_every_mode(tmp_path, models, mode):
     corpus = tmp_path / "corpus"
@@ -45,6 +46,7 @@ def test_output_overlapping_the_input_is_refused_in_every_mode(tmp_path, models,
     assert sorted(p.name for p in corpus.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_folder_this_job_did_not_make(tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "precious"
     write_rows(corpus / "a.parquet", ["a0"])
@@ -56,6 +58,7 @@ def test_overwrite_refuses_a_folder_this_job_did_not_make(tmp_path, models):
     assert (out / "thesis.parquet").read_bytes() == b"years of work"
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
@@ -72,6 +75,7 @@ def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
 # paths never become values -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_path, models):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "text=evil" / "lang=en" / "a.parquet", ["a0", "a1"], ["Paris is big.", "Rome is old."])
@@ -93,6 +97,7 @@ def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_pat
 # input files that change between runs ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_changed_grown_shrunk_renamed_and_vanished_files(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     for name in "abcde":
@@ -130,6 +135,7 @@ def lease_file(out: Path, number: int, **holder) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_live_lease_is_respected_and_an_expired_one_taken_over(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0"])
@@ -169,6 +175,7 @@ def test_racing_runs_get_the_lease_exactly_once(tmp_path):
     assert sorted(results) == ["refused"] * 7 + ["won"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, minilm):
     config, _ = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
     first = run_job(config)
@@ -186,6 +193,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
 # control files ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torn_control_files_are_named(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
@@ -244,6 +252,7 @@ def served(folder):
         server.wait()
 
 
+@pytest.mark.slow
 def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, models):
     write_rows(tmp_path / "served" / "corpus.parquet", ["a0", "a1"])
     with served(tmp_path / "served") as port:
@@ -258,6 +267,7 @@ def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, mod
             assert b"hunter2" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, models):
     """http:// takes credentials from the URL; when the input, model or examples it names cannot be read, or the
     output cannot be written there, the one-line error names the URL without them."""
@@ -319,6 +329,7 @@ def test_log_records_and_stderr_lines_are_redacted(capfd):
 # readers ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models):
     import duckdb
     import pandas
@@ -351,6 +362,7 @@ def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models)
 # user errors: one line, exit 2 ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0"])
@@ -381,6 +393,7 @@ def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     assert "not a text file" in error_line(tmp_path / "binary.yaml")
 
 
+@pytest.mark.slow
 def test_odd_but_valid_inputs_run(ray_local, tmp_path, models):
     """File names with `?`, `*`, `[` or a newline, and a string_view text column, are input like any other."""
     corpus = tmp_path / "corpus"

@@ -53,6 +53,7 @@ def test_a_head_fitted_on_a_tiny_model_labels_rows_with_its_examples_labels(mode
     assert values[4] is None and table.column("errors").to_pylist()[4][0]["task"] == "topic"
 
 
+@pytest.mark.slow
 def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomputes(ray_local, tmp_path, minilm):
     sample = pq.read_table(SAMPLE)
     pq.write_table(sample.slice(0, 150), tmp_path / "examples.parquet")
@@ -82,6 +83,7 @@ def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomput
     assert len(list((tmp_path / "out" / "__manifest" / "heads").glob("topic-*.json"))) == 2
 
 
+@pytest.mark.slow
 def test_bad_examples_fail_in_one_line_naming_file_and_row(tmp_path, minilm, capsys):
     pq.write_table(pa.table({"id": ["a"], "text": ["Some text."]}), tmp_path / "in.parquet")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pytest
 import tiny_models
 from helpers import last_report, sentiment, write_config
 
@@ -17,6 +18,7 @@ def run(tmp_path, input_path, models) -> dict:
     return last_report(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_local, tmp_path, models):
     import datasets
 
@@ -35,6 +37,7 @@ def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_lo
     assert run(tmp_path, tmp_path / "saved", models)["files_processed"] == 0
 
 
+@pytest.mark.slow
 def test_a_dataset_dict_folder_and_arrow_ipc_files(ray_local, tmp_path, models):
     import datasets
 

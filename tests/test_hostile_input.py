@@ -7,6 +7,7 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
 from helpers import sentiment, write_config
 from transformers import AutoTokenizer
@@ -76,6 +77,7 @@ def test_bad_files_fail_the_job_by_default(tmp_path, models, capsys):
     assert "\n" not in error and error.startswith("error: input file ") and "no-text.parquet" in error
 
 
+@pytest.mark.slow
 def test_bad_files_can_be_quarantined(ray_local, tmp_path, models, capsys):
     config = write_config(tmp_path, bad_corpus(tmp_path), sentiment(models, "s"), input={"bad_files": "quarantine"},
                           compute={"num_cpus_per_actor": 0.5})

@@ -18,6 +18,8 @@ from helpers import last_report, write_config
 from jobs.annotate import main
 from nlp_tasks.driver.report import summary
 
+pytestmark = pytest.mark.slow  # every test runs the job three or four times
+
 
 @pytest.fixture
 def job(tmp_path, models):

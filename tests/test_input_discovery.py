@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pytest
 from helpers import last_report, output_table, sentiment, write_config, write_rows
 
 from jobs.annotate import main
@@ -61,6 +62,7 @@ def test_a_skipped_folder_named_as_input_path_is_read(tmp_path):
     assert [file.path for file in single.files] == [str(root / "sub" / "_b.parquet")]
 
 
+@pytest.mark.slow
 def test_the_run_report_lists_what_was_not_read(ray_local, tmp_path, models, capsys):
     root = tree(tmp_path / "corpus")
     assert main(["--config", write_config(tmp_path, root, sentiment(models))]) == 0

@@ -64,6 +64,7 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert "<svg" in report_files[0].read_text()
 
 
+@pytest.mark.slow
 def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, models):
     """Ray reads a small file as one block; the job must still hand batches to every actor of the pool."""
     folder = tmp_path / "corpus"
@@ -86,6 +87,7 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     assert all(0 <= actor["padding_share"] < 1 for actor in report["actors"])
 
 
+@pytest.mark.slow
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):
     folder, _ = corpus
     config = write_config(tmp_path, folder, {
@@ -142,6 +144,7 @@ def test_output_column_clash_with_input(tmp_path, models, capsys):
     assert "input column 's' clashes with an output column" in run_expecting_error(config, capsys)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_adds_new_files_and_refuses_other_columns(ray_local, tmp_path, models, corpus, capsys):
     folder, rows = corpus
     tasks = sentiment(models, "s")
@@ -166,6 +169,7 @@ def test_rerun_resumes_adds_new_files_and_refuses_other_columns(ray_local, tmp_p
     assert "was produced with other columns (changed: errors)" in line
 
 
+@pytest.mark.slow
 def test_rows_without_ids_get_stable_ids_from_file_and_position(ray_local, tmp_path, models):
     folder = tmp_path / "corpus"
     folder.mkdir()

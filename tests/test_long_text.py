@@ -176,6 +176,7 @@ def test_feature_extraction_chunk_is_the_token_weighted_mean_of_window_embedding
         np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_minilm_chunked_embedding_is_closer_to_the_later_half(minilm, annotate):
     """On the 10 longest BBC sample articles: chunked embeddings represent the whole article, truncated ones its start.
 

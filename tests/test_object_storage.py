@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cli, free_port, sentiment, write_config
 
+pytestmark = pytest.mark.slow  # an S3 server, Ray with it, jobs on it
+
 
 def ray_with_s3() -> None:
     """A local Ray whose workers reach the moto endpoint with the test's credentials."""

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 from helpers import FILES, corpus_and_config, embedding_job, run_job, staged_units
+
+pytestmark = pytest.mark.slow  # MiniLM jobs run as a user runs them, killed, rerun
 
 
 def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):

@@ -8,8 +8,11 @@ import os
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
 from helpers import sentiment, write_config
+
+pytestmark = pytest.mark.slow  # a cluster of three nodes
 
 FILES = 6
 

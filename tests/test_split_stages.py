@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
 from helpers import write_config
 
@@ -27,6 +28,7 @@ def tasks_of(models) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, models):
     """Every kind of task: shared tokens, pairs (zero-shot), generation, a head fitted on examples (which the
     postprocess stage takes), unusable rows."""

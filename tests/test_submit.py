@@ -115,6 +115,7 @@ def submit(config: Path, address: str, env: dict[str, str], *extra: str) -> subp
     )
 
 
+@pytest.mark.slow
 def test_submitted_job_annotates_the_sample(ray_head, tmp_path):
     address, env = ray_head
     output = tmp_path / "annotated"
@@ -141,6 +142,7 @@ def test_submitted_job_annotates_the_sample(ray_head, tmp_path):
     assert not any(table["errors"].to_pylist())
 
 
+@pytest.mark.slow
 def test_failed_job_exits_non_zero(ray_head, tmp_path):
     address, env = ray_head
     config = write_config(tmp_path, tmp_path / "missing.parquet", {"embedding": EMBEDDING},
