@@ -83,7 +83,6 @@ def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomput
     assert len(list((tmp_path / "out" / "__manifest" / "heads").glob("topic-*.json"))) == 2
 
 
-@pytest.mark.slow
 def test_bad_examples_fail_in_one_line_naming_file_and_row(tmp_path, minilm, capsys):
     pq.write_table(pa.table({"id": ["a"], "text": ["Some text."]}), tmp_path / "in.parquet")
 
