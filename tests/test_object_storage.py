@@ -13,8 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cli, free_port, sentiment, write_config
 
-pytestmark = pytest.mark.slow  # an S3 server, Ray with it, jobs on it
-
 
 def ray_with_s3() -> None:
     """A local Ray whose workers reach the moto endpoint with the test's credentials."""
@@ -88,6 +86,7 @@ def test_missing_model_on_s3_is_unavailable(s3_endpoint):
         check_available("s3://corpus/models/none")
 
 
+@pytest.mark.slow
 def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
     import ray
     import s3fs
@@ -128,6 +127,7 @@ def test_exclusive_create_on_s3_lets_one_writer_in(s3_endpoint):
 SECRET = "AKIAEXAMPLEKEYID:wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET"
 
 
+@pytest.mark.slow
 def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, models, tmp_path):
     """s3:// reads no credentials from a URL (s3fs would take `KEY:SECRET@bucket` for a bucket name and print it in a
     botocore error): in input, output, model or examples, the job stops in one line naming the URL without them."""
@@ -161,6 +161,7 @@ def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, m
     assert not fs.exists("corpus/creds/out"), "nothing was written"
 
 
+@pytest.mark.slow
 def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_endpoint, models, tmp_path):
     """A bucket that does not exist, with a secret in another URL on the command line: one line, no secret."""
 
@@ -172,6 +173,7 @@ def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_
     assert "wJalr" not in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint, models, tmp_path):
     """On object storage too: a deleted part, a truncated one and one rewritten with another footer but the same
     size (its ETag changes) are each found at start; their files are redone once, every row ends up there once."""

@@ -113,7 +113,6 @@ def test_text_generation_matches_pipeline_greedy(models, annotate):
     assert any(continuations), "greedy generation produced nothing at all"
 
 
-@pytest.mark.slow
 def test_minilm_embeddings_match_pipeline_and_sentence_transformers(minilm, annotate):
     """On the real checkpoint: same vectors as the pipeline, and as sentence-transformers' own encoder."""
     from sentence_transformers import SentenceTransformer
@@ -129,7 +128,6 @@ def test_minilm_embeddings_match_pipeline_and_sentence_transformers(minilm, anno
     np.testing.assert_allclose(ours, SentenceTransformer(minilm, device="cpu").encode(texts), atol=1e-4)
 
 
-@pytest.mark.slow
 def test_minilm_topic_labels_agree_with_bbc_categories(minilm, annotate):
     """Real semantics: topic by embedding similarity recovers most of the BBC editors' categories."""
     import pyarrow.parquet as pq
