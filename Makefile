@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Both create the virtual environment first (once). TORCH picks the PyTorch build:
 # the default is the CPU build's version; on a GPU machine use e.g. `make demo TORCH=torch`.
+# `make test-fast` is the loop while changing code: the suite less the tests marked slow.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup  # about a minute on 2 cores; every module still runs some of its tests
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench]" first for the peers
 	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16

@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny local models, the packaged MiniLM checkpoint, and running one task in-process."""
+"""Shared fixtures: tiny local models, the packaged MiniLM checkpoint, and running one task in-process.
+
+Fixtures only; what tests share besides them is in helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pyarrow as pa
 import pytest
 import tiny_models
 
-REPO = Path(__file__).resolve().parents[1]
+pytest.register_assert_rewrite("helpers")  # its asserts explain their failures as a test module's do
 
 
 @pytest.fixture(scope="session")

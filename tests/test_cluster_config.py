@@ -22,24 +22,24 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from helpers import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from nlp_tasks.config import load_config
 from nlp_tasks.driver.compute import Cluster, plan_pools
 from nlp_tasks.driver.plan import group_by_model
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-RAYJOB_DOCS = list(yaml.safe_load_all((ROOT / "k8s" / "rayjob.yaml").read_text()))
-RAYCRONJOB_DOCS = list(yaml.safe_load_all((ROOT / "k8s" / "raycronjob.yaml").read_text()))
-RAYCRONJOB_SCHEMA = yaml.safe_load((ROOT / "tests" / "schemas" / "kuberay-1.7.0-raycronjob.yaml").read_text())
+CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
+RAYJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "rayjob.yaml").read_text()))
+RAYCRONJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "raycronjob.yaml").read_text()))
+RAYCRONJOB_SCHEMA = yaml.safe_load((REPO / "tests" / "schemas" / "kuberay-1.7.0-raycronjob.yaml").read_text())
 MAX_RAYCRONJOB_NAME = 36
 """KubeRay 1.7's limit: each night's RayJob is named <name>-<minute> and must fit the RayJob's own limit."""
 CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
 """minute, hour, day of month, month, day of week (0 is Sunday)."""
 NIGHTLY = "jobs/configs/nightly.yaml"
 RAY_MINOR = ".".join(ray.__version__.split(".")[:2])
-PROJECT_VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+PROJECT_VERSION = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
 
 
 def cpus(quantity: str | int) -> float:
@@ -56,7 +56,7 @@ def launcher_check(config: dict) -> None:
 def nightly_pools(worker_cpus: float, worker_gpus: float, workers: int) -> list:
     """The nightly job's pools as the job sizes them on a cluster grown to `workers` GPU workers (weights of
     hub checkpoints are unknown offline, so every model counts as a large one: a whole GPU per actor)."""
-    config = load_config(ROOT / NIGHTLY)
+    config = load_config(REPO / NIGHTLY)
     groups = group_by_model(config.tasks)
     cluster = Cluster(cpus=workers * worker_cpus, gpus=workers * worker_gpus, memory=0, nodes=workers,
                       fixed_size=False)
@@ -97,7 +97,7 @@ def test_cluster_yaml_shape():
     head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
     workers = {name: spec for name, spec in CLUSTER["available_node_types"].items() if spec is not head}
     assert head["resources"].get("GPU", 0) == 0 and head["resources"]["CPU"] >= 2
-    [(name, worker)] = workers.items()
+    [worker] = workers.values()
     assert (worker["min_workers"], worker["max_workers"], worker["resources"]["GPU"]) == (0, 8, 1)
     assert 1 <= CLUSTER["idle_timeout_minutes"] <= 60
     assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_MINOR)}\.\d+-py3\d+-gpu", CLUSTER["docker"]["image"])

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_data_safety import output_table, report, write_job, write_rows
+from helpers import error_line, last_report, output_table, sentiment, write_config, write_rows
 
 from jobs.annotate import main
+
+pytestmark = pytest.mark.slow  # every test runs the job two to four times
 
 FILES = 13
 ROWS = 6
@@ -59,8 +61,7 @@ def committed(ray_local, tmp_path, models):
         names = [f"f{index:02d}-{row}" for row in range(ROWS)]
         write_rows(corpus / f"f{index:02d}.parquet", names)
         ids += names
-    config = write_job(tmp_path, corpus, models=models, output={"rows_per_file": 2},
-                       compute={"batch_size": 2})
+    config = write_config(tmp_path, corpus, sentiment(models), output={"rows_per_file": 2}, compute={"batch_size": 2})
     assert main(["--config", config]) == 0
     assert all(len(marker["parts"]) >= 3 for marker in markers(tmp_path / "out").values())
     assert main(["--config", config]) == 0
@@ -73,7 +74,7 @@ def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_p
     out = tmp_path / "out"
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "__manifest" / "units").glob("*.json")}
     assert main(["--config", config]) == 0
-    assert report(out)["input_changes"]["repaired"] == [] and report(out)["files_processed"] == 0
+    assert last_report(out)["input_changes"]["repaired"] == [] and last_report(out)["files_processed"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "__manifest" / "units").glob("*.json")} == stamps, \
         "a run over a sound output rewrites no marker (and reads no footer: every part's version is as recorded)"
 
@@ -92,7 +93,7 @@ def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_p
     assert main(["--config", config]) == 0
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err
-    changes = report(out)["input_changes"]
+    changes = last_report(out)["input_changes"]
     assert changes["new"] == [] and changes["changed"] == []
     expected_reason = {"deleted": "is missing", "truncated": "truncated or replaced", "grown": "truncated or replaced",
                        "garbage": "is not readable Parquet", "edited": "is not the part committed"}
@@ -101,11 +102,11 @@ def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_p
         assert len(notes) == 1, (name, changes["repaired"])
         assert expected_reason[kind] in notes[0] and notes[0].endswith("its input file is annotated again"), notes
     assert len(changes["repaired"]) == FILES
-    assert report(out)["files_processed"] == FILES
+    assert last_report(out)["files_processed"] == FILES
     assert sorted(output_table(out).column("id").to_pylist()) == ids
 
     assert main(["--config", config]) == 0
-    assert report(out)["input_changes"]["repaired"] == [] and report(out)["files_processed"] == 0
+    assert last_report(out)["input_changes"]["repaired"] == [] and last_report(out)["files_processed"] == 0
     assert sorted(output_table(out).column("id").to_pylist()) == ids
 
 
@@ -143,47 +144,45 @@ def test_markers_that_are_json_but_not_markers_are_torn_and_their_files_redone(c
     assert main(["--config", config]) == 0
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err
-    changes = report(out)["input_changes"]
+    changes = last_report(out)["input_changes"]
     for name, what in names.items():
         notes = [note for note in changes["repaired"] if name in note]
         assert len(notes) == 1 and ("is not a unit marker" in notes[0] or "does not hold a JSON object" in notes[0]), \
             (what, changes["repaired"])
     assert len(changes["repaired"]) == len(names) and changes["new"] == []
     assert [Path(name).name for name in changes["changed"]] == [Path(marker["source"]).name]
-    assert report(out)["files_processed"] == len(names) + 1
+    assert last_report(out)["files_processed"] == len(names) + 1
     assert sorted(output_table(out).column("id").to_pylist()) == ids
 
     assert main(["--config", config]) == 0
-    assert report(out)["input_changes"]["repaired"] == [] and report(out)["files_processed"] == 0
+    assert last_report(out)["input_changes"]["repaired"] == [] and last_report(out)["files_processed"] == 0
 
 
 def test_a_damaged_part_of_a_vanished_input_says_its_rows_are_gone(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
     write_rows(corpus / "b.parquet", ["b0", "b1", "b2"])
-    config = write_job(tmp_path, corpus, out, models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     assert not (out / "__staging").exists(), "a successful run leaves no staging folder"
     (corpus / "b.parquet").unlink()
     capsys.readouterr()
     assert main(["--config", config]) == 0
     assert "output holds 5 rows: 2 of the input's 2 and 3 kept from vanished input files" in capsys.readouterr().out
-    assert report(out)["rows_kept_from_vanished_inputs"] == 3
+    assert last_report(out)["rows_kept_from_vanished_inputs"] == 3
 
     damage(out / by_source(out)["b.parquet"]["parts"][0]["file"], "truncated")
     assert main(["--config", config]) == 0
     assert "output holds 2 rows: 2 of the input's 2 with" in capsys.readouterr().out
-    [note] = report(out)["input_changes"]["repaired"]
+    [note] = last_report(out)["input_changes"]["repaired"]
     assert "b.parquet" in note and note.endswith("its input file is gone: its rows are no longer in the output")
     assert sorted(output_table(out).column("id").to_pylist()) == ["a0", "a1"]
 
 
 def test_a_job_manifest_of_the_wrong_shape_is_named(ray_local, tmp_path, models):
-    from test_data_safety import error_line
-
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0"])
-    config = write_job(tmp_path, corpus, out, models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     for wrong in ({"tasks": []}, {"columns": "text"}, {"tasks": {"sentiment": "x"}, "columns": {}}):
         (out / "__manifest" / "job.json").write_text(json.dumps(wrong))

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-import yaml
+from helpers import write_config
 
 from nlp_tasks.config import ConfigError, parse_config
 from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, plan_pools
@@ -33,6 +33,7 @@ THREE_MODELS = {
 }
 
 
+@pytest.mark.slow
 def test_pools_fit_clusters_of_several_shapes():
     """A real multi-node Ray cluster, CPU-only first, then with (declared, not used) GPU nodes."""
     import ray
@@ -126,25 +127,21 @@ def test_tasks_sharing_a_pool_must_agree_on_its_compute():
             "topic": {**topic, "compute": {"batch_size": 16}}}})
 
 
+@pytest.mark.slow
 def test_three_models_run_on_two_cpus_without_a_compute_section(ray_local, tmp_path, models):
     from jobs.annotate import main
 
     texts = tiny_models.sample_texts() * 4
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), tmp_path / "in.parquet")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": {
-            "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
-            "entities": {"task": "ner", "model": str(models["token-classification"])},
-            "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
-            "topic": {"task": "embedding-classification", "model": str(models["token-classification"]),
-                      "candidate_labels": ["people", "places"]},
-            "filled": {"task": "fill-mask", "model": str(models["fill-mask"])},
-        },
-    }))
-    assert main(["--config", str(config)]) == 0
+    config = write_config(tmp_path, tmp_path / "in.parquet", {
+        "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
+        "entities": {"task": "ner", "model": str(models["token-classification"])},
+        "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
+        "topic": {"task": "embedding-classification", "model": str(models["token-classification"]),
+                  "candidate_labels": ["people", "places"]},
+        "filled": {"task": "fill-mask", "model": str(models["fill-mask"])},
+    }, compute=None)
+    assert main(["--config", config]) == 0
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     pools = report["compute"]
     assert len(pools) == 4 and {p["device"] for p in pools} == {"cpu"}

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiny_models
 import torch
-import yaml
+from helpers import write_config
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, CTRLConfig, CTRLLMHeadModel
 
 from jobs.annotate import main
@@ -126,6 +126,7 @@ def _convert(args):
     return converted(args[0], "sha256:test", "float32")
 
 
+@pytest.mark.slow
 def test_two_actors_starting_together_convert_once_and_never_use_a_partial_conversion(models, tmp_path):
     cache = tmp_path / "cache"
     stale = cache / "ctranslate2" / "sha256-test-float32.partial-killed"
@@ -189,16 +190,14 @@ def test_int8_runs_on_ctranslate2_and_is_a_config_error_elsewhere(models, annota
         choose_engine("s", TaskSpec.model_validate({**spec, "engine": "transformers"}), "int8")
 
 
+@pytest.mark.slow
 def test_the_job_says_which_engine_each_pool_runs(ray_local, models, ctrl, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"id": [str(i) for i in range(len(TEXTS))], "text": TEXTS}), tmp_path / "in" / "p.parquet")
 
     def config(tasks, name):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"input": {"path": str(tmp_path / "in"), "id_column": "id"},
-                                        "output": {"path": str(tmp_path / name)}, "tasks": tasks,
-                                        "compute": {"num_cpus_per_actor": 0.5}}))
-        return str(path)
+        return write_config(tmp_path, tmp_path / "in", tasks, name=f"{name}.yaml", output={"path": tmp_path / name},
+                            compute={"num_cpus_per_actor": 0.5, "batch_size": None})
 
     tasks = {"summary": {"task": "summarization", "model": str(models["seq2seq"]), "max_new_tokens": 8},
              "more": {"task": "text-generation", "model": ctrl, "max_new_tokens": 4}}

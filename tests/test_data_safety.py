@@ -16,85 +16,53 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import REPO
-from test_resume import corpus_and_config, run_job
+from helpers import (
+    corpus_and_config,
+    error_line,
+    free_port,
+    last_report,
+    output_table,
+    run_job,
+    sentiment,
+    write_config,
+    write_rows,
+)
 
 from jobs.annotate import main
-
-
-def write_job(tmp_path: Path, input_path, output_path=None, models=None, **sections) -> str:
-    config = {
-        "input": {"path": str(input_path), "id_column": "id"},
-        "output": {"path": str(output_path or tmp_path / "out")},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8},
-    }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def write_rows(path: Path, ids: list[str], texts: list[str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    texts = texts or [f"{i} moved to Paris." for i in ids]
-    pq.write_table(pa.table({"id": ids, "text": texts}), path)
-
-
-def output_table(out: Path) -> pa.Table:
-    return pads.dataset(out, format="parquet").to_table()
-
-
-def report(out: Path) -> dict:
-    return json.loads(sorted((out / "__reports").glob("*.json"))[-1].read_text())
-
-
-def cli(config: str, *args: str) -> subprocess.CompletedProcess:
-    """The CLI run as a user runs it, its output captured."""
-    return subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def error_line(config: str, *args: str, secret: str | None = None) -> str:
-    """The CLI run as a user runs it: exit 2 and one line on stderr, no traceback, and `secret` nowhere."""
-    result = cli(config, *args)
-    if secret is not None:
-        assert secret not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
-
 
 # overwrite and overlapping trees --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["resume", "overwrite", "error"])
 def test_output_overlapping_the_input_is_refused_in_every_mode(tmp_path, models, mode):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
     before = sorted(p.name for p in corpus.iterdir())
     for output in (corpus, tmp_path, corpus / "out"):  # the input itself, a folder holding it, one inside it
-        line = error_line(write_job(tmp_path, corpus, output, models, output={"if_exists": mode}))
+        config = write_config(tmp_path, corpus, sentiment(models), output={"path": output, "if_exists": mode})
+        line = error_line(config)
         assert "overlaps the input" in line, line
     assert sorted(p.name for p in corpus.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_folder_this_job_did_not_make(tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "precious"
     write_rows(corpus / "a.parquet", ["a0"])
     out.mkdir()
     (out / "thesis.parquet").write_bytes(b"years of work")
-    line = error_line(write_job(tmp_path, corpus, out, models, output={"if_exists": "overwrite"}))
+    config = write_config(tmp_path, corpus, sentiment(models), output={"path": out, "if_exists": "overwrite"})
+    line = error_line(config)
     assert "not an output of this job" in line
     assert (out / "thesis.parquet").read_bytes() == b"years of work"
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
-    config = write_job(tmp_path, corpus, out, models, output={"if_exists": "overwrite"})
+    config = write_config(tmp_path, corpus, sentiment(models), output={"path": out, "if_exists": "overwrite"})
     assert main(["--config", config]) == 0
     (out / "notes.txt").write_text("mine")
     line = error_line(config)
@@ -107,15 +75,17 @@ def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
 # paths never become values -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_path, models):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "text=evil" / "lang=en" / "a.parquet", ["a0", "a1"], ["Paris is big.", "Rome is old."])
-    config = write_job(tmp_path, corpus, models=models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     table = output_table(tmp_path / "out")
     assert table.column("text").to_pylist() == ["Paris is big.", "Rome is old."] and "lang" not in table.column_names
 
-    hive = write_job(tmp_path, corpus, tmp_path / "hive", models, input={"partitioning": "hive"})
+    hive = write_config(tmp_path, corpus, sentiment(models), input={"partitioning": "hive"},
+                        output={"path": tmp_path / "hive"})
     line = error_line(hive)
     assert "a.parquet" in line and "partition folder text=... names a column the file already has" in line
     shutil.move(corpus / "text=evil" / "lang=en", corpus / "lang=en")
@@ -127,11 +97,12 @@ def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_pat
 # input files that change between runs ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_changed_grown_shrunk_renamed_and_vanished_files(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     for name in "abcde":
         write_rows(corpus / f"{name}.parquet", [f"{name}0", f"{name}1", f"{name}2"])
-    config = write_job(tmp_path, corpus, out, models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
 
     write_rows(corpus / "a.parquet", ["a0", "a1", "a2"], ["Now about Tokyo."] * 3)  # rewritten, same size
@@ -143,13 +114,13 @@ def test_changed_grown_shrunk_renamed_and_vanished_files(ray_local, tmp_path, mo
     rows = {row["id"]: row for row in output_table(out).to_pylist()}
     assert sorted(rows) == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "c0", "d0", "d1", "d2", "e0", "e1", "e2"]
     assert rows["a0"]["text"] == "Now about Tokyo."
-    changes = report(out)["input_changes"]
+    changes = last_report(out)["input_changes"]
     assert sorted(Path(p).name for p in changes["changed"]) == ["a.parquet", "b.parquet", "c.parquet"]
     assert {Path(new).name: Path(old).name for new, old in changes["renamed"].items()} == {
         "d-renamed.parquet": "d.parquet"}
     assert [Path(p).name for p in changes["vanished"]] == ["e.parquet"] and changes["vanished_rows"] == "kept"
 
-    removing = write_job(tmp_path, corpus, out, models, output={"vanished_inputs": "remove"})
+    removing = write_config(tmp_path, corpus, sentiment(models), output={"vanished_inputs": "remove"})
     assert main(["--config", removing]) == 0
     assert not any(i.startswith("e") for i in output_table(out).column("id").to_pylist())
 
@@ -164,10 +135,11 @@ def lease_file(out: Path, number: int, **holder) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_live_lease_is_respected_and_an_expired_one_taken_over(ray_local, tmp_path, models):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0"])
-    config = write_job(tmp_path, corpus, out, models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     live = lease_file(out, 7, expires_at=time.time() + 600, expires="in ten minutes")
     line = error_line(config)
@@ -203,6 +175,7 @@ def test_racing_runs_get_the_lease_exactly_once(tmp_path):
     assert sorted(results) == ["refused"] * 7 + ["won"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, minilm):
     config, _ = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
     first = run_job(config)
@@ -220,18 +193,19 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
 # control files ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torn_control_files_are_named(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
     write_rows(corpus / "b.parquet", ["b0"])
-    config = write_job(tmp_path, corpus, out, models)
+    config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     marker = next((out / "__manifest" / "units").glob("*.json"))
     marker.write_text('{"unit": "cut sho')
     capsys.readouterr()
     assert main(["--config", config]) == 0
     assert "processed 1 input file(s) (1 already committed)" in capsys.readouterr().out
-    assert any(marker.name in note for note in report(out)["input_changes"]["repaired"])
+    assert any(marker.name in note for note in last_report(out)["input_changes"]["repaired"])
     assert sorted(output_table(out).column("id").to_pylist()) == ["a0", "a1", "b0"]
 
     (out / "__manifest" / "job.json").write_text("{")
@@ -262,9 +236,7 @@ def test_column_names_are_checked_together():
 @contextlib.contextmanager
 def served(folder):
     """An HTTP server on loopback serving `folder`; yields its port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
                                "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -280,11 +252,12 @@ def served(folder):
         server.wait()
 
 
+@pytest.mark.slow
 def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, models):
     write_rows(tmp_path / "served" / "corpus.parquet", ["a0", "a1"])
     with served(tmp_path / "served") as port:
         url = f"http://reader:hunter2@127.0.0.1:{port}/corpus.parquet"
-        config = write_job(tmp_path, url, tmp_path / "out", models, input={"id_column": None})
+        config = write_config(tmp_path, url, sentiment(models), input={"id_column": None})
         assert main(["--config", config]) == 0
     out = tmp_path / "out"
     ids = output_table(out).column("row_id").to_pylist()
@@ -294,6 +267,7 @@ def test_credentials_in_an_input_url_are_never_recorded(ray_local, tmp_path, mod
             assert b"hunter2" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, models):
     """http:// takes credentials from the URL; when the input, model or examples it names cannot be read, or the
     output cannot be written there, the one-line error names the URL without them."""
@@ -303,11 +277,13 @@ def test_credentials_the_filesystem_uses_never_reach_the_terminal(tmp_path, mode
     with served(tmp_path / "served") as port:
         base = f"http://reader:hunter2@127.0.0.1:{port}"
         cases = {
-            "input.path": (lambda: write_job(tmp_path, f"{base}/missing.parquet", models=models), "missing.parquet"),
-            "output.path": (lambda: write_job(tmp_path, corpus, f"{base}/out", models=models), "/out"),
-            "model": (lambda: write_job(tmp_path, corpus, models=models, tasks={"sentiment": {
+            "input.path": (lambda: write_config(tmp_path, f"{base}/missing.parquet", sentiment(models)),
+                           "missing.parquet"),
+            "output.path": (lambda: write_config(tmp_path, corpus, sentiment(models), output={"path": f"{base}/out"}),
+                            "/out"),
+            "model": (lambda: write_config(tmp_path, corpus, {"sentiment": {
                 "task": "sentiment-analysis", "model": f"{base}/model"}}), "/model"),
-            "examples": (lambda: write_job(tmp_path, corpus, models=models, tasks={"sentiment": {
+            "examples": (lambda: write_config(tmp_path, corpus, {"sentiment": {
                 "task": "embedding-classification", "model": str(models["token-classification"]),
                 "examples": {"path": f"{base}/examples.parquet"}}}), "/examples.parquet"),
         }
@@ -353,6 +329,7 @@ def test_log_records_and_stderr_lines_are_redacted(capfd):
 # readers ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models):
     import duckdb
     import pandas
@@ -362,7 +339,7 @@ def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models)
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     for name in "ab":
         write_rows(corpus / f"{name}.parquet", [f"{name}{i}" for i in range(5)])
-    assert main(["--config", write_job(tmp_path, corpus, out, models, output={"rows_per_file": 2})]) == 0
+    assert main(["--config", write_config(tmp_path, corpus, sentiment(models), output={"rows_per_file": 2})]) == 0
     # What a crashed run leaves behind: staged parts of an uncommitted file, and a lease.
     staged = out / "__staging" / "crashed-run"
     staged.mkdir(parents=True)
@@ -385,29 +362,27 @@ def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models)
 # user errors: one line, exit 2 ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0"])
-    config = Path(write_job(tmp_path, corpus, models=models))
-    text = config.read_text()
+    task = sentiment(models)["sentiment"]
     cases = {
-        "python:json": (text.replace(str(models["text-classification"]), "python:json"),
+        "python:json": ({"tasks": {"sentiment": {**task, "model": "python:json"}}},
                         "package 'json' does not define get_model_path()"),
-        "template": (text.replace("task: sentiment-analysis",
-                                  "task: zero-shot-classification\n    candidate_labels: [a]\n"
-                                  "    hypothesis_template: '{} or {}'"),
+        "template": ({"tasks": {"sentiment": {**task, "task": "zero-shot-classification", "candidate_labels": ["a"],
+                                              "hypothesis_template": "{} or {}"}}},
                      "hypothesis_template: '{} or {}' must hold exactly one {}"),
-        "max_length": (text.replace("task: sentiment-analysis", "task: sentiment-analysis\n    max_length: -5"),
+        "max_length": ({"tasks": {"sentiment": {**task, "max_length": -5}}},
                        "tasks.sentiment.max_length: Input should be greater than 0"),
-        "list input": (text.replace(f"  path: {corpus}\n", f"- {corpus}\n").replace("  id_column: id\n", ""),
-                       "input: expected a mapping (to set input.path from the command line)"),
+        "list input": ({"input": [corpus]}, "input: expected a mapping (to set input.path from the command line)"),
     }
-    for name, (content, message) in cases.items():
-        config.write_text(content)
+    for name, (sections, message) in cases.items():
+        config = write_config(tmp_path, corpus, **{"tasks": sentiment(models), **sections})
         assert message in error_line(config, *(["--input", str(corpus)] if name == "list input" else [])), name
-    config.write_text(text.replace("task: sentiment-analysis", "task: sentiment-analysis\n    max_length: 2000000"))
+    config = write_config(tmp_path, corpus, {"sentiment": {**task, "max_length": 2000000}})
     assert "tasks.sentiment.max_length: Input should be less than or equal to 1000000" in error_line(config)
-    config.write_text(text)
+    config = write_config(tmp_path, corpus, sentiment(models))
     (tmp_path / "a-file").write_text("not a folder")
     for output, problem in ((tmp_path / "a-file" / "out", "NotADirectoryError"),
                             ("/proc/self/no-such-folder/out", "FileNotFoundError")):
@@ -418,6 +393,7 @@ def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     assert "not a text file" in error_line(tmp_path / "binary.yaml")
 
 
+@pytest.mark.slow
 def test_odd_but_valid_inputs_run(ray_local, tmp_path, models):
     """File names with `?`, `*`, `[` or a newline, and a string_view text column, are input like any other."""
     corpus = tmp_path / "corpus"
@@ -426,7 +402,8 @@ def test_odd_but_valid_inputs_run(ray_local, tmp_path, models):
     viewed = pa.table({"id": ["v0"], "text": pa.array(["Paris is big."], pa.string_view())})
     pq.write_table(viewed, corpus / "view.parquet")
     assert pq.read_schema(corpus / "view.parquet").field("text").type == pa.string_view()
-    assert main(["--config", write_job(tmp_path, corpus, models=models, input={"bad_files": "quarantine"})]) == 0
+    config = write_config(tmp_path, corpus, sentiment(models), input={"bad_files": "quarantine"})
+    assert main(["--config", config]) == 0
     table = output_table(tmp_path / "out")
     assert table.num_rows == 7 and table.column("sentiment").null_count == 0
-    assert report(tmp_path / "out")["quarantined_files"] == {}
+    assert last_report(tmp_path / "out")["quarantined_files"] == {}

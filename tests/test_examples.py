@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import REPO
+from helpers import SAMPLE, last_report, write_config
 
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec, parse_config
@@ -56,24 +53,20 @@ def test_a_head_fitted_on_a_tiny_model_labels_rows_with_its_examples_labels(mode
     assert values[4] is None and table.column("errors").to_pylist()[4][0]["task"] == "topic"
 
 
+@pytest.mark.slow
 def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomputes(ray_local, tmp_path, minilm):
-    sample = pq.read_table(REPO / "data" / "bbc_sample.parquet")
+    sample = pq.read_table(SAMPLE)
     pq.write_table(sample.slice(0, 150), tmp_path / "examples.parquet")
     (tmp_path / "corpus").mkdir()
     pq.write_table(sample.slice(150).drop_columns(["category"]), tmp_path / "corpus" / "held-out.parquet")
-    config = tmp_path / "job.yaml"
 
     def run(examples_rows: int) -> dict:
         pq.write_table(sample.slice(0, examples_rows), tmp_path / "examples.parquet")
-        config.write_text(yaml.safe_dump({
-            "input": {"path": str(tmp_path / "corpus"), "id_column": "id"},
-            "output": {"path": str(tmp_path / "out")},
-            "tasks": {"topic": {"task": "embedding-classification", "model": minilm, "max_length": 256,
-                                "examples": {"path": str(tmp_path / "examples.parquet"),
-                                             "label_column": "category"}}},
-        }))
-        assert main(["--config", str(config)]) == 0
-        return json.loads(sorted((tmp_path / "out" / "__reports").glob("*.json"))[-1].read_text())
+        config = write_config(tmp_path, tmp_path / "corpus", {"topic": {
+            "task": "embedding-classification", "model": minilm, "max_length": 256,
+            "examples": {"path": str(tmp_path / "examples.parquet"), "label_column": "category"}}}, compute=None)
+        assert main(["--config", config]) == 0
+        return last_report(tmp_path / "out")
 
     report = run(150)
     output = pads.dataset(tmp_path / "out", format="parquet").to_table().sort_by("id")
@@ -95,14 +88,10 @@ def test_bad_examples_fail_in_one_line_naming_file_and_row(tmp_path, minilm, cap
 
     def run(examples: pa.Table, **columns) -> str:
         pq.write_table(examples, tmp_path / "examples.parquet")
-        config = tmp_path / "job.yaml"
-        config.write_text(yaml.safe_dump({
-            "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"},
-            "output": {"path": str(tmp_path / "out")},
-            "tasks": {"topic": {"task": "embedding-classification", "model": minilm,
-                                "examples": {"path": str(tmp_path / "examples.parquet"), **columns}}},
-        }))
-        assert main(["--config", str(config)]) == 2
+        config = write_config(tmp_path, tmp_path / "in.parquet", {"topic": {
+            "task": "embedding-classification", "model": minilm,
+            "examples": {"path": str(tmp_path / "examples.parquet"), **columns}}}, compute=None)
+        assert main(["--config", config]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1, lines
         return lines[0]

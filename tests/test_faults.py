@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
-from test_resume import FILES, corpus_and_config, run_job
+import pytest
+from helpers import FILES, corpus_and_config, run_job
+
+pytestmark = pytest.mark.slow  # jobs killed mid-run, a cluster of three nodes
 
 MARKERS = "????????????????.json"
 

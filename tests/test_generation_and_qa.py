@@ -40,7 +40,7 @@ def reference_answer(tokenizer, model, question, context, max_answer_len=15):
     in_context = np.array([s == 1 for s in enc.sequence_ids(0)])
     start = torch.tensor(np.where(in_context, out.start_logits[0].numpy(), -10000.0)).softmax(-1).numpy()
     end = torch.tensor(np.where(in_context, out.end_logits[0].numpy(), -10000.0)).softmax(-1).numpy()
-    best = max(((start[i] * end[j], i, j) for i in range(len(start)) for j in range(i, min(len(end), i + max_answer_len))))
+    best = max((start[i] * end[j], i, j) for i in range(len(start)) for j in range(i, min(len(end), i + max_answer_len)))
     score, i, j = best
     return {"answer": context[offsets[i][0]:offsets[j][1]], "score": float(score), "start": offsets[i][0], "end": offsets[j][1]}
 

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pytest
 import tiny_models
-import yaml
+from helpers import last_report, sentiment, write_config
 
 from jobs.annotate import main
 
 
-def run(tmp_path, input_path, models, **input_config) -> dict:
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(input_path), **input_config},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 16},
-    }))
-    assert main(["--config", str(config)]) == 0
-    return json.loads(sorted((tmp_path / "out" / "__reports").glob("*.json"))[-1].read_text())
+def run(tmp_path, input_path, models) -> dict:
+    config = write_config(tmp_path, input_path, sentiment(models), input={"id_column": None},
+                          compute={"batch_size": 16})
+    assert main(["--config", config]) == 0
+    return last_report(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_local, tmp_path, models):
     import datasets
 
@@ -42,6 +37,7 @@ def test_a_dataset_saved_to_disk_is_annotated_with_stable_ids_and_resumes(ray_lo
     assert run(tmp_path, tmp_path / "saved", models)["files_processed"] == 0
 
 
+@pytest.mark.slow
 def test_a_dataset_dict_folder_and_arrow_ipc_files(ray_local, tmp_path, models):
     import datasets
 
@@ -50,9 +46,9 @@ def test_a_dataset_dict_folder_and_arrow_ipc_files(ray_local, tmp_path, models):
         "train": datasets.Dataset.from_dict({"text": texts}),
         "test": datasets.Dataset.from_dict({"text": texts[:5]}),
     }).save_to_disk(str(tmp_path / "dict"))
-    with pa.OSFile(str(tmp_path / "dict" / "extra.arrow"), "wb") as sink:  # the IPC file format (Feather v2)
-        with pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as writer:
-            writer.write_table(pa.table({"text": pa.array(texts[:3], pa.large_string())}), max_chunksize=2)
+    with (pa.OSFile(str(tmp_path / "dict" / "extra.arrow"), "wb") as sink,  # the IPC file format (Feather v2)
+          pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as writer):
+        writer.write_table(pa.table({"text": pa.array(texts[:3], pa.large_string())}), max_chunksize=2)
     report = run(tmp_path, tmp_path / "dict", models)
     assert report["rows_out"] == len(texts) + 5 + 3
 
@@ -67,11 +63,7 @@ def test_hub_paths_go_through_huggingface_hub_file_system():
 def test_an_unreadable_arrow_file_fails_in_one_line_naming_it(tmp_path, models, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-    }))
-    assert main(["--config", str(config)]) == 2
+    config = write_config(tmp_path, tmp_path / "in", sentiment(models), input={"id_column": None}, compute=None)
+    assert main(["--config", config]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "data-00000-of-00001.arrow': not a readable Arrow file" in lines[0], lines

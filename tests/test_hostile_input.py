@@ -7,8 +7,9 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
-import yaml
+from helpers import sentiment, write_config
 from transformers import AutoTokenizer
 
 from jobs.annotate import main
@@ -39,8 +40,8 @@ def test_hostile_rows_are_all_kept(models, annotate):
             assert 0 <= entity["start"] < entity["end"] <= len(text)
     for row in out.slice(len(HOSTILE_TEXTS)).to_pylist():
         assert row["sentiment"] is None and row["entities"] is None and row["topic"] is None
-        assert {e["message"] for e in row["errors"]} == {"text has no visible character (only control, format "
-                                                         "or zero-width characters)"}
+        assert {e["message"] for e in row["errors"]} == {("text has no visible character (only control, format "
+                                                          "or zero-width characters)")}
 
 
 def test_a_row_the_model_cannot_take_fails_alone(models, annotate, tmp_path):
@@ -59,17 +60,6 @@ def test_a_row_the_model_cannot_take_fails_alone(models, annotate, tmp_path):
     assert message.startswith("model failed on this row: IndexError")
 
 
-def write_job(tmp_path, folder, models, **input_options) -> str:
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(folder), "id_column": "id", **input_options},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 8},
-    }))
-    return str(config)
-
-
 def bad_corpus(tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -81,14 +71,16 @@ def bad_corpus(tmp_path):
 
 
 def test_bad_files_fail_the_job_by_default(tmp_path, models, capsys):
-    config = write_job(tmp_path, bad_corpus(tmp_path), models)
+    config = write_config(tmp_path, bad_corpus(tmp_path), sentiment(models, "s"), compute={"num_cpus_per_actor": 0.5})
     assert main(["--config", config]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and error.startswith("error: input file ") and "no-text.parquet" in error
 
 
+@pytest.mark.slow
 def test_bad_files_can_be_quarantined(ray_local, tmp_path, models, capsys):
-    config = write_job(tmp_path, bad_corpus(tmp_path), models, bad_files="quarantine")
+    config = write_config(tmp_path, bad_corpus(tmp_path), sentiment(models, "s"), input={"bad_files": "quarantine"},
+                          compute={"num_cpus_per_actor": 0.5})
     assert main(["--config", config]) == 0
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     quarantined = {path.rsplit("/", 1)[-1]: why for path, why in report["quarantined_files"].items()}

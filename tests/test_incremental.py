@@ -13,10 +13,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-import yaml
+from helpers import last_report, write_config
 
 from jobs.annotate import main
 from nlp_tasks.driver.report import summary
+
+pytestmark = pytest.mark.slow  # every test runs the job three or four times
 
 
 @pytest.fixture
@@ -30,16 +32,8 @@ def job(tmp_path, models):
                        folder / f"part-{part}.parquet")
 
     def run(tasks: dict, **output) -> dict:
-        config = tmp_path / "job.yaml"
-        config.write_text(yaml.safe_dump({
-            "input": {"path": str(folder), "id_column": "id"},
-            "output": {"path": str(tmp_path / "out"), **output},
-            "tasks": tasks,
-            "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8},
-        }, sort_keys=False))
-        assert main(["--config", str(config)]) == 0
-        reports = sorted((tmp_path / "out" / "__reports").glob("*.json"))
-        return json.loads(reports[-1].read_text())
+        assert main(["--config", write_config(tmp_path, folder, tasks, output=output, keep_order=True)]) == 0
+        return last_report(tmp_path / "out")
 
     return run
 

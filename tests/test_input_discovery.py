@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.dataset as pads
-from test_data_safety import output_table, report, write_job, write_rows
+import pytest
+from helpers import last_report, output_table, sentiment, write_config, write_rows
 
 from jobs.annotate import main
 from nlp_tasks.config import InputConfig
@@ -61,11 +62,12 @@ def test_a_skipped_folder_named_as_input_path_is_read(tmp_path):
     assert [file.path for file in single.files] == [str(root / "sub" / "_b.parquet")]
 
 
+@pytest.mark.slow
 def test_the_run_report_lists_what_was_not_read(ray_local, tmp_path, models, capsys):
     root = tree(tmp_path / "corpus")
-    assert main(["--config", write_job(tmp_path, root, models=models)]) == 0
+    assert main(["--config", write_config(tmp_path, root, sentiment(models))]) == 0
     out = tmp_path / "out"
     expected = pads.dataset(root, format="parquet").to_table().column("id").to_pylist()
     assert sorted(output_table(out).column("id").to_pylist()) == sorted(expected) and len(expected) == len(READ)
-    assert set(report(out)["skipped_inputs"]) == set(PASSED_OVER) | {"_*", "sub/.*"}
+    assert set(last_report(out)["skipped_inputs"]) == set(PASSED_OVER) | {"_*", "sub/.*"}
     assert "not read below input.path: sub/.hidden/ starts with '.'" in capsys.readouterr().out

@@ -10,23 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import tiny_models
-import yaml
+from helpers import sentiment, write_config
 
 from jobs.annotate import main
 
-
-def write_config(tmp_path, input_path, tasks, compute=None, **extra) -> str:
-    config = {
-        "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},
-        "output": {"path": str(tmp_path / "out")},
-        "tasks": tasks,
-        "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512, "actor_concurrency": 2,
-                    **(compute or {})},
-        **extra,
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+SETTINGS = {"input": {"text_column": "text"}, "compute": {"token_budget": 512, "actor_concurrency": 2}}
+"""What this module's jobs set besides write_config's defaults."""
 
 
 @pytest.fixture
@@ -47,7 +36,7 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
         "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"]), "top_k": 2},
         "entities": {"task": "ner", "model": str(models["token-classification"])},
         "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])},
-    })
+    }, **SETTINGS)
     assert main(["--config", config]) == 0
     assert f"output holds {rows} rows: {rows} of the input's {rows} with" in capsys.readouterr().out
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
@@ -76,15 +65,15 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     assert "<svg" in report_files[0].read_text()
 
 
+@pytest.mark.slow
 def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, models):
     """Ray reads a small file as one block; the job must still hand batches to every actor of the pool."""
     folder = tmp_path / "corpus"
     folder.mkdir()
     texts = tiny_models.sample_texts() * 40  # enough batches that a second actor is needed, not just allowed
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), folder / "only.parquet")
-    config = write_config(tmp_path, folder, {"sentiment": {"task": "sentiment-analysis",
-                                                           "model": str(models["text-classification"])}},
-                          compute={"min_actors": 2, "max_actors": 2})
+    config = write_config(tmp_path, folder, sentiment(models), input={"text_column": "text"},
+                          compute={"token_budget": 512, "actor_concurrency": 2, "min_actors": 2, "max_actors": 2})
     # Ray starts pool actors asynchronously: without waiting for both, the first one up may run
     # these tiny batches alone.
     context = ray.data.DataContext.get_current()
@@ -99,12 +88,13 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     assert all(0 <= actor["padding_share"] < 1 for actor in report["actors"])
 
 
+@pytest.mark.slow
 def test_unavailable_model_is_reported_and_skipped_when_allowed(ray_local, tmp_path, models, corpus, capsys):
-    folder, rows = corpus
+    folder, _ = corpus
     config = write_config(tmp_path, folder, {
         "sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
         "summary": {"task": "summarization", "model": str(tmp_path / "no-such-model")},
-    }, skip_unavailable_models=True)
+    }, **SETTINGS, skip_unavailable_models=True)
     assert main(["--config", config]) == 0
     out = capsys.readouterr().out
     assert "skipped task 'summary'" in out and "no-such-model" in out
@@ -120,8 +110,7 @@ def run_expecting_error(config, capsys) -> str:
 
 def test_missing_text_column_names_file_and_column(tmp_path, models, capsys):
     pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "in.parquet")
-    config = write_config(tmp_path, tmp_path / "in.parquet",
-                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    config = write_config(tmp_path, tmp_path / "in.parquet", sentiment(models, "s"), **SETTINGS)
     line = run_expecting_error(config, capsys)
     assert "in.parquet" in line and "no column 'text'" in line and "columns: id, body" in line
 
@@ -129,15 +118,15 @@ def test_missing_text_column_names_file_and_column(tmp_path, models, capsys):
 def test_corrupt_parquet_names_the_file(tmp_path, models, corpus, capsys):
     folder, _ = corpus
     (folder / "part-9.parquet").write_bytes(b"PAR1 this is not parquet")
-    config = write_config(tmp_path, folder,
-                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    config = write_config(tmp_path, folder, sentiment(models, "s"), **SETTINGS)
     line = run_expecting_error(config, capsys)
     assert "part-9.parquet" in line and "not a readable Parquet file" in line
 
 
 def test_missing_model_fails_before_inference(tmp_path, corpus, capsys):
     folder, _ = corpus
-    config = write_config(tmp_path, folder, {"s": {"task": "sentiment-analysis", "model": str(tmp_path / "nope")}})
+    config = write_config(tmp_path, folder, {"s": {"task": "sentiment-analysis", "model": str(tmp_path / "nope")}},
+                          **SETTINGS)
     line = run_expecting_error(config, capsys)
     assert line.startswith("error: tasks.s: model") and "nope" in line
 
@@ -146,22 +135,21 @@ def test_foreign_output_directory_is_refused(tmp_path, models, corpus, capsys):
     folder, _ = corpus
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.parquet").write_bytes(b"x")
-    config = write_config(tmp_path, folder,
-                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    config = write_config(tmp_path, folder, sentiment(models, "s"), **SETTINGS)
     assert "has files but no __manifest/job.json" in run_expecting_error(config, capsys)
 
 
 def test_output_column_clash_with_input(tmp_path, models, capsys):
     pq.write_table(pa.table({"id": ["a"], "text": ["x"], "s": [1]}), tmp_path / "in.parquet")
-    config = write_config(tmp_path, tmp_path / "in.parquet",
-                          {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
+    config = write_config(tmp_path, tmp_path / "in.parquet", sentiment(models, "s"), **SETTINGS)
     assert "input column 's' clashes with an output column" in run_expecting_error(config, capsys)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_adds_new_files_and_refuses_other_columns(ray_local, tmp_path, models, corpus, capsys):
     folder, rows = corpus
-    tasks = {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
-    config = write_config(tmp_path, folder, tasks)
+    tasks = sentiment(models, "s")
+    config = write_config(tmp_path, folder, tasks, **SETTINGS)
     assert main(["--config", config]) == 0
     committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
     assert committed and len(list((tmp_path / "out" / "__manifest" / "units").glob("*.json"))) == 2
@@ -177,23 +165,20 @@ def test_rerun_resumes_adds_new_files_and_refuses_other_columns(ray_local, tmp_p
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.num_rows == rows + 2 and len(set(table.column("id").to_pylist())) == rows + 2
 
-    renamed = yaml.safe_load(open(config))
-    renamed["output"]["errors_column"] = "problems"
-    open(config, "w").write(yaml.safe_dump(renamed))
+    write_config(tmp_path, folder, tasks, **SETTINGS, output={"errors_column": "problems"})
     line = run_expecting_error(config, capsys)
     assert "was produced with other columns (changed: errors)" in line
 
 
+@pytest.mark.slow
 def test_rows_without_ids_get_stable_ids_from_file_and_position(ray_local, tmp_path, models):
     folder = tmp_path / "corpus"
     folder.mkdir()
     texts = {f"part-{p}.parquet": [f"Text {p}-{i} about Paris." for i in range(7)] for p in range(2)}
     for name, rows in texts.items():
         pq.write_table(pa.table({"text": rows}), folder / name)
-    config = write_config(tmp_path, folder, {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}})
-    spec = yaml.safe_load(open(config))
-    del spec["input"]["id_column"]
-    open(config, "w").write(yaml.safe_dump(spec))
+    config = write_config(tmp_path, folder, sentiment(models, "s"), input={"text_column": "text", "id_column": None},
+                          compute=SETTINGS["compute"])
     assert main(["--config", config]) == 0
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.schema.names[0] == "row_id"

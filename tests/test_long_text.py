@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 import tiny_models
 import torch
-from conftest import REPO
-from test_pipeline_equivalence import assert_close
+from helpers import REPO, SAMPLE, assert_close
 from transformers import AutoTokenizer, pipeline
 
 SAMPLES = tiny_models.sample_texts()
@@ -177,6 +176,7 @@ def test_feature_extraction_chunk_is_the_token_weighted_mean_of_window_embedding
         np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_minilm_chunked_embedding_is_closer_to_the_later_half(minilm, annotate):
     """On the 10 longest BBC sample articles: chunked embeddings represent the whole article, truncated ones its start.
 
@@ -185,7 +185,7 @@ def test_minilm_chunked_embedding_is_closer_to_the_later_half(minilm, annotate):
     """
     import pyarrow.parquet as pq
 
-    articles = sorted(pq.read_table(REPO / "data" / "bbc_sample.parquet").column("text").to_pylist(),
+    articles = sorted(pq.read_table(SAMPLE).column("text").to_pylist(),
                       key=len, reverse=True)[:10]
     halves = [text[text.index(". ", len(text) // 2) + 2:] for text in articles]
     task = {"task": "feature-extraction", "model": minilm, "normalize": True, "max_length": 128}

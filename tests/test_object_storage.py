@@ -11,6 +11,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import cli, free_port, sentiment, write_config
 
 
 def ray_with_s3() -> None:
@@ -20,12 +21,6 @@ def ray_with_s3() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
         key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                          "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")}})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +86,10 @@ def test_missing_model_on_s3_is_unavailable(s3_endpoint):
         check_available("s3://corpus/models/none")
 
 
+@pytest.mark.slow
 def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
     import ray
     import s3fs
-    import yaml
 
     from jobs.annotate import main
 
@@ -103,13 +98,8 @@ def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
     for part in range(2):
         with fs.open(f"corpus/in/part-{part}.parquet", "wb") as handle:
             pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(3)], "text": texts}), handle)
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": "s3://corpus/in/", "id_column": "id"},
-        "output": {"path": "s3://corpus/out/"},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 4},
-    }))
+    config = write_config(tmp_path, "s3://corpus/in/", sentiment(models), output={"path": "s3://corpus/out/"},
+                          compute={"num_cpus_per_actor": 0.5, "batch_size": 4})
     ray_with_s3()
     try:
         assert main(["--config", str(config)]) == 0
@@ -137,12 +127,11 @@ def test_exclusive_create_on_s3_lets_one_writer_in(s3_endpoint):
 SECRET = "AKIAEXAMPLEKEYID:wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET"
 
 
+@pytest.mark.slow
 def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, models, tmp_path):
     """s3:// reads no credentials from a URL (s3fs would take `KEY:SECRET@bucket` for a bucket name and print it in a
     botocore error): in input, output, model or examples, the job stops in one line naming the URL without them."""
     import s3fs
-    import yaml
-    from test_data_safety import cli
 
     fs = s3fs.S3FileSystem()
     with fs.open("corpus/creds/in/a.parquet", "wb") as handle:
@@ -160,10 +149,8 @@ def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, m
                               "examples": {"path": f"{url}/examples.parquet"}}),
     }
     for key, (source, output, task) in cases.items():
-        config = tmp_path / "job.yaml"
-        config.write_text(yaml.safe_dump({"input": {**source, "id_column": "id"}, "output": output,
-                                          "tasks": {"s": task}}))
-        result = cli(str(config))
+        config = write_config(tmp_path, source["path"], {"s": task}, output=output, compute=None)
+        result = cli(config)
         printed = result.stdout + result.stderr
         for piece in SECRET.replace(":", "/").split("/"):
             assert piece not in printed, (key, printed[-3000:])
@@ -174,23 +161,19 @@ def test_credentials_in_s3_urls_are_a_one_line_error_without_them(s3_endpoint, m
     assert not fs.exists("corpus/creds/out"), "nothing was written"
 
 
+@pytest.mark.slow
 def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_endpoint, models, tmp_path):
     """A bucket that does not exist, with a secret in another URL on the command line: one line, no secret."""
-    import yaml
-    from test_data_safety import cli
 
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": "s3://no-such-bucket/in/", "id_column": "id"},
-        "output": {"path": "s3://corpus/out-missing/"},
-        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-    }))
-    result = cli(str(config), "--output", f"https://user:{SECRET.split(':')[1]}@example.invalid/out")
+    config = write_config(tmp_path, "s3://no-such-bucket/in/", sentiment(models, "s"),
+                          output={"path": "s3://corpus/out-missing/"}, compute=None)
+    result = cli(config, "--output", f"https://user:{SECRET.split(':')[1]}@example.invalid/out")
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("INFO ")]
     assert result.returncode == 2 and len(lines) == 1 and "'s3://no-such-bucket/in/'" in lines[0], result.stderr[-3000:]
     assert "wJalr" not in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint, models, tmp_path):
     """On object storage too: a deleted part, a truncated one and one rewritten with another footer but the same
     size (its ETag changes) are each found at start; their files are redone once, every row ends up there once."""
@@ -198,7 +181,6 @@ def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint,
 
     import ray
     import s3fs
-    import yaml
 
     from jobs.annotate import main
 
@@ -206,13 +188,9 @@ def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint,
     for index in range(3):
         with fs.open(f"corpus/damage/in/f{index}.parquet", "wb") as handle:
             pq.write_table(pa.table({"id": [f"{index}-{i}" for i in range(4)], "text": ["Paris is big."] * 4}), handle)
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": "s3://corpus/damage/in/", "id_column": "id"},
-        "output": {"path": "s3://corpus/damage/out/", "rows_per_file": 2},
-        "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 2},
-    }))
+    config = write_config(tmp_path, "s3://corpus/damage/in/", sentiment(models),
+                          output={"path": "s3://corpus/damage/out/", "rows_per_file": 2},
+                          compute={"num_cpus_per_actor": 0.5, "batch_size": 2})
     ray_with_s3()
     try:
         assert main(["--config", str(config)]) == 0

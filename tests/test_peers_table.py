@@ -26,7 +26,7 @@ def test_the_table_is_made_from_results_files_and_replaces_only_the_old_one(tmp_
     text = readme.read_text()
     assert text.startswith("before\n<!-- peers table, written by `python -m benchmarks.peers --readme small large` -->")
     assert text.endswith("<!-- end of peers table -->\nafter\n") and "stale" not in text
-    rows = [line for line in text.splitlines() if line.startswith("| 1") or line.startswith("| 3")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 1", "| 3"))]
     assert rows == [
         "| 1,000 | 50.0 s (20.0 rows/s) | 40.0 s (25.0 rows/s) | 0.80 | - | - | - |",
         "| 3,000 | 120.0 s (25.0 rows/s) | 150.0 s (20.0 rows/s) | 1.25 | - | - | - |",

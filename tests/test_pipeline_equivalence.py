@@ -9,26 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tiny_models
+from helpers import SAMPLE, assert_close
 from transformers import pipeline
 
 LONG_TEXT = " ".join(tiny_models.sample_texts()) * 3  # far past the tiny models' 64-token window
 TEXTS = tiny_models.sample_texts() + [LONG_TEXT]
-
-
-def assert_close(ours, theirs, path="value"):
-    """Structural equality with float tolerance 1e-4."""
-    if isinstance(theirs, float) or isinstance(ours, float):
-        assert ours == pytest.approx(theirs, abs=1e-4), path
-    elif isinstance(theirs, dict):
-        assert set(ours) >= set(theirs), path
-        for key in theirs:
-            assert_close(ours[key], theirs[key], f"{path}.{key}")
-    elif isinstance(theirs, (list, tuple)):
-        assert len(ours) == len(theirs), path
-        for index, (a, b) in enumerate(zip(ours, theirs)):
-            assert_close(a, b, f"{path}[{index}]")
-    else:
-        assert ours == theirs, path
 
 
 @pytest.mark.parametrize("options, call", [
@@ -146,9 +131,8 @@ def test_minilm_embeddings_match_pipeline_and_sentence_transformers(minilm, anno
 def test_minilm_topic_labels_agree_with_bbc_categories(minilm, annotate):
     """Real semantics: topic by embedding similarity recovers most of the BBC editors' categories."""
     import pyarrow.parquet as pq
-    from conftest import REPO
 
-    table = pq.read_table(REPO / "data" / "bbc_sample.parquet").take(list(range(0, 200, 4)))
+    table = pq.read_table(SAMPLE).take(list(range(0, 200, 4)))
     labels = {"business": "business", "entertainment": "entertainment", "politics": "politics",
               "sport": "sport", "technology": "tech"}
     out = annotate({"topic": {"task": "embedding-classification", "model": minilm, "max_length": 128,

@@ -9,47 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import yaml
-from conftest import REPO
+import pytest
+from helpers import FILES, corpus_and_config, embedding_job, run_job, staged_units
 
-FILES = 8
-
-
-def run_job(config):
-    """The job as a user runs it, in a session of its own (so that a test can kill it with its embedded Ray)."""
-    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def corpus_and_config(tmp_path, minilm, compute) -> tuple[Path, list[str]]:
-    """The BBC sample split into FILES Parquet files, and a MiniLM embedding job over them; returns the
-    config's path and the ids every run must end with exactly once."""
-    sample = pq.read_table(REPO / "data" / "bbc_sample.parquet")
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    per_file = sample.num_rows // FILES
-    for index in range(FILES):
-        pq.write_table(sample.slice(index * per_file, per_file), folder / f"part-{index}.parquet")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(folder), "id_column": "id"},
-        "output": {"path": str(tmp_path / "out"), "rows_per_file": 5},
-        "tasks": {"embedding": {"task": "feature-extraction", "model": minilm, "max_length": 256}},
-        "compute": compute,
-    }))
-    return config, sample.column("id").to_pylist()[: FILES * per_file]
-
-
-def staged_units(out: Path) -> set[str]:
-    """Units with parts written by the workers but not yet committed (staging file names start with the unit)."""
-    return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet")}
+pytestmark = pytest.mark.slow  # MiniLM jobs run as a user runs them, killed, rerun
 
 
 def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):
@@ -94,10 +62,9 @@ def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(tmp_p
     assert first.wait(timeout=300) == 0, first.stdout.read().decode()[-2000:]
     before = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding"]).sort_by("id")
 
-    spec = yaml.safe_load(config.read_text())
-    spec["tasks"]["topic"] = {"task": "embedding-classification", "model": minilm, "max_length": 256,
-                              "candidate_labels": ["business", "politics", "sport", "technology", "entertainment"]}
-    config.write_text(yaml.safe_dump(spec))
+    embedding_job(tmp_path, minilm, {"batch_size": 5}, topic={
+        "task": "embedding-classification", "model": minilm, "max_length": 256,
+        "candidate_labels": ["business", "politics", "sport", "technology", "entertainment"]})
     manifest = out / "__manifest" / "units"
 
     def with_topic() -> set[str]:

@@ -8,8 +8,11 @@ import os
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
-import yaml
+from helpers import sentiment, write_config
+
+pytestmark = pytest.mark.slow  # a cluster of three nodes
 
 FILES = 6
 
@@ -33,14 +36,10 @@ def test_parts_are_written_by_workers_on_other_nodes(tmp_path, models, monkeypat
         texts = tiny_models.sample_texts() * 3
         for index in range(FILES):
             pq.write_table(pa.table({"text": texts}), folder / f"part-{index}.parquet")
-        config = tmp_path / "job.yaml"
-        config.write_text(yaml.safe_dump({
-            "input": {"path": str(folder)},
-            "output": {"path": str(tmp_path / "out"), "rows_per_file": 16},
-            "tasks": {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}},
-            "compute": {"batch_size": 8, "num_cpus_per_actor": 0.5, "min_actors": 2, "max_actors": 2},
-        }))
-        assert main(["--config", str(config)]) == 0
+        config = write_config(tmp_path, folder, sentiment(models), input={"id_column": None},
+                              output={"rows_per_file": 16},
+                              compute={"num_cpus_per_actor": 0.5, "min_actors": 2, "max_actors": 2})
+        assert main(["--config", config]) == 0
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -7,8 +7,9 @@ import json
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import tiny_models
-from test_job import write_config
+from helpers import write_config
 
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
@@ -27,6 +28,7 @@ def tasks_of(models) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, models):
     """Every kind of task: shared tokens, pairs (zero-shot), generation, a head fitted on examples (which the
     postprocess stage takes), unusable rows."""
@@ -44,7 +46,8 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
     outputs, reports = {}, {}
     for stages in ("fused", "split"):
         (tmp_path / stages).mkdir()
-        config = write_config(tmp_path / stages, folder, tasks, compute={"stages": stages})
+        config = write_config(tmp_path / stages, folder, tasks, input={"text_column": "text"},
+                              compute={"token_budget": 512, "actor_concurrency": 2, "stages": stages})
         assert main(["--config", config]) == 0
         outputs[stages] = pads.dataset(tmp_path / stages / "out", format="parquet").to_table().sort_by("id")
         [report] = (tmp_path / stages / "out" / "__reports").glob("*.json")

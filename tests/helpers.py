@@ -1,0 +1,174 @@
+"""What tests share besides fixtures: the repository's paths, the one way to write a job config, the CLI as a
+user runs it, the BBC corpus of the kill-and-rerun tests, and reading back an output.
+
+Test modules import from here, never from one another or from conftest (which holds fixtures only).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "bbc_sample.parquet"
+"""200 BBC news articles with id, text and category columns."""
+
+COMPUTE = {"num_cpus_per_actor": 0.25, "batch_size": 8}
+"""write_config's compute section unless a test says otherwise: quarter-CPU actors, so that pools fit 2 cores."""
+
+
+# job configs -----------------------------------------------------------------------------------------------------
+
+
+def write_config(folder: Path, input_path, tasks: dict, *, name: str = "job.yaml", keep_order: bool = False,
+                 **sections) -> str:
+    """Write a job config to `folder / name`; returns its path as the string `--config` takes.
+
+    Each section given as a dict is merged over its default: input {path: input_path, id_column: id}, output
+    {path: folder/out}, compute COMPUTE; a key given None is left out, and so is a section given None (compute=None:
+    no compute section, the job sizes its pools). Other sections (tasks excepted, taken as given) are set as given.
+    Paths may be Path objects. Keys are written sorted, as yaml writes them, unless `keep_order` (the order of the
+    tasks is the order of the output's columns).
+    """
+    config = {
+        "input": {"path": input_path, "id_column": "id"},
+        "output": {"path": Path(folder) / "out"},
+        "tasks": tasks,
+        "compute": dict(COMPUTE),
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            values = {**config[section], **values}
+        config[section] = values
+    config = {section: {key: value for key, value in values.items() if value is not None}
+              if isinstance(values, dict) and section != "tasks" else values
+              for section, values in config.items() if values is not None}
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(_plain(config), sort_keys=not keep_order))
+    return str(path)
+
+
+def sentiment(models, column: str = "sentiment") -> dict:
+    """The tasks of most job tests: sentiment on the tiny text classifier, in a column named `column`."""
+    return {column: {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
+
+
+def _plain(value):
+    """Paths as strings, everything else as it is, so that yaml.safe_dump takes it."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+# the CLI as a user runs it ---------------------------------------------------------------------------------------
+
+
+def cli(config: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run as a user runs it, its output captured."""
+    return subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def error_line(config: str, *args: str, secret: str | None = None) -> str:
+    """The CLI run as a user runs it: exit 2 and one line on stderr, no traceback, and `secret` nowhere."""
+    result = cli(config, *args)
+    if secret is not None:
+        assert secret not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def run_job(config) -> subprocess.Popen:
+    """The job as a user runs it, in a session of its own (so that a test can kill it with its embedded Ray)."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (on loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# the BBC corpus of the kill-and-rerun tests ------------------------------------------------------------------------
+
+FILES = 8
+"""Input files of bbc_corpus."""
+
+
+def bbc_corpus(folder: Path) -> list[str]:
+    """The BBC sample split into FILES Parquet files in `folder`; returns the ids every run must end with once."""
+    sample = pq.read_table(SAMPLE)
+    folder.mkdir()
+    per_file = sample.num_rows // FILES
+    for index in range(FILES):
+        pq.write_table(sample.slice(index * per_file, per_file), folder / f"part-{index}.parquet")
+    return sample.column("id").to_pylist()[: FILES * per_file]
+
+
+def embedding_job(tmp_path: Path, minilm: str, compute: dict, **tasks) -> str:
+    """A MiniLM embedding job (and `tasks` besides) over bbc_corpus(tmp_path / "corpus"), its actors sized by the job
+    unless `compute` sizes them; returns the config's path."""
+    embedding = {"task": "feature-extraction", "model": minilm, "max_length": 256}
+    return write_config(tmp_path, tmp_path / "corpus", {"embedding": embedding, **tasks}, output={"rows_per_file": 5},
+                        compute={"num_cpus_per_actor": None, "batch_size": None, **compute})
+
+
+def corpus_and_config(tmp_path: Path, minilm: str, compute: dict) -> tuple[str, list[str]]:
+    """bbc_corpus and embedding_job together; returns the config's path and the ids every run must end with once."""
+    ids = bbc_corpus(tmp_path / "corpus")
+    return embedding_job(tmp_path, minilm, compute), ids
+
+
+# inputs and outputs ----------------------------------------------------------------------------------------------
+
+
+def write_rows(path: Path, ids: list[str], texts: list[str] | None = None) -> None:
+    """A Parquet file of id and text columns (the texts made from the ids unless given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    texts = texts or [f"{i} moved to Paris." for i in ids]
+    pq.write_table(pa.table({"id": ids, "text": texts}), path)
+
+
+def output_table(out: Path) -> pa.Table:
+    """Every row an output holds, as a reader sees them."""
+    return pads.dataset(out, format="parquet").to_table()
+
+
+def last_report(out: Path) -> dict:
+    """The latest run report of an output."""
+    return json.loads(max((out / "__reports").glob("*.json")).read_text())
+
+
+def staged_units(out: Path) -> set[str]:
+    """Units with parts written by the workers but not yet committed (staging file names start with the unit)."""
+    return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet")}
+
+
+def assert_close(ours, theirs, path="value"):
+    """Structural equality with float tolerance 1e-4."""
+    if isinstance(theirs, float) or isinstance(ours, float):
+        assert ours == pytest.approx(theirs, abs=1e-4), path
+    elif isinstance(theirs, dict):
+        assert set(ours) >= set(theirs), path
+        for key in theirs:
+            assert_close(ours[key], theirs[key], f"{path}.{key}")
+    elif isinstance(theirs, (list, tuple)):
+        assert len(ours) == len(theirs), path
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a, b, f"{path}[{index}]")
+    else:
+        assert ours == theirs, path
