@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ test: setup
 
 test-fast: setup  # about a minute on 2 cores; every module still runs some of its tests
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check .
 
 bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench]" first for the peers
 	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16

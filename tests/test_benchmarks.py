@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 import benchmarks
 from benchmarks.common import RESULTS_ENV
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "benchmarks" / "results"
 MODULES = sorted(module.name for module in pkgutil.iter_modules(benchmarks.__path__))
 

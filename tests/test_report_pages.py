@@ -19,9 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-import yaml
+from helpers import write_config
 
 from jobs.annotate import main
+
+pytestmark = pytest.mark.slow  # whole CLI runs
 
 BROWSER = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 needs_browser = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium installed (Debian: apt-get install "
@@ -54,14 +56,10 @@ def runs(ray_local, tmp_path_factory, models):
     }
 
     def run(tasks: dict) -> None:
-        config = root / "job.yaml"
-        config.write_text(yaml.safe_dump({
-            "input": {"path": str(folder), "text_column": "text", "id_column": "id"},
-            "output": {"path": str(root / OUTPUT), "rows_per_file": 16},
-            "skip_unavailable_models": True, "tasks": tasks,
-            "compute": {"num_cpus_per_actor": 0.25, "batch_size": 8, "token_budget": 512},
-        }))
-        assert main(["--config", str(config)]) == 0
+        config = write_config(root, folder, tasks, input={"text_column": "text"},
+                              output={"path": root / OUTPUT, "rows_per_file": 16}, skip_unavailable_models=True,
+                              compute={"token_budget": 512})
+        assert main(["--config", config]) == 0
 
     run(tasks)
     write(folder, "changing.parquet", [f"x-{i}" for i in range(30)], [texts[(i + 5) % 12] for i in range(30)])
