@@ -1,0 +1,122 @@
+"""Recovery when an output opens: roll interrupted commits forward, uncommit what is not as committed, delete strays.
+
+Each run starts by checking what the markers say against the output as it is: a marker that is
+not the shape of one, or a part that is missing, of another size, unreadable or not the part
+committed, uncommits its unit, which is then redone whole and reported under `repaired`. The
+check costs one listing of the output folder; a part's footer is read only where its listing
+entry (modification time or ETag) differs from the one recorded when it was last verified, which
+is once after its commit.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from nlp_tasks.files import FOOTER_READERS, read_footer, version_of
+from nlp_tasks.output.layout import PART_NAME, STAGING, UNITS, marker_problem
+from nlp_tasks.output.storage import TornFile, dump, parse_json, write_atomic
+from nlp_tasks.secrets import redact
+
+if TYPE_CHECKING:
+    from nlp_tasks.output.store import OutputStore
+
+
+def read_markers(store: OutputStore) -> dict[str, dict]:
+    """The units' markers; one that is torn, or JSON of another shape, is deleted and its unit redone."""
+    folder = store.path(UNITS)
+    if not store.filesystem.exists(folder):
+        return {}
+    paths = [p for p in store.filesystem.ls(folder, detail=False) if p.endswith(".json")]
+    markers = {}
+    for path, raw in store.filesystem.cat(paths, on_error="return").items() if paths else []:
+        unit = path.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            marker = parse_json(path, raw)
+            if problem := marker_problem(unit, marker):
+                raise TornFile(f"{path} is not a unit marker ({problem})")
+            markers[unit] = marker
+        except (TornFile, OSError) as error:
+            store.redo(unit, f"unit marker unreadable: {redact(str(error))}")
+            store.delete(path)
+    return markers
+
+
+
+def reconcile(store: OutputStore) -> None:
+    """Roll interrupted commits forward, uncommit units whose parts are not what their marker says, and
+    delete what no marker lists."""
+    store.markers = read_markers(store)
+    listing = list_output(store)
+    staged = set(store.filesystem.find(store.path(STAGING))) if STAGING in listing else set()
+    for marker in store.markers.values():
+        for part in marker["parts"]:
+            if part.get("staged") in staged:  # committed, not yet moved (a present file is the older part)
+                store.filesystem.mv(part["staged"], store.path(part["file"]))
+                listing[part["file"]] = store.filesystem.info(store.path(part["file"]))
+    problems, upgraded = verify_parts(store, listing)
+    for unit, problem in problems.items():
+        store.redo(unit, f"input file {store.markers[unit]['source']!r}: committed part {problem}")
+        store.remove(unit)
+    for unit in upgraded - set(problems):
+        write_atomic(store.filesystem, store.path(UNITS, f"{unit}.json"), dump(store.markers[unit]))
+    listed = {part["file"] for marker in store.markers.values() for part in marker["parts"]}
+    for entry in set(listing) - listed:
+        if PART_NAME.match(entry):
+            store.delete(store.path(entry))
+    if STAGING in listing:
+        store.filesystem.rm(store.path(STAGING), recursive=True)
+    store.filesystem.makedirs(store.staging, exist_ok=True)
+
+def list_output(store: OutputStore) -> dict[str, dict]:
+    """The output folder's entries by name, with their sizes and versions, as storage has them now (not as a
+    client's listing cache remembers them): one listing."""
+    store.filesystem.invalidate_cache(store.root)
+    entries = store.filesystem.ls(store.root, detail=True)
+    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in entries}
+
+def verify_parts(store: OutputStore, listing: dict[str, dict]) -> tuple[dict[str, str], set[str]]:
+    """Each committed part against its marker: what is wrong with the first bad part of each unit, and the
+    units whose markers now record their parts' versions (verified this run) and must be rewritten.
+
+    A part is missing, or of another size than committed, from the listing alone. Its footer is read (a few
+    at a time) only where the listing's version differs from the one recorded at its last verification: the
+    footer's checksum and row count must be the committed ones.
+    """
+    problems: dict[str, str] = {}
+    doubtful: list[tuple[str, dict]] = []
+    for unit, marker in store.markers.items():
+        for part in marker["parts"]:
+            entry = listing.get(part["file"])
+            if entry is None:
+                problems[unit] = f"{part['file']} is missing"
+            elif part.get("size") is not None and int(entry.get("size") or 0) != part["size"]:
+                problems[unit] = (f"{part['file']} is {entry.get('size')} bytes, {part['size']} when committed "
+                                  "(truncated or replaced)")
+            if unit in problems:
+                break
+            if part.get("version") is None or version_of(entry) != part["version"]:
+                doubtful.append((unit, part))
+
+    def check(item: tuple[str, dict]) -> str | None:
+        part = item[1]
+        entry = listing[part["file"]]
+        try:
+            metadata, footer_sha256 = read_footer(store.filesystem, store.path(part["file"]), int(entry["size"]))
+        except Exception as error:  # noqa: BLE001 - any reader failure means the part is not readable
+            return f"{part['file']} is not readable Parquet ({type(error).__name__}: {redact(str(error))})"
+        if part.get("footer_sha256", footer_sha256) != footer_sha256:
+            return f"{part['file']} is not the part committed (its footer differs)"
+        if metadata.num_rows != part["rows"]:
+            return f"{part['file']} holds {metadata.num_rows} rows, {part['rows']} when committed"
+        part.update(size=int(entry["size"]), footer_sha256=footer_sha256, version=version_of(entry))
+        return None
+
+    doubtful = [(unit, part) for unit, part in doubtful if unit not in problems]
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:
+        for (unit, _), problem in zip(doubtful, pool.map(check, doubtful)):
+            if problem is not None:
+                problems.setdefault(unit, problem)
+    return problems, {unit for unit, _ in doubtful}
