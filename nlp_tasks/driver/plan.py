@@ -21,6 +21,7 @@ from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
 from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
+from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536
@@ -60,11 +61,11 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
-                      fitted: dict[str, dict]):
+                      fitted: dict[str, dict], part_names: str = STAGED_NAME):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
-    (annotate.fit_heads), by column.
+    (annotate.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME).
     """
     import ray
 
@@ -110,7 +111,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     return dataset.map_batches(
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
-                       columns=columns, errors_column=config.output.errors_column),
+                       columns=columns, errors_column=config.output.errors_column, part_names=part_names),
         batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, fragments, pools),
         num_cpus=WRITE_CPUS,
     )

@@ -18,6 +18,7 @@ from nlp_tasks.output.layout import (
     MANIFEST,
     OWN_ENTRIES,
     PART_NAME,
+    STAGED_NAME,
     STAGING,
     UNITS,
     OutputConflict,
@@ -33,6 +34,9 @@ from nlp_tasks.secrets import redact
 
 class OutputStore:
     """The output folder: its job manifest, committed units, lease and commits."""
+
+    part_names = STAGED_NAME
+    """How the workers name the parts they write in `staging`."""
 
     def __init__(self, filesystem: Any, root: str, name: str | None = None):
         self.filesystem = filesystem
@@ -111,10 +115,14 @@ class OutputStore:
                 self._delete_own_output(entries)
             if self.job() != job:  # new, or the tasks changed: each unit's marker says which tasks it holds
                 write_atomic(self.filesystem, self.path(MANIFEST, "job.json"), dump(job))
-            reconcile(self)
+            self.reconcile()
         except BaseException:
             self.lease.release()
             raise
+
+    def reconcile(self) -> None:
+        """Roll interrupted commits forward, uncommit what is not as committed, delete strays (recovery.py)."""
+        reconcile(self)
 
     def _delete_own_output(self, entries: list[str]) -> None:
         """`overwrite`: delete this job's parts, markers, staging and reports, and nothing else."""

@@ -1,0 +1,348 @@
+"""The output as a Delta Lake table (`output.format: delta`): each input file committed as one transaction of the
+table's log, exactly once.
+
+Workers write parts straight into the table's folder under their final names
+(`part-<unit>-<first row>-<attempt>.parquet`): a file the log does not list is invisible to every Delta
+reader, so nothing is staged or moved. The driver commits a file in two steps:
+
+    1. its marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the unit's
+       transaction number n, and the marker it replaces (`previous`);
+    2. one Delta transaction: `add` actions for its parts (with their row counts), `remove` actions for the parts
+       they replace, and the application transaction (`txn`) `nlp-tasks/<unit>` at version n.
+
+The log decides: a marker is committed when the log's transaction version for its unit is n. A run killed
+between the two steps left a marker at n over a log at n - 1: the next run puts the previous marker back and
+redoes the file, and its parts, which no log entry lists, are deleted as strays. Nothing is added twice: a
+unit's transaction numbers only grow, and a commit's parts are new files. Removed parts stay on disk for time
+travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
+the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
+a commit over any other writer's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from typing import Any
+
+from nlp_tasks.errors import UserError
+from nlp_tasks.files import read_footer
+from nlp_tasks.output.layout import MANIFEST, REPORTS, STAGING, UNITS, OutputConflict, PartRecord, marker_problem, \
+    now, part_name
+from nlp_tasks.output.recovery import list_output, read_markers
+from nlp_tasks.output.storage import dump, write_atomic
+from nlp_tasks.output.store import OutputStore
+
+DELTA_LOG = "_delta_log"
+PART_NAMES = "part-{unit}-{first:012d}-{nonce}.parquet"
+DELTA_PART = re.compile(r"^part-([0-9a-f]{16})-(\d{12})-([0-9a-f]{8})\.parquet$")
+"""The names of this job's parts in a table: nothing else in the folder is ever deleted."""
+
+
+class DeltaUnavailable(UserError):
+    """A Delta table was asked for and the deltalake package is not installed."""
+
+
+def require_deltalake(key: str) -> None:
+    try:
+        import deltalake  # noqa: F401
+    except ImportError:
+        raise DeltaUnavailable(f"{key} names a Delta Lake table, which needs the deltalake package: "
+                               "pip install 'nlp-tasks[delta]'") from None
+
+
+def storage_options(uri: str) -> dict[str, str]:
+    """delta-rs's options for `uri`: credentials and endpoint come from the environment (AWS_*), as for s3fs. On
+    S3 a commit is made safe against a concurrent writer by a conditional PUT (`If-None-Match`, which AWS S3,
+    R2, MinIO and moto honour), unless a locking provider (DynamoDB, AWS_S3_LOCKING_PROVIDER) is configured."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    options = {} if os.environ.get("AWS_S3_LOCKING_PROVIDER") else {"aws_conditional_put": "etag"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if endpoint.startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+    return options
+
+
+def app_id(unit: str) -> str:
+    """The Delta application transaction that counts a unit's commits."""
+    return f"nlp-tasks/{unit}"
+
+
+def delta_marker_problem(unit: str, marker: dict) -> str | None:
+    """What makes parsed JSON not a Delta unit marker: a marker (layout.marker_problem) whose parts are this
+    unit's Delta parts, with its transaction number."""
+    if not (isinstance(marker.get("txn"), int) and marker["txn"] >= 1):
+        return "no transaction number"
+    parts = marker.get("parts")
+    if isinstance(parts, list):
+        named = []
+        for part in parts:
+            match = DELTA_PART.match(str(part.get("file"))) if isinstance(part, dict) else None
+            if not match or match.group(1) != unit or int(match.group(2)) != part.get("first"):
+                return f"part {part!r} is not one of this unit's parts"
+            named.append({**part, "file": part_name(unit, part["first"])})
+        marker = {**marker, "parts": named}
+    return marker_problem(unit, marker)
+
+
+class DeltaStore(OutputStore):
+    """A Delta table as the job's output: the OutputStore's protocol (open, commit, remove, close, markers), with
+    the table's log as the commit point."""
+
+    part_names = PART_NAMES
+
+    def __init__(self, filesystem: Any, root: str, name: str, uri: str):
+        super().__init__(filesystem, root, name)
+        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+        self.options = storage_options(self.uri)
+        self.table = None
+        self.fields: dict[str, str] = {}
+        """The table's columns and their Delta types (JSON), as this run last committed or read them."""
+        self.columns_seen: set[tuple[str, str]] = set()
+        """(column, task fingerprint) pairs the table's schema is known to hold the type of."""
+        self.txn: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
+        """Empty units committed before the table exists: their transactions go with the table's first commit."""
+        self.commit_lock = threading.Lock()
+        self.requests = 0
+
+    @property
+    def staging(self) -> str:
+        return self.root
+
+    # -- opening ------------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from deltalake import DeltaTable
+
+        self.table = DeltaTable(self.uri, storage_options=self.options) \
+            if DeltaTable.is_deltatable(self.uri, storage_options=self.options) else None
+        self.fields = {name: self._type(field) for name, field in self._schema_fields()}
+
+    def _schema_fields(self) -> list[tuple[str, Any]]:
+        return [(field.name, field) for field in self.table.schema().fields] if self.table is not None else []
+
+    @staticmethod
+    def _type(field: Any) -> str:
+        return str(field.type)
+
+    def _logged(self, unit: str) -> int:
+        if unit not in self.txn:
+            self.txn[unit] = (self.table.transaction_version(app_id(unit)) if self.table is not None else None) or 0
+        return self.txn[unit]
+
+    def _logged_parts(self) -> dict[str, dict[str, int]]:
+        """The parts the table's current snapshot lists, by unit: name -> size."""
+        import pyarrow as pa
+
+        if self.table is None:
+            return {}
+        actions = pa.table(self.table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        by_unit: dict[str, dict[str, int]] = {}
+        for action in actions:
+            if match := DELTA_PART.match(action["path"]):
+                by_unit.setdefault(match.group(1), {})[action["path"]] = action["size_bytes"]
+        return by_unit
+
+    def reconcile(self) -> None:
+        """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
+        marker back), or not as the log has it (the unit is uncommitted and redone); then delete strays."""
+        self._load()
+        markers = read_markers(self, delta_marker_problem)
+        logged = self._logged_parts()
+        listing = list_output(self)
+        uncommit: dict[str, list[str]] = {}
+        for unit, marker in list(markers.items()):
+            version, parts = self._logged(unit), logged.get(unit, {})
+            if version == marker["txn"] - 1:  # killed between the marker and its transaction
+                previous = marker.get("previous")
+                if previous and not delta_marker_problem(unit, previous) and previous["txn"] == version:
+                    markers[unit] = previous
+                    write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(previous))
+                else:
+                    del markers[unit]
+                    self.delete(self.path(UNITS, f"{unit}.json"))
+                    if parts:
+                        uncommit[unit] = list(parts)
+                        self.redo(unit, f"input file {marker['source']!r}: its parts in the Delta log have no marker")
+                    continue
+                marker = markers[unit]
+            elif version > marker["txn"] and not parts:  # removed; killed before its marker was deleted
+                del markers[unit]
+                self.delete(self.path(UNITS, f"{unit}.json"))
+                continue
+            problem = self._problem(marker, version, parts, listing)
+            if problem:
+                del markers[unit]
+                self.delete(self.path(UNITS, f"{unit}.json"))
+                uncommit[unit] = list(parts)
+                self.redo(unit, f"input file {marker['source']!r}: {problem}")
+        for unit, parts in logged.items():
+            if unit not in markers and unit not in uncommit:
+                uncommit[unit] = list(parts)
+                self.redo(unit, f"unit {unit}: parts in the Delta log without a marker ({sorted(parts)[0]})")
+        if uncommit:
+            self._transact([], {unit: parts for unit, parts in uncommit.items()},
+                           {unit: self._logged(unit) + 1 for unit in uncommit}, {"nlp_tasks": {"repair": True}})
+        self.markers = markers
+        self.columns_seen = {(column, value) for marker in markers.values()
+                             for column, value in marker.get("tasks", {}).items()}
+        self.delete_strays(listing)
+        if self.filesystem.exists(self.path(STAGING)):
+            self.filesystem.rm(self.path(STAGING), recursive=True)
+        self.filesystem.makedirs(self.root, exist_ok=True)
+
+    def _problem(self, marker: dict, version: int, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
+        if version != marker["txn"]:
+            return f"its marker records commit {marker['txn']} of the unit, the Delta log {version}"
+        files = {part["file"]: part.get("size") for part in marker["parts"]}
+        if set(files) != set(parts):
+            return f"its marker lists other parts than the Delta log ({sorted(set(files) ^ set(parts))[0]})"
+        for file, size in files.items():
+            entry = listing.get(file)
+            if entry is None:
+                return f"committed part {file} is missing"
+            if size is not None and int(entry.get("size") or 0) != size:
+                return f"committed part {file} is {entry.get('size')} bytes, {size} when committed (truncated or " \
+                       "replaced)"
+        return None
+
+    def delete_strays(self, listing: dict[str, dict] | None = None) -> None:
+        """Delete this job's part files that no version of the log lists (uncommitted attempts): not the current
+        snapshot's files, nor those it removed (time travel reads them until the table is vacuumed)."""
+        listing = list_output(self) if listing is None else listing
+        ours = {name for name in listing if DELTA_PART.match(name)}
+        if self.table is not None:
+            self.table.update_incremental()
+            ours -= {path for parts in self._logged_parts().values() for path in parts}
+            ours -= set(self.table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
+        for name in ours:
+            self.delete(self.path(name))
+
+    def _delete_own_output(self, entries: list[str]) -> None:
+        """`overwrite`: delete this job's parts, log, markers and reports, and nothing else."""
+        foreign = [e for e in entries if e not in (MANIFEST, STAGING, REPORTS, DELTA_LOG) and not DELTA_PART.match(e)]
+        if foreign:
+            raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
+                                 "overwrite only deletes an output of this job: move it away or use another path")
+        super()._delete_own_output([e for e in entries if not DELTA_PART.match(e)] + [])
+        for entry in entries:
+            if DELTA_PART.match(entry):
+                self.delete(self.path(entry))
+
+    # -- committing ---------------------------------------------------------------------------------------------
+
+    def commit(self, marker: dict, parts: list[PartRecord]) -> None:
+        """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module)."""
+        with self.commit_lock:
+            self.lease.check()
+            unit = marker["unit"]
+            previous = self.markers.get(unit)
+            number = self._logged(unit) + 1
+            marker = {**marker, "committed_at": now(), "run": self.run, "txn": number, "parts": [
+                {"file": p.staged.rsplit("/", 1)[-1], "first": p.first, "rows": p.rows, "size": p.size,
+                 "footer_sha256": p.footer_sha256} for p in parts],
+                "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}
+            write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
+            kept = {part["file"] for part in marker["parts"]}
+            replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
+            self._evolve(marker)
+            metadata = {"nlp_tasks": {"unit": unit, "source": marker["source"], "txn": number, "run": self.run}}
+            if self.table is None and not parts:
+                self.pending[unit] = number  # an empty input file: no schema to create the table with yet
+                self.txn[unit] = number
+            else:
+                self._transact(marker["parts"], {unit: replaced}, {unit: number}, metadata)
+            self.markers[unit] = marker
+
+    def remove(self, unit: str) -> None:
+        """Uncommit a unit: one transaction removing its parts, then its marker (a crash in between: the next run
+        sees the log's newer transaction and deletes the marker)."""
+        with self.commit_lock:
+            self.lease.check()
+            marker = self.markers.pop(unit)
+            number = self._logged(unit) + 1
+            if self.table is None:  # an empty file's, before the table exists
+                self.pending.pop(unit, None)
+                self.delete(self.path(UNITS, f"{unit}.json"))
+                return
+            self._transact([], {unit: [part["file"] for part in marker["parts"]]}, {unit: number},
+                           {"nlp_tasks": {"unit": unit, "source": marker["source"], "txn": number, "removed": True}})
+            self.delete(self.path(UNITS, f"{unit}.json"))
+
+    def _evolve(self, marker: dict) -> None:
+        """Add to the table's schema the columns of a commit's parts it lacks (a task added): a schema change of
+        its own in the log. Read from the first part's footer, only when the commit holds a task column of a
+        fingerprint the table has not seen; a column whose type changed is the user's to resolve."""
+        from deltalake import Field, Schema
+
+        tasks = set(marker.get("tasks", {}).items())
+        if not marker["parts"] or (self.table is not None and tasks <= self.columns_seen):
+            return
+        first = marker["parts"][0]
+        metadata, _ = read_footer(self.filesystem, self.path(first["file"]), first["size"])
+        self.requests += 1
+        schema = Schema.from_arrow(metadata.schema.to_arrow_schema())
+        if self.table is None:
+            self._create(schema, marker)
+            return
+        added = []
+        for field in schema.fields:
+            if field.name not in self.fields:
+                added.append(Field(field.name, field.type, nullable=True))
+            elif self.fields[field.name] != self._type(field):
+                raise OutputConflict(
+                    f"output.path {self.name!r}: column {field.name!r} would change type from "
+                    f"{self.fields[field.name]} to {self._type(field)}, which a Delta table does not allow; "
+                    "write to a new output.path or set output.if_exists: overwrite")
+        if added:
+            self.table.alter.add_columns(added)
+            self.table.update_incremental()
+            self.fields.update({field.name: self._type(field) for field in added})
+        self.columns_seen |= tasks
+
+    def _create(self, schema: Any, marker: dict) -> None:
+        """The table, created by the first commit with parts (the others are then ordinary transactions)."""
+        from deltalake import DeltaTable
+        from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+        create_table_with_add_actions(self.uri, schema, [], mode="error", storage_options=self.options,
+                                      commit_properties=CommitProperties(
+                                          custom_metadata={"nlp_tasks": {"created": True}}))
+        self.table = DeltaTable(self.uri, storage_options=self.options)
+        self.fields = {name: self._type(field) for name, field in self._schema_fields()}
+        self.columns_seen |= set(marker.get("tasks", {}).items())
+
+    def _transact(self, adds: list[dict], removes: dict[str, list[str]], txns: dict[str, int],
+                  metadata: dict) -> None:
+        """One transaction of the log: the parts added (with their row counts), those removed, and the units'
+        application transactions (with any pending ones of empty units)."""
+        from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
+
+        stamp = int(time.time() * 1000)
+        actions = [AddAction(part["file"], part["size"], {}, stamp, True, json.dumps({"numRecords": part["rows"]}))
+                   for part in adds]
+        actions += [RemoveAction(file, True, stamp) for files in removes.values() for file in files]
+        txns = {**self.pending, **txns}
+        self.table.create_write_transaction(
+            actions, "append", self.table.schema(),
+            commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=[
+                Transaction(app_id(unit), number) for unit, number in txns.items()]))
+        self.pending = {}
+        self.txn.update(txns)
+        self.table.update_incremental()
+        self.requests += 2
+
+    def close(self) -> None:
+        """Delete the run's uncommitted attempts (retried writes) and give the lease back."""
+        try:
+            if self.lease.number is not None and not self.lease.lost:
+                self.delete_strays()
+        finally:
+            self.lease.release()
