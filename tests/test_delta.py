@@ -118,15 +118,16 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     visible = snapshot(str(out))
     assert visible.num_rows == len(set(visible.column("id").to_pylist())), "a row is visible twice"
 
-    # A driver killed between a commit's two steps leaves the unit's new marker over a log one transaction
-    # behind, and the parts that marker lists: what the commit writes, written here as it writes them.
-    unit = sorted(committed)[0]
+    # A driver killed between a commit's two steps leaves the unit's new marker, numbered one past the log's
+    # last commit, and the parts that marker lists: what the commit writes, written here as it writes them.
+    unit = min(committed)
     marker_path = out / "__manifest" / "units" / f"{unit}.json"
     marker = json.loads(marker_path.read_text())
     parts = [{**part, "file": part["file"][:-16] + "deadbeef.parquet"} for part in marker["parts"]]
     for old, new in zip(marker["parts"], parts):
         shutil.copy(out / old["file"], out / new["file"])
-    marker_path.write_text(json.dumps({**marker, "txn": marker["txn"] + 1, "parts": parts,
+    number = deltalake.DeltaTable(str(out)).transaction_version("nlp-tasks") + 1
+    marker_path.write_text(json.dumps({**marker, "txn": number, "parts": parts,
                                        "previous": {k: v for k, v in marker.items() if k != "previous"}}))
 
     last = run_killable(config)
@@ -136,6 +137,85 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     assert json.loads(marker_path.read_text())["parts"] == marker["parts"], "the commit that never landed is undone"
     assert not any((out / part["file"]).exists() for part in parts)
     assert_exactly_once(out, ids)
+
+
+def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
+    write_corpus(tmp_path / "corpus", 1)
+    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
+    code = ("import sys; sys.modules['deltalake'] = None; from jobs.annotate import main; "
+            f"sys.exit(main(['--config', {str(config)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "deltalake" in line]
+    assert lines and "pip install 'nlp-tasks[delta]'" in lines[0] and "Traceback" not in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3(tmp_path):
+    """A moto S3 server on loopback; its endpoint and credentials in the environment of the job's processes."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket="lake")
+    yield env
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):
+    """On moto's S3: a run killed after its first commit, then a resume; the table read from S3 holds every row
+    once, committed by conditional PUTs (`aws_conditional_put`)."""
+    ids = write_corpus(tmp_path / "corpus", 4)
+    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), "s3://lake/annotated",
+                          sentiment(models))
+    environment = {**os.environ, **moto_s3}
+    uri, options = "s3://lake/annotated", {"AWS_ALLOW_HTTP": "true", "AWS_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"],
+                                           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                                           "AWS_REGION": "us-east-1"}
+
+    def committed() -> int:
+        try:
+            table = deltalake.DeltaTable(uri, storage_options=options)
+        except Exception:  # noqa: BLE001 - no table yet
+            return 0
+        return len({path.split("-")[1] for path in pa.table(table.get_add_actions(flatten=True))["path"].to_pylist()})
+
+    first = subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                             env=environment, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    kill_when(first, lambda: committed() >= 1, "a file committed on S3")
+    done = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    table = deltalake.DeltaTable(uri, storage_options=options)
+    assert sorted(pa.table(table.to_pyarrow_table()).column("id").to_pylist()) == sorted(ids)
+    import s3fs
+
+    files = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3["AWS_ENDPOINT_URL"]}, key="test",
+                              secret="test").ls("lake/annotated")
+    listed = set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
+    assert {f.rsplit("/", 1)[-1] for f in files if "/part-" in f} == listed, "a stray or a missing part on S3"
 
 
 def history_of(out: Path) -> list[dict]:
@@ -239,81 +319,3 @@ def test_delta_input_that_gains_versions_loses_rows_and_is_compacted(ray_local, 
     deltalake.DeltaTable(str(source)).optimize.compact()
     printed = run_and_check()
     assert "processed 1 input file(s) (0 already committed)" in printed  # the compacted file, annotated again
-
-
-def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
-    write_corpus(tmp_path / "corpus", 1)
-    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
-    code = ("import sys; sys.modules['deltalake'] = None; from jobs.annotate import main; "
-            f"sys.exit(main(['--config', {str(config)!r}]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if "deltalake" in line]
-    assert lines and "pip install 'nlp-tasks[delta]'" in lines[0] and "Traceback" not in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def moto_s3(tmp_path):
-    """A moto S3 server on loopback; its endpoint and credentials in the environment of the job's processes."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="lake")
-    yield env
-    server.terminate()
-    server.wait(timeout=10)
-
-
-def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):
-    """On moto's S3: a run killed after its first commit, then a resume; the table read from S3 holds every row
-    once, committed by conditional PUTs (`aws_conditional_put`)."""
-    ids = write_corpus(tmp_path / "corpus", 4)
-    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), "s3://lake/annotated",
-                          sentiment(models))
-    environment = {**os.environ, **moto_s3}
-    uri, options = "s3://lake/annotated", {"AWS_ALLOW_HTTP": "true", "AWS_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"],
-                                           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                                           "AWS_REGION": "us-east-1"}
-
-    def committed() -> int:
-        try:
-            table = deltalake.DeltaTable(uri, storage_options=options)
-        except Exception:  # noqa: BLE001 - no table yet
-            return 0
-        return len({path.split("-")[1] for path in pa.table(table.get_add_actions(flatten=True))["path"].to_pylist()})
-
-    first = subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
-                             env=environment, start_new_session=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-    kill_when(first, lambda: committed() >= 1, "a file committed on S3")
-    done = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    table = deltalake.DeltaTable(uri, storage_options=options)
-    assert sorted(pa.table(table.to_pyarrow_table()).column("id").to_pylist()) == sorted(ids)
-    import s3fs
-
-    files = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3["AWS_ENDPOINT_URL"]}, key="test",
-                              secret="test").ls("lake/annotated")
-    listed = set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
-    assert {f.rsplit("/", 1)[-1] for f in files if "/part-" in f} == listed, "a stray or a missing part on S3"

@@ -3,18 +3,19 @@ table's log, exactly once.
 
 Workers write parts straight into the table's folder under their final names
 (`part-<unit>-<first row>-<attempt>.parquet`): a file the log does not list is invisible to every Delta
-reader, so nothing is staged or moved. The driver commits a file in two steps:
+reader, so nothing is staged or moved. The driver commits files one at a time, each in two steps:
 
-    1. its marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the unit's
-       transaction number n, and the marker it replaces (`previous`);
+    1. its marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the commit's
+       number n, and the marker it replaces (`previous`);
     2. one Delta transaction: `add` actions for its parts (with their row counts), `remove` actions for the parts
-       they replace, and the application transaction (`txn`) `nlp-tasks/<unit>` at version n.
+       they replace, and the job's application transaction (`txn`, app id `nlp-tasks`) at version n.
 
-The log decides: a marker is committed when the log's transaction version for its unit is n. A run killed
-between the two steps left a marker at n over a log at n - 1: the next run puts the previous marker back and
-redoes the file, and its parts, which no log entry lists, are deleted as strays. Nothing is added twice: a
-unit's transaction numbers only grow, and a commit's parts are new files. Removed parts stay on disk for time
-travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
+The log decides: the log's `nlp-tasks` version N says that every commit numbered up to N landed, and none
+after. A run killed between the two steps left one marker at N + 1: the next run puts its previous marker
+back, and the parts it listed, which no version of the log lists, are deleted as strays. Nothing is added
+twice: numbers only grow, a commit's parts are new files, and after a failed transaction the run commits
+nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0). Removed
+parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
 the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
 a commit over any other writer's.
 """
@@ -30,8 +31,17 @@ from typing import Any
 
 from nlp_tasks.errors import UserError
 from nlp_tasks.files import read_footer
-from nlp_tasks.output.layout import MANIFEST, REPORTS, STAGING, UNITS, OutputConflict, PartRecord, marker_problem, \
-    now, part_name
+from nlp_tasks.output.layout import (
+    MANIFEST,
+    REPORTS,
+    STAGING,
+    UNITS,
+    OutputConflict,
+    PartRecord,
+    marker_problem,
+    now,
+    part_name,
+)
 from nlp_tasks.output.recovery import list_output, read_markers
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
@@ -69,16 +79,15 @@ def storage_options(uri: str) -> dict[str, str]:
     return options
 
 
-def app_id(unit: str) -> str:
-    """The Delta application transaction that counts a unit's commits."""
-    return f"nlp-tasks/{unit}"
+APP_ID = "nlp-tasks"
+"""The Delta application transaction that numbers this job's commits to a table."""
 
 
 def delta_marker_problem(unit: str, marker: dict) -> str | None:
     """What makes parsed JSON not a Delta unit marker: a marker (layout.marker_problem) whose parts are this
     unit's Delta parts, with its transaction number."""
-    if not (isinstance(marker.get("txn"), int) and marker["txn"] >= 1):
-        return "no transaction number"
+    if not (isinstance(marker.get("txn"), int) and marker["txn"] >= 0):
+        return "no commit number"
     parts = marker.get("parts")
     if isinstance(parts, list):
         named = []
@@ -106,11 +115,11 @@ class DeltaStore(OutputStore):
         """The table's columns and their Delta types (JSON), as this run last committed or read them."""
         self.columns_seen: set[tuple[str, str]] = set()
         """(column, task fingerprint) pairs the table's schema is known to hold the type of."""
-        self.txn: dict[str, int] = {}
-        self.pending: dict[str, int] = {}
-        """Empty units committed before the table exists: their transactions go with the table's first commit."""
+        self.logged = 0
+        """The number of this job's last commit the log holds (its `nlp-tasks` transaction version)."""
+        self.failed: Exception | None = None
+        """A transaction that failed: whether it landed is for the next run to tell, so nothing more is committed."""
         self.commit_lock = threading.Lock()
-        self.requests = 0
 
     @property
     def staging(self) -> str:
@@ -132,11 +141,6 @@ class DeltaStore(OutputStore):
     def _type(field: Any) -> str:
         return str(field.type)
 
-    def _logged(self, unit: str) -> int:
-        if unit not in self.txn:
-            self.txn[unit] = (self.table.transaction_version(app_id(unit)) if self.table is not None else None) or 0
-        return self.txn[unit]
-
     def _logged_parts(self) -> dict[str, dict[str, int]]:
         """The parts the table's current snapshot lists, by unit: name -> size."""
         import pyarrow as pa
@@ -156,28 +160,21 @@ class DeltaStore(OutputStore):
         self._load()
         markers = read_markers(self, delta_marker_problem)
         logged = self._logged_parts()
+        self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
         listing = list_output(self)
         uncommit: dict[str, list[str]] = {}
         for unit, marker in list(markers.items()):
-            version, parts = self._logged(unit), logged.get(unit, {})
-            if version == marker["txn"] - 1:  # killed between the marker and its transaction
+            parts = logged.get(unit, {})
+            if marker["txn"] > self.logged:  # killed between the marker and its transaction
                 previous = marker.get("previous")
-                if previous and not delta_marker_problem(unit, previous) and previous["txn"] == version:
-                    markers[unit] = previous
+                if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= self.logged:
+                    markers[unit] = marker = previous
                     write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(previous))
                 else:
                     del markers[unit]
                     self.delete(self.path(UNITS, f"{unit}.json"))
-                    if parts:
-                        uncommit[unit] = list(parts)
-                        self.redo(unit, f"input file {marker['source']!r}: its parts in the Delta log have no marker")
                     continue
-                marker = markers[unit]
-            elif version > marker["txn"] and not parts:  # removed; killed before its marker was deleted
-                del markers[unit]
-                self.delete(self.path(UNITS, f"{unit}.json"))
-                continue
-            problem = self._problem(marker, version, parts, listing)
+            problem = self._problem(marker, parts, listing)
             if problem:
                 del markers[unit]
                 self.delete(self.path(UNITS, f"{unit}.json"))
@@ -186,10 +183,9 @@ class DeltaStore(OutputStore):
         for unit, parts in logged.items():
             if unit not in markers and unit not in uncommit:
                 uncommit[unit] = list(parts)
-                self.redo(unit, f"unit {unit}: parts in the Delta log without a marker ({sorted(parts)[0]})")
+                self.redo(unit, f"unit {unit}: parts in the Delta log without a marker ({min(parts)})")
         if uncommit:
-            self._transact([], {unit: parts for unit, parts in uncommit.items()},
-                           {unit: self._logged(unit) + 1 for unit in uncommit}, {"nlp_tasks": {"repair": True}})
+            self._transact([], [file for parts in uncommit.values() for file in parts], {"nlp_tasks": {"repair": True}})
         self.markers = markers
         self.columns_seen = {(column, value) for marker in markers.values()
                              for column, value in marker.get("tasks", {}).items()}
@@ -198,12 +194,11 @@ class DeltaStore(OutputStore):
             self.filesystem.rm(self.path(STAGING), recursive=True)
         self.filesystem.makedirs(self.root, exist_ok=True)
 
-    def _problem(self, marker: dict, version: int, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
-        if version != marker["txn"]:
-            return f"its marker records commit {marker['txn']} of the unit, the Delta log {version}"
+    @staticmethod
+    def _problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
         files = {part["file"]: part.get("size") for part in marker["parts"]}
         if set(files) != set(parts):
-            return f"its marker lists other parts than the Delta log ({sorted(set(files) ^ set(parts))[0]})"
+            return f"its marker lists other parts than the Delta log ({min(set(files) ^ set(parts))})"
         for file, size in files.items():
             entry = listing.get(file)
             if entry is None:
@@ -219,7 +214,6 @@ class DeltaStore(OutputStore):
         listing = list_output(self) if listing is None else listing
         ours = {name for name in listing if DELTA_PART.match(name)}
         if self.table is not None:
-            self.table.update_incremental()
             ours -= {path for parts in self._logged_parts().values() for path in parts}
             ours -= set(self.table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
         for name in ours:
@@ -241,40 +235,38 @@ class DeltaStore(OutputStore):
     def commit(self, marker: dict, parts: list[PartRecord]) -> None:
         """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module)."""
         with self.commit_lock:
-            self.lease.check()
+            self._check()
             unit = marker["unit"]
             previous = self.markers.get(unit)
-            number = self._logged(unit) + 1
+            kept = {p.staged.rsplit("/", 1)[-1] for p in parts}
+            replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
+            number = self.logged + 1 if parts or replaced else 0
             marker = {**marker, "committed_at": now(), "run": self.run, "txn": number, "parts": [
                 {"file": p.staged.rsplit("/", 1)[-1], "first": p.first, "rows": p.rows, "size": p.size,
                  "footer_sha256": p.footer_sha256} for p in parts],
                 "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}
             write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
-            kept = {part["file"] for part in marker["parts"]}
-            replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
-            self._evolve(marker)
-            metadata = {"nlp_tasks": {"unit": unit, "source": marker["source"], "txn": number, "run": self.run}}
-            if self.table is None and not parts:
-                self.pending[unit] = number  # an empty input file: no schema to create the table with yet
-                self.txn[unit] = number
-            else:
-                self._transact(marker["parts"], {unit: replaced}, {unit: number}, metadata)
+            if number:
+                self._evolve(marker)
+                self._transact(marker["parts"], replaced, {"nlp_tasks": {
+                    "unit": unit, "source": marker["source"], "commit": number, "run": self.run}})
             self.markers[unit] = marker
 
     def remove(self, unit: str) -> None:
         """Uncommit a unit: one transaction removing its parts, then its marker (a crash in between: the next run
-        sees the log's newer transaction and deletes the marker)."""
+        finds a marker whose parts the log no longer lists, and drops it)."""
         with self.commit_lock:
-            self.lease.check()
+            self._check()
             marker = self.markers.pop(unit)
-            number = self._logged(unit) + 1
-            if self.table is None:  # an empty file's, before the table exists
-                self.pending.pop(unit, None)
-                self.delete(self.path(UNITS, f"{unit}.json"))
-                return
-            self._transact([], {unit: [part["file"] for part in marker["parts"]]}, {unit: number},
-                           {"nlp_tasks": {"unit": unit, "source": marker["source"], "txn": number, "removed": True}})
+            if marker["parts"]:
+                self._transact([], [part["file"] for part in marker["parts"]], {"nlp_tasks": {
+                    "unit": unit, "source": marker["source"], "commit": self.logged + 1, "removed": True}})
             self.delete(self.path(UNITS, f"{unit}.json"))
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        self.lease.check()
 
     def _evolve(self, marker: dict) -> None:
         """Add to the table's schema the columns of a commit's parts it lacks (a task added): a schema change of
@@ -287,7 +279,6 @@ class DeltaStore(OutputStore):
             return
         first = marker["parts"][0]
         metadata, _ = read_footer(self.filesystem, self.path(first["file"]), first["size"])
-        self.requests += 1
         schema = Schema.from_arrow(metadata.schema.to_arrow_schema())
         if self.table is None:
             self._create(schema, marker)
@@ -319,25 +310,25 @@ class DeltaStore(OutputStore):
         self.fields = {name: self._type(field) for name, field in self._schema_fields()}
         self.columns_seen |= set(marker.get("tasks", {}).items())
 
-    def _transact(self, adds: list[dict], removes: dict[str, list[str]], txns: dict[str, int],
-                  metadata: dict) -> None:
-        """One transaction of the log: the parts added (with their row counts), those removed, and the units'
-        application transactions (with any pending ones of empty units)."""
+    def _transact(self, adds: list[dict], removes: list[str], metadata: dict) -> None:
+        """One transaction of the log, numbered `logged + 1`: the parts added (with their row counts) and those
+        removed. If it fails, whether it landed is unknown until the next run reads the log: nothing more is
+        committed by this one."""
         from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
         stamp = int(time.time() * 1000)
         actions = [AddAction(part["file"], part["size"], {}, stamp, True, json.dumps({"numRecords": part["rows"]}))
                    for part in adds]
-        actions += [RemoveAction(file, True, stamp) for files in removes.values() for file in files]
-        txns = {**self.pending, **txns}
-        self.table.create_write_transaction(
-            actions, "append", self.table.schema(),
-            commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=[
-                Transaction(app_id(unit), number) for unit, number in txns.items()]))
-        self.pending = {}
-        self.txn.update(txns)
+        actions += [RemoveAction(file, True, stamp) for file in removes]
+        try:
+            self.table.create_write_transaction(
+                actions, "append", self.table.schema(), commit_properties=CommitProperties(
+                    custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]))
+        except Exception as error:
+            self.failed = error
+            raise
+        self.logged += 1
         self.table.update_incremental()
-        self.requests += 2
 
     def close(self) -> None:
         """Delete the run's uncommitted attempts (retried writes) and give the lease back."""
