@@ -247,6 +247,9 @@ def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_pat
     assert any(entry.get("operation") == "ADD COLUMN" for entry in history_of(out))
     assert_exactly_once(out, ids)
 
+    foreign = [out / "NOTES.txt", out / "part-0.parquet"]  # not this job's names: never deleted
+    for path in foreign:
+        path.write_text("someone else's")
     texts = tiny_models.sample_texts()[:5]
     pq.write_table(pa.table({"id": [f"new-{i}" for i in range(5)], "text": texts}), corpus / "file-0.parquet")
     (corpus / "file-2.parquet").unlink()
@@ -254,6 +257,9 @@ def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_pat
     printed = capsys.readouterr().out
     assert "changed" in printed or "file-0" in printed
     expected = [f"new-{i}" for i in range(5)] + [i for i in ids if i.startswith("1-")]
+    assert all(path.read_text() == "someone else's" for path in foreign)
+    for path in foreign:
+        path.unlink()
     assert_exactly_once(out, expected)
     night3 = deltalake.DeltaTable(str(out)).version()
 

@@ -18,10 +18,10 @@ from typing import Any
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.driver.inputs import InputFile, InputFiles
+from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
 from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
-from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536

@@ -33,6 +33,7 @@ from nlp_tasks.errors import UserError
 from nlp_tasks.files import read_footer
 from nlp_tasks.output.layout import (
     MANIFEST,
+    PART_NAME,
     REPORTS,
     STAGING,
     UNITS,
@@ -225,10 +226,18 @@ class DeltaStore(OutputStore):
         if foreign:
             raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
                                  "overwrite only deletes an output of this job: move it away or use another path")
-        super()._delete_own_output([e for e in entries if not DELTA_PART.match(e)] + [])
         for entry in entries:
-            if DELTA_PART.match(entry):
-                self.delete(self.path(entry))
+            if entry != MANIFEST:
+                self.filesystem.rm(self.path(entry), recursive=True)
+        for path in self.filesystem.ls(self.path(MANIFEST), detail=False):
+            if not path.rstrip("/").rsplit("/", 1)[-1].startswith("lease-"):
+                self.filesystem.rm(path, recursive=True)
+        self.table = None
+
+    def format_problem(self, entries: list[str]) -> str | None:
+        if DELTA_LOG not in entries and any(PART_NAME.match(entry) for entry in entries):
+            return "is a Parquet output of this job (output.format: parquet)"
+        return None
 
     # -- committing ---------------------------------------------------------------------------------------------
 

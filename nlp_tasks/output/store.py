@@ -97,6 +97,9 @@ class OutputStore:
                     if "_manifest" in entries else ""
                 raise OutputConflict(f"output.path {self.name!r} has files but no {MANIFEST}/job.json{older}: "
                                      "it is not an output of this job; choose another path")
+            if problem := self.format_problem(entries):
+                raise OutputConflict(f"output.path {self.name!r} {problem}; set output.format to match, or write to "
+                                     "a new output.path")
             if if_exists == "error":
                 raise OutputConflict(f"output.path {self.name!r} already exists (output.if_exists: error)")
             if if_exists == "resume" and (changed := change_message(previous, job)):
@@ -119,6 +122,10 @@ class OutputStore:
         except BaseException:
             self.lease.release()
             raise
+
+    def format_problem(self, entries: list[str]) -> str | None:
+        """Why the output's entries are not of this store's format (None if they are)."""
+        return "is a Delta table (output.format: delta)" if "_delta_log" in entries else None
 
     def reconcile(self) -> None:
         """Roll interrupted commits forward, uncommit what is not as committed, delete strays (recovery.py)."""
