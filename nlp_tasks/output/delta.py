@@ -17,7 +17,7 @@ twice: numbers only grow, a commit's parts are new files, and after a failed tra
 nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0). Removed
 parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
 the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
-a commit over any other writer's.
+a commit that conflicts with another writer's.
 """
 
 from __future__ import annotations
@@ -256,7 +256,11 @@ class DeltaStore(OutputStore):
                 "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}
             write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
             if number:
-                self._evolve(marker)
+                try:
+                    self._evolve(marker)
+                except Exception as error:  # the marker says `number`: no other commit may take it
+                    self.failed = error
+                    raise
                 self._transact(marker["parts"], replaced, {"nlp_tasks": {
                     "unit": unit, "source": marker["source"], "commit": number, "run": self.run}})
             self.markers[unit] = marker
