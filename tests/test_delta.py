@@ -325,3 +325,25 @@ def test_delta_input_that_gains_versions_loses_rows_and_is_compacted(ray_local, 
     deltalake.DeltaTable(str(source)).optimize.compact()
     printed = run_and_check()
     assert "processed 1 input file(s) (0 already committed)" in printed  # the compacted file, annotated again
+
+
+def test_overwrite_deletes_only_this_jobs_table_and_formats_are_not_mixed(ray_local, tmp_path, models, capsys):
+    """`overwrite` refuses a table folder holding a file this job did not write, and otherwise starts the table
+    again; a Delta output opened as Parquet (or the other way) is refused in one line."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 1)
+    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    before = {path.name for path in out.glob("part-*.parquet")}
+    parquet = write_config(tmp_path / "parquet.yaml", str(corpus), str(out), sentiment(models), format="parquet")
+    assert main(["--config", str(parquet)]) == 2
+    assert "is a Delta table (output.format: delta)" in capsys.readouterr().err
+    (out / "keep.csv").write_text("not the job's")
+    write_config(config, str(corpus), str(out), sentiment(models), if_exists="overwrite")
+    assert main(["--config", str(config)]) == 2
+    assert "holds 'keep.csv', which this job did not write" in capsys.readouterr().err
+    (out / "keep.csv").unlink()
+    assert main(["--config", str(config)]) == 0
+    assert not before & {path.name for path in out.glob("part-*.parquet")}, "the old parts are deleted"
+    assert [entry["operation"] for entry in history_of(out)][-1] == "CREATE TABLE"
+    assert_exactly_once(out, ids)
