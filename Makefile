@@ -39,6 +39,7 @@ bench: setup  # the README's CPU tables (about two hours on 2 cores): pip instal
 	$(PY) -m benchmarks.summarization --docs 1000 --beams 4 --dtypes float32 int8 --variants job ctranslate2
 	$(PY) -m benchmarks.ner_grouping
 	$(PY) -m benchmarks.cpu_stages
+	$(PY) -m benchmarks.delta_commits --files 200
 
 clean:
 	rm -rf $(VENV) output

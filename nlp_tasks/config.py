@@ -38,6 +38,9 @@ class InputConfig(_Strict):
 
 class OutputConfig(_Strict):
     path: str
+    format: Literal["parquet", "delta"] = "parquet"
+    """parquet: a folder of Parquet parts beside the job's `__manifest/`; delta: a Delta Lake table, each input
+    file committed as one transaction of its log (needs `pip install .[delta]`; README "Delta Lake tables")."""
     if_exists: Literal["resume", "overwrite", "error"] = "resume"
     """resume: add what is not yet committed, and the tasks added or changed since (an output of other input or
     output columns is refused); overwrite: delete this job's earlier output and start again; error: refuse any

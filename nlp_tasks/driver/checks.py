@@ -107,13 +107,23 @@ def check_separate(source: InputFiles, store: OutputStore) -> None:
         raise InputError(f"output.path {store.name!r} overlaps the input ({where}); choose an output outside it")
 
 
+def delta_store(path: str, name: str) -> OutputStore:
+    from fsspec.core import url_to_fs
+
+    from nlp_tasks.output.delta import DeltaStore, require_deltalake
+
+    require_deltalake("output.format: delta")
+    return DeltaStore(*url_to_fs(path), name=name, uri=path)
+
+
 def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float], events: RunEvents) -> OutputStore:
     """The output, its lease taken and its committed files checked (output.if_exists decides what may be there)."""
     from fsspec.core import url_to_fs
 
     name = redact(config.output.path)
     try:
-        store = OutputStore(*url_to_fs(config.output.path), name=name)
+        store = OutputStore(*url_to_fs(config.output.path), name=name) if config.output.format == "parquet" \
+            else delta_store(config.output.path, name)
         check_separate(checked.source, store)
         with timed(timings, "open_output", events):
             store.open(checked.job, config.output.if_exists, job_change)

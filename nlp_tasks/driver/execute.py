@@ -39,7 +39,7 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         started, started_at = time.perf_counter(), time.time()
         commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads)
+                                    heads, store.part_names)
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             part_records = records.cast(PART_RECORD).to_pylist()

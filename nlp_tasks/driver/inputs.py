@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from nlp_tasks.config import InputConfig
+from nlp_tasks.driver.delta_input import is_delta_table, snapshot_files
 from nlp_tasks.errors import InputError
 from nlp_tasks.files import FOOTER_READERS, read_arrow_layout, read_footer, version_of
 from nlp_tasks.secrets import redact
@@ -83,6 +84,8 @@ class InputFiles:
     """Bad files set aside (with `bad_files: quarantine`), by name, and why."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Folders and files below input.path that readers pass over (`hidden_part`), and how many files they hold."""
+    delta_version: int | None = None
+    """The version read when input.path is a Delta table (its snapshot's files are the input: delta_input.py)."""
 
     @property
     def num_rows(self) -> int:
@@ -153,9 +156,10 @@ def is_data_file(path: str) -> bool:
     return path.endswith((*PARQUET_SUFFIXES, ARROW_SUFFIX))
 
 
-def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, str]]:
+def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, str], int | None]:
     """The filesystem, what the input path names (a file, a folder, a glob's folder), each input file's listing
-    entry (size, version) by path, and what was passed over below it (`hidden_part`), by folder or file.
+    entry (size, version) by path, what was passed over below it (`hidden_part`), by folder or file, and the
+    version read where the path names a Delta table (then its snapshot's files are the input files).
 
     A glob is only a glob where the path names no existing file (file names may hold `?`, `*` or `[`).
     """
@@ -164,7 +168,10 @@ def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, st
     try:
         filesystem, root = url_to_fs(path)
         if filesystem.isfile(root):
-            return filesystem, root, {root: filesystem.info(root)}, {}
+            return filesystem, root, {root: filesystem.info(root)}, {}, None
+        if is_delta_table(filesystem, root):
+            version, files = snapshot_files(path, root)
+            return filesystem, root, files, {}, version
         if filesystem.isdir(root):
             found = filesystem.find(root, detail=True)
         elif globbing.has_magic(root):
@@ -184,7 +191,7 @@ def list_input_files(path: str) -> tuple[Any, str, dict[str, dict], dict[str, st
             files[file] = info
     return filesystem, root, files, {
         hidden: f"starts with {hidden.rstrip('/').rsplit('/', 1)[-1][0]!r}, as readers skip it: {count} file(s) not "
-                "read (name the folder as input.path to read it)" for hidden, count in sorted(skipped.items())}
+                "read (name the folder as input.path to read it)" for hidden, count in sorted(skipped.items())}, None
 
 
 def text_type_problem(schema: pa.Schema, column: str) -> str | None:
@@ -241,7 +248,7 @@ def inspect_input(config: InputConfig) -> InputFiles:
     Every file must have the first good file's schema, up to the width of offsets (string and large_string
     are the same column); the workers cast every file's rows to it.
     """
-    filesystem, root, listing, skipped = list_input_files(config.path)
+    filesystem, root, listing, skipped, version = list_input_files(config.path)
     if not listing:
         passed = f" (skipped, as readers do: {', '.join(skipped)})" if skipped else ""
         raise InputError(f"input.path {redact(config.path)!r}: no Parquet or Arrow files found{passed}")
@@ -267,4 +274,4 @@ def inspect_input(config: InputConfig) -> InputFiles:
         raise InputError(f"input.path {redact(config.path)!r}: no usable input file ({len(quarantined)} quarantined)")
     for key in dict(files[0].partition):
         schema = schema.append(pa.field(key, pa.string()))
-    return InputFiles(filesystem, root, files, schema, quarantined, skipped)
+    return InputFiles(filesystem, root, files, schema, quarantined, skipped, version)

@@ -58,7 +58,7 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
     checked = check_job(config, timings, events)
     store = open_output(config, checked, timings, events)
     try:
-        keep_vanished = config.output.vanished_inputs == "keep"
+        keep_vanished = config.output.vanished_inputs == "keep" and checked.source.delta_version is None
         changes = compare(checked.source, store.markers, checked.fingerprints, config.output.removed_tasks == "drop",
                           set(checked.skipped), set(store.redone))
         repaired = apply_changes(store, changes, checked.source, keep_vanished)

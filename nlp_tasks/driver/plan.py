@@ -18,6 +18,7 @@ from typing import Any
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.driver.inputs import InputFile, InputFiles
+from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
 from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
@@ -60,11 +61,11 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
-                      fitted: dict[str, dict]):
+                      fitted: dict[str, dict], part_names: str = STAGED_NAME):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
-    (heads.fit_heads), by column.
+    (heads.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME).
     """
     import ray
 
@@ -111,7 +112,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
         write_parts,
         fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
                        columns=columns, errors_column=config.output.errors_column,
-                       id_column=config.input.id_column or generated_id),
+                       id_column=config.input.id_column or generated_id, part_names=part_names),
         batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, fragments, pools),
         num_cpus=WRITE_CPUS,
     )

@@ -34,6 +34,9 @@ STAGING = "__staging"
 REPORTS = "__reports"
 PART_NAME = re.compile(r"^part-([0-9a-f]{16})-(\d{12})\.parquet$")
 OWN_ENTRIES = (MANIFEST, STAGING, REPORTS)
+STAGED_NAME = "{unit}-{first:012d}-{nonce}.parquet"
+"""A part's name where a worker writes it (`staging`): unique to the attempt. A Delta table's parts are written
+under their final names (delta.py)."""
 
 
 class OutputConflict(UserError):

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from nlp_tasks.output.store import OutputStore
 
 
-def read_markers(store: OutputStore) -> dict[str, dict]:
-    """The units' markers; one that is torn, or JSON of another shape, is deleted and its unit redone."""
+def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dict]:
+    """The units' markers; one that is torn, or JSON of another shape (`problem_of(unit, marker)`), is deleted and
+    its unit redone."""
     folder = store.path(UNITS)
     if not store.filesystem.exists(folder):
         return {}
@@ -35,7 +36,7 @@ def read_markers(store: OutputStore) -> dict[str, dict]:
             if isinstance(raw, Exception):
                 raise raw
             marker = parse_json(path, raw)
-            if problem := marker_problem(unit, marker):
+            if problem := problem_of(unit, marker):
                 raise TornFile(f"{path} is not a unit marker ({problem})")
             markers[unit] = marker
         except (TornFile, OSError) as error:

@@ -18,6 +18,7 @@ from nlp_tasks.output.layout import (
     MANIFEST,
     OWN_ENTRIES,
     PART_NAME,
+    STAGED_NAME,
     STAGING,
     UNITS,
     OutputConflict,
@@ -33,6 +34,9 @@ from nlp_tasks.secrets import redact
 
 class OutputStore:
     """The output folder: its job manifest, committed units, lease and commits."""
+
+    part_names = STAGED_NAME
+    """How the workers name the parts they write in `staging`."""
 
     def __init__(self, filesystem: Any, root: str, name: str | None = None):
         self.filesystem = filesystem
@@ -93,6 +97,9 @@ class OutputStore:
                     if "_manifest" in entries else ""
                 raise OutputConflict(f"output.path {self.name!r} has files but no {MANIFEST}/job.json{older}: "
                                      "it is not an output of this job; choose another path")
+            if problem := self.format_problem(entries):
+                raise OutputConflict(f"output.path {self.name!r} {problem}; set output.format to match, or write to "
+                                     "a new output.path")
             if if_exists == "error":
                 raise OutputConflict(f"output.path {self.name!r} already exists (output.if_exists: error)")
             if if_exists == "resume" and (changed := change_message(previous, job)):
@@ -111,10 +118,18 @@ class OutputStore:
                 self._delete_own_output(entries)
             if self.job() != job:  # new, or the tasks changed: each unit's marker says which tasks it holds
                 write_atomic(self.filesystem, self.path(MANIFEST, "job.json"), dump(job))
-            reconcile(self)
+            self.reconcile()
         except BaseException:
             self.lease.release()
             raise
+
+    def format_problem(self, entries: list[str]) -> str | None:
+        """Why the output's entries are not of this store's format (None if they are)."""
+        return "is a Delta table (output.format: delta)" if "_delta_log" in entries else None
+
+    def reconcile(self) -> None:
+        """Roll interrupted commits forward, uncommit what is not as committed, delete strays (recovery.py)."""
+        reconcile(self)
 
     def _delete_own_output(self, entries: list[str]) -> None:
         """`overwrite`: delete this job's parts, markers, staging and reports, and nothing else."""

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
 from nlp_tasks.workers.stats import calls_in
 
@@ -147,7 +148,7 @@ def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> p
 
 
 def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], columns: list[str],
-                errors_column: str, id_column: str | None = None) -> pa.Table:
+                errors_column: str, id_column: str | None = None, part_names: str = STAGED_NAME) -> pa.Table:
     """Write a batch's runs of consecutive rows as staged parts; return one PART_RECORD per part."""
     import pyarrow.parquet as pq
     import ray
@@ -162,7 +163,7 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
     for start, end in runs(units, positions):
         unit, first = str(units[start]), int(positions[start])
         part = rows.slice(start, end - start)
-        staged = f"{staging}/{unit}-{first:012d}-{uuid.uuid4().hex[:8]}.parquet"
+        staged = f"{staging}/" + part_names.format(unit=unit, first=first, nonce=uuid.uuid4().hex[:8])
         sink = pa.BufferOutputStream()
         pq.write_table(part, sink)
         data = sink.getvalue()

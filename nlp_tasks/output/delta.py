@@ -1,0 +1,352 @@
+"""The output as a Delta Lake table (`output.format: delta`): each input file committed as one transaction of the
+table's log, exactly once.
+
+Workers write parts straight into the table's folder under their final names
+(`part-<unit>-<first row>-<attempt>.parquet`): a file the log does not list is invisible to every Delta
+reader, so nothing is staged or moved. The driver commits files one at a time, each in two steps:
+
+    1. its marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the commit's
+       number n, and the marker it replaces (`previous`);
+    2. one Delta transaction: `add` actions for its parts (with their row counts), `remove` actions for the parts
+       they replace, and the job's application transaction (`txn`, app id `nlp-tasks`) at version n.
+
+The log decides: the log's `nlp-tasks` version N says that every commit numbered up to N landed, and none
+after. A run killed between the two steps left one marker at N + 1: the next run puts its previous marker
+back, and the parts it listed, which no version of the log lists, are deleted as strays. Nothing is added
+twice: numbers only grow, a commit's parts are new files, and after a failed transaction the run commits
+nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0). Removed
+parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
+the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
+a commit that conflicts with another writer's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from typing import Any
+
+from nlp_tasks.errors import UserError
+from nlp_tasks.files import read_footer
+from nlp_tasks.output.layout import (
+    MANIFEST,
+    PART_NAME,
+    REPORTS,
+    STAGING,
+    UNITS,
+    OutputConflict,
+    PartRecord,
+    marker_problem,
+    now,
+    part_name,
+)
+from nlp_tasks.output.recovery import list_output, read_markers
+from nlp_tasks.output.storage import dump, write_atomic
+from nlp_tasks.output.store import OutputStore
+
+DELTA_LOG = "_delta_log"
+PART_NAMES = "part-{unit}-{first:012d}-{nonce}.parquet"
+DELTA_PART = re.compile(r"^part-([0-9a-f]{16})-(\d{12})-([0-9a-f]{8})\.parquet$")
+"""The names of this job's parts in a table: nothing else in the folder is ever deleted."""
+
+
+class DeltaUnavailable(UserError):
+    """A Delta table was asked for and the deltalake package is not installed."""
+
+
+def require_deltalake(key: str) -> None:
+    try:
+        import deltalake  # noqa: F401
+    except ImportError:
+        raise DeltaUnavailable(f"{key} names a Delta Lake table, which needs the deltalake package: "
+                               "pip install 'nlp-tasks[delta]'") from None
+
+
+def storage_options(uri: str) -> dict[str, str]:
+    """delta-rs's options for `uri`: credentials and endpoint come from the environment (AWS_*), as for s3fs. On
+    S3 a commit is made safe against a concurrent writer by a conditional PUT (`If-None-Match`, which AWS S3,
+    R2, MinIO and moto honour), unless a locking provider (DynamoDB, AWS_S3_LOCKING_PROVIDER) is configured."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    options = {} if os.environ.get("AWS_S3_LOCKING_PROVIDER") else {"aws_conditional_put": "etag"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if endpoint.startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+    return options
+
+
+APP_ID = "nlp-tasks"
+"""The Delta application transaction that numbers this job's commits to a table."""
+
+
+def delta_marker_problem(unit: str, marker: dict) -> str | None:
+    """What makes parsed JSON not a Delta unit marker: a marker (layout.marker_problem) whose parts are this
+    unit's Delta parts, with its transaction number."""
+    if not (isinstance(marker.get("txn"), int) and marker["txn"] >= 0):
+        return "no commit number"
+    parts = marker.get("parts")
+    if isinstance(parts, list):
+        named = []
+        for part in parts:
+            match = DELTA_PART.match(str(part.get("file"))) if isinstance(part, dict) else None
+            if not match or match.group(1) != unit or int(match.group(2)) != part.get("first"):
+                return f"part {part!r} is not one of this unit's parts"
+            named.append({**part, "file": part_name(unit, part["first"])})
+        marker = {**marker, "parts": named}
+    return marker_problem(unit, marker)
+
+
+class DeltaStore(OutputStore):
+    """A Delta table as the job's output: the OutputStore's protocol (open, commit, remove, close, markers), with
+    the table's log as the commit point."""
+
+    part_names = PART_NAMES
+
+    def __init__(self, filesystem: Any, root: str, name: str, uri: str):
+        super().__init__(filesystem, root, name)
+        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+        self.options = storage_options(self.uri)
+        self.table = None
+        self.fields: dict[str, str] = {}
+        """The table's columns and their Delta types (JSON), as this run last committed or read them."""
+        self.columns_seen: set[tuple[str, str]] = set()
+        """(column, task fingerprint) pairs the table's schema is known to hold the type of."""
+        self.logged = 0
+        """The number of this job's last commit the log holds (its `nlp-tasks` transaction version)."""
+        self.failed: Exception | None = None
+        """A transaction that failed: whether it landed is for the next run to tell, so nothing more is committed."""
+        self.commit_lock = threading.Lock()
+
+    @property
+    def staging(self) -> str:
+        return self.root
+
+    # -- opening ------------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from deltalake import DeltaTable
+
+        self.table = DeltaTable(self.uri, storage_options=self.options) \
+            if DeltaTable.is_deltatable(self.uri, storage_options=self.options) else None
+        self.fields = {name: self._type(field) for name, field in self._schema_fields()}
+
+    def _schema_fields(self) -> list[tuple[str, Any]]:
+        return [(field.name, field) for field in self.table.schema().fields] if self.table is not None else []
+
+    @staticmethod
+    def _type(field: Any) -> str:
+        return str(field.type)
+
+    def _logged_parts(self) -> dict[str, dict[str, int]]:
+        """The parts the table's current snapshot lists, by unit: name -> size."""
+        import pyarrow as pa
+
+        if self.table is None:
+            return {}
+        actions = pa.table(self.table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        by_unit: dict[str, dict[str, int]] = {}
+        for action in actions:
+            if match := DELTA_PART.match(action["path"]):
+                by_unit.setdefault(match.group(1), {})[action["path"]] = action["size_bytes"]
+        return by_unit
+
+    def reconcile(self) -> None:
+        """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
+        marker back), or not as the log has it (the unit is uncommitted and redone); then delete strays."""
+        self._load()
+        markers = read_markers(self, delta_marker_problem)
+        logged = self._logged_parts()
+        self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
+        listing = list_output(self)
+        uncommit: dict[str, list[str]] = {}
+        for unit, marker in list(markers.items()):
+            parts = logged.get(unit, {})
+            if marker["txn"] > self.logged:  # killed between the marker and its transaction
+                previous = marker.get("previous")
+                if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= self.logged:
+                    markers[unit] = marker = previous
+                    write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(previous))
+                else:
+                    del markers[unit]
+                    self.delete(self.path(UNITS, f"{unit}.json"))
+                    continue
+            problem = self._problem(marker, parts, listing)
+            if problem:
+                del markers[unit]
+                self.delete(self.path(UNITS, f"{unit}.json"))
+                uncommit[unit] = list(parts)
+                self.redo(unit, f"input file {marker['source']!r}: {problem}")
+        for unit, parts in logged.items():
+            if unit not in markers and unit not in uncommit:
+                uncommit[unit] = list(parts)
+                self.redo(unit, f"unit {unit}: parts in the Delta log without a marker ({min(parts)})")
+        if uncommit:
+            self._transact([], [file for parts in uncommit.values() for file in parts], {"nlp_tasks": {"repair": True}})
+        self.markers = markers
+        self.columns_seen = {(column, value) for marker in markers.values()
+                             for column, value in marker.get("tasks", {}).items()}
+        self.delete_strays(listing)
+        if self.filesystem.exists(self.path(STAGING)):
+            self.filesystem.rm(self.path(STAGING), recursive=True)
+        self.filesystem.makedirs(self.root, exist_ok=True)
+
+    @staticmethod
+    def _problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
+        files = {part["file"]: part.get("size") for part in marker["parts"]}
+        if set(files) != set(parts):
+            return f"its marker lists other parts than the Delta log ({min(set(files) ^ set(parts))})"
+        for file, size in files.items():
+            entry = listing.get(file)
+            if entry is None:
+                return f"committed part {file} is missing"
+            if size is not None and int(entry.get("size") or 0) != size:
+                return f"committed part {file} is {entry.get('size')} bytes, {size} when committed (truncated or " \
+                       "replaced)"
+        return None
+
+    def delete_strays(self, listing: dict[str, dict] | None = None) -> None:
+        """Delete this job's part files that no version of the log lists (uncommitted attempts): not the current
+        snapshot's files, nor those it removed (time travel reads them until the table is vacuumed)."""
+        listing = list_output(self) if listing is None else listing
+        ours = {name for name in listing if DELTA_PART.match(name)}
+        if self.table is not None:
+            ours -= {path for parts in self._logged_parts().values() for path in parts}
+            ours -= set(self.table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
+        for name in ours:
+            self.delete(self.path(name))
+
+    def _delete_own_output(self, entries: list[str]) -> None:
+        """`overwrite`: delete this job's parts, log, markers and reports, and nothing else."""
+        foreign = [e for e in entries if e not in (MANIFEST, STAGING, REPORTS, DELTA_LOG) and not DELTA_PART.match(e)]
+        if foreign:
+            raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
+                                 "overwrite only deletes an output of this job: move it away or use another path")
+        for entry in entries:
+            if entry != MANIFEST:
+                self.filesystem.rm(self.path(entry), recursive=True)
+        for path in self.filesystem.ls(self.path(MANIFEST), detail=False):
+            if not path.rstrip("/").rsplit("/", 1)[-1].startswith("lease-"):
+                self.filesystem.rm(path, recursive=True)
+        self.table = None
+
+    def format_problem(self, entries: list[str]) -> str | None:
+        if DELTA_LOG not in entries and any(PART_NAME.match(entry) for entry in entries):
+            return "is a Parquet output of this job (output.format: parquet)"
+        return None
+
+    # -- committing ---------------------------------------------------------------------------------------------
+
+    def commit(self, marker: dict, parts: list[PartRecord]) -> None:
+        """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module)."""
+        with self.commit_lock:
+            self._check()
+            unit = marker["unit"]
+            previous = self.markers.get(unit)
+            kept = {p.staged.rsplit("/", 1)[-1] for p in parts}
+            replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
+            number = self.logged + 1 if parts or replaced else 0
+            marker = {**marker, "committed_at": now(), "run": self.run, "txn": number, "parts": [
+                {"file": p.staged.rsplit("/", 1)[-1], "first": p.first, "rows": p.rows, "size": p.size,
+                 "footer_sha256": p.footer_sha256} for p in parts],
+                "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}
+            write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
+            if number:
+                try:
+                    self._evolve(marker)
+                except Exception as error:  # the marker says `number`: no other commit may take it
+                    self.failed = error
+                    raise
+                self._transact(marker["parts"], replaced, {"nlp_tasks": {
+                    "unit": unit, "source": marker["source"], "commit": number, "run": self.run}})
+            self.markers[unit] = marker
+
+    def remove(self, unit: str) -> None:
+        """Uncommit a unit: one transaction removing its parts, then its marker (a crash in between: the next run
+        finds a marker whose parts the log no longer lists, and drops it)."""
+        with self.commit_lock:
+            self._check()
+            marker = self.markers.pop(unit)
+            if marker["parts"]:
+                self._transact([], [part["file"] for part in marker["parts"]], {"nlp_tasks": {
+                    "unit": unit, "source": marker["source"], "commit": self.logged + 1, "removed": True}})
+            self.delete(self.path(UNITS, f"{unit}.json"))
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        self.lease.check()
+
+    def _evolve(self, marker: dict) -> None:
+        """Add to the table's schema the columns of a commit's parts it lacks (a task added): a schema change of
+        its own in the log. Read from the first part's footer, only when the commit holds a task column of a
+        fingerprint the table has not seen; a column whose type changed is the user's to resolve."""
+        from deltalake import Field, Schema
+
+        tasks = set(marker.get("tasks", {}).items())
+        if not marker["parts"] or (self.table is not None and tasks <= self.columns_seen):
+            return
+        first = marker["parts"][0]
+        metadata, _ = read_footer(self.filesystem, self.path(first["file"]), first["size"])
+        schema = Schema.from_arrow(metadata.schema.to_arrow_schema())
+        if self.table is None:
+            self._create(schema, marker)
+            return
+        added = []
+        for field in schema.fields:
+            if field.name not in self.fields:
+                added.append(Field(field.name, field.type, nullable=True))
+            elif self.fields[field.name] != self._type(field):
+                raise OutputConflict(
+                    f"output.path {self.name!r}: column {field.name!r} would change type from "
+                    f"{self.fields[field.name]} to {self._type(field)}, which a Delta table does not allow; "
+                    "write to a new output.path or set output.if_exists: overwrite")
+        if added:
+            self.table.alter.add_columns(added)
+            self.table.update_incremental()
+            self.fields.update({field.name: self._type(field) for field in added})
+        self.columns_seen |= tasks
+
+    def _create(self, schema: Any, marker: dict) -> None:
+        """The table, created by the first commit with parts (the others are then ordinary transactions)."""
+        from deltalake import DeltaTable
+        from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+        create_table_with_add_actions(self.uri, schema, [], mode="error", storage_options=self.options,
+                                      commit_properties=CommitProperties(
+                                          custom_metadata={"nlp_tasks": {"created": True}}))
+        self.table = DeltaTable(self.uri, storage_options=self.options)
+        self.fields = {name: self._type(field) for name, field in self._schema_fields()}
+        self.columns_seen |= set(marker.get("tasks", {}).items())
+
+    def _transact(self, adds: list[dict], removes: list[str], metadata: dict) -> None:
+        """One transaction of the log, numbered `logged + 1`: the parts added (with their row counts) and those
+        removed. If it fails, whether it landed is unknown until the next run reads the log: nothing more is
+        committed by this one."""
+        from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
+
+        stamp = int(time.time() * 1000)
+        actions = [AddAction(part["file"], part["size"], {}, stamp, True, json.dumps({"numRecords": part["rows"]}))
+                   for part in adds]
+        actions += [RemoveAction(file, True, stamp) for file in removes]
+        try:
+            self.table.create_write_transaction(
+                actions, "append", self.table.schema(), commit_properties=CommitProperties(
+                    custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]))
+        except Exception as error:
+            self.failed = error
+            raise
+        self.logged += 1
+        self.table.update_incremental()
+
+    def close(self) -> None:
+        """Delete the run's uncommitted attempts (retried writes) and give the lease back."""
+        try:
+            if self.lease.number is not None and not self.lease.lost:
+                self.delete_strays()
+        finally:
+            self.lease.release()

@@ -1,0 +1,349 @@
+"""Delta Lake tables, as output (`output.format: delta`) and as input: the real job, real files, moto's S3.
+
+Each input file is one transaction of the output's log, exactly once: after a driver killed at any point and a
+rerun, every input row is in the table's snapshot once, no data file was ever added twice to the log, and no
+file of an uncommitted attempt is left. Added task columns are schema changes of the log; changed and vanished
+inputs replace or remove their parts; a Delta input's new versions, deletes and compactions leave the output
+holding every row of the input's snapshot once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiny_models
+import yaml
+from conftest import REPO
+
+from jobs.annotate import main
+
+deltalake = pytest.importorskip("deltalake")
+FILES = 8
+
+
+def write_corpus(folder: Path, files: int, tag: str = "") -> list[str]:
+    """`files` Parquet files of the tiny sample texts; returns every row's id."""
+    texts = tiny_models.sample_texts()
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for index in range(files):
+        rows = [f"{tag}{index}-{i}" for i in range(len(texts))]
+        pq.write_table(pa.table({"id": rows, "text": texts}), folder / f"file-{index}.parquet")
+        ids += rows
+    return ids
+
+
+def write_config(path: Path, input_path: str, output_path: str, tasks: dict, **output) -> Path:
+    path.write_text(yaml.safe_dump({
+        "input": {"path": input_path, "id_column": "id"},
+        "output": {"path": output_path, "format": "delta", "rows_per_file": 5, **output},
+        "tasks": tasks,
+        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 4},
+    }))
+    return path
+
+
+def sentiment(models) -> dict:
+    return {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
+
+
+def snapshot(uri: str, version: int | None = None) -> pa.Table:
+    return pa.table(deltalake.DeltaTable(uri, version=version).to_pyarrow_table())
+
+
+def log_entries(out: Path) -> list[dict]:
+    """Every action of every version of the table's log, in order."""
+    return [json.loads(line) for file in sorted((out / "_delta_log").glob("*.json"))
+            for line in file.read_text().splitlines() if line.strip()]
+
+
+def added_paths(out: Path) -> list[str]:
+    return [entry["add"]["path"] for entry in log_entries(out) if "add" in entry]
+
+
+def committed_units(out: Path) -> set[str]:
+    return {path.split("-")[1] for path in added_paths(out)} if (out / "_delta_log").exists() else set()
+
+
+def assert_exactly_once(out: Path, ids: list[str]) -> None:
+    """Every id once in the snapshot; no file ever added twice to the log; no data file outside the log."""
+    assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
+    added = added_paths(out)
+    assert len(added) == len(set(added)), "a data file was added to the log twice"
+    on_disk = {path.name for path in out.glob("part-*.parquet")}
+    assert on_disk <= set(added), f"files no log version lists: {sorted(on_disk - set(added))[:3]}"
+    assert not (out / "__staging").exists()
+
+
+def run_killable(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def kill_when(process: subprocess.Popen, condition, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
+    """SIGKILLs at each stage of a Delta run: parts written and none committed, some files committed, a marker
+    written and its transaction not; the resume commits each remaining file once and removes the strays."""
+    ids = write_corpus(tmp_path / "corpus", FILES)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(out), sentiment(models))
+
+    first = run_killable(config)  # killed as soon as a worker's part is in the table's folder
+    kill_when(first, lambda: any(out.glob("part-*.parquet")), "a part written")
+    second = run_killable(config)  # killed between the first and the last file's transaction
+    before = committed_units(out)
+    kill_when(second, lambda: len(committed_units(out) - before) >= 1, "a file committed")
+    committed = committed_units(out)
+    assert 1 <= len(committed) < FILES, "the kill should land between the first and the last commit"
+    visible = snapshot(str(out))
+    assert visible.num_rows == len(set(visible.column("id").to_pylist())), "a row is visible twice"
+
+    # A driver killed between a commit's two steps leaves the unit's new marker, numbered one past the log's
+    # last commit, and the parts that marker lists: what the commit writes, written here as it writes them.
+    unit = min(committed)
+    marker_path = out / "__manifest" / "units" / f"{unit}.json"
+    marker = json.loads(marker_path.read_text())
+    parts = [{**part, "file": part["file"][:-16] + "deadbeef.parquet"} for part in marker["parts"]]
+    for old, new in zip(marker["parts"], parts):
+        shutil.copy(out / old["file"], out / new["file"])
+    number = deltalake.DeltaTable(str(out)).transaction_version("nlp-tasks") + 1
+    marker_path.write_text(json.dumps({**marker, "txn": number, "parts": parts,
+                                       "previous": {k: v for k, v in marker.items() if k != "previous"}}))
+
+    last = run_killable(config)
+    output = last.communicate(timeout=600)[0].decode()
+    assert last.returncode == 0, output[-3000:]
+    assert f"({len(committed)} already committed)" in output
+    assert json.loads(marker_path.read_text())["parts"] == marker["parts"], "the commit that never landed is undone"
+    assert not any((out / part["file"]).exists() for part in parts)
+    assert_exactly_once(out, ids)
+
+
+def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
+    write_corpus(tmp_path / "corpus", 1)
+    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
+    code = ("import sys; sys.modules['deltalake'] = None; from jobs.annotate import main; "
+            f"sys.exit(main(['--config', {str(config)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "deltalake" in line]
+    assert lines and "pip install 'nlp-tasks[delta]'" in lines[0] and "Traceback" not in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3(tmp_path):
+    """A moto S3 server on loopback; its endpoint and credentials in the environment of the job's processes."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket="lake")
+    yield env
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):
+    """On moto's S3: a run killed after its first commit, then a resume; the table read from S3 holds every row
+    once, committed by conditional PUTs (`aws_conditional_put`)."""
+    ids = write_corpus(tmp_path / "corpus", 4)
+    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), "s3://lake/annotated",
+                          sentiment(models))
+    environment = {**os.environ, **moto_s3}
+    uri, options = "s3://lake/annotated", {"AWS_ALLOW_HTTP": "true", "AWS_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"],
+                                           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                                           "AWS_REGION": "us-east-1"}
+
+    def committed() -> int:
+        try:
+            table = deltalake.DeltaTable(uri, storage_options=options)
+        except Exception:  # noqa: BLE001 - no table yet
+            return 0
+        return len({path.split("-")[1] for path in pa.table(table.get_add_actions(flatten=True))["path"].to_pylist()})
+
+    first = subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                             env=environment, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    kill_when(first, lambda: committed() >= 1, "a file committed on S3")
+    done = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    table = deltalake.DeltaTable(uri, storage_options=options)
+    assert sorted(pa.table(table.to_pyarrow_table()).column("id").to_pylist()) == sorted(ids)
+    import s3fs
+
+    files = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3["AWS_ENDPOINT_URL"]}, key="test",
+                              secret="test").ls("lake/annotated")
+    listed = set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
+    assert {f.rsplit("/", 1)[-1] for f in files if "/part-" in f} == listed, "a stray or a missing part on S3"
+
+
+def history_of(out: Path) -> list[dict]:
+    return deltalake.DeltaTable(str(out)).history()
+
+
+def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_path, models, capsys):
+    """Night 1 annotates; night 2 adds a task (a schema change in the log, every row gets the column, the other
+    is carried); night 3 sees one input file changed and one gone (`remove`). Every reader sees each row once,
+    and time travel gives each night's table."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 3)
+    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models),
+                          vanished_inputs="remove")
+    assert main(["--config", str(config)]) == 0
+    night1 = deltalake.DeltaTable(str(out)).version()
+    first = snapshot(str(out)).sort_by("id")
+    assert first.column_names == ["id", "text", "sentiment", "errors"] and first.num_rows == len(ids)
+
+    tasks = {**sentiment(models), "embedding": {"task": "feature-extraction",
+                                                "model": str(models["token-classification"])}}
+    write_config(config, str(corpus), str(out), tasks, vanished_inputs="remove")
+    assert main(["--config", str(config)]) == 0
+    night2 = deltalake.DeltaTable(str(out)).version()
+    assert "column embedding computed for 3 file(s)" in capsys.readouterr().out
+    second = snapshot(str(out)).sort_by("id")
+    assert second.column("sentiment").equals(first.column("sentiment"))
+    assert second.column("embedding").null_count == 0 and second.num_rows == len(ids)
+    assert any(entry.get("operation") == "ADD COLUMN" for entry in history_of(out))
+    assert_exactly_once(out, ids)
+
+    foreign = [out / "NOTES.txt", out / "part-0.parquet"]  # not this job's names: never deleted
+    for path in foreign:
+        path.write_text("someone else's")
+    texts = tiny_models.sample_texts()[:5]
+    pq.write_table(pa.table({"id": [f"new-{i}" for i in range(5)], "text": texts}), corpus / "file-0.parquet")
+    (corpus / "file-2.parquet").unlink()
+    assert main(["--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "changed" in printed or "file-0" in printed
+    expected = [f"new-{i}" for i in range(5)] + [i for i in ids if i.startswith("1-")]
+    assert all(path.read_text() == "someone else's" for path in foreign)
+    for path in foreign:
+        path.unlink()
+    assert_exactly_once(out, expected)
+    night3 = deltalake.DeltaTable(str(out)).version()
+
+    # Readers of the table, each seeing the same rows once; and time travel to each night's version.
+    import polars
+    import ray
+
+    assert sorted(polars.read_delta(str(out))["id"].to_list()) == sorted(expected)
+    assert sorted(deltalake.DeltaTable(str(out)).to_pandas()["id"]) == sorted(expected)
+    assert sorted(ray.data.read_delta(str(out)).to_pandas()["id"]) == sorted(expected)
+    assert sorted(snapshot(str(out), night1).column("id").to_pylist()) == sorted(ids)
+    assert "embedding" not in snapshot(str(out), night1).column_names
+    assert snapshot(str(out), night2).sort_by("id").column("embedding").equals(second.column("embedding"))
+    assert sorted(polars.read_delta(str(out), version=night2)["id"].to_list()) == sorted(ids)
+    assert night3 > night2 > night1
+
+
+def test_a_second_run_on_a_held_table_exits_2_and_changes_nothing(ray_local, tmp_path, models, capsys):
+    """Two runs at once: the one that finds the table's lease held stops before touching it, naming the holder."""
+    from nlp_tasks.output.lease import Lease
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    write_corpus(corpus, 1)
+    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    version = deltalake.DeltaTable(str(out)).version()
+    holder = Lease(__import__("fsspec").filesystem("file"), str(out / "__manifest"))
+    holder.acquire()  # the first run, still running
+    try:
+        (corpus / "file-1.parquet").write_bytes((corpus / "file-0.parquet").read_bytes())
+        assert main(["--config", str(config)]) == 2
+        assert f"run {holder.owner['run']}" in capsys.readouterr().err
+        assert deltalake.DeltaTable(str(out)).version() == version
+    finally:
+        holder.release()
+
+
+def test_delta_input_that_gains_versions_loses_rows_and_is_compacted(ray_local, tmp_path, models, capsys):
+    """An input Delta table: a new version's files are annotated alone; after a delete and after OPTIMIZE the
+    output holds every row of the input's snapshot exactly once (the rewritten files are annotated again)."""
+    source, out = tmp_path / "table", tmp_path / "out"
+    texts = tiny_models.sample_texts()
+
+    def batch(tag: str) -> pa.Table:
+        return pa.table({"id": [f"{tag}-{i}" for i in range(len(texts))], "text": texts})
+
+    deltalake.write_deltalake(str(source), batch("a"))
+    deltalake.write_deltalake(str(source), batch("b"), mode="append")
+    config = write_config(tmp_path / "job.yaml", str(source), str(out), sentiment(models))
+
+    def run_and_check() -> str:
+        assert main(["--config", str(config)]) == 0
+        printed = capsys.readouterr().out
+        expected = snapshot(str(source)).column("id").to_pylist()
+        assert_exactly_once(out, expected)
+        return printed
+
+    assert "processed 2 input file(s) (0 already committed)" in run_and_check()
+    deltalake.write_deltalake(str(source), batch("c"), mode="append")
+    assert "processed 1 input file(s) (2 already committed)" in run_and_check()
+    deltalake.DeltaTable(str(source)).delete("id = 'a-1' OR id = 'c-2'")
+    run_and_check()
+    deltalake.DeltaTable(str(source)).optimize.compact()
+    printed = run_and_check()
+    assert "processed 1 input file(s) (0 already committed)" in printed  # the compacted file, annotated again
+
+
+def test_overwrite_deletes_only_this_jobs_table_and_formats_are_not_mixed(ray_local, tmp_path, models, capsys):
+    """`overwrite` refuses a table folder holding a file this job did not write, and otherwise starts the table
+    again; a Delta output opened as Parquet (or the other way) is refused in one line."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 1)
+    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    before = {path.name for path in out.glob("part-*.parquet")}
+    parquet = write_config(tmp_path / "parquet.yaml", str(corpus), str(out), sentiment(models), format="parquet")
+    assert main(["--config", str(parquet)]) == 2
+    assert "is a Delta table (output.format: delta)" in capsys.readouterr().err
+    (out / "keep.csv").write_text("not the job's")
+    write_config(config, str(corpus), str(out), sentiment(models), if_exists="overwrite")
+    assert main(["--config", str(config)]) == 2
+    assert "holds 'keep.csv', which this job did not write" in capsys.readouterr().err
+    (out / "keep.csv").unlink()
+    assert main(["--config", str(config)]) == 0
+    assert not before & {path.name for path in out.glob("part-*.parquet")}, "the old parts are deleted"
+    assert [entry["operation"] for entry in history_of(out)][-1] == "CREATE TABLE"
+    assert_exactly_once(out, ids)
