@@ -207,6 +207,10 @@ def measure(output_format: str, files: int, parts: int, proxy: Counts) -> dict:
     }
 
 
+SMOKE_ARGS = ["--files", "4"]
+"""A run that takes every path: both formats, commits and a reopen, on a few files."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=200)

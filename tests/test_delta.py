@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-import yaml
-from conftest import REPO
+from helpers import REPO, free_port, run_job, sentiment, write_config
 
 from jobs.annotate import main
 
 deltalake = pytest.importorskip("deltalake")
+pytestmark = pytest.mark.slow  # whole job runs, killed and resumed
 FILES = 8
 
 
@@ -44,18 +44,11 @@ def write_corpus(folder: Path, files: int, tag: str = "") -> list[str]:
     return ids
 
 
-def write_config(path: Path, input_path: str, output_path: str, tasks: dict, **output) -> Path:
-    path.write_text(yaml.safe_dump({
-        "input": {"path": input_path, "id_column": "id"},
-        "output": {"path": output_path, "format": "delta", "rows_per_file": 5, **output},
-        "tasks": tasks,
-        "compute": {"num_cpus_per_actor": 0.5, "batch_size": 4},
-    }))
-    return path
-
-
-def sentiment(models) -> dict:
-    return {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])}}
+def delta_config(path: Path, input_path: str, output_path: str, tasks: dict, **output) -> Path:
+    """A job config writing a Delta table at `output_path`, in parts of 5 rows."""
+    return Path(write_config(path.parent, input_path, tasks, name=path.name,
+                             output={"path": output_path, "format": "delta", "rows_per_file": 5, **output},
+                             compute={"num_cpus_per_actor": 0.5, "batch_size": 4}))
 
 
 def snapshot(uri: str, version: int | None = None) -> pa.Table:
@@ -86,11 +79,6 @@ def assert_exactly_once(out: Path, ids: list[str]) -> None:
     assert not (out / "__staging").exists()
 
 
-def run_killable(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 def kill_when(process: subprocess.Popen, condition, what: str) -> None:
     deadline = time.monotonic() + 300
     while not condition():
@@ -106,11 +94,11 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     written and its transaction not; the resume commits each remaining file once and removes the strays."""
     ids = write_corpus(tmp_path / "corpus", FILES)
     out = tmp_path / "out"
-    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(out), sentiment(models))
+    config = delta_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(out), sentiment(models))
 
-    first = run_killable(config)  # killed as soon as a worker's part is in the table's folder
+    first = run_job(config)  # killed as soon as a worker's part is in the table's folder
     kill_when(first, lambda: any(out.glob("part-*.parquet")), "a part written")
-    second = run_killable(config)  # killed between the first and the last file's transaction
+    second = run_job(config)  # killed between the first and the last file's transaction
     before = committed_units(out)
     kill_when(second, lambda: len(committed_units(out) - before) >= 1, "a file committed")
     committed = committed_units(out)
@@ -130,7 +118,7 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     marker_path.write_text(json.dumps({**marker, "txn": number, "parts": parts,
                                        "previous": {k: v for k, v in marker.items() if k != "previous"}}))
 
-    last = run_killable(config)
+    last = run_job(config)
     output = last.communicate(timeout=600)[0].decode()
     assert last.returncode == 0, output[-3000:]
     assert f"({len(committed)} already committed)" in output
@@ -141,7 +129,7 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
 
 def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
     write_corpus(tmp_path / "corpus", 1)
-    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
+    config = delta_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
     code = ("import sys; sys.modules['deltalake'] = None; from jobs.annotate import main; "
             f"sys.exit(main(['--config', {str(config)!r}]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -149,12 +137,6 @@ def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if "deltalake" in line]
     assert lines and "pip install 'nlp-tasks[delta]'" in lines[0] and "Traceback" not in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -187,7 +169,7 @@ def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):
     """On moto's S3: a run killed after its first commit, then a resume; the table read from S3 holds every row
     once, committed by conditional PUTs (`aws_conditional_put`)."""
     ids = write_corpus(tmp_path / "corpus", 4)
-    config = write_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), "s3://lake/annotated",
+    config = delta_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), "s3://lake/annotated",
                           sentiment(models))
     environment = {**os.environ, **moto_s3}
     uri, options = "s3://lake/annotated", {"AWS_ALLOW_HTTP": "true", "AWS_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"],
@@ -228,7 +210,7 @@ def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_pat
     and time travel gives each night's table."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     ids = write_corpus(corpus, 3)
-    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models),
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models),
                           vanished_inputs="remove")
     assert main(["--config", str(config)]) == 0
     night1 = deltalake.DeltaTable(str(out)).version()
@@ -237,7 +219,7 @@ def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_pat
 
     tasks = {**sentiment(models), "embedding": {"task": "feature-extraction",
                                                 "model": str(models["token-classification"])}}
-    write_config(config, str(corpus), str(out), tasks, vanished_inputs="remove")
+    delta_config(config, str(corpus), str(out), tasks, vanished_inputs="remove")
     assert main(["--config", str(config)]) == 0
     night2 = deltalake.DeltaTable(str(out)).version()
     assert "column embedding computed for 3 file(s)" in capsys.readouterr().out
@@ -283,7 +265,7 @@ def test_a_second_run_on_a_held_table_exits_2_and_changes_nothing(ray_local, tmp
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_corpus(corpus, 1)
-    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
     assert main(["--config", str(config)]) == 0
     version = deltalake.DeltaTable(str(out)).version()
     holder = Lease(__import__("fsspec").filesystem("file"), str(out / "__manifest"))
@@ -308,7 +290,7 @@ def test_delta_input_that_gains_versions_loses_rows_and_is_compacted(ray_local, 
 
     deltalake.write_deltalake(str(source), batch("a"))
     deltalake.write_deltalake(str(source), batch("b"), mode="append")
-    config = write_config(tmp_path / "job.yaml", str(source), str(out), sentiment(models))
+    config = delta_config(tmp_path / "job.yaml", str(source), str(out), sentiment(models))
 
     def run_and_check() -> str:
         assert main(["--config", str(config)]) == 0
@@ -332,14 +314,14 @@ def test_overwrite_deletes_only_this_jobs_table_and_formats_are_not_mixed(ray_lo
     again; a Delta output opened as Parquet (or the other way) is refused in one line."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     ids = write_corpus(corpus, 1)
-    config = write_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
     assert main(["--config", str(config)]) == 0
     before = {path.name for path in out.glob("part-*.parquet")}
-    parquet = write_config(tmp_path / "parquet.yaml", str(corpus), str(out), sentiment(models), format="parquet")
+    parquet = delta_config(tmp_path / "parquet.yaml", str(corpus), str(out), sentiment(models), format="parquet")
     assert main(["--config", str(parquet)]) == 2
     assert "is a Delta table (output.format: delta)" in capsys.readouterr().err
     (out / "keep.csv").write_text("not the job's")
-    write_config(config, str(corpus), str(out), sentiment(models), if_exists="overwrite")
+    delta_config(config, str(corpus), str(out), sentiment(models), if_exists="overwrite")
     assert main(["--config", str(config)]) == 2
     assert "holds 'keep.csv', which this job did not write" in capsys.readouterr().err
     (out / "keep.csv").unlink()
