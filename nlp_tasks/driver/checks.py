@@ -110,7 +110,8 @@ def check_separate(source: InputFiles, store: OutputStore) -> None:
 def delta_store(path: str, name: str) -> OutputStore:
     from fsspec.core import url_to_fs
 
-    from nlp_tasks.output.delta import DeltaStore, require_deltalake
+    from nlp_tasks.output.delta import DeltaStore
+    from nlp_tasks.output.delta_layout import require_deltalake
 
     require_deltalake("output.format: delta")
     return DeltaStore(*url_to_fs(path), name=name, uri=path)

@@ -33,7 +33,7 @@ def snapshot_files(path: str, root: str) -> tuple[int, dict[str, dict]]:
     import pyarrow as pa
     from deltalake import DeltaTable
 
-    from nlp_tasks.output.delta import require_deltalake, storage_options
+    from nlp_tasks.output.delta_layout import require_deltalake, storage_options
 
     require_deltalake("input.path")
     uri = table_uri(path)
