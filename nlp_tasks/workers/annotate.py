@@ -125,14 +125,14 @@ def postprocess_rows(adapter: TaskAdapter, results: list[RowResult],
     return values, errors
 
 
-def runs_of(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
+def forward_groups(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
     """Tasks whose preprocess and forward are identical (same share_key) run the model once: their columns,
     by the first one's name."""
-    runs: dict[Any, list[str]] = {}
+    groups: dict[Any, list[str]] = {}
     for column, adapter in adapters.items():
         key = adapter.share_key()
-        runs.setdefault(column if key is None else key, []).append(column)
-    return {columns[0]: columns for columns in runs.values()}
+        groups.setdefault(column if key is None else key, []).append(column)
+    return {columns[0]: columns for columns in groups.values()}
 
 
 def unit_tokens(results: list[RowResult]) -> int:
@@ -198,12 +198,12 @@ class Annotator:
         rows = Rows(batch, self.text_column)
         errors_by_task: dict[str, list[str | None]] = {}
         per_task: dict[str, tuple[int, int, float]] = {}
-        for run, columns in runs_of(adapters).items():
+        for lead, columns in forward_groups(adapters).items():
             model_started = time.perf_counter()
             with self.tokenizer_lock:
-                pending = preprocess_rows(adapters[run], rows)
+                pending = preprocess_rows(adapters[lead], rows)
             phases["tokenize"] += time.perf_counter() - model_started
-            results = self.forward_rows(adapters[run], pending, phases, tokens)
+            results = self.forward_rows(adapters[lead], pending, phases, tokens)
             model_seconds = time.perf_counter() - model_started
             for column in columns:
                 post_started = time.perf_counter()

@@ -38,10 +38,10 @@ from nlp_tasks.workers.annotate import (
     Rows,
     append_column,
     caller,
+    forward_groups,
     load_adapters,
     postprocess_rows,
     preprocess_rows,
-    runs_of,
     unit_tokens,
     with_errors,
 )
@@ -98,11 +98,11 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{tokenizer.truncation_side}\n{state}".encode()).hexdigest()
 
 
-def units_key(adapter: TaskAdapter, run: str) -> str:
-    """What names a run's units: one key per tokenizer and window for tasks that tokenize the text alone."""
+def units_key(adapter: TaskAdapter, lead: str) -> str:
+    """What names a forward group's units: one key per tokenizer and window for tasks that tokenize the text alone."""
     key = adapter.tokens_key()
     if key is None:
-        return run
+        return lead
     if not hasattr(adapter.tokenizer, "_nlp_tasks_identity"):
         adapter.tokenizer._nlp_tasks_identity = tokenizer_identity(adapter.tokenizer)
     return hashlib.sha256(f"{adapter.tokenizer._nlp_tasks_identity}\n{key!r}".encode()).hexdigest()[:16]
@@ -111,7 +111,7 @@ def units_key(adapter: TaskAdapter, run: str) -> str:
 def units_keys(pool: SplitPool) -> set[str]:
     """The units a split pool's model stage reads."""
     adapters = SKELETONS.get(*pool)
-    return {units_key(adapters[run], run) for run in runs_of(adapters)}
+    return {units_key(adapters[lead], lead) for lead in forward_groups(adapters)}
 
 
 INPUTS_TYPE = pa.struct([("lengths", pa.list_(pa.int32())), *((key, pa.list_(pa.int32())) for key in MODEL_INPUT_KEYS)])
@@ -163,9 +163,9 @@ def unpickled(column: pa.ChunkedArray) -> list[Any]:
     return [pickle.loads(value) for value in column.to_pylist()]
 
 
-def pending_runs(adapters: dict[str, TaskAdapter], batch: pa.Table) -> dict[str, list[str]]:
-    """The runs (annotate.runs_of) of the tasks whose column the batch does not hold yet."""
-    return runs_of({column: adapter for column, adapter in adapters.items() if column not in batch.column_names})
+def pending_groups(adapters: dict[str, TaskAdapter], batch: pa.Table) -> dict[str, list[str]]:
+    """The forward groups (annotate.forward_groups) of the tasks whose column the batch does not hold yet."""
+    return forward_groups({column: adapter for column, adapter in adapters.items() if column not in batch.column_names})
 
 
 def stage_call(stage: str, pool: str, started: float, rows: int, tasks: dict[str, tuple[int, int, float]]) -> dict:
@@ -179,15 +179,15 @@ def stage_call(stage: str, pool: str, started: float, rows: int, tasks: dict[str
 
 
 def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa.Table:
-    """The CPU stage before the split pools: each run's units, as a column, tokenized once per key."""
+    """The CPU stage before the split pools: each forward group's units, as a column, tokenized once per key."""
     started = time.time()
     rows = Rows(batch, text_column)
     wanted: dict[str, tuple[TaskAdapter, dict[str, bool] | None, list[str]]] = {}
     for specs, compute in pools:
         adapters = SKELETONS.get(specs, compute)
-        for run, columns in pending_runs(adapters, batch).items():
-            adapter = adapters[run]
-            key = units_key(adapter, run)
+        for lead, columns in pending_groups(adapters, batch).items():
+            adapter = adapters[lead]
+            key = units_key(adapter, lead)
             _, encoding, charged = wanted.get(key, (adapter, None, []))
             if adapter.text_encoding is not None:
                 encoding = {**(encoding or {}), **adapter.text_encoding}
@@ -207,22 +207,22 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
 
 
 class ModelStage(Annotator):
-    """The GPU actor of a split pool: each run's model inputs in, its raw outputs out; no tokenizing and no
+    """The GPU actor of a split pool: each forward group's model inputs in, its raw outputs out; no tokenizing and no
     postprocessing, but for the follow-up levels of multi-level tasks (which read whole units and hand them on)."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started, phases, tokens = time.time(), Counter(), Counter()
         per_task: dict[str, tuple[int, int, float]] = {}
-        for run, columns in pending_runs(self.adapters, batch).items():
+        for lead, columns in pending_groups(self.adapters, batch).items():
             run_started = time.perf_counter()
-            adapter = self.adapters[run]
-            key = units_key(adapter, run)
+            adapter = self.adapters[lead]
+            key = units_key(adapter, lead)
             pending = (unpickled(batch.column(UNITS_PREFIX + key)) if adapter.multi_level
                        else pending_from_inputs(batch.column(INPUTS_PREFIX + key)))
             results = self.forward_rows(adapter, pending, phases, tokens)
             handed_on = results if adapter.multi_level else [
                 result if isinstance(result, RowError) else (None, result[1]) for result in results]
-            batch = batch.append_column(RESULTS_PREFIX + run, pickled(handed_on))
+            batch = batch.append_column(RESULTS_PREFIX + lead, pickled(handed_on))
             for column in columns:
                 per_task[column] = (0, unit_tokens(results), time.perf_counter() - run_started)
         return self.recorded(batch, started, phases, tokens, per_task) if per_task else batch
@@ -244,14 +244,14 @@ def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: Compute
     pool's results, and the units no `later` split pool reads."""
     started = time.time()
     adapters = SKELETONS.get(specs, compute, fitted)
-    runs = {run: columns for run, columns in pending_runs(adapters, batch).items()
-            if RESULTS_PREFIX + run in batch.column_names}
+    groups = {lead: columns for lead, columns in pending_groups(adapters, batch).items()
+              if RESULTS_PREFIX + lead in batch.column_names}
     rows = Rows(batch, text_column)
     errors_by_task: dict[str, list[str | None]] = {}
     per_task: dict[str, tuple[int, int, float]] = {}
-    for run, columns in runs.items():
-        units = unpickled(batch.column(UNITS_PREFIX + units_key(adapters[run], run)))
-        results = list(map(with_units, units, unpickled(batch.column(RESULTS_PREFIX + run))))
+    for lead, columns in groups.items():
+        units = unpickled(batch.column(UNITS_PREFIX + units_key(adapters[lead], lead)))
+        results = list(map(with_units, units, unpickled(batch.column(RESULTS_PREFIX + lead))))
         for column in columns:
             column_started = time.perf_counter()
             values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
@@ -259,10 +259,10 @@ def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: Compute
             per_task[column] = (sum(value is not None for value in values), 0, time.perf_counter() - column_started)
     still_read = {key for pool in later for key in units_keys(pool)}
     batch = batch.drop_columns([name for name in batch.column_names
-                                if name.startswith(RESULTS_PREFIX) and name[len(RESULTS_PREFIX):] in runs
+                                if name.startswith(RESULTS_PREFIX) and name[len(RESULTS_PREFIX):] in groups
                                 or name.startswith((UNITS_PREFIX, INPUTS_PREFIX))
                                 and name.split(".", 1)[1] not in still_read])
-    if not runs:
+    if not groups:
         return batch
     batch = with_errors(batch, errors_column, errors_by_task)
     return with_call(batch, stage_call("postprocess", f"{'+'.join(specs)} postprocess", started, batch.num_rows,

@@ -1,7 +1,7 @@
 """Writing annotated rows on the workers: staged Parquet parts, and a small record of each for the driver.
 
-The last stage of the plan. A batch's rows are sorted by (unit, position) and cut into runs of
-consecutive positions of one unit; each run becomes one Parquet part in the run's staging
+The last stage of the plan. A batch's rows are sorted by (unit, position) and cut into spans of
+consecutive positions of one unit; each span becomes one Parquet part in the run's staging
 folder, under a name unique to this attempt (a retried task writes a new file instead of
 racing the old one). The stage returns one record per part: which rows it holds, where it was
 staged, its size and footer checksum (what the marker records, to tell later whether the committed
@@ -38,7 +38,7 @@ PART_RECORD = pa.schema([
 """What the write stage returns per part: all the driver ever sees of the rows."""
 
 
-def runs(units: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
+def spans(units: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) slices of a (unit, position)-sorted batch holding consecutive positions of one unit."""
     breaks = np.flatnonzero((units[1:] != units[:-1]) | (positions[1:] != positions[:-1] + 1)) + 1
     edges = [0, *breaks.tolist(), len(positions)]
@@ -149,7 +149,7 @@ def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> p
 
 def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], columns: list[str],
                 errors_column: str, id_column: str | None = None, part_names: str = STAGED_NAME) -> pa.Table:
-    """Write a batch's runs of consecutive rows as staged parts; return one PART_RECORD per part."""
+    """Write a batch's spans of consecutive rows as staged parts; return one PART_RECORD per part."""
     import pyarrow.parquet as pq
     import ray
 
@@ -160,7 +160,7 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
     writer = f"{socket.gethostname()}/node {ray.get_runtime_context().get_node_id()[:12]}/pid {os.getpid()}"
     records = []
     filesystem.makedirs(staging, exist_ok=True)  # on a node that has not seen the output folder yet
-    for start, end in runs(units, positions):
+    for start, end in spans(units, positions):
         unit, first = str(units[start]), int(positions[start])
         part = rows.slice(start, end - start)
         staged = f"{staging}/" + part_names.format(unit=unit, first=first, nonce=uuid.uuid4().hex[:8])
