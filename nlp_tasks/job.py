@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from typing import Any
 
 from nlp_tasks.commit import OutputConflict, OutputStore, PartRecord, exact_cover
 from nlp_tasks.compute import CPU_RESERVE, Cluster, PoolPlan, plan_pools
 from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.engines.calibration import pool_samples
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.examples import LabelledTexts, read_examples
 from nlp_tasks.io import InputError, InputFile, InputFiles, check_credentials, inspect_input, redact, register_secrets
@@ -76,7 +77,8 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
                 raise InputError(f"tasks.{column}: {error}") from None
             skipped[column] = str(error)
             continue
-        engine, why_not = choose_engine(column, spec, config.pool_compute({column: spec}).dtype)
+        compute = config.pool_compute({column: spec})
+        engine, why_not = choose_engine(column, spec, compute.dtype, compute.device)
         if why_not:
             log.info("task %r runs on %s: %s", column, engine, why_not)
         ready[column] = spec.model_copy(update={"engine": engine})
@@ -375,6 +377,9 @@ def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster,
     for plan in plans:
         log.info("compute: %s", plan.describe())
     check_reservations(plans, cluster)
+    # A CPU engine `auto` took gives way to transformers on a GPU pool (compute.plan_pools): the actors load the plan's.
+    groups = [{column: spec.model_copy(update={"engine": plan.engine}) for column, spec in specs.items()}
+              for specs, plan in zip(groups, plans)]
     return list(zip(groups, plans))
 
 
@@ -426,9 +431,13 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
                            sum(fragment.rows for fragment in fragments))
         with timed(timings, "fit_heads"):
             heads = fitted_heads(store, pools, examples, fingerprints)
+            samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column)
+        for index, (texts, what) in samples.items():
+            log.info("compute: pool %s calibrates int8 on %s", "+".join(pools[index][0]), what)
+            pools[index] = (pools[index][0], replace(pools[index][1], calibration=what))
         started, started_at = time.perf_counter(), time.time()
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads)
+                                    heads, {index: texts for index, (texts, _) in samples.items()})
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             commits.add(records.cast(PART_RECORD).to_pylist())

@@ -60,11 +60,12 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
-                      fitted: dict[str, dict]):
+                      fitted: dict[str, dict], calibration: dict[int, list[str]] | None = None):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
-    (annotate.fit_heads), by column.
+    (annotate.fit_heads), by column; `calibration`: the texts static int8 pools calibrate on, by pool index
+    (engines/calibration.py).
     """
     import ray
 
@@ -88,6 +89,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                 specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
                 record_calls=True, fitted={} if plan.stages == "split" else fitted_here,
+                calibration=(calibration or {}).get(index),
             ),
             batch_format="pyarrow",
             batch_size=plan.batch_size,
