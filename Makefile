@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,cpu-engines]"
 	touch $@
 
 demo: setup
@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench]" first for the peers
+bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench,cpu-engines]" first
 	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16
 	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --repeats 2 --variants job daft ceiling ceiling-eager
 	$(PY) -m benchmarks.peers --readme cpu-peers-float32
@@ -32,6 +32,7 @@ bench: setup  # the README's CPU tables (about two hours on 2 cores): pip instal
 	$(PY) -m benchmarks.summarization --docs 1000 --beams 4 --dtypes float32 int8 --variants job ctranslate2
 	$(PY) -m benchmarks.ner_grouping
 	$(PY) -m benchmarks.cpu_stages
+	$(PY) -m benchmarks.cpu_engines --rows 1000
 
 clean:
 	rm -rf $(VENV) output

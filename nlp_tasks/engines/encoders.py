@@ -160,17 +160,32 @@ class EncoderEngine:
         raise NotImplementedError
 
 
+def engine_class(engine: str) -> type[EncoderEngine]:
+    if engine == "openvino":
+        from nlp_tasks.engines.openvino_models import OpenVINOModel
+
+        return OpenVINOModel
+    from nlp_tasks.engines.onnxruntime_models import OnnxRuntimeModel
+
+    return OnnxRuntimeModel
+
+
 def load_encoder(engine: str, ref: str, revision: str | None, path: str, auto_class: str, dtype: str, threads: int,
                  tokenizer: Any, calibration: list[str] | None) -> EncoderEngine:
     """The task model of checkpoint `ref` (here at `path`) on `engine`, built for `dtype` once per node; static int8
     (OpenVINO) is calibrated on `calibration`, texts the job read (a sample of its input, or the task's examples)."""
+    folder = build_for(engine, ref, revision, path, auto_class, dtype, tokenizer, calibration)
+    return engine_class(engine)(folder, engine_dtype(dtype), threads, encoder_input_names(tokenizer),
+                                OUTPUT_NAMES[auto_class])
+
+
+def build_for(engine: str, ref: str, revision: str | None, path: str, auto_class: str, dtype: str, tokenizer: Any,
+              calibration: list[str] | None) -> Path:
+    """The folder of the task model's build for `engine` and `dtype` in the node cache, built if not there yet."""
     from nlp_tasks.models import model_fingerprint
 
     precision = engine_dtype(dtype)
-    if engine == "openvino":
-        from nlp_tasks.engines.openvino_models import OpenVINOModel as Engine
-    else:
-        from nlp_tasks.engines.onnxruntime_models import OnnxRuntimeModel as Engine
+    Engine = engine_class(engine)  # noqa: N806 - a class
     if not Engine.calibrated(precision):
         calibration = None
     elif not calibration:
@@ -188,4 +203,4 @@ def load_encoder(engine: str, ref: str, revision: str | None, path: str, auto_cl
         Engine.build(staging, precision, batches, transformers.AutoConfig.from_pretrained(path))
         (staging / "exported.onnx").unlink()
 
-    return Engine(built(target, build), precision, threads, input_names, OUTPUT_NAMES[auto_class])
+    return built(target, build)
