@@ -1,16 +1,16 @@
 """MiniLM embeddings on the CPU engines: the job against OpenVINO and ONNX Runtime used directly, float32 and int8.
 
     python -m benchmarks.cpu_engines [--rows 1000] [--max-length 256] [--dtypes float32 int8]
-                                     [--variants job job-transformers openvino onnxruntime] [--repeats 1]
+                                     [--variants job job-openvino openvino onnxruntime] [--repeats 1]
 
 The same BBC articles (../shared/corpora/bbc_news/train.parquet, else the bundled sample), all-MiniLM-L6-v2
 mean-pooled and normalized, truncated to --max-length tokens; each variant a fresh process, timed from start to
 exit and in steady state:
 
-  job               `python -m jobs.annotate` with no compute section (float32: `engine: auto`, the fastest CPU
-                    engine installed) or `compute: {dtype: int8}` alone; steady state: rows over the span from the
-                    actors' first call to their last call's end, from the run report
-  job-transformers  the job on `engine: transformers` (float32): the job before the CPU engines
+  job               `python -m jobs.annotate` with no compute section (`engine: auto`: transformers in float32,
+                    as measured) or `compute: {dtype: int8}` alone (auto: OpenVINO's static int8); steady state:
+                    rows over the span from the actors' first call to their last call's end, from the run report
+  job-openvino      the job on `engine: openvino` (float32)
   openvino          OpenVINO as its docs advise for one stream: INFERENCE_NUM_THREADS = cores, float32 asked for
                     (`INFERENCE_PRECISION_HINT`: a BF16 CPU otherwise runs bf16); int8: NNCF static
                     quantization calibrated on 300 other articles
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
-    parser.add_argument("--variants", nargs="+", default=["job", "job-transformers", "openvino", "onnxruntime"])
+    parser.add_argument("--variants", nargs="+", default=["job", "job-openvino", "openvino", "onnxruntime"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", help="results file name (default cpu-engines-<rows>)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -184,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                              args.rows, args.max_length)[1]
         for dtype in args.dtypes:
             for variant in args.variants:
-                if variant == "job-transformers" and dtype != "float32":
+                if variant == "job-openvino" and dtype != "float32":
                     continue
                 for repeat in range(args.repeats):
                     work = Path(tempfile.mkdtemp(dir=scratch))
                     if variant.startswith("job"):
-                        figures, vectors = run_job(source, work, dtype, "transformers" if variant != "job" else "auto",
+                        figures, vectors = run_job(source, work, dtype, "openvino" if variant != "job" else "auto",
                                                    args.max_length)
                     else:
                         figures, vectors = run_peer(variant, folders[variant, dtype], source, work, args.rows,

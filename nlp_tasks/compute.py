@@ -97,7 +97,9 @@ class PoolPlan:
     inter_threads: int = 1
     """CTranslate2 pools: batches one actor decodes at once, one thread each."""
     calibration: str | None = None
-    """CPU engines in int8 with static quantization: what the model was calibrated on (see job.calibration_texts)."""
+    """CPU engines in int8 with static quantization: what the model was calibrated on (engines/calibration.py)."""
+    engine_note: str | None = None
+    """Why `engine: auto` left the pool on transformers where a CPU engine could have run it (engines/choice.py)."""
 
     @property
     def compute(self) -> ComputeConfig:
@@ -114,7 +116,8 @@ class PoolPlan:
         budget = self.token_budget or "sized from free GPU memory"
         threads = (f"CTranslate2 with {self.inter_threads} one-thread worker(s)" if self.engine == "ctranslate2"
                    else f"{self.engine} with {self.torch_threads} thread(s)" if self.engine in ENCODER_ENGINES
-                   else f"{self.torch_threads} torch thread(s)")
+                   else f"{self.torch_threads} torch thread(s)"
+                   + (f" (transformers: {self.engine_note})" if self.engine_note else ""))
         return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
                 f"{gpus}, {threads}, {self.device} {self.dtype}, batch {self.batch_size}, "
                 f"token budget {budget}, {self.actor_concurrency} batch(es) in flight"

@@ -109,9 +109,10 @@ class TaskSpec(BaseModel):
     revision: str | None = None
     engine: Literal["auto", "transformers", "ctranslate2", "openvino", "onnxruntime"] = "auto"
     """What runs the model: auto takes CTranslate2 for a generation task whose checkpoint and options it supports,
-    and on CPU the fastest CPU engine installed (openvino, then onnxruntime: the cpu-engines extra) for an encoder
-    task whose checkpoint it exports (engines/choice.py); transformers otherwise. Naming an engine that cannot run
-    the task, or that is not installed, is an error."""
+    and for an encoder task in int8 on CPU the fastest CPU engine installed (openvino, then onnxruntime: the
+    cpu-engines extra) whose exporter takes the checkpoint (engines/choice.py); transformers otherwise (in float32
+    no CPU engine is measured faster yet). Naming an engine that cannot run the task, or that is not installed, is
+    an error."""
     compute: ComputeConfig | None = None
     """This task's pool only; tasks that share a model share a pool, and must agree."""
 

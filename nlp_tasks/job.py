@@ -373,7 +373,8 @@ def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster,
     """Each pool's tasks and settings for a run of `rows`, logged, and checked against the cluster."""
     groups = group_by_model(tasks)
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
-    plans = plan_pools(config, groups, cluster, weights, rows)
+    plans = [replace(plan, engine_note=engine_note(config, specs, plan))
+             for specs, plan in zip(groups, plan_pools(config, groups, cluster, weights, rows))]
     for plan in plans:
         log.info("compute: %s", plan.describe())
     check_reservations(plans, cluster)
@@ -381,6 +382,16 @@ def size_pools(config: JobConfig, tasks: dict[str, TaskSpec], cluster: Cluster,
     groups = [{column: spec.model_copy(update={"engine": plan.engine}) for column, spec in specs.items()}
               for specs, plan in zip(groups, plans)]
     return list(zip(groups, plans))
+
+
+def engine_note(config: JobConfig, specs: dict[str, TaskSpec], plan: PoolPlan) -> str | None:
+    """Why `engine: auto` left a CPU pool of encoder tasks on transformers (no CPU engine installed, a model type
+    the exporter does not take), for its plan line."""
+    if plan.engine != "transformers" or plan.device != "cpu":
+        return None
+    column = next(iter(specs))
+    return choose_engine(column, config.tasks[column], plan.dtype, "cpu")[1] if config.tasks[column].engine == "auto" \
+        else None
 
 
 def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts],

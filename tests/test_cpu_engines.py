@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import tiny_models
 from nlp_tasks.compute import Cluster, plan_pools
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
 from nlp_tasks.plan import group_by_model
+
+import tiny_models
 
 INSTALLED = [engine for engine in ENCODER_ENGINES if missing_package(engine) is None]
 needs_engines = pytest.mark.skipif(len(INSTALLED) < len(ENCODER_ENGINES),
@@ -56,10 +57,12 @@ def test_question_answering_on_a_cpu_engine_equals_transformers(models, annotate
 
 
 @needs_engines
-def test_auto_takes_the_fastest_cpu_engine_and_stays_on_transformers_on_a_gpu(models):
+def test_auto_takes_the_fastest_engine_and_stays_on_transformers_on_a_gpu(models):
     task = spec("text-classification", models["text-classification"])
-    assert choose_engine("s", task, "auto", "cpu") == ("openvino", None)
+    assert choose_engine("s", task, "auto", "cpu") == ("transformers", None)  # fastest in float32, as measured
     assert choose_engine("s", task, "int8", "auto") == ("openvino", None)
+    assert choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"),
+                         "auto", "cpu") == ("openvino", None)
     assert choose_engine("s", task, "auto", "cuda") == ("transformers", None)
     assert choose_engine("s", task, "bfloat16", "cpu") == ("transformers", None)
     assert choose_engine("s", spec("ner", models["token-classification"], engine="onnxruntime"), "int8",
@@ -85,8 +88,9 @@ def test_a_cpu_engine_auto_took_gives_way_to_transformers_on_a_gpu_pool(models):
 
 def test_a_model_the_exporter_cannot_take_falls_back_with_auto_and_is_one_line_when_named(models):
     gpt2 = models["text-generation"]  # a GPT-2 checkpoint is a sequence classifier too, for transformers
-    engine, why = choose_engine("s", spec("text-classification", gpt2), "auto", "cpu")
-    assert engine == "transformers" and "model type 'gpt2'" in why
+    with pytest.raises(ConfigError, match=r"^tasks.s: dtype int8 needs engine openvino or onnxruntime, and neither "
+                                          r"can run it: openvino: .*'gpt2'"):
+        choose_engine("s", spec("text-classification", gpt2), "int8", "cpu")
     with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino cannot run it: .*'gpt2'$") as error:
         choose_engine("s", spec("text-classification", gpt2, engine="openvino"), "auto", "cpu")
     assert "\n" not in str(error.value)
@@ -95,17 +99,30 @@ def test_a_model_the_exporter_cannot_take_falls_back_with_auto_and_is_one_line_w
                       "bfloat16", "cpu")
 
 
-def test_without_the_extra_auto_falls_back_and_naming_an_engine_is_a_one_line_error(models, monkeypatch):
+def test_without_the_extra_naming_an_engine_or_int8_is_a_one_line_error(models, monkeypatch):
     for package in ("openvino", "onnxruntime"):
         monkeypatch.setitem(sys.modules, package, None)  # as if not installed: find_spec and import fail
-    engine, why = choose_engine("s", spec("text-classification", models["text-classification"]), "auto", "cpu")
-    assert engine == "transformers" and "pip install .[cpu-engines]" in why
+    assert choose_engine("s", spec("text-classification", models["text-classification"]), "auto", "cpu") == (
+        "transformers", None)
     with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino cannot run it: the openvino package is not "
                                           r"installed \(pip install .\[cpu-engines\]\)$"):
         choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"), "auto",
                       "cpu")
-    with pytest.raises(ConfigError, match=r"^tasks.s: dtype int8 needs engine openvino or onnxruntime"):
+    with pytest.raises(ConfigError, match=r"^tasks.s: dtype int8 needs engine openvino or onnxruntime, and neither "
+                                          r"can run it: openvino: the openvino package is not installed"):
         choose_engine("s", spec("text-classification", models["text-classification"]), "int8", "cpu")
+
+
+def test_a_pool_auto_left_on_transformers_says_why_in_its_plan_line(models):
+    from nlp_tasks.job import runnable_tasks, size_pools
+
+    config = parse_config({"input": {"path": "in"}, "output": {"path": "out"}, "tasks": {
+        "g": {"task": "text-generation", "model": str(models["text-generation"]), "min_length": 30}}})
+    ((_, plan),) = size_pools(config, runnable_tasks(config)[0], Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
+                                                                         fixed_size=True), rows=100)
+    assert plan.engine == "transformers"
+    assert "1 torch thread(s) (transformers: ctranslate2 cannot run it: ctranslate2 cannot honour min_length=30 (from " \
+           "the task's options)" in plan.describe()
 
 
 def test_the_cli_names_a_missing_engine_in_one_line_and_exits_2(models, tmp_path):
@@ -206,7 +223,7 @@ def test_an_int8_job_calibrates_on_its_input_and_its_report_says_so(ray_local, t
         "tasks": {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
         "compute": {"dtype": "int8", "num_cpus_per_actor": 0.5, "batch_size": 8}}))
     assert main(["--config", str(config)]) == 0
-    report = json.loads(sorted((tmp_path / "out" / "__reports").glob("*.json"))[0].read_text())
+    report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     (pool,) = report["compute"]
     assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", "40 rows of the input")
     out = pq.read_table(tmp_path / "out")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
-import tiny_models
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
 from nlp_tasks.tasks import get_task
+
+import tiny_models
 
 FLOAT32_ENGINES = ["transformers", *(engine for engine in ENCODER_ENGINES if missing_package(engine) is None)]
 LONG_TEXT = " ".join(tiny_models.sample_texts()) * 3  # far past the tiny models' 64-token window

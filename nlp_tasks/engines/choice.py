@@ -3,7 +3,8 @@ driver before anything runs.
 
 `auto` takes CTranslate2 for a generation task whose checkpoint it converts (its model type) and whose decoding
 settings it honours (decoding.py); for an encoder task off the GPU, the fastest CPU engine installed whose exporter
-takes the checkpoint (encoders.ENCODER_ENGINES: float32 proven equal to transformers by the tests); transformers
+takes the checkpoint, in int8 (encoders.ENCODER_ENGINES) and in float32 where one is measured faster than
+transformers (encoders.AUTO_FLOAT32_ENGINES: none yet; every one is proven equal by the tests); transformers
 otherwise, and says why. Naming an engine where it cannot run, or that is not installed, is a one-line config
 error; so is an int8 dtype on an engine without int8 kernels. Reads the checkpoint's JSON files only: no torch, no
 conversion.
@@ -59,7 +60,7 @@ def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
 def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) -> tuple[str, str | None]:
     """The engine encoder task `column` runs on, and why `auto` took transformers (None where it took a CPU
     engine, or was not asked to choose). On a GPU (`device` cuda) auto stays on transformers."""
-    from nlp_tasks.engines.encoders import ENCODER_ENGINES
+    from nlp_tasks.engines.encoders import AUTO_FLOAT32_ENGINES, ENCODER_ENGINES
 
     if dtype == "int8_float16":
         raise ConfigError(f"tasks.{column}: dtype int8_float16 runs on engine ctranslate2 only (generation tasks)")
@@ -75,7 +76,10 @@ def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) 
             raise ConfigError(f"tasks.{column}: dtype {dtype} runs on engine openvino or onnxruntime (on CPU) for "
                               f"{spec.task}, not on {'device cuda' if device == 'cuda' else 'transformers'}")
         return "transformers", None
-    problems = {engine: encoder_problem(spec, engine, dtype) for engine in ENCODER_ENGINES}
+    candidates = ENCODER_ENGINES if dtype == "int8" else AUTO_FLOAT32_ENGINES
+    if not candidates:
+        return "transformers", None
+    problems = {engine: encoder_problem(spec, engine, dtype) for engine in candidates}
     chosen = next((engine for engine, problem in problems.items() if problem is None), None)
     if chosen is not None:
         return chosen, None
