@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from nlp_tasks.batching import Features, MicroBatcher
 
-
 ENCODER_ENGINES = ("transformers", "openvino", "onnxruntime")
 """The engines of the encoder tasks: transformers, or a CPU engine running the exported model (engines/encoders.py)."""
 
