@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,cpu-engines]"
 	touch $@
 
 demo: setup
@@ -30,7 +30,7 @@ test-fast: setup  # about a minute on 2 cores; every module still runs some of i
 lint: setup
 	$(PY) -m ruff check .
 
-bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench]" first for the peers
+bench: setup  # the README's CPU tables (about two hours on 2 cores): pip install -e ".[bench,cpu-engines]" first
 	$(PY) -m benchmarks.throughput --scenario minilm --rows 2000 --dtype bfloat16
 	$(PY) -m benchmarks.peers --rows 1000 3000 10000 --repeats 2 --variants job daft ceiling ceiling-eager
 	$(PY) -m benchmarks.peers --readme cpu-peers-float32
@@ -40,6 +40,7 @@ bench: setup  # the README's CPU tables (about two hours on 2 cores): pip instal
 	$(PY) -m benchmarks.ner_grouping
 	$(PY) -m benchmarks.cpu_stages
 	$(PY) -m benchmarks.delta_commits --files 200
+	$(PY) -m benchmarks.cpu_engines --rows 1000
 
 clean:
 	rm -rf $(VENV) output

@@ -87,7 +87,8 @@ def machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     versions = {}
-    for package in ("torch", "transformers", "ray", "pyarrow", "ctranslate2", "daft", "sentence-transformers"):
+    for package in ("torch", "transformers", "ray", "pyarrow", "ctranslate2", "daft", "sentence-transformers",
+                    "openvino", "nncf", "onnxruntime"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

@@ -83,7 +83,9 @@ class ComputeConfig(_Strict):
     raising these, not the threads per batch)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8", "int8_float16"] = "auto"
-    """int8 (CPU or GPU) and int8_float16 (GPU): CTranslate2 pools only; never claimed equal to float32."""
+    """int8: CTranslate2 pools (CPU or GPU), or an encoder task on a CPU engine (OpenVINO static int8 calibrated on
+    a sample of the run's input, ONNX Runtime dynamic int8); int8_float16 (GPU): CTranslate2 only. Never claimed
+    equal to float32: the run report records engine, dtype and calibration."""
     stages: Literal["auto", "fused", "split"] = "auto"
     """split: CPU tasks tokenize and postprocess, the actors only run the model (stages.py); fused: the actors do
     all three. auto: split on GPUs (they are then never kept waiting on Python), fused on CPUs (no hand-off). A
@@ -109,9 +111,12 @@ class TaskSpec(BaseModel):
     task: str
     model: str
     revision: str | None = None
-    engine: Literal["auto", "transformers", "ctranslate2"] = "auto"
-    """What runs the model: auto takes CTranslate2 for a generation task whose checkpoint and options it supports
-    (engines/choice.py), transformers otherwise; naming an engine that cannot run the task is an error."""
+    engine: Literal["auto", "transformers", "ctranslate2", "openvino", "onnxruntime"] = "auto"
+    """What runs the model: auto takes CTranslate2 for a generation task whose checkpoint and options it supports,
+    and for an encoder task in int8 on CPU the fastest CPU engine installed (openvino, then onnxruntime: the
+    cpu-engines extra) whose exporter takes the checkpoint (engines/choice.py); transformers otherwise (in float32
+    no CPU engine is measured faster yet). Naming an engine that cannot run the task, or that is not installed, is
+    an error."""
     compute: ComputeConfig | None = None
     """This task's pool only; tasks that share a model share a pool, and must agree."""
 

@@ -1,7 +1,8 @@
 """Row by row, the job's output equals transformers' own pipeline on the same model and options.
 
 Scores within 1e-4, labels and words equal; texts longer than the model window are truncated.
-Micro-batches mix rows of different lengths (small token budget), so padding must not leak.
+Micro-batches mix rows of different lengths (small token budget), so padding must not leak. The encoder tasks'
+tests run on every float32 engine installed (transformers, and the CPU engines of the cpu-engines extra).
 """
 
 from __future__ import annotations
@@ -12,8 +13,28 @@ import tiny_models
 from helpers import SAMPLE, assert_close
 from transformers import pipeline
 
+from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
+from nlp_tasks.tasks import get_task
+
+FLOAT32_ENGINES = ["transformers", *(engine for engine in ENCODER_ENGINES if missing_package(engine) is None)]
 LONG_TEXT = " ".join(tiny_models.sample_texts()) * 3  # far past the tiny models' 64-token window
 TEXTS = tiny_models.sample_texts() + [LONG_TEXT]
+
+
+@pytest.fixture(params=FLOAT32_ENGINES)
+def annotate(request, annotate):
+    """conftest's `annotate`, with encoder tasks on each float32 engine in turn (other tasks run once, as
+    configured)."""
+    engine = request.param
+
+    def run(tasks: dict, rows, **kwargs):
+        if not all(set(ENCODER_ENGINES) <= set(get_task(task["task"]).engines) for task in tasks.values()):
+            if engine != "transformers":
+                pytest.skip(f"{engine} does not run these tasks")
+            return annotate(tasks, rows, **kwargs)
+        return annotate({column: {**task, "engine": engine} for column, task in tasks.items()}, rows, **kwargs)
+
+    return run
 
 
 @pytest.mark.parametrize("options, call", [

@@ -82,7 +82,8 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
                 raise InputError(f"tasks.{column}: {error}") from None
             skipped[column] = str(error)
             continue
-        engine, why_not = choose_engine(column, spec, config.pool_compute({column: spec}).dtype)
+        compute = config.pool_compute({column: spec})
+        engine, why_not = choose_engine(column, spec, compute.dtype, compute.device)
         if why_not:
             log.info("task %r runs on %s: %s", column, engine, why_not)
         ready[column] = spec.model_copy(update={"engine": engine})

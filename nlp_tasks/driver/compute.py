@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
+from nlp_tasks.engines.encoders import ENCODER_ENGINES
 from nlp_tasks.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ class PoolPlan:
     engine: str = "transformers"
     inter_threads: int = 1
     """CTranslate2 pools: batches one actor decodes at once, one thread each."""
+    calibration: str | None = None
+    """CPU engines in int8 with static quantization: what the model was calibrated on (engines/calibration.py)."""
+    engine_note: str | None = None
+    """Why `engine: auto` left the pool on transformers where a CPU engine could have run it (engines/choice.py)."""
 
     @property
     def compute(self) -> ComputeConfig:
@@ -113,10 +118,13 @@ class PoolPlan:
         gpus = f" + {self.num_gpus_per_actor:g} GPU" if self.num_gpus_per_actor else ""
         budget = self.token_budget or "sized from free GPU memory"
         threads = (f"CTranslate2 with {self.inter_threads} one-thread worker(s)" if self.engine == "ctranslate2"
-                   else f"{self.torch_threads} torch thread(s)")
+                   else f"{self.engine} with {self.torch_threads} thread(s)" if self.engine in ENCODER_ENGINES
+                   else f"{self.torch_threads} torch thread(s)"
+                   + (f" (transformers: {self.engine_note})" if self.engine_note else ""))
         return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
                 f"{gpus}, {threads}, {self.device} {self.dtype}, batch {self.batch_size}, "
                 f"token budget {budget}, {self.actor_concurrency} batch(es) in flight"
+                + (f", calibrated on {self.calibration}" if self.calibration else "")
                 + (f", tokenizing and postprocessing in CPU tasks of {self.stage_cpus:g} CPU"
                    if self.stages == "split" else ""))
 
@@ -146,6 +154,7 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
     plans = []
     for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
         first = next(iter(specs.values()))
+        engine = _pool_engine(config, specs, gpu, compute.dtype)
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
         auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
@@ -165,11 +174,24 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
             dtype=compute.dtype if compute.dtype != "auto" else (
                 ("float16" if first.engine == "ctranslate2" else "bfloat16") if gpu else "float32"),
             stages="split" if pool_split else "fused",
-            engine=first.engine if first.engine != "auto" else "transformers",
+            engine=engine,
             **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
                                               "num_gpus_per_actor", "torch_threads", "batch_size",
                                               "token_budget", "actor_concurrency", "inter_threads")}))
     return with_stage_cpus(plans, cluster)
+
+
+def _pool_engine(config: JobConfig, specs: dict[str, TaskSpec], gpu: bool, dtype: str) -> str:
+    """The engine the pool runs: its tasks' (engines/choice.py), except that a CPU engine `auto` took for an encoder
+    task gives way to transformers on a GPU pool (choice.py sees the device only where it is set by hand)."""
+    engine = next(iter(specs.values())).engine
+    if not gpu or engine not in ENCODER_ENGINES:
+        return engine if engine != "auto" else "transformers"
+    named = [column for column in specs if column in config.tasks and config.tasks[column].engine == engine]
+    if named or dtype == "int8":
+        raise ConfigError(f"tasks.{(named or list(specs))[0]}: engine {engine} (dtype {dtype}) runs on CPU only, "
+                          "and this pool runs on GPUs; set compute.device: cpu")
+    return "transformers"
 
 
 def with_stage_cpus(plans: list[PoolPlan], cluster: Cluster) -> list[PoolPlan]:
@@ -237,11 +259,27 @@ def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
     from nlp_tasks.models.loading import weights_bytes
 
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
-    plans = plan_pools(config, groups, cluster, weights, rows)
+    plans = [replace(plan, engine_note=engine_note(config, specs, plan))
+             for specs, plan in zip(groups, plan_pools(config, groups, cluster, weights, rows))]
     for plan in plans:
         log.info("compute: %s", plan.describe())
     check_reservations(plans, cluster)
+    # A CPU engine `auto` took gives way to transformers on a GPU pool (plan_pools): the actors load the plan's.
+    groups = [{column: spec.model_copy(update={"engine": plan.engine}) for column, spec in specs.items()}
+              for specs, plan in zip(groups, plans)]
     return list(zip(groups, plans))
+
+
+def engine_note(config: JobConfig, specs: dict[str, TaskSpec], plan: PoolPlan) -> str | None:
+    """Why `engine: auto` left a CPU pool of encoder tasks on transformers (no CPU engine installed, a model type
+    the exporter does not take), for its plan line."""
+    from nlp_tasks.engines.choice import choose_engine
+
+    if plan.engine != "transformers" or plan.device != "cpu":
+        return None
+    column = next(iter(specs))
+    return choose_engine(column, config.tasks[column], plan.dtype, "cpu")[1] if config.tasks[column].engine == "auto" \
+        else None
 
 
 def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:

@@ -3,7 +3,9 @@ records into the commits. Only those small records reach the driver; the rows st
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.commits import Commits
@@ -13,9 +15,12 @@ from nlp_tasks.driver.inputs import InputFiles
 from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.plan import annotated_dataset, group_by_model
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
+from nlp_tasks.engines.calibration import pool_samples
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.workers.read import Fragment
 from nlp_tasks.workers.write import PART_RECORD
+
+log = logging.getLogger(__name__)
 
 
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
@@ -36,10 +41,14 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
                                [("+".join(specs), plan.max_actors) for specs, plan in pools])
         with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
+            samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column)
+        for index, (_, what) in samples.items():
+            log.info("compute: pool %s calibrates int8 on %s", "+".join(pools[index][0]), what)
+            pools[index] = (pools[index][0], replace(pools[index][1], calibration=what))
         started, started_at = time.perf_counter(), time.time()
         commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads, store.part_names)
+                                    heads, store.part_names, {index: texts for index, (texts, _) in samples.items()})
         for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
             part_records = records.cast(PART_RECORD).to_pylist()

@@ -61,11 +61,13 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
-                      fitted: dict[str, dict], part_names: str = STAGED_NAME):
+                      fitted: dict[str, dict], part_names: str = STAGED_NAME,
+                      calibration: dict[int, list[str]] | None = None):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
-    (heads.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME).
+    (heads.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME);
+    `calibration`: the texts static int8 pools calibrate on, by pool index (engines/calibration.py).
     """
     import ray
 
@@ -89,6 +91,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                 specs=specs, compute=plan.compute,
                 text_column=config.input.text_column, errors_column=config.output.errors_column,
                 record_calls=True, fitted={} if plan.stages == "split" else fitted_here,
+                calibration=(calibration or {}).get(index),
             ),
             batch_format="pyarrow",
             batch_size=plan.batch_size,

@@ -113,8 +113,10 @@ def summary(report: dict) -> str:
     lines += [f"compute: pool {'+'.join(pool['tasks'])}: {pool['min_actors']}-{pool['max_actors']} actors, "
               f"{pool['num_cpus_per_actor']:g} CPU, {pool['num_gpus_per_actor']:g} GPU, "
               + (f"ctranslate2 with {pool['inter_threads']} worker(s)" if pool.get("engine") == "ctranslate2"
-                 else f"{pool['torch_threads']} thread(s)")
-              + f", batch {pool['batch_size']}, {pool['device']} {pool['dtype']}" for pool in report["compute"]]
+                 else f"{pool.get('engine', 'transformers')} with {pool['torch_threads']} thread(s)")
+              + f", batch {pool['batch_size']}, {pool['device']} {pool['dtype']}"
+              + (f", calibrated on {pool['calibration']}" if pool.get("calibration") else "")
+              for pool in report["compute"]]
     lines.append("time: " + ", ".join(f"{phase} {seconds} s" for phase, seconds in report["time_s"].items()))
     for task, stats in report["throughput"].items():
         lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "

@@ -217,12 +217,14 @@ def pick_dtype(dtype: str, device: Any) -> Any:
 
 
 def load_model(auto_class: str, ref: str, revision: str | None, device: str, dtype: str,
-               weights: bool = True, engine: str = "transformers", engine_threads: int = 1) -> Any:
+               weights: bool = True, engine: str = "transformers", engine_threads: int = 1,
+               calibration: list[str] | None = None) -> Any:
     """Load tokenizer and model once, in eval mode on the chosen device and dtype.
 
     `weights=False`: the tokenizer and the model's skeleton on the meta device (its config and modules, no
     weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it; so too
-    beside another `engine` (ctranslate2, with `engine_threads` workers), which runs the model itself.
+    beside another `engine` (ctranslate2, with `engine_threads` workers; a CPU engine of the encoder tasks,
+    with `engine_threads` threads, int8 calibrated on `calibration`: engines/encoders.py), which runs the model.
     On CPU the linear layers are packed for oneDNN (cpu_linear.py). Outside a terminal (an actor, a log) no
     progress bar is drawn: transformers draws one per load.
     """
@@ -246,7 +248,13 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
         with torch.device("meta"):
             model = getattr(transformers, auto_class).from_config(config)
         skeleton = LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
-        if weights:  # another engine runs the model
+        if weights and engine != "ctranslate2":  # a CPU engine of the encoder tasks runs the model
+            from nlp_tasks.engines.encoders import load_encoder
+
+            skeleton.device = torch.device("cpu")
+            skeleton.engine = load_encoder(engine, ref, revision, path, auto_class, dtype, engine_threads, tokenizer,
+                                           calibration)
+        elif weights:  # CTranslate2 runs the model
             from nlp_tasks.engines.ctranslate2_models import load_ctranslate2
 
             skeleton.device = pick_device(device)

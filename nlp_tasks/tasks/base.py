@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from nlp_tasks.workers.batching import Features, MicroBatcher
 
+ENCODER_ENGINES = ("transformers", "openvino", "onnxruntime")
+"""The engines of the encoder tasks: transformers, or a CPU engine running the exported model (engines/encoders.py)."""
+
 
 class TaskOptions(BaseModel):
     """Options of one task; unknown keys are errors so that typos are caught at load time."""
@@ -77,7 +80,8 @@ class LoadedModel:
     """The transformers model; with another engine, its skeleton (config and modules, no weights)."""
     device: Any
     engine: Any = None
-    """The engine that runs the model where it is not PyTorch (engines/ctranslate2_models.CTranslate2Model)."""
+    """The engine that runs the model where it is not PyTorch (engines/ctranslate2_models.CTranslate2Model, or
+    engines/encoders.EncoderEngine for the encoder tasks)."""
 
 
 class TaskAdapter:
@@ -98,6 +102,7 @@ class TaskAdapter:
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.device = loaded.device
+        self.engine = loaded.engine
         self.options = options
         if options.long_text == "chunk":
             room = self.max_length - self.reserved_tokens() - self.tokenizer.num_special_tokens_to_add()
@@ -166,6 +171,13 @@ class TaskAdapter:
     def forward(self, inputs: dict[str, Any]) -> list[Any]:
         """Run the model on one padded micro-batch; return one output per unit (CPU, unpadded)."""
         raise NotImplementedError
+
+    def infer(self, inputs: dict[str, Any]) -> Any:
+        """The model's outputs (`logits`, `last_hidden_state`, ...) for one padded micro-batch: PyTorch's on the
+        model's device, or a CPU engine's, as tensors of the same names."""
+        if self.engine is not None:
+            return self.engine(inputs)
+        return self.model(**self.model_inputs(inputs))
 
     def run(self, units: list[Features], batcher: MicroBatcher, tokens: Counter | None = None) -> list[Any]:
         """Each unit's output, in order: `forward` over the batcher's length-sorted micro-batches (an engine with

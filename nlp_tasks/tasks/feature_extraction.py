@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from nlp_tasks.tasks.base import TaskAdapter, TaskOptions
+from nlp_tasks.tasks.base import ENCODER_ENGINES, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 
 
@@ -39,6 +39,7 @@ class FeatureExtraction(TaskAdapter):
     aliases = ("embedding",)
     options_class = FeatureExtractionOptions
     auto_class = "AutoModel"
+    engines = ENCODER_ENGINES
     text_encoding: ClassVar[dict[str, bool] | None] = {}
 
     def arrow_type(self) -> pa.DataType:
@@ -50,9 +51,8 @@ class FeatureExtraction(TaskAdapter):
         return ("pooled-embedding", self.max_length, self.options.pooling, self.options.long_text, self.stride)
 
     def embed(self, inputs: dict[str, Any]) -> Any:
-        inputs = self.model_inputs(inputs)
-        hidden = self.model(**inputs).last_hidden_state
-        return pool(hidden, inputs["attention_mask"], self.options.pooling)
+        hidden = self.infer(inputs).last_hidden_state
+        return pool(hidden, inputs["attention_mask"].to(hidden.device), self.options.pooling)
 
     def forward(self, inputs):
         return list(self.embed(inputs).cpu().numpy())

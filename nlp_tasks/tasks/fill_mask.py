@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import PositiveInt
 
-from nlp_tasks.tasks.base import RowError, TaskAdapter, TaskOptions
+from nlp_tasks.tasks.base import ENCODER_ENGINES, RowError, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 
 PREDICTION = pa.struct([
@@ -23,6 +23,7 @@ class FillMask(TaskAdapter):
     name = "fill-mask"
     options_class = FillMaskOptions
     auto_class = "AutoModelForMaskedLM"
+    engines = ENCODER_ENGINES
 
     def arrow_type(self) -> pa.DataType:
         return pa.list_(PREDICTION)
@@ -44,9 +45,8 @@ class FillMask(TaskAdapter):
     def forward(self, inputs):
         import torch
 
-        inputs = self.model_inputs(inputs)
-        logits = self.model(**inputs).logits
-        positions = (inputs["input_ids"] == self.tokenizer.mask_token_id).nonzero()
+        logits = self.infer(inputs).logits
+        positions = (inputs["input_ids"].to(logits.device) == self.tokenizer.mask_token_id).nonzero()
         probs = logits[positions[:, 0], positions[:, 1]].float().softmax(dim=-1)
         values, tokens = torch.topk(probs, self.options.top_k, dim=-1)
         return list(zip(values.cpu().numpy(), tokens.cpu().numpy()))

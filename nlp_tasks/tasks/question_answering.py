@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import PositiveInt, model_validator
 
-from nlp_tasks.tasks.base import RowError, TaskAdapter, TaskOptions
+from nlp_tasks.tasks.base import ENCODER_ENGINES, RowError, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
@@ -48,6 +48,7 @@ class QuestionAnswering(TaskAdapter):
     name = "question-answering"
     options_class = QuestionAnsweringOptions
     auto_class = "AutoModelForQuestionAnswering"
+    engines = ENCODER_ENGINES
 
     def arrow_type(self) -> pa.DataType:
         return ANSWER
@@ -73,7 +74,7 @@ class QuestionAnswering(TaskAdapter):
         return units
 
     def forward(self, inputs):
-        outputs = self.model(**self.model_inputs(inputs))
+        outputs = self.infer(inputs)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         starts = outputs.start_logits.float().cpu().numpy()
         ends = outputs.end_logits.float().cpu().numpy()

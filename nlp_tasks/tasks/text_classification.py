@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import PositiveInt
 
-from nlp_tasks.tasks.base import LABEL_SCORE, ChunkScoresOptions, TaskAdapter, aggregate_windows
+from nlp_tasks.tasks.base import ENCODER_ENGINES, LABEL_SCORE, ChunkScoresOptions, TaskAdapter, aggregate_windows
 from nlp_tasks.tasks.registry import register
 
 
@@ -49,13 +49,14 @@ class TextClassification(TaskAdapter):
     aliases = ("sentiment-analysis",)
     options_class = TextClassificationOptions
     auto_class = "AutoModelForSequenceClassification"
+    engines = ENCODER_ENGINES
     text_encoding: ClassVar[dict[str, bool] | None] = {}
 
     def arrow_type(self) -> pa.DataType:
         return LABEL_SCORE if self.options.top_k is None else pa.list_(LABEL_SCORE)
 
     def forward(self, inputs):
-        logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()
+        logits = self.infer(inputs).logits.float().cpu().numpy()
         return list(logits)
 
     def postprocess(self, text, units, outputs):

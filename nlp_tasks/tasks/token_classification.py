@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import model_validator
 
-from nlp_tasks.tasks.base import LoadedModel, TaskAdapter, TaskOptions
+from nlp_tasks.tasks.base import ENCODER_ENGINES, LoadedModel, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
 
 ENTITY = pa.struct([
@@ -44,13 +44,15 @@ class TokenClassification(TaskAdapter):
     aliases = ("ner",)
     options_class = TokenClassificationOptions
     auto_class = "AutoModelForTokenClassification"
+    engines = ENCODER_ENGINES
     text_encoding: ClassVar[dict[str, bool] | None] = {"return_offsets_mapping": True, "return_special_tokens_mask": True}
 
     def __init__(self, loaded: LoadedModel, options: TokenClassificationOptions):
         super().__init__(loaded, options)
         from transformers import TokenClassificationPipeline
 
-        self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer, device=self.device)
+        self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer,
+                                                     device=self.model.device)  # a CPU engine's skeleton: meta
         if options.aggregation_strategy in ("none", "simple"):
             self._token_groups = TokenGroups(self._pipeline, self.model.config.id2label,
                                              grouped=options.aggregation_strategy == "simple")
@@ -59,7 +61,7 @@ class TokenClassification(TaskAdapter):
         return pa.list_(ENTITY)
 
     def forward(self, inputs):
-        logits = self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy()
+        logits = self.infer(inputs).logits.float().cpu().numpy()
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [row[:length] for row, length in zip(logits, lengths)]
 

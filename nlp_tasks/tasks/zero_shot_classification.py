@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from nlp_tasks.tasks.base import (
+    ENCODER_ENGINES,
     LABELS_SCORES,
     ChunkScoresOptions,
     LoadedModel,
@@ -47,6 +48,7 @@ class ZeroShotClassification(TaskAdapter):
     name = "zero-shot-classification"
     options_class = ZeroShotOptions
     auto_class = "AutoModelForSequenceClassification"
+    engines = ENCODER_ENGINES
 
     def __init__(self, loaded: LoadedModel, options: ZeroShotOptions):
         super().__init__(loaded, options)
@@ -77,7 +79,7 @@ class ZeroShotClassification(TaskAdapter):
         return split_rows(units, [len(row) * len(hypotheses) for row in windows])
 
     def forward(self, inputs):
-        return list(self.model(**self.model_inputs(inputs)).logits.float().cpu().numpy())
+        return list(self.infer(inputs).logits.float().cpu().numpy())
 
     def postprocess(self, text, units, outputs):
         labels = len(self.options.candidate_labels)

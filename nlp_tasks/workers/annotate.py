@@ -41,9 +41,10 @@ RowResult = tuple[list[Features], list[Any]] | RowError
 
 
 def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict] | None = None,
-                  weights: bool = True) -> dict[str, TaskAdapter]:
+                  weights: bool = True, calibration: list[str] | None = None) -> dict[str, TaskAdapter]:
     """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it);
-    `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (models.load_model)."""
+    `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (models.load_model);
+    `calibration`: texts a CPU engine's static int8 is calibrated on."""
     import torch
 
     from nlp_tasks.engines.choice import choose_engine
@@ -54,9 +55,11 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     auto_class = get_task(first.task).auto_class
     if any(spec.pool_key != first.pool_key for spec in specs.values()):
         raise ValueError(f"tasks {sorted(specs)} do not share one model; group them with plan.group_by_model")
-    engine = first.engine if first.engine != "auto" else choose_engine(next(iter(specs)), first, compute.dtype)[0]
+    engine = first.engine if first.engine != "auto" else choose_engine(next(iter(specs)), first, compute.dtype,
+                                                                       compute.device)[0]
+    threads = compute.inter_threads if engine == "ctranslate2" else compute.torch_threads
     loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights, engine,
-                        compute.inter_threads or 1)
+                        threads or 1, calibration)
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
@@ -153,9 +156,11 @@ class Annotator:
     """
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
-                 record_calls: bool = False, fitted: dict[str, dict] | None = None):
+                 record_calls: bool = False, fitted: dict[str, dict] | None = None,
+                 calibration: list[str] | None = None):
         """`record_calls`: add each call's record (stats.py) to its output, as the job's actors do; `fitted`:
-        what the job fitted per task before the run (fit_heads)."""
+        what the job fitted per task before the run (fit_heads); `calibration`: texts a CPU engine's static int8
+        is calibrated on (job.calibration_texts)."""
         import threading
 
         from nlp_tasks.workers.batching import MicroBatcher
@@ -164,7 +169,7 @@ class Annotator:
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.text_column = text_column
         self.errors_column = errors_column
-        self.adapters = load_adapters(specs, compute, fitted)
+        self.adapters = load_adapters(specs, compute, fitted, calibration=calibration)
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget or self._device_token_budget(), some.pad_values(),
                                     some.padding_side)

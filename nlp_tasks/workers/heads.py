@@ -23,10 +23,11 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
 
     embedding_specs = {column: TaskSpec.model_validate({
         "task": "feature-extraction", "model": specs[column].model, "revision": specs[column].revision,
-        **specs[column].options.embedding_options()}) for column in examples}
+        "engine": specs[column].engine, **specs[column].options.embedding_options()}) for column in examples}
     if compute.device != "cuda":
         compute = compute.model_copy(update={"torch_threads": os.cpu_count()})
-    embedder = Annotator(embedding_specs, compute, "text", "errors")
+    # static int8 calibrates on the first examples, as the pool does (engines/calibration.pool_samples)
+    embedder = Annotator(embedding_specs, compute, "text", "errors", calibration=next(iter(examples.values()))[0])
     heads, embedded = {}, {}
     for column, (texts, labels) in examples.items():
         key = (embedding_specs[column].model_dump_json(), tuple(texts))  # heads of one example set embed it once

@@ -1,0 +1,66 @@
+"""What a CPU engine's static int8 is calibrated on: the task's labelled examples, or a sample of the run's input.
+
+Static int8 (OpenVINO with NNCF) fixes each activation's scale from sample inputs, so the sample should look like
+the rows the run annotates: a pool with a task that has `examples` takes those texts (the head is fitted on them
+too), any other pool a few hundred rows spread over the run's input files, read by a Ray task like any other
+(the driver never reads row data). The sample is recorded in the run report, and names the engine's build in the
+node cache (encoders.calibration_key): the same sample reuses the same build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CALIBRATION_ROWS = 300
+"""Texts a static int8 build is calibrated on (NNCF's default subset size is 300)."""
+CALIBRATION_FILES = 30
+"""Fragments the input sample is spread over, evenly, so that a run over many files opens only a few."""
+
+
+def needs_calibration(engine: str, dtype: str) -> bool:
+    from nlp_tasks.engines.encoders import engine_dtype
+
+    return engine == "openvino" and engine_dtype(dtype) == "int8"
+
+
+def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: int = CALIBRATION_ROWS) -> list[str]:
+    """Up to `rows` usable texts from the start of fragments spread evenly over `fragments`."""
+    from nlp_tasks.read import record_batches
+    from nlp_tasks.text_checks import as_text, text_problem
+
+    step = max(1, len(fragments) // CALIBRATION_FILES)
+    chosen = fragments[::step][:CALIBRATION_FILES]
+    texts: list[str] = []
+    for index, fragment in enumerate(chosen):
+        wanted = -(-(rows - len(texts)) // (len(chosen) - index))
+        taken = 0
+        for batch in record_batches(filesystem, fragment, wanted):
+            for value in batch.column(text_column).to_pylist():
+                if taken < wanted and text_problem(value) is None:
+                    texts.append(as_text(value))
+                    taken += 1
+            if taken >= wanted:
+                break
+    return texts
+
+
+def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesystem: Any, fragments: list[Any],
+                 text_column: str) -> dict[int, tuple[list[str], str]]:
+    """For each pool (by index) that runs static int8: its calibration texts and what they are."""
+    import ray
+
+    samples, reading = {}, {}
+    for index, (specs, plan) in enumerate(pools):
+        if not needs_calibration(plan.engine, plan.dtype):
+            continue
+        labelled = next((column for column in specs if column in examples), None)
+        if labelled is not None:
+            texts = list(examples[labelled].texts)
+            samples[index] = (texts, f"the examples of tasks.{labelled} ({len(texts)} rows)")
+        else:
+            reading[index] = None
+    if reading:
+        texts = ray.get(ray.remote(input_sample).options(num_cpus=0.25).remote(filesystem, fragments, text_column))
+        for index in reading:
+            samples[index] = (texts, f"{len(texts)} rows of the input")
+    return samples

@@ -1,0 +1,231 @@
+"""The encoder tasks on the CPU engines (OpenVINO, ONNX Runtime): which engine `auto` takes, the export cache, int8.
+
+Equality with `pipeline()` in float32 is proven task by task in test_pipeline_equivalence.py, on every engine
+installed; here: question answering (which transformers 5 has no pipeline for) against transformers, the choice
+and its errors, two actors building at once, static and dynamic int8 on MiniLM, and a job whose report says how
+its int8 was made.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiny_models
+import yaml
+from nlp_tasks.compute import Cluster, plan_pools
+from nlp_tasks.plan import group_by_model
+
+from nlp_tasks.config import ConfigError, TaskSpec, parse_config
+from nlp_tasks.engines.choice import choose_engine
+from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
+
+INSTALLED = [engine for engine in ENCODER_ENGINES if missing_package(engine) is None]
+needs_engines = pytest.mark.skipif(len(INSTALLED) < len(ENCODER_ENGINES),
+                                   reason="needs the cpu-engines extra (pip install .[cpu-engines])")
+TEXTS = tiny_models.sample_texts()
+REPO = Path(__file__).resolve().parents[1]
+MB = 2**20
+
+
+def bbc_texts() -> list[str]:
+    return pq.read_table(REPO / "data" / "bbc_sample.parquet").column("text").to_pylist()
+
+
+def spec(task: str, model, **options) -> TaskSpec:
+    return TaskSpec.model_validate({"task": task, "model": str(model), **options})
+
+
+@needs_engines
+@pytest.mark.parametrize("engine", ENCODER_ENGINES)
+def test_question_answering_on_a_cpu_engine_equals_transformers(models, annotate, engine):
+    task = {"task": "question-answering", "model": str(models["question-answering"]), "question": "Who met Bob?"}
+    ours = annotate({"qa": {**task, "engine": engine}}, TEXTS).column("qa").to_pylist()
+    theirs = annotate({"qa": {**task, "engine": "transformers"}}, TEXTS).column("qa").to_pylist()
+    for mine, reference in zip(ours, theirs):
+        assert (mine["answer"], mine["start"], mine["end"]) == (reference["answer"], reference["start"],
+                                                                reference["end"])
+        assert mine["score"] == pytest.approx(reference["score"], abs=1e-4)
+
+
+@needs_engines
+def test_auto_takes_the_fastest_engine_and_stays_on_transformers_on_a_gpu(models):
+    task = spec("text-classification", models["text-classification"])
+    assert choose_engine("s", task, "auto", "cpu") == ("transformers", None)  # fastest in float32, as measured
+    assert choose_engine("s", task, "int8", "auto") == ("openvino", None)
+    assert choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"),
+                         "auto", "cpu") == ("openvino", None)
+    assert choose_engine("s", task, "auto", "cuda") == ("transformers", None)
+    assert choose_engine("s", task, "bfloat16", "cpu") == ("transformers", None)
+    assert choose_engine("s", spec("ner", models["token-classification"], engine="onnxruntime"), "int8",
+                         "cpu") == ("onnxruntime", None)
+
+
+@needs_engines
+def test_a_cpu_engine_auto_took_gives_way_to_transformers_on_a_gpu_pool(models):
+    gpu_node = Cluster(cpus=16, gpus=1, memory=128 * 2**30, nodes=1, fixed_size=True)
+    path = str(models["text-classification"])
+    for engine, named in (("openvino", False), ("openvino", True)):
+        config = parse_config({"input": {"path": "in"}, "output": {"path": "out"},
+                               "tasks": {"s": {"task": "sentiment-analysis", "model": path,
+                                               **({"engine": engine} if named else {})}}})
+        ready = {"s": config.tasks["s"].model_copy(update={"engine": engine})}  # as job.runnable_tasks resolves it
+        if named:
+            with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino .*runs on CPU only"):
+                plan_pools(config, group_by_model(ready), gpu_node, [MB])
+        else:
+            (plan,) = plan_pools(config, group_by_model(ready), gpu_node, [MB])
+            assert (plan.engine, plan.device) == ("transformers", "cuda")
+
+
+def test_a_model_the_exporter_cannot_take_falls_back_with_auto_and_is_one_line_when_named(models):
+    gpt2 = models["text-generation"]  # a GPT-2 checkpoint is a sequence classifier too, for transformers
+    with pytest.raises(ConfigError, match=r"^tasks.s: dtype int8 needs engine openvino or onnxruntime, and neither "
+                                          r"can run it: openvino: .*'gpt2'"):
+        choose_engine("s", spec("text-classification", gpt2), "int8", "cpu")
+    with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino cannot run it: .*'gpt2'$") as error:
+        choose_engine("s", spec("text-classification", gpt2, engine="openvino"), "auto", "cpu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"^tasks.s: engine onnxruntime cannot run it: it runs float32 or int8"):
+        choose_engine("s", spec("text-classification", models["text-classification"], engine="onnxruntime"),
+                      "bfloat16", "cpu")
+
+
+def test_without_the_extra_naming_an_engine_or_int8_is_a_one_line_error(models, monkeypatch):
+    for package in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, package, None)  # as if not installed: find_spec and import fail
+    assert choose_engine("s", spec("text-classification", models["text-classification"]), "auto", "cpu") == (
+        "transformers", None)
+    with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino cannot run it: the openvino package is not "
+                                          r"installed \(pip install .\[cpu-engines\]\)$"):
+        choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"), "auto",
+                      "cpu")
+    with pytest.raises(ConfigError, match=r"^tasks.s: dtype int8 needs engine openvino or onnxruntime, and neither "
+                                          r"can run it: openvino: the openvino package is not installed"):
+        choose_engine("s", spec("text-classification", models["text-classification"]), "int8", "cpu")
+
+
+def test_a_pool_auto_left_on_transformers_says_why_in_its_plan_line(models):
+    from nlp_tasks.job import runnable_tasks, size_pools
+
+    config = parse_config({"input": {"path": "in"}, "output": {"path": "out"}, "tasks": {
+        "g": {"task": "text-generation", "model": str(models["text-generation"]), "min_length": 30}}})
+    ((_, plan),) = size_pools(config, runnable_tasks(config)[0], Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
+                                                                         fixed_size=True), rows=100)
+    assert plan.engine == "transformers"
+    assert "1 torch thread(s) (transformers: ctranslate2 cannot run it: ctranslate2 cannot honour min_length=30 (from " \
+           "the task's options)" in plan.describe()
+
+
+def test_the_cli_names_a_missing_engine_in_one_line_and_exits_2(models, tmp_path):
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), tmp_path / "in.parquet")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"}, "output": {"path": str(tmp_path / "out")},
+        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"]),
+                        "engine": "openvino"}}}))
+    hide = "import sys; sys.modules['openvino'] = None; from jobs.annotate import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", hide, "--config", str(config)], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.endswith("tasks.s: engine openvino cannot run it: the openvino package is not installed "
+                         "(pip install .[cpu-engines])")
+
+
+def _build(args):
+    """One actor's load: the engine's model of the checkpoint, built in the cache (or found there); its logits."""
+    import os
+
+    os.environ["NLP_TASKS_MODEL_CACHE"] = args[2]
+    from transformers import AutoTokenizer
+
+    from nlp_tasks.engines.encoders import load_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(args[0])
+    model = load_encoder(args[1], args[0], None, args[0], "AutoModelForSequenceClassification", "float32", 1,
+                         tokenizer, None)
+    return model(dict(tokenizer(TEXTS[:3], padding=True, return_tensors="pt"))).logits.numpy()
+
+
+@needs_engines
+@pytest.mark.parametrize("engine", ENCODER_ENGINES)
+def test_two_actors_starting_together_build_once_and_never_use_a_partial_build(models, tmp_path, monkeypatch,
+                                                                               engine):
+    from nlp_tasks.engines.encoders import build_dir
+    from nlp_tasks.models import model_fingerprint
+
+    path, cache = str(models["text-classification"]), tmp_path / "cache"
+    monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(cache))
+    target = build_dir(model_fingerprint(path), "AutoModelForSequenceClassification", engine, "float32", "none")
+    stale = target.parent / (target.name + ".partial-killed")
+    stale.mkdir(parents=True)
+    (stale / "model.xml").write_text("half")  # a build killed half-way: never to be used
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        first, second = pool.map(_build, [(path, engine, str(cache))] * 2)
+    np.testing.assert_array_equal(first, second)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".lock"]
+    assert sorted(p.name for p in target.iterdir()) == (["model.bin", "model.xml"] if engine == "openvino"
+                                                        else ["model.onnx"])
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@needs_engines
+@pytest.mark.parametrize("engine", ENCODER_ENGINES)
+def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(minilm, engine):
+    from nlp_tasks.annotate import Annotator
+
+    from nlp_tasks.config import ComputeConfig
+
+    texts = bbc_texts()
+    sample, calibration = texts[:24], texts[100:164]  # calibrated on other rows than the ones compared
+    task = {"vec": spec("feature-extraction", minilm, engine=engine, max_length=256)}
+    vectors = {}
+    for dtype in ("float32", "int8"):
+        annotator = Annotator(task, ComputeConfig(device="cpu", dtype=dtype, token_budget=2048), "text", "errors",
+                              calibration=calibration)
+        vectors[dtype] = np.stack(annotator(pa.table({"text": sample})).column("vec").to_pylist())
+    similarity = cosines(vectors["int8"], vectors["float32"])
+    assert similarity.min() >= 0.99, similarity.min()
+    assert similarity.min() < 0.99999, "int8 gave float32's vectors: it was not quantized"
+
+
+def test_static_int8_without_calibration_texts_is_refused(minilm):
+    from nlp_tasks.annotate import Annotator
+
+    from nlp_tasks.config import ComputeConfig
+
+    if missing_package("openvino"):
+        pytest.skip("needs openvino")
+    with pytest.raises(ValueError, match="needs calibration texts"):
+        Annotator({"vec": spec("feature-extraction", minilm, engine="openvino")},
+                  ComputeConfig(device="cpu", dtype="int8"), "text", "errors")
+
+
+@needs_engines
+def test_an_int8_job_calibrates_on_its_input_and_its_report_says_so(ray_local, tmp_path, minilm):
+    from jobs.annotate import main
+
+    texts = bbc_texts()[:40]
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), tmp_path / "in.parquet")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"}, "output": {"path": str(tmp_path / "out")},
+        "tasks": {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
+        "compute": {"dtype": "int8", "num_cpus_per_actor": 0.5, "batch_size": 8}}))
+    assert main(["--config", str(config)]) == 0
+    report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
+    (pool,) = report["compute"]
+    assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", "40 rows of the input")
+    out = pq.read_table(tmp_path / "out")
+    assert out.num_rows == 40 and all(len(vector) == 384 for vector in out.column("vec").to_pylist())
