@@ -137,7 +137,7 @@ def run_peer(engine: str, folder: str, source: Path, work: Path, rows: int, max_
 
 def held_out_accuracy(vectors: np.ndarray, labels: list[str]) -> dict[str, float]:
     """Each head's accuracy over FOLDS folds, fitted on the other folds' vectors (heads.py, as the job fits)."""
-    from nlp_tasks.heads import fit_head, head_scores
+    from nlp_tasks.models.heads import fit_head, head_scores
 
     labels = np.array(labels)
     folds = np.arange(len(labels)) % FOLDS

@@ -12,18 +12,17 @@ import json
 import multiprocessing
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-import yaml
-from nlp_tasks.compute import Cluster, plan_pools
-from nlp_tasks.plan import group_by_model
+from helpers import REPO, SAMPLE, write_config
 
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
+from nlp_tasks.driver.compute import Cluster, plan_pools
+from nlp_tasks.driver.plan import group_by_model
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
 
@@ -31,12 +30,11 @@ INSTALLED = [engine for engine in ENCODER_ENGINES if missing_package(engine) is 
 needs_engines = pytest.mark.skipif(len(INSTALLED) < len(ENCODER_ENGINES),
                                    reason="needs the cpu-engines extra (pip install .[cpu-engines])")
 TEXTS = tiny_models.sample_texts()
-REPO = Path(__file__).resolve().parents[1]
 MB = 2**20
 
 
 def bbc_texts() -> list[str]:
-    return pq.read_table(REPO / "data" / "bbc_sample.parquet").column("text").to_pylist()
+    return pq.read_table(SAMPLE).column("text").to_pylist()
 
 
 def spec(task: str, model, **options) -> TaskSpec:
@@ -113,11 +111,12 @@ def test_without_the_extra_naming_an_engine_or_int8_is_a_one_line_error(models, 
 
 
 def test_a_pool_auto_left_on_transformers_says_why_in_its_plan_line(models):
-    from nlp_tasks.job import runnable_tasks, size_pools
+    from nlp_tasks.driver.checks import runnable_tasks
+    from nlp_tasks.driver.compute import size_pools
 
     config = parse_config({"input": {"path": "in"}, "output": {"path": "out"}, "tasks": {
         "g": {"task": "text-generation", "model": str(models["text-generation"]), "min_length": 30}}})
-    ((_, plan),) = size_pools(config, runnable_tasks(config)[0], Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
+    ((_, plan),) = size_pools(config, group_by_model(runnable_tasks(config)[0]), Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
                                                                          fixed_size=True), rows=100)
     assert plan.engine == "transformers"
     assert "1 torch thread(s) (transformers: ctranslate2 cannot run it: ctranslate2 cannot honour min_length=30 (from " \
@@ -126,11 +125,8 @@ def test_a_pool_auto_left_on_transformers_says_why_in_its_plan_line(models):
 
 def test_the_cli_names_a_missing_engine_in_one_line_and_exits_2(models, tmp_path):
     pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), tmp_path / "in.parquet")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"}, "output": {"path": str(tmp_path / "out")},
-        "tasks": {"s": {"task": "sentiment-analysis", "model": str(models["text-classification"]),
-                        "engine": "openvino"}}}))
+    config = write_config(tmp_path, tmp_path / "in.parquet", {"s": {
+        "task": "sentiment-analysis", "model": str(models["text-classification"]), "engine": "openvino"}}, compute=None)
     hide = "import sys; sys.modules['openvino'] = None; from jobs.annotate import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", hide, "--config", str(config)], capture_output=True, text=True,
                           cwd=REPO, check=False)
@@ -160,7 +156,7 @@ def _build(args):
 def test_two_actors_starting_together_build_once_and_never_use_a_partial_build(models, tmp_path, monkeypatch,
                                                                                engine):
     from nlp_tasks.engines.encoders import build_dir
-    from nlp_tasks.models import model_fingerprint
+    from nlp_tasks.models.loading import model_fingerprint
 
     path, cache = str(models["text-classification"]), tmp_path / "cache"
     monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(cache))
@@ -183,9 +179,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @needs_engines
 @pytest.mark.parametrize("engine", ENCODER_ENGINES)
 def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(minilm, engine):
-    from nlp_tasks.annotate import Annotator
-
     from nlp_tasks.config import ComputeConfig
+    from nlp_tasks.workers.annotate import Annotator
 
     texts = bbc_texts()
     sample, calibration = texts[:24], texts[100:164]  # calibrated on other rows than the ones compared
@@ -201,9 +196,8 @@ def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(m
 
 
 def test_static_int8_without_calibration_texts_is_refused(minilm):
-    from nlp_tasks.annotate import Annotator
-
     from nlp_tasks.config import ComputeConfig
+    from nlp_tasks.workers.annotate import Annotator
 
     if missing_package("openvino"):
         pytest.skip("needs openvino")
@@ -218,12 +212,10 @@ def test_an_int8_job_calibrates_on_its_input_and_its_report_says_so(ray_local, t
 
     texts = bbc_texts()[:40]
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), tmp_path / "in.parquet")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"path": str(tmp_path / "in.parquet"), "id_column": "id"}, "output": {"path": str(tmp_path / "out")},
-        "tasks": {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
-        "compute": {"dtype": "int8", "num_cpus_per_actor": 0.5, "batch_size": 8}}))
-    assert main(["--config", str(config)]) == 0
+    config = write_config(tmp_path, tmp_path / "in.parquet",
+                          {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
+                          compute={"dtype": "int8", "num_cpus_per_actor": 0.5})
+    assert main(["--config", config]) == 0
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     (pool,) = report["compute"]
     assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", "40 rows of the input")

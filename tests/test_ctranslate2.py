@@ -89,9 +89,9 @@ def test_each_row_equals_generate_or_is_a_near_tie(models, annotate, task, optio
             continue
         ties += 1
         assert options.get("num_beams", 1) > 1, f"greedy decoding differs on {text!r}: {mine!r} != {other!r}"
-        [units] = adapter.preprocess([text], None)
-        [generated] = adapter.run(units, engine.batcher)
-        assert adapter.postprocess(text, units, [generated]) == mine
+        [segments] = adapter.preprocess([text], None)
+        [generated] = adapter.run(segments, engine.batcher)
+        assert adapter.postprocess(text, segments, [generated]) == mine
         seq2seq = task != "text-generation"
         assert (mean_log_prob(model, inputs, generated.tolist(), specials, seq2seq)
                 >= mean_log_prob(model, inputs, expected, specials, seq2seq) - NEAR_TIE), text

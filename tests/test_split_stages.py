@@ -14,7 +14,7 @@ from helpers import write_config
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.driver.plan import group_by_model
-from nlp_tasks.workers.stages import UNITS_PREFIX, ModelStage, postprocess, tokenize
+from nlp_tasks.workers.stages import SEGMENTS_PREFIX, ModelStage, postprocess, tokenize
 
 
 def tasks_of(models) -> dict:
@@ -64,18 +64,18 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
 
 
 def test_tasks_of_several_models_on_one_tokenizer_share_their_tokens(models):
-    """The tiny BERTs share one tokenizer: sentiment, NER and embeddings read one units column (tokenized with
+    """The tiny BERTs share one tokenizer: sentiment, NER and embeddings read one segments column (tokenized with
     NER's offsets), zero-shot pairs each text with hypotheses and keeps its own; the last postprocess drops both."""
     compute = ComputeConfig(device="cpu", token_budget=256)
     specs = {column: TaskSpec.model_validate(task) for column, task in tasks_of(models).items() if column != "summary"}
     pools = [(group, compute) for group in group_by_model(specs)]
     table = tokenize(pa.table({"text": tiny_models.sample_texts()[:6]}), pools=pools, text_column="text")
-    units = [name for name in table.column_names if name.startswith(UNITS_PREFIX)]
-    assert len(units) == 2 and UNITS_PREFIX + "topics" in units
+    segments = [name for name in table.column_names if name.startswith(SEGMENTS_PREFIX)]
+    assert len(segments) == 2 and SEGMENTS_PREFIX + "topics" in segments
     for index, (group, _) in enumerate(pools):
         table = ModelStage(group, compute, "text", "errors")(table)
         table = postprocess(table, specs=group, compute=compute, fitted={}, text_column="text",
                             errors_column="errors", later=pools[index + 1:])
-        kept = [name for name in table.column_names if name.startswith(UNITS_PREFIX)]
-        assert kept == ([] if index == len(pools) - 1 else [name for name in units if name in kept])
+        kept = [name for name in table.column_names if name.startswith(SEGMENTS_PREFIX)]
+        assert kept == ([] if index == len(pools) - 1 else [name for name in segments if name in kept])
     assert set(specs) <= set(table.column_names) and not table.column("errors").to_pylist()[0]

@@ -25,8 +25,8 @@ def needs_calibration(engine: str, dtype: str) -> bool:
 
 def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: int = CALIBRATION_ROWS) -> list[str]:
     """Up to `rows` usable texts from the start of fragments spread evenly over `fragments`."""
-    from nlp_tasks.read import record_batches
-    from nlp_tasks.text_checks import as_text, text_problem
+    from nlp_tasks.workers.read import record_batches
+    from nlp_tasks.workers.text_checks import as_text, text_problem
 
     step = max(1, len(fragments) // CALIBRATION_FILES)
     chosen = fragments[::step][:CALIBRATION_FILES]

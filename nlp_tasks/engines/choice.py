@@ -44,7 +44,7 @@ def ctranslate2_problem(spec: TaskSpec) -> str | None:
 def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
     """Why CPU engine `engine` cannot run this encoder task as configured, or None."""
     from nlp_tasks.engines.encoders import ENCODER_TYPES, missing_package
-    from nlp_tasks.models import checkpoint_json
+    from nlp_tasks.models.loading import checkpoint_json
 
     missing = missing_package(engine)
     if missing:

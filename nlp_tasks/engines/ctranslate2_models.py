@@ -1,4 +1,4 @@
-"""CTranslate2 for the generation tasks: a checkpoint converted once per node, and generation from the job's units.
+"""CTranslate2 for the generation tasks: a checkpoint converted once per node, and generation from the job's segments.
 
 The conversion reads the checkpoint the job already resolved (local folder, node copy of an object-storage one,
 `python:` package) and is cached on the node by (model fingerprint, quantization). A file lock makes actors that
@@ -83,7 +83,7 @@ def load_ctranslate2(ref: str, revision: str | None, path: str, seq2seq: bool, d
 
 class CTranslate2Model:
     """A converted checkpoint in CTranslate2 (a Translator for encoder-decoders, a Generator for decoders), turning
-    units into generated token ids. `threads`: batches decoded at once, one thread each (on CPU its docs advise
+    segments into generated token ids. `threads`: batches decoded at once, one thread each (on CPU its docs advise
     raising these rather than the threads per batch); `generation`: the checkpoint's generation_config, which
     CTranslate2 does not read (the tasks map it: decoding.py)."""
 
@@ -97,10 +97,10 @@ class CTranslate2Model:
         self.tokenizer = tokenizer
         self.generation = generation
 
-    def generate(self, units: list[Features], decoding: dict[str, Any], token_budget: int,
+    def generate(self, segments: list[Features], decoding: dict[str, Any], token_budget: int,
                  tokens: Counter | None = None) -> list[np.ndarray]:
-        """Each unit's generated token ids (with the forced first token, without the decoder start token), in
-        order. Units are cut into length-sorted micro-batches by `token_budget` and all handed to CTranslate2 at
+        """Each segment's generated token ids (with the forced first token, without the decoder start token), in
+        order. Segments are cut into length-sorted micro-batches by `token_budget` and all handed to CTranslate2 at
         once, so that its workers decode them in parallel."""
         import ctranslate2
 
@@ -108,20 +108,20 @@ class CTranslate2Model:
         ctranslate2.set_random_seed(decoding.pop("seed"))
         prefix_id = decoding.pop("target_prefix_id", None)
         prefix = None if prefix_id is None else [self.tokenizer.convert_ids_to_tokens(int(prefix_id))]
-        lengths = [len(unit["input_ids"]) for unit in units]
+        lengths = [len(segment["input_ids"]) for segment in segments]
         groups = plan_micro_batches(lengths, token_budget)
         pending = []
         for group in groups:
             if tokens is not None:
                 tokens.update(real=sum(lengths[i] for i in group), padded=len(group) * lengths[group[0]])
-            source = [self.tokenizer.convert_ids_to_tokens(np.asarray(units[i]["input_ids"]).tolist()) for i in group]
+            source = [self.tokenizer.convert_ids_to_tokens(np.asarray(segments[i]["input_ids"]).tolist()) for i in group]
             if self.seq2seq:
                 pending.append(self.model.translate_batch(
                     source, target_prefix=None if prefix is None else [prefix] * len(group), asynchronous=True,
                     **decoding))
             else:
                 pending.append(self.model.generate_batch(source, asynchronous=True, **decoding))
-        outputs: list[Any] = [None] * len(units)
+        outputs: list[Any] = [None] * len(segments)
         for group, results in zip(groups, pending):
             for index, result in zip(group, results):
                 result = result.result()

@@ -62,7 +62,7 @@ def calibration_key(texts: list[str] | None) -> str:
 
 
 def build_dir(fingerprint: str, auto_class: str, engine: str, dtype: str, calibration: str) -> Path:
-    from nlp_tasks.models import cache_root
+    from nlp_tasks.models.loading import cache_root
 
     name = f"{fingerprint.replace(':', '-')}-{auto_class}-{engine}-{dtype}-{calibration}"
     return cache_root() / "encoders" / name
@@ -187,7 +187,7 @@ def load_encoder(engine: str, ref: str, revision: str | None, path: str, auto_cl
 def build_for(engine: str, ref: str, revision: str | None, path: str, auto_class: str, dtype: str, tokenizer: Any,
               calibration: list[str] | None) -> Path:
     """The folder of the task model's build for `engine` and `dtype` in the node cache, built if not there yet."""
-    from nlp_tasks.models import model_fingerprint
+    from nlp_tasks.models.loading import model_fingerprint
 
     precision = engine_dtype(dtype)
     runner = engine_class(engine)

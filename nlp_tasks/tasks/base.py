@@ -1,9 +1,9 @@
 """The shape every task adapter has: preprocess -> forward -> postprocess, each batched.
 
-An adapter turns each clean text into one or more token sequences ("units": one for most
+An adapter turns each clean text into one or more token sequences ("segments": one for most
 tasks, one per candidate label for zero-shot, one per window of a long text with
-`long_text: chunk`), runs the model on length-sorted micro-batches of units, and folds each
-row's unit outputs into one typed Arrow value.
+`long_text: chunk`), runs the model on length-sorted micro-batches of segments, and folds each
+row's segment outputs into one typed Arrow value.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class TaskAdapter:
     """What can run the task's model; `engine: auto` picks one by the checkpoint (engines/choice.py)."""
     padding_side: ClassVar[str] = "right"
     text_encoding: ClassVar[dict[str, bool] | None] = None
-    """For tasks whose units are the text alone, tokenized: the tokenizer's options (their preprocess is then
-    `encode_units` with them). Such tasks on one tokenizer share their tokens (see tokens_key)."""
+    """For tasks whose segments are the text alone, tokenized: the tokenizer's options (their preprocess is then
+    `encode_segments` with them). Such tasks on one tokenizer share their tokens (see tokens_key)."""
 
     def __init__(self, loaded: LoadedModel, options: TaskOptions):
         self.tokenizer = loaded.tokenizer
@@ -152,24 +152,24 @@ class TaskAdapter:
 
     @property
     def multi_level(self) -> bool:
-        """Whether next_level may give rows units of another level (map-reduce summarization)."""
+        """Whether next_level may give rows segments of another level (map-reduce summarization)."""
         return type(self).next_level is not TaskAdapter.next_level
 
     def tokens_key(self) -> tuple | None:
-        """What makes two tasks' units equal, for tasks that tokenize the text alone (`text_encoding`): their
-        window; the tokenizer itself is compared by the caller. None: the units are this task's own."""
+        """What makes two tasks' segments equal, for tasks that tokenize the text alone (`text_encoding`): their
+        window; the tokenizer itself is compared by the caller. None: the segments are this task's own."""
         if self.text_encoding is None:
             return None
         return self.max_length, self.options.long_text, self.stride if self.options.long_text == "chunk" else None
 
     def preprocess(self, texts: list[str], batch: pa.Table) -> list[list[Features] | RowError]:
-        """Tokenize each text into its units, or a RowError for a row the task cannot take."""
+        """Tokenize each text into its segments, or a RowError for a row the task cannot take."""
         if self.text_encoding is None:
             raise NotImplementedError
-        return self.encode_units(texts, **self.text_encoding)
+        return self.encode_segments(texts, **self.text_encoding)
 
     def forward(self, inputs: dict[str, Any]) -> list[Any]:
-        """Run the model on one padded micro-batch; return one output per unit (CPU, unpadded)."""
+        """Run the model on one padded micro-batch; return one output per segment (CPU, unpadded)."""
         raise NotImplementedError
 
     def infer(self, inputs: dict[str, Any]) -> Any:
@@ -179,13 +179,13 @@ class TaskAdapter:
             return self.engine(inputs)
         return self.model(**self.model_inputs(inputs))
 
-    def run(self, units: list[Features], batcher: MicroBatcher, tokens: Counter | None = None) -> list[Any]:
-        """Each unit's output, in order: `forward` over the batcher's length-sorted micro-batches (an engine with
+    def run(self, segments: list[Features], batcher: MicroBatcher, tokens: Counter | None = None) -> list[Any]:
+        """Each segment's output, in order: `forward` over the batcher's length-sorted micro-batches (an engine with
         batching of its own overrides this)."""
-        return batcher.run(units, self.forward, tokens)
+        return batcher.run(segments, self.forward, tokens)
 
-    def postprocess(self, text: str, units: list[Features], outputs: list[Any]) -> Any:
-        """Fold one row's units and their outputs into the Python value of its Arrow column."""
+    def postprocess(self, text: str, segments: list[Features], outputs: list[Any]) -> Any:
+        """Fold one row's segments and their outputs into the Python value of its Arrow column."""
         raise NotImplementedError
 
     def use_fitted(self, state: dict[str, Any]) -> None:
@@ -193,7 +193,7 @@ class TaskAdapter:
         raise TypeError(f"task {self.name!r} fits nothing")
 
     def next_level(self, rows: list[tuple[list[Features], list[Any]]]) -> list[list[Features] | RowError | None]:
-        """For multi-level tasks (map-reduce summarization): given each row's units and outputs, the units of
+        """For multi-level tasks (map-reduce summarization): given each row's segments and outputs, the segments of
         the row's next level, or None where the row is done. The actor runs each level over all rows at once."""
         return [None] * len(rows)
 
@@ -204,14 +204,14 @@ class TaskAdapter:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
         return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
 
-    def encode_units(self, texts: list[str], **kwargs: Any) -> list[list[Features]]:
-        """Each text's units: one truncated to the window, or with chunk the overlapping windows covering it all.
+    def encode_segments(self, texts: list[str], **kwargs: Any) -> list[list[Features]]:
+        """Each text's segments: one truncated to the window, or with chunk the overlapping windows covering it all.
 
         Chunk uses the fast tokenizer's overflow with stride (as the token-classification pipeline does), for
         all texts in one call; every window keeps the tokenizer's special tokens and offsets into the text.
         """
         if self.options.long_text == "truncate":
-            return single_units(self.encode(texts, **kwargs))
+            return single_segments(self.encode(texts, **kwargs))
         return self._windows(texts, self.max_length, **kwargs)
 
     def text_windows(self, texts: list[str]) -> list[list[str]]:
@@ -243,8 +243,8 @@ class TaskAdapter:
         return {k: v.to(self.device) for k, v in inputs.items()}
 
 
-def single_units(features: list[Features]) -> list[list[Features]]:
-    """One unit per row: the common case."""
+def single_segments(features: list[Features]) -> list[list[Features]]:
+    """One segment per row: the common case."""
     return [[f] for f in features]
 
 

@@ -84,7 +84,7 @@ class EmbeddingClassification(FeatureExtraction):
     def arrow_type(self) -> pa.DataType:
         return LABELS_SCORES
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         from nlp_tasks.models.heads import head_scores
 
         if self.head is None:

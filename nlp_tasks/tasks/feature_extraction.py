@@ -57,7 +57,7 @@ class FeatureExtraction(TaskAdapter):
     def forward(self, inputs):
         return list(self.embed(inputs).cpu().numpy())
 
-    def postprocess(self, text, units, outputs):
-        weights = [len(unit["input_ids"]) for unit in units]
+    def postprocess(self, text, segments, outputs):
+        weights = [len(segment["input_ids"]) for segment in segments]
         vector = np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
         return normalized(vector) if self.options.normalize else vector

@@ -30,17 +30,17 @@ class FillMask(TaskAdapter):
 
     def preprocess(self, texts, batch):
         mask_id = self.tokenizer.mask_token_id
-        units = []
+        segments = []
         for features in self.encode(texts):
             found = features["input_ids"].count(mask_id)
             if found == 1:
-                units.append([features])
+                segments.append([features])
             else:
-                units.append(RowError(
+                segments.append(RowError(
                     f"fill-mask needs exactly one {self.tokenizer.mask_token} token in the text "
                     f"(found {found} within the first {self.max_length} tokens)"
                 ))
-        return units
+        return segments
 
     def forward(self, inputs):
         import torch
@@ -51,8 +51,8 @@ class FillMask(TaskAdapter):
         values, tokens = torch.topk(probs, self.options.top_k, dim=-1)
         return list(zip(values.cpu().numpy(), tokens.cpu().numpy()))
 
-    def postprocess(self, text, units, outputs):
-        input_ids = np.array(units[0]["input_ids"])
+    def postprocess(self, text, segments, outputs):
+        input_ids = np.array(segments[0]["input_ids"])
         mask_at = int(np.flatnonzero(input_ids == self.tokenizer.mask_token_id)[0])
         predictions = []
         for score, token in zip(*outputs[0]):

@@ -66,12 +66,12 @@ class QuestionAnswering(TaskAdapter):
             [as_text(questions[i]) for i in clean], [texts[i] for i in clean],
             truncation="only_second", max_length=self.max_length, return_offsets_mapping=True,
         )
-        units: list = [RowError(problem) if problem else None for problem in problems]
+        segments: list = [RowError(problem) if problem else None for problem in problems]
         for position, row in enumerate(clean):
-            unit = {k: encoded[k][position] for k in encoded}
-            unit["context_mask"] = [sequence == 1 for sequence in encoded.sequence_ids(position)]
-            units[row] = [unit]
-        return units
+            segment = {k: encoded[k][position] for k in encoded}
+            segment["context_mask"] = [sequence == 1 for sequence in encoded.sequence_ids(position)]
+            segments[row] = [segment]
+        return segments
 
     def forward(self, inputs):
         outputs = self.infer(inputs)
@@ -80,9 +80,9 @@ class QuestionAnswering(TaskAdapter):
         ends = outputs.end_logits.float().cpu().numpy()
         return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, lengths)]
 
-    def postprocess(self, text, units, outputs):
-        unit, (start_logits, end_logits) = units[0], outputs[0]
-        first, last, score = best_span(start_logits, end_logits, np.array(unit["context_mask"]),
+    def postprocess(self, text, segments, outputs):
+        segment, (start_logits, end_logits) = segments[0], outputs[0]
+        first, last, score = best_span(start_logits, end_logits, np.array(segment["context_mask"]),
                                        self.options.max_answer_len)
-        start, end = unit["offset_mapping"][first][0], unit["offset_mapping"][last][1]
+        start, end = segment["offset_mapping"][first][0], segment["offset_mapping"][last][1]
         return {"answer": text[start:end], "score": score, "start": start, "end": end}

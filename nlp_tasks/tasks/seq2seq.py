@@ -94,10 +94,10 @@ class GenerationTask(TaskAdapter):
         """Settings the task derives beyond its options (a forced first token)."""
         return {}
 
-    def run(self, units, batcher, tokens=None):
+    def run(self, segments, batcher, tokens=None):
         if self.engine is None:
-            return super().run(units, batcher, tokens)
-        return self.engine.generate(units, self.decoding, batcher.token_budget, tokens)
+            return super().run(segments, batcher, tokens)
+        return self.engine.generate(segments, self.decoding, batcher.token_budget, tokens)
 
 
 SUMMARY_LEVELS = pa.struct([("summary", pa.string()), ("levels", pa.int32())])
@@ -117,13 +117,13 @@ class Summarization(GenerationTask):
         return len(self.tokenizer(self.options.prefix, add_special_tokens=False)["input_ids"])
 
     def preprocess(self, texts, batch):
-        return [[{**unit, "level": 1} for unit in row] for row in self.window_units(texts)]
+        return [[{**segment, "level": 1} for segment in row] for row in self.window_segments(texts)]
 
-    def window_units(self, texts: list[str]) -> list[list]:
+    def window_segments(self, texts: list[str]) -> list[list]:
         """Each text's windows (one with truncate), prefixed and tokenized."""
         windows = self.text_windows(texts)
-        units = self.encode([self.options.prefix + window for row in windows for window in row])
-        return split_rows(units, [len(row) for row in windows])
+        segments = self.encode([self.options.prefix + window for row in windows for window in row])
+        return split_rows(segments, [len(row) for row in windows])
 
     def forward(self, inputs):
         sequences = generate(self.model, self.model_inputs(inputs), self.options, **self.generate_extra())
@@ -135,23 +135,23 @@ class Summarization(GenerationTask):
     def next_level(self, rows):
         """Texts summarized from more than one window go on with their joined window summaries."""
         follow_ups: list = [None] * len(rows)
-        going_on = [index for index, (units, _) in enumerate(rows) if len(units) > 1]
+        going_on = [index for index, (segments, _) in enumerate(rows) if len(segments) > 1]
         if not going_on:
             return follow_ups
         joined = [" ".join(map(self.decode, rows[index][1])) for index in going_on]
-        for index, units in zip(going_on, self.window_units(joined)):
+        for index, segments in zip(going_on, self.window_segments(joined)):
             windows, level = len(rows[index][0]), rows[index][0][0]["level"] + 1
-            if len(units) >= windows:
+            if len(segments) >= windows:
                 follow_ups[index] = RowError(
                     f"map-reduce summarization does not converge: the summaries of {windows} windows need "
-                    f"{len(units)} windows again at level {level}; lower max_new_tokens")
+                    f"{len(segments)} windows again at level {level}; lower max_new_tokens")
             else:
-                follow_ups[index] = [{**unit, "level": level} for unit in units]
+                follow_ups[index] = [{**segment, "level": level} for segment in segments]
         return follow_ups
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         summary = self.decode(outputs[0])
-        return summary if self.options.long_text == "truncate" else {"summary": summary, "levels": units[0]["level"]}
+        return summary if self.options.long_text == "truncate" else {"summary": summary, "levels": segments[0]["level"]}
 
 
 @register

@@ -59,7 +59,7 @@ class TextClassification(TaskAdapter):
         logits = self.infer(inputs).logits.float().cpu().numpy()
         return list(logits)
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         function = score_function(self.model.config, self.options.function_to_apply)
         scores = aggregate_windows(apply_score_function(np.stack(outputs), function), self.options.chunk_aggregation)
         id2label = self.model.config.id2label

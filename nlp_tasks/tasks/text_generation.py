@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import PositiveInt
 
-from nlp_tasks.tasks.base import LoadedModel, single_units
+from nlp_tasks.tasks.base import LoadedModel, single_segments
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.seq2seq import GenerationOptions, GenerationTask, generate
 
@@ -37,7 +37,7 @@ class TextGeneration(GenerationTask):
         return pa.string()
 
     def preprocess(self, texts, batch):
-        return single_units(self.encode(texts))
+        return single_segments(self.encode(texts))
 
     def forward(self, inputs):
         inputs = self.model_inputs(inputs)
@@ -45,10 +45,10 @@ class TextGeneration(GenerationTask):
         prompt_width = inputs["input_ids"].shape[1]
         return list(sequences[:, prompt_width:].cpu().numpy())
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         # Decode prompt and continuation together and cut the prompt off, as the pipeline does,
         # so that tokens merging across the boundary decode the same way.
-        prompt_ids = units[0]["input_ids"]
+        prompt_ids = segments[0]["input_ids"]
         prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
         full = self.tokenizer.decode(list(prompt_ids) + list(outputs[0]), skip_special_tokens=True)
         continuation = full[len(prompt):]

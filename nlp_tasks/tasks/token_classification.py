@@ -65,14 +65,14 @@ class TokenClassification(TaskAdapter):
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [row[:length] for row, length in zip(logits, lengths)]
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         if self.options.aggregation_strategy in ("none", "simple"):
-            entities = [entity for unit, logits in zip(units, outputs)
-                        for entity in self._token_groups.entities(text, unit, logits, self.options.ignore_labels)]
-            if len(units) > 1:
+            entities = [entity for segment, logits in zip(segments, outputs)
+                        for entity in self._token_groups.entities(text, segment, logits, self.options.ignore_labels)]
+            if len(segments) > 1:
                 entities = self._pipeline.aggregate_overlapping_entities(entities)
         else:
-            entities = pipeline_entities(self._pipeline, text, units, outputs, self.options.aggregation_strategy,
+            entities = pipeline_entities(self._pipeline, text, segments, outputs, self.options.aggregation_strategy,
                                          self.options.ignore_labels)
         return [
             {
@@ -86,20 +86,20 @@ class TokenClassification(TaskAdapter):
         ]
 
 
-def pipeline_entities(pipeline, text: str, units: list[dict], outputs: list, strategy: str,
+def pipeline_entities(pipeline, text: str, segments: list[dict], outputs: list, strategy: str,
                       ignore_labels: list[str]) -> list[dict]:
-    """The token-classification pipeline's own postprocessing of one text's units and their logits."""
+    """The token-classification pipeline's own postprocessing of one text's segments and their logits."""
     import torch
     from transformers.pipelines.token_classification import AggregationStrategy
 
     return pipeline.postprocess(
         [{
             "logits": torch.from_numpy(logits)[None],
-            "input_ids": torch.tensor(unit["input_ids"])[None],
-            "offset_mapping": torch.tensor(unit["offset_mapping"])[None],
-            "special_tokens_mask": torch.tensor(unit["special_tokens_mask"])[None],
+            "input_ids": torch.tensor(segment["input_ids"])[None],
+            "offset_mapping": torch.tensor(segment["offset_mapping"])[None],
+            "special_tokens_mask": torch.tensor(segment["special_tokens_mask"])[None],
             "sentence": text,
-        } for unit, logits in zip(units, outputs)],
+        } for segment, logits in zip(segments, outputs)],
         aggregation_strategy=AggregationStrategy[strategy.upper()],
         ignore_labels=list(ignore_labels),
     )
@@ -129,12 +129,12 @@ class TokenGroups:
         self.begins = np.array([bi == "B" for bi, _ in tags])
         self.names = [label.split("-", 1)[-1] for label in labels] if grouped else labels
 
-    def entities(self, text: str, unit: dict, logits, ignore_labels) -> list[dict]:
+    def entities(self, text: str, segment: dict, logits, ignore_labels) -> list[dict]:
         import numpy as np
 
         exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
         scores = exp / exp.sum(axis=-1, keepdims=True)  # as the pipeline computes them, in float32
-        tokens = np.flatnonzero(~np.asarray(unit["special_tokens_mask"], dtype=bool))
+        tokens = np.flatnonzero(~np.asarray(segment["special_tokens_mask"], dtype=bool))
         if not len(tokens):
             return []
         labels = scores[tokens].argmax(axis=-1)
@@ -148,7 +148,7 @@ class TokenGroups:
         means = np.add.reduceat(np.where(known, best, 0), firsts) / np.add.reduceat(known, firsts)
         kept = [g for g, first in enumerate(firsts.tolist()) if self.names[labels[first]] not in ignore_labels]
         positions = [tokens[firsts[g]:ends[g]].tolist() for g in kept]
-        input_ids, offsets = unit["input_ids"], unit["offset_mapping"]
+        input_ids, offsets = segment["input_ids"], segment["offset_mapping"]
         words = iter(self.tokenizer.convert_ids_to_tokens([input_ids[i] for group in positions for i in group]))
         found = []
         for g, group in zip(kept, positions):

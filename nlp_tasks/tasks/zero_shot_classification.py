@@ -75,13 +75,13 @@ class ZeroShotClassification(TaskAdapter):
             [piece for piece in pieces for _ in hypotheses], hypotheses * len(pieces),
             truncation="only_first", max_length=self.max_length,
         )
-        units = [{k: pairs[k][i] for k in pairs} for i in range(len(pieces) * len(hypotheses))]
-        return split_rows(units, [len(row) * len(hypotheses) for row in windows])
+        segments = [{k: pairs[k][i] for k in pairs} for i in range(len(pieces) * len(hypotheses))]
+        return split_rows(segments, [len(row) * len(hypotheses) for row in windows])
 
     def forward(self, inputs):
         return list(self.infer(inputs).logits.float().cpu().numpy())
 
-    def postprocess(self, text, units, outputs):
+    def postprocess(self, text, segments, outputs):
         labels = len(self.options.candidate_labels)
         logits = np.stack(outputs).reshape(len(outputs) // labels, labels, -1)  # windows x labels x NLI classes
         if self.options.multi_label or labels == 1:

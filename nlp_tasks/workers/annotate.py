@@ -1,15 +1,15 @@
 """The step every actor runs: the tasks that share one model, over one batch of rows.
 
 `Annotator` loads its model once (per actor) and builds one adapter per task on it. For each
-Arrow batch it sets aside rows whose text is unusable, tokenizes the rest into units, runs
+Arrow batch it sets aside rows whose text is unusable, tokenizes the rest into segments, runs
 the model on length-sorted micro-batches, postprocesses per row, and returns the batch with
 one more typed column per task and the per-row `errors` list extended. Tasks whose forward
 passes are identical (same `share_key`) run the model once. No row is ever dropped. A task
 whose column the batch already holds is carried, not computed: rows read back from committed
 parts for an incremental run (`read.py`) hold the columns that stay.
 
-A row may have many units (the windows of a long text, the hypotheses of zero-shot): they are
-micro-batched together with the other rows' units and regrouped per row, so each row's value is
+A row may have many segments (the windows of a long text, the hypotheses of zero-shot): they are
+micro-batched together with the other rows' segments and regrouped per row, so each row's value is
 assembled once, in input order. Multi-level tasks (map-reduce summarization) run level after
 level, each level batched over all rows of the batch that need it.
 """
@@ -35,9 +35,9 @@ ERROR = pa.struct([("task", pa.string()), ("message", pa.string())])
 ERRORS = pa.list_(ERROR)
 
 Pending = list[Features] | RowError
-"""One row before the model runs: its units, or why the task cannot annotate it."""
+"""One row before the model runs: its segments, or why the task cannot annotate it."""
 RowResult = tuple[list[Features], list[Any]] | RowError
-"""One row after the model ran: its units and their outputs, or why the task cannot annotate it."""
+"""One row after the model ran: its segments and their outputs, or why the task cannot annotate it."""
 
 
 def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict] | None = None,
@@ -102,16 +102,16 @@ class Rows:
 
 
 def preprocess_rows(adapter: TaskAdapter, rows: Rows, encoding: dict[str, Any] | None = None) -> list[Pending]:
-    """Each row's units, or its RowError (unusable text, or a row the task refuses). `encoding`: for a task that
+    """Each row's segments, or its RowError (unusable text, or a row the task refuses). `encoding`: for a task that
     tokenizes the text alone, the tokenizer options to use instead of its own `text_encoding` (a superset, when
     tasks of several models share these tokens: stages.py)."""
     pending: list[Pending] = [RowError(problem) if problem else None for problem in rows.problems]
     if rows.clean:
         texts = [rows.texts[row] for row in rows.clean]
-        units = (adapter.encode_units(texts, **encoding) if encoding is not None
+        segments = (adapter.encode_segments(texts, **encoding) if encoding is not None
                  else adapter.preprocess(texts, rows.clean_batch))
-        for row, row_units in zip(rows.clean, units):
-            pending[row] = row_units
+        for row, row_segments in zip(rows.clean, segments):
+            pending[row] = row_segments
     return pending
 
 
@@ -138,9 +138,9 @@ def forward_groups(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
     return {columns[0]: columns for columns in groups.values()}
 
 
-def unit_tokens(results: list[RowResult]) -> int:
-    """Tokens of the units the model ran, over the rows that have them."""
-    return sum(len(unit["input_ids"]) for result in results if not isinstance(result, RowError) for unit in result[0])
+def segment_tokens(results: list[RowResult]) -> int:
+    """Tokens of the segments the model ran, over the rows that have them."""
+    return sum(len(segment["input_ids"]) for result in results if not isinstance(result, RowError) for segment in result[0])
 
 
 def append_column(batch: pa.Table, adapter: TaskAdapter, column: str, values: list[Any]) -> pa.Table:
@@ -216,7 +216,7 @@ class Annotator:
                 batch = append_column(batch, adapters[column], column, values)
                 post_seconds = time.perf_counter() - post_started
                 phases["postprocess"] += post_seconds
-                per_task[column] = (sum(value is not None for value in values), unit_tokens(results),
+                per_task[column] = (sum(value is not None for value in values), segment_tokens(results),
                                     model_seconds + post_seconds)
         batch = with_errors(batch, self.errors_column, errors_by_task)
         return self.recorded(batch, started, phases, tokens, per_task)
@@ -234,13 +234,13 @@ class Annotator:
 
     def forward_rows(self, adapter: TaskAdapter, pending: list[Pending], phases: Counter,
                      tokens: Counter) -> list[RowResult]:
-        """Each row's units and their outputs (of its last level), or its RowError; `phases` sums the
+        """Each row's segments and their outputs (of its last level), or its RowError; `phases` sums the
         seconds of each phase, `tokens` the real and padded tokens of the forward passes."""
         results: list[RowResult] = list(pending)
-        todo = [row for row, units in enumerate(pending) if not isinstance(units, RowError)]
+        todo = [row for row, segments in enumerate(pending) if not isinstance(segments, RowError)]
         while todo:
             started = time.perf_counter()
-            for row, outputs in zip(todo, self._forward_units(adapter, [pending[row] for row in todo], tokens)):
+            for row, outputs in zip(todo, self._forward_segments(adapter, [pending[row] for row in todo], tokens)):
                 results[row] = outputs if isinstance(outputs, RowError) else (pending[row], outputs)
             phases["forward"] += time.perf_counter() - started
             todo = [row for row in todo if not isinstance(results[row], RowError)]
@@ -256,23 +256,23 @@ class Annotator:
             todo = [row for row, follow_up in zip(todo, follow_ups) if isinstance(follow_up, list)]
         return results
 
-    def _forward_units(self, adapter: TaskAdapter, rows: list[list[Features]],
+    def _forward_segments(self, adapter: TaskAdapter, rows: list[list[Features]],
                        tokens: Counter) -> list[list[Any] | RowError]:
-        """Each row's unit outputs. If the model fails on the micro-batches, retry row by row, so that a
+        """Each row's segment outputs. If the model fails on the micro-batches, retry row by row, so that a
         row the model cannot take fails alone (as a RowError) instead of failing its whole batch."""
         import torch
 
         with torch.inference_mode():
             try:
-                outputs = iter(adapter.run([unit for units in rows for unit in units], self.batcher, tokens))
-                return [[next(outputs) for _ in units] for units in rows]
+                outputs = iter(adapter.run([segment for segments in rows for segment in segments], self.batcher, tokens))
+                return [[next(outputs) for _ in segments] for segments in rows]
             except Exception as error:  # noqa: BLE001 - isolate whatever the model raised
                 log.warning("model failed on a batch of %d rows (%s: %s); retrying row by row",
                             len(rows), type(error).__name__, error)
             results: list[list[Any] | RowError] = []
-            for units in rows:
+            for segments in rows:
                 try:
-                    results.append(adapter.run(units, self.batcher, tokens))
+                    results.append(adapter.run(segments, self.batcher, tokens))
                 except Exception as error:  # noqa: BLE001
                     results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
             return results

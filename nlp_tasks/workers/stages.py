@@ -2,15 +2,15 @@
 
     read -> tokenize (CPU tasks) -> ModelStage (GPU actors) -> postprocess (CPU tasks) -> ... -> write
 
-The tokenize stage, a task pool over the cluster's CPUs, turns each row into its units for every
+The tokenize stage, a task pool over the cluster's CPUs, turns each row into its segments for every
 split pool (tasks that tokenize the text alone on one tokenizer, in any pool, share one column of
-units, tokenized once with the union of their tokenizer options). A `ModelStage` actor plans
+segments, tokenized once with the union of their tokenizer options). A `ModelStage` actor plans
 length-sorted micro-batches, copies them to its GPU and runs the forward passes (the later levels
 of a multi-level task included), and hands back each row's raw outputs. The postprocess stage
 turns them into the typed columns and row errors, exactly as the fused `Annotator` does: both
-run the same functions (annotate.py) on the same units.
+run the same functions (annotate.py) on the same segments.
 
-Between stages, units and outputs travel as internal columns: the units whole (pickled) for
+Between stages, segments and outputs travel as internal columns: the segments whole (pickled) for
 postprocessing, their lengths and model inputs alone as Arrow lists of int32 for the GPU actor
 (whose Python time per batch is what keeps a GPU waiting), the raw outputs (pickled); each is
 dropped once no later stage reads it. The CPU stages load each model's tokenizer and its skeleton (no weights)
@@ -42,18 +42,18 @@ from nlp_tasks.workers.annotate import (
     load_adapters,
     postprocess_rows,
     preprocess_rows,
-    unit_tokens,
+    segment_tokens,
     with_errors,
 )
 from nlp_tasks.workers.batching import MODEL_INPUT_KEYS
 from nlp_tasks.workers.stats import with_call
 
-UNITS_PREFIX = "__units."
-"""Each row's units whole (pickled), for the postprocess stage and multi-level tasks."""
+SEGMENTS_PREFIX = "__segments."
+"""Each row's segments whole (pickled), for the postprocess stage and multi-level tasks."""
 INPUTS_PREFIX = "__inputs."
-"""The same units' model inputs alone, as Arrow lists of int32 (inputs_array), for the model stage."""
+"""The same segments' model inputs alone, as Arrow lists of int32 (inputs_array), for the model stage."""
 RESULTS_PREFIX = "__results."
-"""Each row's raw outputs (its units too, where a multi-level task made new ones), or its RowError."""
+"""Each row's raw outputs (its segments too, where a multi-level task made new ones), or its RowError."""
 
 SplitPool = tuple[dict[str, TaskSpec], ComputeConfig]
 """A split pool as its CPU stages take it: its tasks and compute."""
@@ -98,8 +98,8 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{tokenizer.truncation_side}\n{state}".encode()).hexdigest()
 
 
-def units_key(adapter: TaskAdapter, lead: str) -> str:
-    """What names a forward group's units: one key per tokenizer and window for tasks that tokenize the text alone."""
+def segments_key(adapter: TaskAdapter, lead: str) -> str:
+    """What names a forward group's segments: one key per tokenizer and window for tasks that tokenize the text alone."""
     key = adapter.tokens_key()
     if key is None:
         return lead
@@ -108,34 +108,34 @@ def units_key(adapter: TaskAdapter, lead: str) -> str:
     return hashlib.sha256(f"{adapter.tokenizer._nlp_tasks_identity}\n{key!r}".encode()).hexdigest()[:16]
 
 
-def units_keys(pool: SplitPool) -> set[str]:
-    """The units a split pool's model stage reads."""
+def segments_keys(pool: SplitPool) -> set[str]:
+    """The segments a split pool's model stage reads."""
     adapters = SKELETONS.get(*pool)
-    return {units_key(adapters[lead], lead) for lead in forward_groups(adapters)}
+    return {segments_key(adapters[lead], lead) for lead in forward_groups(adapters)}
 
 
 INPUTS_TYPE = pa.struct([("lengths", pa.list_(pa.int32())), *((key, pa.list_(pa.int32())) for key in MODEL_INPUT_KEYS)])
 
 
 def inputs_array(pending: list[Pending]) -> pa.Array:
-    """Each row's units as the model stage reads them: their lengths and, per model input, the units' tokens end to
+    """Each row's segments as the model stage reads them: their lengths and, per model input, the segments' tokens end to
     end (null for a RowError row). Arrow lists of int32 reach the actor as arrays with no per-token Python
-    work: unpickling the same units as lists took the actor's Python 73 ms per batch of 512 BBC rows."""
+    work: unpickling the same segments as lists took the actor's Python 73 ms per batch of 512 BBC rows."""
     rows: list[dict | None] = []
-    for units in pending:
-        if isinstance(units, RowError):
+    for segments in pending:
+        if isinstance(segments, RowError):
             rows.append(None)
             continue
-        row = {"lengths": [len(unit["input_ids"]) for unit in units]}
-        for key in (key for key in MODEL_INPUT_KEYS if units and key in units[0]):
-            row[key] = np.concatenate([np.asarray(unit[key], dtype=np.int32) for unit in units])
+        row = {"lengths": [len(segment["input_ids"]) for segment in segments]}
+        for key in (key for key in MODEL_INPUT_KEYS if segments and key in segments[0]):
+            row[key] = np.concatenate([np.asarray(segment[key], dtype=np.int32) for segment in segments])
         rows.append(row)
     return pa.array(rows, type=INPUTS_TYPE)
 
 
 def pending_from_inputs(column: pa.ChunkedArray) -> list[Pending]:
-    """inputs_array's rows back as units of int32 arrays (views, no copies); a null row is a RowError whose
-    message the postprocess stage takes from the units whole."""
+    """inputs_array's rows back as segments of int32 arrays (views, no copies); a null row is a RowError whose
+    message the postprocess stage takes from the segments whole."""
     inputs = column.combine_chunks()
     lengths = inputs.field("lengths").to_pylist()
     tokens = {}
@@ -146,7 +146,7 @@ def pending_from_inputs(column: pa.ChunkedArray) -> list[Pending]:
     pending: list[Pending] = []
     for row, row_lengths in enumerate(lengths):
         if row_lengths is None:
-            pending.append(RowError("no units"))
+            pending.append(RowError("no segments"))
             continue
         ends = np.cumsum(row_lengths).tolist()
         pending.append([{key: values[offsets[row] + end - length:offsets[row] + end]
@@ -179,7 +179,7 @@ def stage_call(stage: str, pool: str, started: float, rows: int, tasks: dict[str
 
 
 def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa.Table:
-    """The CPU stage before the split pools: each forward group's units, as a column, tokenized once per key."""
+    """The CPU stage before the split pools: each forward group's segments, as a column, tokenized once per key."""
     started = time.time()
     rows = Rows(batch, text_column)
     wanted: dict[str, tuple[TaskAdapter, dict[str, bool] | None, list[str]]] = {}
@@ -187,7 +187,7 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
         adapters = SKELETONS.get(specs, compute)
         for lead, columns in pending_groups(adapters, batch).items():
             adapter = adapters[lead]
-            key = units_key(adapter, lead)
+            key = segments_key(adapter, lead)
             _, encoding, charged = wanted.get(key, (adapter, None, []))
             if adapter.text_encoding is not None:
                 encoding = {**(encoding or {}), **adapter.text_encoding}
@@ -196,7 +196,7 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
     for key, (adapter, encoding, columns) in wanted.items():
         run_started = time.perf_counter()
         pending = preprocess_rows(adapter, rows, encoding)
-        batch = batch.append_column(UNITS_PREFIX + key, pickled(pending))
+        batch = batch.append_column(SEGMENTS_PREFIX + key, pickled(pending))
         batch = batch.append_column(INPUTS_PREFIX + key, inputs_array(pending))
         for column in columns:
             seconds[column] = time.perf_counter() - run_started
@@ -208,7 +208,7 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
 
 class ModelStage(Annotator):
     """The GPU actor of a split pool: each forward group's model inputs in, its raw outputs out; no tokenizing and no
-    postprocessing, but for the follow-up levels of multi-level tasks (which read whole units and hand them on)."""
+    postprocessing, but for the follow-up levels of multi-level tasks (which read whole segments and hand them on)."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started, phases, tokens = time.time(), Counter(), Counter()
@@ -216,32 +216,32 @@ class ModelStage(Annotator):
         for lead, columns in pending_groups(self.adapters, batch).items():
             run_started = time.perf_counter()
             adapter = self.adapters[lead]
-            key = units_key(adapter, lead)
-            pending = (unpickled(batch.column(UNITS_PREFIX + key)) if adapter.multi_level
+            key = segments_key(adapter, lead)
+            pending = (unpickled(batch.column(SEGMENTS_PREFIX + key)) if adapter.multi_level
                        else pending_from_inputs(batch.column(INPUTS_PREFIX + key)))
             results = self.forward_rows(adapter, pending, phases, tokens)
             handed_on = results if adapter.multi_level else [
                 result if isinstance(result, RowError) else (None, result[1]) for result in results]
             batch = batch.append_column(RESULTS_PREFIX + lead, pickled(handed_on))
             for column in columns:
-                per_task[column] = (0, unit_tokens(results), time.perf_counter() - run_started)
+                per_task[column] = (0, segment_tokens(results), time.perf_counter() - run_started)
         return self.recorded(batch, started, phases, tokens, per_task) if per_task else batch
 
 
-def with_units(units: Pending, handed_on: RowResult) -> RowResult:
-    """A row's result as postprocess takes it: the model stage's outputs with the units the tokenize stage made
+def with_segments(segments: Pending, handed_on: RowResult) -> RowResult:
+    """A row's result as postprocess takes it: the model stage's outputs with the segments the tokenize stage made
     (or the new ones a multi-level task handed on); a row the tokenize stage refused keeps its own RowError (the
     model stage saw only a placeholder)."""
-    if isinstance(units, RowError) or isinstance(handed_on, RowError):
-        return units if isinstance(units, RowError) else handed_on
-    new_units, outputs = handed_on
-    return (units if new_units is None else new_units, outputs)
+    if isinstance(segments, RowError) or isinstance(handed_on, RowError):
+        return segments if isinstance(segments, RowError) else handed_on
+    new_segments, outputs = handed_on
+    return (segments if new_segments is None else new_segments, outputs)
 
 
 def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict],
                 text_column: str, errors_column: str, later: list[SplitPool]) -> pa.Table:
     """The CPU stage after a split pool: its tasks' typed columns and row errors from the raw outputs. Drops the
-    pool's results, and the units no `later` split pool reads."""
+    pool's results, and the segments no `later` split pool reads."""
     started = time.time()
     adapters = SKELETONS.get(specs, compute, fitted)
     groups = {lead: columns for lead, columns in pending_groups(adapters, batch).items()
@@ -250,17 +250,17 @@ def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: Compute
     errors_by_task: dict[str, list[str | None]] = {}
     per_task: dict[str, tuple[int, int, float]] = {}
     for lead, columns in groups.items():
-        units = unpickled(batch.column(UNITS_PREFIX + units_key(adapters[lead], lead)))
-        results = list(map(with_units, units, unpickled(batch.column(RESULTS_PREFIX + lead))))
+        segments = unpickled(batch.column(SEGMENTS_PREFIX + segments_key(adapters[lead], lead)))
+        results = list(map(with_segments, segments, unpickled(batch.column(RESULTS_PREFIX + lead))))
         for column in columns:
             column_started = time.perf_counter()
             values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
             batch = append_column(batch, adapters[column], column, values)
             per_task[column] = (sum(value is not None for value in values), 0, time.perf_counter() - column_started)
-    still_read = {key for pool in later for key in units_keys(pool)}
+    still_read = {key for pool in later for key in segments_keys(pool)}
     batch = batch.drop_columns([name for name in batch.column_names
                                 if name.startswith(RESULTS_PREFIX) and name[len(RESULTS_PREFIX):] in groups
-                                or name.startswith((UNITS_PREFIX, INPUTS_PREFIX))
+                                or name.startswith((SEGMENTS_PREFIX, INPUTS_PREFIX))
                                 and name.split(".", 1)[1] not in still_read])
     if not groups:
         return batch
