@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-from helpers import REPO, free_port, run_job, sentiment, write_config
+from helpers import REPO, moto_server, run_job, sentiment, write_config
 
 from jobs.annotate import main
 
@@ -140,29 +139,10 @@ def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
 
 
 @pytest.fixture
-def moto_s3(tmp_path):
-    """A moto S3 server on loopback; its endpoint and credentials in the environment of the job's processes."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="lake")
-    yield env
-    server.terminate()
-    server.wait(timeout=10)
+def moto_s3():
+    """A moto S3 server on loopback with bucket `lake`; its endpoint and credentials, for the job's processes."""
+    with moto_server("lake") as settings:
+        yield settings
 
 
 def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):

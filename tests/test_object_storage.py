@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import cli, free_port, sentiment, write_config
+from helpers import cli, moto_server, sentiment, write_config
 
 
 def ray_with_s3() -> None:
@@ -25,31 +21,12 @@ def ray_with_s3() -> None:
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    """A standalone moto server process; credentials and endpoint set for every client in this process."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    settings = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
-    previous = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.2)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corpus")
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=10)
+    """A standalone moto server process with bucket `corpus`; credentials and endpoint set for every client in
+    this process."""
+    with moto_server("corpus") as settings:
+        previous = {key: os.environ.get(key) for key in settings}
+        os.environ.update(settings)
+        yield settings["AWS_ENDPOINT_URL"]
     for key, value in previous.items():
         if value is None:
             os.environ.pop(key, None)

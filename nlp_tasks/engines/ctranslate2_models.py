@@ -8,14 +8,13 @@ place: a half-written conversion is never used. The user's checkpoint is only re
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nlp_tasks.engines.node_cache import built
 from nlp_tasks.workers.batching import Features, plan_micro_batches
 
 SEQ2SEQ_TYPES = {"bart": "BartConfig", "mbart": "MBartConfig", "marian": "MarianConfig", "pegasus": "PegasusConfig",
@@ -37,17 +36,8 @@ def conversion_dir(fingerprint: str, quantization: str) -> Path:
 
 def converted(path: str, fingerprint: str, quantization: str) -> str:
     """The CTranslate2 model of the checkpoint at `path`, converted on this node once (see the module docstring)."""
-    from filelock import FileLock
-
     target = conversion_dir(fingerprint, quantization)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not target.is_dir():
-            for stale in target.parent.glob(target.name + ".partial-*"):  # a conversion killed half-way
-                shutil.rmtree(stale, ignore_errors=True)
-            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
-            _converter(path).convert(str(staging), quantization=quantization, force=True)
-            staging.rename(target)
+    built(target, lambda staging: _converter(path).convert(str(staging), quantization=quantization, force=True))
     return str(target)
 
 

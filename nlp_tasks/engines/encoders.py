@@ -13,12 +13,11 @@ At run time the engine takes the job's padded micro-batches and returns the outp
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from nlp_tasks.engines.node_cache import built
 
 ENCODER_ENGINES = ("openvino", "onnxruntime")
 """The CPU engines, fastest int8 first (README, CPU engines): what `engine: auto` tries, in order, for int8."""
@@ -66,21 +65,6 @@ def build_dir(fingerprint: str, auto_class: str, engine: str, dtype: str, calibr
 
     name = f"{fingerprint.replace(':', '-')}-{auto_class}-{engine}-{dtype}-{calibration}"
     return cache_root() / "encoders" / name
-
-
-def built(target: Path, build: Callable[[Path], None]) -> Path:
-    """`target`, built by `build(staging folder)` on this node once (see the module docstring)."""
-    from filelock import FileLock
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not target.is_dir():
-            for stale in target.parent.glob(target.name + ".partial-*"):  # a build killed half-way
-                shutil.rmtree(stale, ignore_errors=True)
-            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
-            build(staging)
-            staging.rename(target)
-    return target
 
 
 def export_onnx(path: str, auto_class: str, input_names: list[str], target: Path) -> None:

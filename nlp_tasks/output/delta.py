@@ -57,6 +57,8 @@ class DeltaStore(OutputStore):
     the table's log as the commit point."""
 
     part_names = PART_NAMES
+    own_entries = (MANIFEST, STAGING, REPORTS, DELTA_LOG)
+    own_part = DELTA_PART
 
     def __init__(self, filesystem: Any, root: str, name: str, uri: str):
         super().__init__(filesystem, root, name)
@@ -173,16 +175,7 @@ class DeltaStore(OutputStore):
 
     def _delete_own_output(self, entries: list[str]) -> None:
         """`overwrite`: delete this job's parts, log, markers and reports, and nothing else."""
-        foreign = [e for e in entries if e not in (MANIFEST, STAGING, REPORTS, DELTA_LOG) and not DELTA_PART.match(e)]
-        if foreign:
-            raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
-                                 "overwrite only deletes an output of this job: move it away or use another path")
-        for entry in entries:
-            if entry != MANIFEST:
-                self.filesystem.rm(self.path(entry), recursive=True)
-        for path in self.filesystem.ls(self.path(MANIFEST), detail=False):
-            if not path.rstrip("/").rsplit("/", 1)[-1].startswith("lease-"):
-                self.filesystem.rm(path, recursive=True)
+        super()._delete_own_output(entries)
         self.table = None
 
     def format_problem(self, entries: list[str]) -> str | None:

@@ -37,6 +37,10 @@ class OutputStore:
 
     part_names = STAGED_NAME
     """How the workers name the parts they write in `staging`."""
+    own_entries = OWN_ENTRIES
+    """The output folder's entries this job writes, besides its parts (`overwrite` deletes only those)."""
+    own_part = PART_NAME
+    """What the name of a part this job wrote matches."""
 
     def __init__(self, filesystem: Any, root: str, name: str | None = None):
         self.filesystem = filesystem
@@ -133,7 +137,7 @@ class OutputStore:
 
     def _delete_own_output(self, entries: list[str]) -> None:
         """`overwrite`: delete this job's parts, markers, staging and reports, and nothing else."""
-        foreign = [e for e in entries if e not in OWN_ENTRIES and not PART_NAME.match(e)]
+        foreign = [e for e in entries if e not in self.own_entries and not self.own_part.match(e)]
         if foreign:
             raise OutputConflict(f"output.path {self.name!r} holds {foreign[0]!r}, which this job did not write; "
                                  "overwrite only deletes an output of this job: move it away or use another path")
