@@ -153,6 +153,10 @@ def held_out_accuracy(vectors: np.ndarray, labels: list[str]) -> dict[str, float
     return accuracy
 
 
+SMOKE_ARGS = ["--rows", "40", "--max-length", "64"]
+"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1000)

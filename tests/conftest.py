@@ -71,3 +71,15 @@ def annotate():
         return fused
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def forget_secrets():
+    """The credentials a test's config registered (secrets.SECRETS, for the life of the process) are forgotten after
+    it: a later test's words must not be redacted because an earlier one used them as a password."""
+    from nlp_tasks import secrets
+
+    known = set(secrets.SECRETS)
+    yield
+    secrets.SECRETS.clear()
+    secrets.SECRETS.update(known)
