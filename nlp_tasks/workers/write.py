@@ -91,12 +91,17 @@ def _squared_sums(array: pa.Array) -> pa.Array:
     return pa.array(running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]])
 
 
-def value_bin(value: float) -> str:
-    """A value rounded down to two significant digits: bins that add up across parts and that a page can merge."""
-    if value <= 0 or not np.isfinite(value):
-        return "0"
-    step = 10.0 ** (np.floor(np.log10(value)) - 1)
-    return f"{np.floor(value / step + 1e-9) * step:.6g}"
+def value_bins(values: pa.Array) -> dict[str, int]:
+    """Counts of the values rounded down to two significant digits (zero for values that are not positive and
+    finite): bins that add up across parts and that a page can merge. Counted per distinct bin, not per row."""
+    numbers = np.asarray(values.drop_null().to_numpy(zero_copy_only=False), dtype=np.float64)
+    shown = (numbers > 0) & np.isfinite(numbers)
+    steps = 10.0 ** (np.floor(np.log10(numbers[shown])) - 1)
+    binned, counts = np.unique(np.floor(numbers[shown] / steps + 1e-9) * steps, return_counts=True)
+    bins = {f"{value:.6g}": int(count) for value, count in zip(binned, counts)}
+    if (hidden := int((~shown).sum())):
+        bins["0"] = bins.get("0", 0) + hidden
+    return bins
 
 
 ERROR_ROW_IDS = 3
@@ -122,7 +127,7 @@ def part_counts(part: pa.Table, tasks: list[str], errors_column: str, id_column:
             labels[task] = {item["values"]: item["counts"] for item in pc.value_counts(found.drop_null()).to_pylist()}
         elif (measured := measured_values(part.column(task))) is not None:
             measure, numbers = measured
-            values[task] = [measure, dict(Counter(value_bin(float(v)) for v in numbers.drop_null().to_pylist()))]
+            values[task] = [measure, value_bins(numbers)]
     return {
         "rows_with_errors": pc.sum(pc.greater(pc.list_value_length(errors), 0)).as_py() or 0,
         "errors": [[task, message, count, examples.get((task, message), [])]

@@ -132,7 +132,7 @@ def bars(counts: dict[str, float], color: str = PALETTE[0], unit: str = "", labe
 
 
 def histogram(bins: dict[str, int], measure: str, chart_width: int = WIDTH) -> str:
-    """A histogram of binned values (write.value_bin), merged into at most MAX_BARS equal bins."""
+    """A histogram of binned values (write.value_bins), merged into at most MAX_BARS equal bins."""
     values = sorted((float(low), count) for low, count in bins.items())
     if not values:
         return "<p class='note'>none</p>"
