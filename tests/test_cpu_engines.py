@@ -172,6 +172,22 @@ def test_two_actors_starting_together_build_once_and_never_use_a_partial_build(m
                                                         else ["model.onnx"])
 
 
+@needs_engines
+def test_openvino_runs_the_actors_threads_unpinned(models, tmp_path, monkeypatch):
+    """Pinned, every actor of a node would pin its threads to the same first cores (two one-thread actors on two
+    cores ran at half the speed: README, CPU engines)."""
+    from transformers import AutoTokenizer
+
+    from nlp_tasks.engines.encoders import load_encoder
+
+    monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(tmp_path))
+    path = str(models["text-classification"])
+    model = load_encoder("openvino", path, None, path, "AutoModelForSequenceClassification", "float32", 1,
+                         AutoTokenizer.from_pretrained(path), None)
+    assert model.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 

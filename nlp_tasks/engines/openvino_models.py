@@ -1,8 +1,11 @@
 """OpenVINO for the encoder tasks: the exported task model as OpenVINO IR, float32 or NNCF's static int8.
 
 float32 is asked for explicitly (`INFERENCE_PRECISION_HINT`): on a CPU with BF16 OpenVINO would otherwise run bf16,
-which is not equal to transformers. int8 is NNCF's post-training quantization with the transformer preset
-(activations and weights, calibrated on texts the job read): never claimed equal, its cosine to float32 is measured.
+which is not equal to transformers. Thread pinning is off (`ENABLE_CPU_PINNING`): each process would pin its
+threads to the cores counted from the first, so a node's one-thread actors would all share one core (two of them on
+2 cores ran at half the speed of two unpinned ones: docs/performance.md, CPU engines). int8 is NNCF's post-training
+quantization with the transformer preset (activations and weights, calibrated on texts the job read): never claimed
+equal, its cosine to float32 is measured.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class OpenVINOModel(EncoderEngine):
 
         core = openvino.Core()
         self.compiled = core.compile_model(str(folder / "model.xml"), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False})
         self.precision = precision
         self.input_names = input_names
         self.outputs = outputs
