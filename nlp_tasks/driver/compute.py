@@ -8,7 +8,8 @@ Every key of `compute` left out is sized here; any key set by hand (in `compute`
   kernels), each with CPUs for its tokenizing, bf16, several batches in flight, and a token budget
   that the actor sizes from the GPU's free memory once its model is loaded.
 - CPU only: the cores are split among the pools, as one-thread actors (two one-thread processes
-  beat one two-thread process on the same cores), leaving a reserve for the read and write tasks
+  beat one two-thread process on the same cores for PyTorch, and ran as fast for OpenVINO and ONNX
+  Runtime: benchmarks/cpu_engine_threads.py), leaving a reserve for the read and write tasks
   so that a small machine is never refused; fewer, wider actors where memory would not hold a
   model copy per core.
 """
