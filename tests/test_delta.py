@@ -259,6 +259,48 @@ def test_a_second_run_on_a_held_table_exits_2_and_changes_nothing(ray_local, tmp
         holder.release()
 
 
+def test_an_output_table_another_writer_compacted_is_refused_as_it_is(ray_local, tmp_path, models, capsys):
+    """OPTIMIZE by another writer replaces the job's parts with files the job cannot read back: the next run stops
+    in one line and leaves the table as it is (annotating those rows again would hold them twice)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 2)
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    deltalake.DeltaTable(str(out)).optimize.compact()
+    version, files = deltalake.DeltaTable(str(out)).version(), deltalake.DeltaTable(str(out)).file_uris()
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "file(s) this job did not write" in error and "OPTIMIZE" in error, error
+    assert deltalake.DeltaTable(str(out)).version() == version
+    assert deltalake.DeltaTable(str(out)).file_uris() == files
+    assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
+
+
+def test_a_commit_another_writer_conflicts_with_is_one_line_and_the_next_run_repairs(ray_local, tmp_path, models):
+    """Another writer deletes the rows of a file the job is about to replace: Delta's conflict check refuses the
+    job's commit, which says so in one line; the next run annotates the deleted rows again, each once."""
+    from nlp_tasks.driver.checks import delta_store
+    from nlp_tasks.output.layout import OutputConflict
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 1)
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    store = delta_store(str(out), "out")
+    store.open(store.job(), "resume", lambda previous, job: None)
+    try:
+        deltalake.DeltaTable(str(out)).delete()  # the other writer, between the job's open and its commit
+        with pytest.raises(OutputConflict) as refused:
+            store.remove(next(iter(store.markers)))
+        message = str(refused.value)
+        assert "\n" not in message and "another writer changed the Delta table" in message, message
+    finally:
+        store.close()
+    assert main(["--config", str(config)]) == 0
+    assert_exactly_once(out, ids)
+
+
 def test_delta_input_that_gains_versions_loses_rows_and_is_compacted(ray_local, tmp_path, models, capsys):
     """An input Delta table: a new version's files are annotated alone; after a delete and after OPTIMIZE the
     output holds every row of the input's snapshot exactly once (the rewritten files are annotated again)."""

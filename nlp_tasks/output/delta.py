@@ -17,7 +17,8 @@ twice: numbers only grow, a commit's parts are new files, and after a failed tra
 nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0). Removed
 parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
 the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
-a commit that conflicts with another writer's.
+a commit that conflicts with another writer's (one line, exit 2), and a table that holds files this job did not
+write (another writer's OPTIMIZE, DELETE or append) is refused at open: their rows would be annotated twice.
 """
 
 from __future__ import annotations
@@ -95,23 +96,39 @@ class DeltaStore(OutputStore):
     def _type(field: Any) -> str:
         return str(field.type)
 
-    def _logged_parts(self) -> dict[str, dict[str, int]]:
-        """The parts the table's current snapshot lists, by unit: name -> size."""
+    def _snapshot_files(self) -> list[dict]:
+        """The current snapshot's files: path and size_bytes."""
         import pyarrow as pa
 
+        return pa.table(self.table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+
+    def _logged_parts(self) -> dict[str, dict[str, int]]:
+        """The parts the table's current snapshot lists, by unit: name -> size."""
         if self.table is None:
             return {}
-        actions = pa.table(self.table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
         by_unit: dict[str, dict[str, int]] = {}
-        for action in actions:
+        for action in self._snapshot_files():
             if match := DELTA_PART.match(action["path"]):
                 by_unit.setdefault(match.group(1), {})[action["path"]] = action["size_bytes"]
         return by_unit
+
+    def _refuse_other_writers(self) -> None:
+        """A file of the snapshot this job did not write (another writer's OPTIMIZE, DELETE, UPDATE or append)
+        stops the run: the job cannot tell which rows such a file holds, and would annotate them twice."""
+        foreign = [action["path"] for action in self._snapshot_files() if not DELTA_PART.match(action["path"])]
+        if foreign:
+            raise OutputConflict(
+                f"output.path {self.name!r}: the Delta table holds {len(foreign)} file(s) this job did not write "
+                f"(e.g. {min(foreign)!r}), from another writer (an OPTIMIZE, DELETE, UPDATE or append), and the job "
+                "cannot tell which rows they hold; restore the table to the job's last version "
+                "(DeltaTable.restore), write to a new output.path or set output.if_exists: overwrite")
 
     def reconcile(self) -> None:
         """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
         marker back), or not as the log has it (the unit is uncommitted and redone); then delete strays."""
         self._load()
+        if self.table is not None:
+            self._refuse_other_writers()
         markers = read_markers(self, delta_marker_problem)
         logged = self._logged_parts()
         self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
@@ -271,6 +288,7 @@ class DeltaStore(OutputStore):
         """One transaction of the log, numbered `logged + 1`: the parts added (with their row counts) and those
         removed. If it fails, whether it landed is unknown until the next run reads the log: nothing more is
         committed by this one."""
+        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
         stamp = int(time.time() * 1000)
@@ -281,11 +299,22 @@ class DeltaStore(OutputStore):
             self.table.create_write_transaction(
                 actions, "append", self.table.schema(), commit_properties=CommitProperties(
                     custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]))
+        except CommitFailedError as error:
+            self.failed = self._conflict(error, metadata["nlp_tasks"].get("source"))
+            raise self.failed from None
         except Exception as error:
             self.failed = error
             raise
         self.logged += 1
         self.table.update_incremental()
+
+    def _conflict(self, error: Exception, source: str | None) -> OutputConflict:
+        """Delta's conflict check refusing a commit, as one line: another writer changed the files it touches."""
+        what = f"the commit of input file {source!r}" if source else "a repair of the table"
+        return OutputConflict(
+            f"output.path {self.name!r}: another writer changed the Delta table during this run and Delta refused "
+            f"{what} ({str(error).splitlines()[0]}); the files committed before it stand, nothing after it was "
+            "committed: run the job again once the other writer is done")
 
     def close(self) -> None:
         """Delete the run's uncommitted attempts (retried writes) and give the lease back."""
