@@ -204,6 +204,7 @@ def test_index_lists_every_run_newest_first_with_trends(runs, tmp_path):
     links = re.findall(r'<a href="(run-[^"]+\.html)">', table)
     assert links == sorted((p.name for p in runs.glob("run-*.html")), reverse=True) and len(links) == 3
     assert all((runs / link).is_file() for link in links)
+    assert len((runs / "runs.jsonl").read_text().splitlines()) == 3  # a summary per run, for the next run's index
     newest, middle, oldest = re.findall(r"<tr><td><a.*?</tr>", table, re.DOTALL)
     assert '<span class="ok">ok</span>' in oldest and "42" in middle and "3 row(s) with errors" in middle
     assert "1 changed" in middle and "1 new" in middle and "1 task(s) skipped" in middle
@@ -219,19 +220,30 @@ def test_index_lists_every_run_newest_first_with_trends(runs, tmp_path):
     screenshot_is_drawn(index, tmp_path)
 
 
-def test_index_on_object_storage_is_one_write_of_every_report_there(runs):
-    """Where the output is not a local folder (here fsspec's in-memory store), the index is written with one PUT."""
+def test_index_on_object_storage_is_one_write_and_reads_each_report_once(runs):
+    """Where the output is not a local folder (here fsspec's in-memory store), the index and runs.jsonl are each
+    written with one PUT; a report whose summary runs.jsonl holds is never read again, a new one is."""
     import fsspec
 
-    from nlp_tasks.driver.pages.index_page import write_index
+    from nlp_tasks.driver.pages.index_page import SUMMARIES, write_index
 
     memory = fsspec.filesystem("memory")
     folder = "/bucket/out/__reports"
-    for path in sorted(runs.glob("run-*.json"))[:2]:
+    if memory.exists(folder):
+        memory.rm(folder, recursive=True)
+    first, second, third = sorted(runs.glob("run-*.json"))
+    for path in (first, second):
         memory.pipe_file(f"{folder}/{path.name}", path.read_bytes())
     memory.pipe_file(f"{folder}/run-20000101T000000.000Z.json", b"{torn")
     written = write_index(memory, folder)
     page = memory.cat_file(written).decode()
     assert written == f"{folder}/index.html" and memory.ls(folder, detail=False).count(written) == 1
     assert page.count("<tr><td><a href=") == 2 and "unreadable report" in page
+    lines = [json.loads(line) for line in memory.cat_file(f"{folder}/{SUMMARIES}").decode().splitlines()]
+    assert [line["report"] for line in lines] == ["run-20000101T000000.000Z", first.stem, second.stem]
+    assert lines[0]["summary"] is None and lines[1]["summary"]["rows_this_run"] > 0
+    memory.pipe_file(f"{folder}/{first.name}", b"{damaged after it was summarized")
+    memory.pipe_file(f"{folder}/{third.name}", third.read_bytes())
+    page = memory.cat_file(write_index(memory, folder)).decode()
+    assert page.count("<tr><td><a href=") == 3 and page.count("unreadable report") == 1
     assert sorted(p for p in memory.ls(folder, detail=False) if "tmp" in p) == []

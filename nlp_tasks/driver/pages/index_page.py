@@ -1,10 +1,12 @@
 """`__reports/index.html`: every run of one output, newest first, so that a slower or worse night stands out.
 
-Rebuilt from the run reports beside it (`run-*.json`, which are never rewritten) at each run's end, and written
-atomically (storage.write_atomic: a rename locally, one PUT on object storage), so a reader sees the old index or
-the new one. At the top, small trend charts over the runs (wall time, rows/s, share of rows with errors, rows
-annotated), a run that is slower or worse than the median of the runs before it marked red; below, one row per run
-with its verdict, rows, duration, rows/s, errors and input changes, linking to its page.
+Rewritten at each run's end from `__reports/runs.jsonl`, what the index shows of each run (its summary), so that a
+nightly job's run reads one file, not a report per night so far: a run report not there yet (this run's, or every
+report when the file is new or lost) is read once and its summary added. Both are written atomically
+(storage.write_atomic: a rename locally, one PUT on object storage), so a reader sees the old index or the new one.
+At the top, small trend charts over the runs (wall time, rows/s, share of rows with errors, rows annotated), a run
+that is slower or worse than the median of the runs before it marked red; below, one row per run with its verdict,
+rows, duration, rows/s, errors and input changes, linking to its page.
 """
 
 from __future__ import annotations
@@ -24,41 +26,84 @@ TREND_RUNS = 60
 """Runs drawn in the trend charts (the newest)."""
 
 
-def run_reports(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]:
-    """(name without suffix, report or None if unreadable) of every run report in `folder`, newest first."""
-    filesystem.invalidate_cache(folder)  # object storage: a listing cached before this run's report was written
-    paths = sorted((p for p in filesystem.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("run-")
-                    and p.endswith(".json")), reverse=True)
-    runs = []
-    for path in paths:
-        name = path.rsplit("/", 1)[-1][:-len(".json")]
+SUMMARIES = "runs.jsonl"
+"""Beside the reports: a line per run report, its name and summary (run_summary; null for an unreadable report).
+Not `.json`, so that a glob of the reports (`run-*.json`, `*.json`) finds reports only."""
+
+
+def run_summary(report: dict) -> dict:
+    """What the index shows of one run."""
+    ok, look = verdict(report)
+    return {"finished_at": report.get("finished_at"), "ok": ok, "look": look, "output": report.get("output", ""),
+            "changes": change_text(report),
+            **{key: report.get(key, 0) for key in ("rows_this_run", "rows_out", "seconds", "rows_with_errors")}}
+
+
+def _read_json(filesystem: Any, path: str) -> Any:
+    try:
+        return json.loads(filesystem.cat_file(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_summaries(filesystem: Any, path: str) -> dict[str, dict | None]:
+    """runs.jsonl by report name; what cannot be read is read again from the reports."""
+    try:
+        lines = filesystem.cat_file(path).decode().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    summaries = {}
+    for line in lines:
         try:
-            report = json.loads(filesystem.cat_file(path))
-            runs.append((name, report if isinstance(report, dict) and "rows_this_run" in report else None))
-        except (OSError, ValueError):
-            runs.append((name, None))
-    return runs
+            entry = json.loads(line)
+            summaries[entry["report"]] = entry["summary"]
+        except (ValueError, TypeError, KeyError):
+            continue
+    return summaries
 
 
-def figures(report: dict) -> dict[str, float | None]:
-    seconds = report.get("seconds") or 0
-    rows = report.get("rows_this_run", 0)
+def run_summaries(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]:
+    """(report name without suffix, its summary or None if unreadable) of every run report in `folder`, newest
+    first; runs.jsonl brought up to date with the reports there."""
+    from nlp_tasks.secrets import redact
+
+    filesystem.invalidate_cache(folder)  # object storage: a listing cached before this run's report was written
+    names = sorted((path.rsplit("/", 1)[-1][:-len(".json")] for path in filesystem.ls(folder, detail=False)
+                    if path.rsplit("/", 1)[-1].startswith("run-") and path.endswith(".json")), reverse=True)
+    known = _read_summaries(filesystem, f"{folder}/{SUMMARIES}")
+    summaries = {}
+    for name in names:
+        if name in known:
+            summaries[name] = known[name]
+        else:
+            report = _read_json(filesystem, f"{folder}/{name}.json")
+            summaries[name] = run_summary(report) if isinstance(report, dict) and "rows_this_run" in report else None
+    if summaries != known:
+        lines = "".join(json.dumps({"report": name, "summary": summary}) + "\n"
+                        for name, summary in sorted(summaries.items()))
+        write_atomic(filesystem, f"{folder}/{SUMMARIES}", redact(lines).encode())
+    return list(summaries.items())
+
+
+def figures(run: dict) -> dict[str, float | None]:
+    seconds = run.get("seconds") or 0
+    rows = run.get("rows_this_run", 0)
     return {"seconds": seconds, "rows_per_s": round(rows / seconds, 1) if seconds and rows else None,
-            "error_share": report.get("rows_with_errors", 0) / rows if rows else None, "rows": rows}
+            "error_share": run.get("rows_with_errors", 0) / rows if rows else None, "rows": rows}
 
 
 def median(runs: list[dict[str, float | None]], key: str) -> float | None:
-    values = [run[key] for run in runs if run[key] is not None]
+    values = [figure[key] for figure in runs if figure[key] is not None]
     return statistics.median(values) if values else None
 
 
 def marks(runs: list[dict]) -> list[set[str]]:
     """Per run (oldest first), which figures are worse than the median of the runs before it."""
     out = []
-    for index, report in enumerate(runs):
+    for index, run in enumerate(runs):
         before = [figures(r) for r in runs[:index] if r.get("rows_this_run")]
-        now, worse = figures(report), set()
-        if before and report.get("rows_this_run"):
+        now, worse = figures(run), set()
+        if before and run.get("rows_this_run"):
             if (m := median(before, "seconds")) and now["seconds"] > m * WORSE:
                 worse.add("seconds")
             if (m := median(before, "rows_per_s")) and now["rows_per_s"] and now["rows_per_s"] < m / WORSE:
@@ -111,9 +156,9 @@ def flag(worse: set[str], key: str) -> str:
 
 
 def index_page(runs: list[tuple[str, dict | None]]) -> str:
-    """The page of all runs (module docstring); `runs` newest first."""
-    readable = [(name, report) for name, report in runs if report is not None]
-    oldest_first = [report for _, report in reversed(readable)]
+    """The page of all runs (module docstring); `runs`: their summaries (run_summary), newest first."""
+    readable = [(name, run) for name, run in runs if run is not None]
+    oldest_first = [run for _, run in reversed(readable)]
     flagged = marks(oldest_first)
     worse_by_name = {name: flagged[len(readable) - 1 - i] for i, (name, _) in enumerate(readable)}
     drawn = oldest_first[-TREND_RUNS:]
@@ -129,24 +174,24 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
         trend("rows annotated", [figures(r)["rows"] for r in drawn], [False] * len(drawn), ",.0f"),
     ])
     rows = []
-    for name, report in runs:
-        if report is None:
+    for name, run in runs:
+        if run is None:
             rows.append(f"<tr><td>{esc(name)}</td><td colspan='7'>unreadable report</td></tr>")
             continue
-        ok, look = verdict(report)
-        fig, worse = figures(report), worse_by_name.get(name, set())
-        state = "<span class='ok'>ok</span>" if ok else f"<span class='bad'>{esc('; '.join(look))}</span>"
+        fig, worse = figures(run), worse_by_name.get(name, set())
+        state = "<span class='ok'>ok</span>" if run["ok"] else \
+            f"<span class='bad'>{esc('; '.join(run['look']))}</span>"
         rows.append(
-            f"<tr><td><a href='{esc(name)}.html'>{esc(report.get('finished_at', name).replace('T', ' '))}</a></td>"
+            f"<tr><td><a href='{esc(name)}.html'>{esc((run['finished_at'] or name).replace('T', ' '))}</a></td>"
             f"<td>{state}</td>"
-            f"<td class='n'>{number(report.get('rows_this_run'))}</td>"
-            f"<td class='n'>{number(report.get('rows_out'))}</td>"
+            f"<td class='n'>{number(run.get('rows_this_run'))}</td>"
+            f"<td class='n'>{number(run.get('rows_out'))}</td>"
             f"<td{flag(worse, 'seconds')}>{number(fig['seconds'])}</td>"
             f"<td{flag(worse, 'rows_per_s')}>{number(fig['rows_per_s'])}</td>"
-            f"<td{flag(worse, 'error_share')}>{number(report.get('rows_with_errors'))}</td>"
-            f"<td>{esc(change_text(report))}</td>"
+            f"<td{flag(worse, 'error_share')}>{number(run.get('rows_with_errors'))}</td>"
+            f"<td>{esc(run['changes'])}</td>"
             "</tr>")
-    output = next((report["output"] for _, report in readable), "")
+    output = next((run["output"] for _, run in readable), "")
     style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"
              ".worse{color:#b3261e;font-weight:700}.ok{color:#2f7d32;font-weight:600}.bad{color:#b3261e}"
              "col.when{width:11.5rem}col.state{width:auto}col.num{width:5.6rem}col.changes{width:15rem}</style>")
@@ -162,9 +207,10 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
 
 
 def write_index(filesystem: Any, folder: str) -> str:
-    """Rebuild `folder/index.html` from the run reports there, atomically; returns its path."""
+    """Rewrite `folder/index.html` from the runs' summaries (module docstring), atomically; returns its path."""
     from nlp_tasks.secrets import redact
 
-    path = f"{folder.rstrip('/')}/index.html"
-    write_atomic(filesystem, path, redact(index_page(run_reports(filesystem, folder))).encode())
+    folder = folder.rstrip("/")
+    path = f"{folder}/index.html"
+    write_atomic(filesystem, path, redact(index_page(run_summaries(filesystem, folder))).encode())
     return path
