@@ -222,7 +222,8 @@ def test_index_lists_every_run_newest_first_with_trends(runs, tmp_path):
 
 def test_index_on_object_storage_is_one_write_and_reads_each_report_once(runs):
     """Where the output is not a local folder (here fsspec's in-memory store), the index and runs.jsonl are each
-    written with one PUT; a report whose summary runs.jsonl holds is never read again, a new one is."""
+    written with one PUT; a report whose summary runs.jsonl holds is never read again, a new one is, and so is one
+    whose line is not a summary."""
     import fsspec
 
     from nlp_tasks.driver.pages.index_page import SUMMARIES, write_index
@@ -246,4 +247,10 @@ def test_index_on_object_storage_is_one_write_and_reads_each_report_once(runs):
     memory.pipe_file(f"{folder}/{third.name}", third.read_bytes())
     page = memory.cat_file(write_index(memory, folder)).decode()
     assert page.count("<tr><td><a href=") == 3 and page.count("unreadable report") == 1
+    kept = memory.cat_file(f"{folder}/{SUMMARIES}").decode().splitlines()
+    edited = json.dumps({"report": second.stem, "summary": {"ok": "maybe", "look": "x"}})
+    memory.pipe_file(f"{folder}/{SUMMARIES}", "\n".join([kept[0], kept[1], edited, "not json", kept[3]]).encode())
+    page = memory.cat_file(write_index(memory, folder)).decode()  # the edited line: its report is read again
+    assert page.count("<tr><td><a href=") == 3 and page.count("unreadable report") == 1
+    assert memory.cat_file(f"{folder}/{SUMMARIES}").decode().splitlines() == kept
     assert sorted(p for p in memory.ls(folder, detail=False) if "tmp" in p) == []

@@ -15,6 +15,8 @@ import json
 import statistics
 from typing import Any
 
+from pydantic import BaseModel
+
 from nlp_tasks.driver.pages.markup import PALETTE, esc, number, page, svg
 from nlp_tasks.driver.pages.verdict import verdict
 from nlp_tasks.output.storage import write_atomic
@@ -31,12 +33,26 @@ SUMMARIES = "runs.jsonl"
 Not `.json`, so that a glob of the reports (`run-*.json`, `*.json`) finds reports only."""
 
 
+class RunSummary(BaseModel):
+    """What the index shows of one run; a line of runs.jsonl that is not one is read again from its report."""
+
+    finished_at: str | None
+    ok: bool
+    look: list[str]
+    output: str
+    changes: str
+    rows_this_run: int
+    rows_out: int
+    seconds: float
+    rows_with_errors: int
+
+
 def run_summary(report: dict) -> dict:
-    """What the index shows of one run."""
+    """The RunSummary of a run report."""
     ok, look = verdict(report)
-    return {"finished_at": report.get("finished_at"), "ok": ok, "look": look, "output": report.get("output", ""),
-            "changes": change_text(report),
-            **{key: report.get(key, 0) for key in ("rows_this_run", "rows_out", "seconds", "rows_with_errors")}}
+    return RunSummary(finished_at=report.get("finished_at"), ok=ok, look=look, output=report.get("output", ""),
+                      changes=change_text(report), **{key: report.get(key) or 0 for key in (
+                          "rows_this_run", "rows_out", "seconds", "rows_with_errors")}).model_dump()
 
 
 def _read_json(filesystem: Any, path: str) -> Any:
@@ -47,7 +63,8 @@ def _read_json(filesystem: Any, path: str) -> Any:
 
 
 def _read_summaries(filesystem: Any, path: str) -> dict[str, dict | None]:
-    """runs.jsonl by report name; what cannot be read is read again from the reports."""
+    """runs.jsonl by report name; a line that is not a RunSummary (an edited file, another version's) is left out,
+    so that its report is read again."""
     try:
         lines = filesystem.cat_file(path).decode().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -56,8 +73,10 @@ def _read_summaries(filesystem: Any, path: str) -> dict[str, dict | None]:
     for line in lines:
         try:
             entry = json.loads(line)
-            summaries[entry["report"]] = entry["summary"]
-        except (ValueError, TypeError, KeyError):
+            summary = entry["summary"]
+            summaries[str(entry["report"])] = None if summary is None else \
+                RunSummary.model_validate(summary).model_dump()
+        except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
             continue
     return summaries
 
