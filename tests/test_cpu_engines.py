@@ -223,17 +223,25 @@ def test_static_int8_without_calibration_texts_is_refused(minilm):
 
 
 @needs_engines
-def test_an_int8_job_calibrates_on_its_input_and_its_report_says_so(ray_local, tmp_path, minilm):
+@pytest.mark.parametrize("examples", [False, True], ids=["input", "examples"])
+def test_an_int8_job_calibrates_on_its_input_or_examples_and_its_report_says_so(ray_local, tmp_path, minilm,
+                                                                              examples):
     from jobs.annotate import main
 
-    texts = bbc_texts()[:40]
+    sample = pq.read_table(SAMPLE)
+    texts = sample.column("text").to_pylist()[:40]
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), tmp_path / "in.parquet")
-    config = write_config(tmp_path, tmp_path / "in.parquet",
-                          {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
+    tasks = {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}}
+    if examples:  # the same model: one pool, calibrated on the labelled texts
+        pq.write_table(sample.slice(100, 30), tmp_path / "examples.parquet")
+        tasks["topic"] = {"task": "embedding-classification", "model": minilm, "max_length": 128,
+                          "examples": {"path": str(tmp_path / "examples.parquet"), "label_column": "category"}}
+    config = write_config(tmp_path, tmp_path / "in.parquet", tasks,
                           compute={"dtype": "int8", "num_cpus_per_actor": 0.5})
     assert main(["--config", config]) == 0
     report = json.loads(next((tmp_path / "out" / "__reports").glob("*.json")).read_text())
     (pool,) = report["compute"]
-    assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", "40 rows of the input")
+    calibration = "the examples of tasks.topic (30 rows)" if examples else "40 rows of the input"
+    assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", calibration)
     out = pq.read_table(tmp_path / "out")
     assert out.num_rows == 40 and all(len(vector) == 384 for vector in out.column("vec").to_pylist())

@@ -62,12 +62,13 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
                       fitted: dict[str, dict], part_names: str = STAGED_NAME,
-                      calibration: dict[int, list[str]] | None = None):
+                      calibration: dict[int, Any] | None = None):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
     (heads.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME);
-    `calibration`: the texts static int8 pools calibrate on, by pool index (engines/calibration.py).
+    `calibration`: the Ray objects of the texts static int8 pools calibrate on, by pool index
+    (engines/calibration.pool_samples).
     """
     import ray
 

@@ -44,23 +44,30 @@ def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: 
     return texts
 
 
+def _sample_and_size(filesystem: Any, fragments: list[Any], text_column: str) -> tuple[list[str], int]:
+    texts = input_sample(filesystem, fragments, text_column)
+    return texts, len(texts)
+
+
 def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesystem: Any, fragments: list[Any],
-                 text_column: str) -> dict[int, tuple[list[str], str]]:
-    """For each pool (by index) that runs static int8: its calibration texts and what they are."""
+                 text_column: str) -> dict[int, tuple[Any, str]]:
+    """For each pool (by index) that runs static int8: its calibration texts as a Ray object (the actors fetch it;
+    an input sample stays out of the driver, which gets its size alone), and what they are."""
     import ray
 
-    samples, reading = {}, {}
+    samples, reading = {}, []
     for index, (specs, plan) in enumerate(pools):
         if not needs_calibration(plan.engine, plan.dtype):
             continue
         labelled = next((column for column in specs if column in examples), None)
         if labelled is not None:
             texts = list(examples[labelled].texts)
-            samples[index] = (texts, f"the examples of tasks.{labelled} ({len(texts)} rows)")
+            samples[index] = (ray.put(texts), f"the examples of tasks.{labelled} ({len(texts)} rows)")
         else:
-            reading[index] = None
+            reading.append(index)
     if reading:
-        texts = ray.get(ray.remote(input_sample).options(num_cpus=0.25).remote(filesystem, fragments, text_column))
+        texts, size = ray.remote(_sample_and_size).options(num_cpus=0.25, num_returns=2).remote(
+            filesystem, fragments, text_column)
         for index in reading:
-            samples[index] = (texts, f"{len(texts)} rows of the input")
+            samples[index] = (texts, f"{ray.get(size)} rows of the input")
     return samples

@@ -157,11 +157,16 @@ class Annotator:
 
     def __init__(self, specs: dict[str, TaskSpec], compute: ComputeConfig, text_column: str, errors_column: str,
                  record_calls: bool = False, fitted: dict[str, dict] | None = None,
-                 calibration: list[str] | None = None):
+                 calibration: list[str] | Any = None):
         """`record_calls`: add each call's record (stats.py) to its output, as the job's actors do; `fitted`:
         what the job fitted per task before the run (fit_heads); `calibration`: texts a CPU engine's static int8
-        is calibrated on (job.calibration_texts)."""
+        is calibrated on, or the Ray object holding them (engines/calibration.pool_samples)."""
         import threading
+
+        if calibration is not None and not isinstance(calibration, list):
+            import ray
+
+            calibration = ray.get(calibration)
 
         from nlp_tasks.workers.batching import MicroBatcher
 
