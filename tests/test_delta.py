@@ -180,6 +180,36 @@ def test_delta_output_on_s3_resumes_exactly_once(tmp_path, models, moto_s3):
     assert {f.rsplit("/", 1)[-1] for f in files if "/part-" in f} == listed, "a stray or a missing part on S3"
 
 
+def test_a_delta_input_on_s3_is_read_and_its_new_version_annotated_alone(tmp_path, models, moto_s3):
+    """On moto's S3: a Delta table as input, read by the job's own reader from the snapshot's files; a version
+    appended later is the only file the next run annotates."""
+    uri = "s3://lake/source"
+    options = {"AWS_ALLOW_HTTP": "true", "AWS_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "aws_conditional_put": "etag"}
+    texts = tiny_models.sample_texts()
+
+    def append(tag: str) -> None:
+        deltalake.write_deltalake(uri, pa.table({"id": [f"{tag}-{i}" for i in range(len(texts))], "text": texts}),
+                                  mode="append", storage_options=options)
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,
+                              env={**os.environ, **moto_s3}, capture_output=True, text=True, timeout=600,
+                              check=False)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        expected = pa.table(deltalake.DeltaTable(uri, storage_options=options).to_pyarrow_table()).column("id")
+        assert sorted(pq.read_table(tmp_path / "out").column("id").to_pylist()) == sorted(expected.to_pylist())
+        return done.stdout
+
+    append("a")
+    append("b")
+    config = Path(write_config(tmp_path, uri, sentiment(models), compute={"num_cpus_per_actor": 0.5,
+                                                                          "batch_size": 4}))
+    assert "processed 2 input file(s) (0 already committed)" in run()
+    append("c")
+    assert "processed 1 input file(s) (2 already committed)" in run()
+
+
 def history_of(out: Path) -> list[dict]:
     return deltalake.DeltaTable(str(out)).history()
 
