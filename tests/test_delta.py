@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -291,7 +292,8 @@ def test_a_second_run_on_a_held_table_exits_2_and_changes_nothing(ray_local, tmp
 
 def test_an_output_table_another_writer_compacted_is_refused_as_it_is(ray_local, tmp_path, models, capsys):
     """OPTIMIZE by another writer replaces the job's parts with files the job cannot read back: the next run stops
-    in one line and leaves the table as it is (annotating those rows again would hold them twice)."""
+    in one line and leaves the table as it is (annotating those rows again would hold them twice); restored to the
+    version the message names, the table is the job's again."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     ids = write_corpus(corpus, 2)
     config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
@@ -304,6 +306,11 @@ def test_an_output_table_another_writer_compacted_is_refused_as_it_is(ray_local,
     assert "file(s) this job did not write" in error and "OPTIMIZE" in error, error
     assert deltalake.DeltaTable(str(out)).version() == version
     assert deltalake.DeltaTable(str(out)).file_uris() == files
+    assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
+    last = int(re.search(r"restore\((\d+)\), the job's last version", error).group(1))
+    deltalake.DeltaTable(str(out)).restore(last)  # as the message says: the table is the job's again
+    assert main(["--config", str(config)]) == 0
+    assert "processed 0 input file(s) (2 already committed)" in capsys.readouterr().out
     assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
 
 

@@ -18,7 +18,7 @@ nothing more. An empty input file with nothing to remove is committed by its mar
 parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
 the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
 a commit that conflicts with another writer's (one line, exit 2), and a table that holds files this job did not
-write (another writer's OPTIMIZE, DELETE or append) is refused at open: their rows would be annotated twice.
+write (another writer's OPTIMIZE, UPDATE or append) is refused at open: their rows would be annotated twice.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ from nlp_tasks.output.layout import (
 from nlp_tasks.output.recovery import list_output, read_markers
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
+
+HISTORY_SEARCHED = 1000
+"""Log versions searched, newest first, for the job's last one, to name it when another writer's files stop a run."""
 
 
 class DeltaStore(OutputStore):
@@ -117,11 +120,14 @@ class DeltaStore(OutputStore):
         stops the run: the job cannot tell which rows such a file holds, and would annotate them twice."""
         foreign = [action["path"] for action in self._snapshot_files() if not DELTA_PART.match(action["path"])]
         if foreign:
+            last = max((entry["version"] for entry in self.table.history(HISTORY_SEARCHED) if "nlp_tasks" in entry),
+                       default=None)
+            back = f"DeltaTable(...).restore({last}), the job's last version," if last is not None else \
+                "DeltaTable(...).restore to the job's last version"
             raise OutputConflict(
                 f"output.path {self.name!r}: the Delta table holds {len(foreign)} file(s) this job did not write "
                 f"(e.g. {min(foreign)!r}), from another writer (an OPTIMIZE, DELETE, UPDATE or append), and the job "
-                "cannot tell which rows they hold; restore the table to the job's last version "
-                "(DeltaTable.restore), write to a new output.path or set output.if_exists: overwrite")
+                f"cannot tell which rows they hold; {back} makes it the job's again, or write to a new output.path")
 
     def reconcile(self) -> None:
         """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
@@ -220,8 +226,10 @@ class DeltaStore(OutputStore):
                 try:
                     self._evolve(marker)
                 except Exception as error:  # the marker says `number`: no other commit may take it
-                    self.failed = error
-                    raise
+                    self.failed = self._conflict(error, marker["source"])
+                    if self.failed is error:
+                        raise
+                    raise self.failed from None
                 self._transact(marker["parts"], replaced, {"nlp_tasks": {
                     "unit": unit, "source": marker["source"], "commit": number, "run": self.run}})
             self.markers[unit] = marker
@@ -288,7 +296,6 @@ class DeltaStore(OutputStore):
         """One transaction of the log, numbered `logged + 1`: the parts added (with their row counts) and those
         removed. If it fails, whether it landed is unknown until the next run reads the log: nothing more is
         committed by this one."""
-        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
         stamp = int(time.time() * 1000)
@@ -299,17 +306,22 @@ class DeltaStore(OutputStore):
             self.table.create_write_transaction(
                 actions, "append", self.table.schema(), commit_properties=CommitProperties(
                     custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]))
-        except CommitFailedError as error:
-            self.failed = self._conflict(error, metadata["nlp_tasks"].get("source"))
-            raise self.failed from None
         except Exception as error:
-            self.failed = error
-            raise
+            self.failed = self._conflict(error, metadata["nlp_tasks"].get("source"))
+            if self.failed is error:
+                raise
+            raise self.failed from None
         self.logged += 1
         self.table.update_incremental()
 
-    def _conflict(self, error: Exception, source: str | None) -> OutputConflict:
-        """Delta's conflict check refusing a commit, as one line: another writer changed the files it touches."""
+    def _conflict(self, error: Exception, source: str | None) -> Exception:
+        """A commit another writer's got in the way of, as one line (Delta's conflict check refused it, or another
+        writer created the table first); any other error as it is."""
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        if not isinstance(error, CommitFailedError) and not (
+                isinstance(error, DeltaError) and "already exists" in str(error)):
+            return error
         what = f"the commit of input file {source!r}" if source else "a repair of the table"
         return OutputConflict(
             f"output.path {self.name!r}: another writer changed the Delta table during this run and Delta refused "

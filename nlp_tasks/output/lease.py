@@ -141,5 +141,8 @@ class Lease:
             self._heartbeat.join()
         with self._lock:
             if self.number is not None and not self.lost:
-                self.filesystem.rm(self._path(self.number))
+                try:
+                    self.filesystem.rm(self._path(self.number))
+                except FileNotFoundError:  # removed by hand, or with the folder: nothing is held any more
+                    pass
             self.number = None
