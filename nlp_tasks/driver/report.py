@@ -157,7 +157,7 @@ def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     report = json.loads(redact(json.dumps(report)))
     for suffix, text in (("json", json.dumps(report, indent=2)), ("html", run_page(report, f"run-{stamp}"))):
         with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:
-            handle.write(redact(text).encode())
+            handle.write(redact(text).encode(errors="replace"))  # a lone surrogate (a name from bytes): "?"
     write_index(filesystem, folder)
     return f"{folder}/run-{stamp}.json"
 

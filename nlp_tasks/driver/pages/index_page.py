@@ -29,8 +29,9 @@ TREND_RUNS = 60
 
 
 SUMMARIES = "runs.jsonl"
-"""Beside the reports: a line per run report, its name and summary (run_summary; null for an unreadable report).
-Not `.json`, so that a glob of the reports (`run-*.json`, `*.json`) finds reports only."""
+"""Beside the reports: a line per readable run report, its name and summary (run_summary); an unreadable report is
+read again at the next run. Not `.json`, so that a glob of the reports (`run-*.json`, `*.json`) finds reports
+only."""
 
 
 class RunSummary(BaseModel):
@@ -58,7 +59,7 @@ def run_summary(report: dict) -> dict:
 def _read_json(filesystem: Any, path: str) -> Any:
     try:
         return json.loads(filesystem.cat_file(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -73,10 +74,8 @@ def _read_summaries(filesystem: Any, path: str) -> dict[str, dict | None]:
     for line in lines:
         try:
             entry = json.loads(line)
-            summary = entry["summary"]
-            summaries[str(entry["report"])] = None if summary is None else \
-                RunSummary.model_validate(summary).model_dump()
-        except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+            summaries[str(entry["report"])] = RunSummary.model_validate(entry["summary"]).model_dump()
+        except (ValueError, TypeError, KeyError, RecursionError):  # pydantic's ValidationError is a ValueError
             continue
     return summaries
 
@@ -90,17 +89,16 @@ def run_summaries(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]
     names = sorted((path.rsplit("/", 1)[-1][:-len(".json")] for path in filesystem.ls(folder, detail=False)
                     if path.rsplit("/", 1)[-1].startswith("run-") and path.endswith(".json")), reverse=True)
     known = _read_summaries(filesystem, f"{folder}/{SUMMARIES}")
-    summaries = {}
+    summaries: dict[str, dict | None] = {}
     for name in names:
         if name in known:
             summaries[name] = known[name]
         else:
             report = _read_json(filesystem, f"{folder}/{name}.json")
             summaries[name] = run_summary(report) if isinstance(report, dict) and "rows_this_run" in report else None
-    if summaries != known:
-        lines = "".join(json.dumps({"report": name, "summary": summary}) + "\n"
-                        for name, summary in sorted(summaries.items()))
-        write_atomic(filesystem, f"{folder}/{SUMMARIES}", redact(lines).encode())
+    lines = "".join(json.dumps({"report": name, "summary": summary}) + "\n"
+                    for name, summary in sorted(summaries.items()) if summary is not None)
+    write_atomic(filesystem, f"{folder}/{SUMMARIES}", redact(lines).encode())
     return list(summaries.items())
 
 
@@ -231,5 +229,6 @@ def write_index(filesystem: Any, folder: str) -> str:
 
     folder = folder.rstrip("/")
     path = f"{folder}/index.html"
-    write_atomic(filesystem, path, redact(index_page(run_summaries(filesystem, folder))).encode())
+    page_text = redact(index_page(run_summaries(filesystem, folder)))
+    write_atomic(filesystem, path, page_text.encode(errors="replace"))  # a lone surrogate (a name from bytes): "?"
     return path
