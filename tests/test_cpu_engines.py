@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-from helpers import REPO, SAMPLE, write_config
+from helpers import REPO, SAMPLE, cli, write_config
 
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
 from nlp_tasks.driver.compute import Cluster, plan_pools
@@ -245,3 +245,17 @@ def test_an_int8_job_calibrates_on_its_input_or_examples_and_its_report_says_so(
     assert (pool["engine"], pool["dtype"], pool["calibration"]) == ("openvino", "int8", calibration)
     out = pq.read_table(tmp_path / "out")
     assert out.num_rows == 40 and all(len(vector) == 384 for vector in out.column("vec").to_pylist())
+
+
+@needs_engines
+def test_an_int8_job_without_a_usable_text_to_calibrate_on_is_one_line_exit_2(tmp_path, minilm):
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": pa.array([None, "", "   "], pa.string())}),
+                   tmp_path / "blank.parquet")
+    config = write_config(tmp_path, tmp_path / "blank.parquet",
+                          {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
+                          compute={"dtype": "int8", "num_cpus_per_actor": 0.5})
+    result = cli(config)  # after the compute plan's log line: the error, one line, and no traceback
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: "), result.stderr
+    assert "blank.parquet" in error and "'text'" in error and "tasks.vec" in error, error
+    assert not list((tmp_path / "out").glob("*.parquet"))

@@ -17,6 +17,7 @@ from nlp_tasks.driver.plan import annotated_dataset, group_by_model
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples
 from nlp_tasks.output.store import OutputStore
+from nlp_tasks.secrets import redact
 from nlp_tasks.workers.read import Fragment
 from nlp_tasks.workers.write import PART_RECORD
 
@@ -41,7 +42,8 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
                                [("+".join(specs), plan.max_actors) for specs, plan in pools])
         with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
-            samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column)
+            samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column,
+                                   redact(config.input.path))
         for index, (_, what) in samples.items():
             log.info("compute: pool %s calibrates int8 on %s", "+".join(pools[index][0]), what)
             pools[index] = (pools[index][0], replace(pools[index][1], calibration=what))

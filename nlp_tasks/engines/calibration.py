@@ -50,10 +50,13 @@ def _sample_and_size(filesystem: Any, fragments: list[Any], text_column: str) ->
 
 
 def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesystem: Any, fragments: list[Any],
-                 text_column: str) -> dict[int, tuple[Any, str]]:
+                 text_column: str, input_name: str) -> dict[int, tuple[Any, str]]:
     """For each pool (by index) that runs static int8: its calibration texts as a Ray object (the actors fetch it;
-    an input sample stays out of the driver, which gets its size alone), and what they are."""
+    an input sample stays out of the driver, which gets its size alone), and what they are. A sample without a
+    usable text is the user's to fix (InputError)."""
     import ray
+
+    from nlp_tasks.errors import InputError
 
     samples, reading = {}, []
     for index, (specs, plan) in enumerate(pools):
@@ -68,6 +71,12 @@ def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesy
     if reading:
         texts, size = ray.remote(_sample_and_size).options(num_cpus=0.25, num_returns=2).remote(
             filesystem, fragments, text_column)
+        rows = ray.get(size)
+        if not rows:
+            columns = ", ".join(f"tasks.{column}" for index in reading for column in pools[index][0])
+            raise InputError(f"input.path {input_name!r}: no usable text in column {text_column!r} among the rows "
+                             f"sampled to calibrate int8 for {columns}; give the task examples, or set "
+                             "compute.dtype to float32")
         for index in reading:
-            samples[index] = (texts, f"{ray.get(size)} rows of the input")
+            samples[index] = (texts, f"{rows} rows of the input")
     return samples
