@@ -256,4 +256,8 @@ def test_index_on_object_storage_is_one_write_and_reads_each_report_once(runs):
     memory.pipe_file(f"{folder}/run-20000101T000000.000Z.json", second.read_bytes())  # readable after all
     page = memory.cat_file(write_index(memory, folder)).decode()
     assert page.count("<tr><td><a href=") == 4 and "unreadable report" not in page
+    lone = json.loads(kept[2])
+    lone["summary"]["changes"] = "1 new \ud800"  # a lone surrogate, as a name decoded from bytes carries
+    memory.pipe_file(f"{folder}/{SUMMARIES}", "\n".join([kept[0], kept[1], json.dumps(lone)]).encode())
+    assert "1 new ?" in memory.cat_file(write_index(memory, folder)).decode()
     assert sorted(p for p in memory.ls(folder, detail=False) if "tmp" in p) == []
