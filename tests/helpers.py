@@ -7,6 +7,7 @@ Test modules import from here, never from one another or from conftest (which ho
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "bbc_sample.parquet"
 """200 BBC news articles with id, text and category columns."""
+
+AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+"""The environment that makes oneDNN, PyTorch and MKL answer and run as on an AVX2-only CPU (no AVX-512, VNNI or
+native bfloat16), to test on a newer machine what an older node does."""
 
 COMPUTE = {"num_cpus_per_actor": 0.25, "batch_size": 8}
 """write_config's compute section unless a test says otherwise: quarter-CPU actors, so that pools fit 2 cores."""
@@ -77,10 +82,11 @@ def _plain(value):
 # the CLI as a user runs it ---------------------------------------------------------------------------------------
 
 
-def cli(config: str, *args: str) -> subprocess.CompletedProcess:
-    """The CLI run as a user runs it, its output captured."""
+def cli(config: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI run as a user runs it, its output captured; `env`: variables set for it (and its embedded Ray)."""
     return subprocess.run([sys.executable, "-m", "jobs.annotate", "--config", str(config), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, **env} if env else None)
 
 
 def error_line(config: str, *args: str, secret: str | None = None) -> str:

@@ -128,7 +128,8 @@ def summary(report: dict) -> str:
                      f"busy {share} of {actor['span_s']} s, padding {actor['padding_share']}; "
                      f"model load {actor['load_s']} s, ready at "
                      f"{actor['ready_after_s']} s, calls from {actor['first_call_after_s']} to "
-                     f"{actor['last_call_ended_after_s']} s; {phases}")
+                     f"{actor['last_call_ended_after_s']} s; {phases}"
+                     + (f"; on {actor['cpu']}: {actor['kernels']}" if actor.get("kernels") else ""))
     for task, counts in report["distributions"].items():
         top = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:6])
         lines.append(f"{task} distribution: {top}")

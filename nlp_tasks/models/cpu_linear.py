@@ -16,6 +16,8 @@ from collections import Counter
 
 import torch
 
+from nlp_tasks.models.node_cpu import bfloat16_native
+
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -58,10 +60,27 @@ def applies_exact_gelu(block: torch.nn.Module) -> bool:
 
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """Whether this torch build and the model's placement allow packing: oneDNN present, weights on CPU."""
+    """Whether this torch build, this node's CPU and the model's placement allow packing: oneDNN present, weights
+    on CPU, in float32 or in a bfloat16 that oneDNN runs natively here (node_cpu.bfloat16_native)."""
     parameter = next(model.parameters(), None)
     return (parameter is not None and parameter.device.type == "cpu" and parameter.dtype in PACKED_DTYPES
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and (parameter.dtype != torch.bfloat16 or bfloat16_native()))
+
+
+def kernel_path(model: torch.nn.Module) -> str:
+    """How this node runs the model's linear layers: `float32, linear layers packed for oneDNN (72)`, or plain,
+    with why."""
+    packed = [module for module in model.modules() if isinstance(module, PackedLinear)]
+    if packed:
+        return f"{str(packed[0].packed_weight.dtype).removeprefix('torch.')}, linear layers packed for oneDNN " \
+               f"({len(packed)})"
+    parameter = next(model.parameters(), None)
+    if parameter is None or parameter.device.type != "cpu":
+        return "no weights" if parameter is None else parameter.device.type
+    if parameter.dtype == torch.bfloat16 and not bfloat16_native():
+        return "bfloat16, plain linear layers (no native bfloat16 on this CPU)"
+    return f"{str(parameter.dtype).removeprefix('torch.')}, plain linear layers"
 
 
 def pack_linears(model: torch.nn.Module) -> int:

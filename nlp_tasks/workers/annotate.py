@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.models import node_cpu
 from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
 from nlp_tasks.workers.stats import with_call
 from nlp_tasks.workers.text_checks import as_text, text_problem
@@ -67,6 +68,19 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     for column, state in (fitted or {}).items():
         adapters[column].use_fitted(state)
     return adapters
+
+
+def kernel_path(adapter: TaskAdapter) -> str:
+    """What runs the pool's model on this node: the engine and the precision it reports, or PyTorch's path
+    (models/cpu_linear.kernel_path)."""
+    engine = adapter.engine
+    if engine is None:
+        from nlp_tasks.models.cpu_linear import kernel_path as torch_path
+
+        return torch_path(adapter.model)
+    if hasattr(engine, "precision"):
+        return f"{engine.engine} {engine.precision}"
+    return f"ctranslate2 {engine.model.compute_type}"
 
 
 def caller() -> tuple[str, str]:
@@ -184,7 +198,8 @@ class Annotator:
             actor, node = caller()
             self.identity = {"actor": actor, "node": node, "pool": "+".join(specs)}
             self.loaded = {"load_s": time.perf_counter() - started, "ready_at": time.time(),
-                           "token_budget": self.batcher.token_budget}
+                           "token_budget": self.batcher.token_budget, "cpu": node_cpu.describe(),
+                           "kernels": kernel_path(some)}
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""

@@ -87,12 +87,13 @@ class RunStats:
             state = self.actors.setdefault(call["actor"], {
                 "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0,
                 "phases": Counter(), "tokens": Counter(),
-                "load_s": 0.0, "starts": 0, "ready_at": None, "token_budget": None})
+                "load_s": 0.0, "starts": 0, "ready_at": None, "token_budget": None, "cpu": None, "kernels": None})
             if "load_s" in call:  # the first call after the actor loaded its model
                 state["load_s"] += call["load_s"]
                 state["starts"] += 1
                 state["ready_at"] = min(state["ready_at"] or call["ready_at"], call["ready_at"])
                 state["token_budget"] = call["token_budget"]
+                state["cpu"], state["kernels"] = call.get("cpu"), call.get("kernels")
             state["calls"].append((call["started"], call["ended"]))
             state["rows"] += call["rows"]
             state["phases"].update(call["phases"])
@@ -122,7 +123,8 @@ class RunStats:
                 "first_call_after_s": round(first - started_at, 2),
                 "last_call_ended_after_s": round(last - started_at, 2),
                 "load_s": round(state["load_s"], 2), "restarts": max(0, state["starts"] - 1),
-                "token_budget": state["token_budget"], "calls": len(calls), "rows": state["rows"],
+                "token_budget": state["token_budget"], "cpu": state["cpu"], "kernels": state["kernels"],
+                "calls": len(calls), "rows": state["rows"],
                 "busy_s": round(busy, 2), "span_s": round(last - first, 2),
                 "busy_share": round(busy / (last - first), 3) if last > first else None,
                 "phases_s": {phase: round(state["phases"][phase], 2) for phase in PHASES},

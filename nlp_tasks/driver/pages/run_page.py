@@ -11,6 +11,8 @@ away. Every string that comes from a user or a file (task names, labels, file na
 
 from __future__ import annotations
 
+from collections import Counter
+
 from nlp_tasks.driver.pages.markup import (
     BUSY,
     COMMIT,
@@ -267,9 +269,20 @@ def compute_table(report: dict) -> str:
         rows.append([esc("+".join(pool.get("tasks", []))), f"{pool.get('min_actors')}-{pool.get('max_actors')}",
                      f"{pool.get('num_cpus_per_actor', 0):g} CPU, {pool.get('num_gpus_per_actor', 0):g} GPU",
                      esc(threads), esc(f"{pool.get('device')} {pool.get('dtype')}"), number(pool.get("batch_size")),
-                     number(pool.get("token_budget")), esc(pool.get("stages", "-"))])
-    return table(["pool", "actors", "per actor", "engine", "device", "batch", "token budget", "stages"], rows,
-                 {5, 6}, "compute", ("auto", "5rem", "9rem", "10rem", "8rem", "5rem", "7rem", "5rem"))
+                     number(pool.get("token_budget")), esc(pool.get("stages", "-")),
+                     node_paths(report, "+".join(pool.get("tasks", [])))])
+    return table(["pool", "actors", "per actor", "engine", "device", "batch", "token budget", "stages",
+                  "each node's CPU: path taken"], rows, {5, 6}, "compute",
+                 ("auto", "5rem", "9rem", "10rem", "8rem", "5rem", "7rem", "5rem", "auto"))
+
+
+def node_paths(report: dict, pool: str) -> str:
+    """The CPUs the pool's actors ran on and the kernel path each took there (node_cpu, workers.annotate), one line
+    per distinct pair with how many actors took it."""
+    paths = Counter((actor.get("cpu"), actor.get("kernels")) for actor in report.get("actors", [])
+                    if actor.get("pool") == pool and actor.get("kernels"))
+    return "<br>".join(f"{esc(cpu)}: {esc(kernels)}" + (f" ({count} actors)" if count > 1 else "")
+                       for (cpu, kernels), count in sorted(paths.items())) or "-"
 
 
 def distributions(report: dict) -> str:
