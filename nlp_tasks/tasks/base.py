@@ -201,6 +201,8 @@ class TaskAdapter:
 
     def encode(self, texts: list[str], **kwargs: Any) -> list[Features]:
         """Tokenize without padding, truncated to the window; one features dict per text."""
+        if not texts:  # a tokenizer given no text at all raises (IndexError)
+            return []
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
         return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
 
@@ -227,6 +229,8 @@ class TaskAdapter:
         return [[text[slice(*text_span(window, len(text)))] for window in row] for text, row in zip(texts, windows)]
 
     def _windows(self, texts: list[str], width: int, **kwargs: Any) -> list[list[Features]]:
+        if not texts:
+            return []
         encoded = self.tokenizer(texts, truncation=True, max_length=width, stride=self.stride,
                                  return_overflowing_tokens=True, **kwargs)
         owners = encoded.pop("overflow_to_sample_mapping")

@@ -62,11 +62,13 @@ class QuestionAnswering(TaskAdapter):
         questions = self.questions(batch)
         problems = [text_problem(q, "question") for q in questions]
         clean = [i for i, problem in enumerate(problems) if problem is None]
+        segments: list = [RowError(problem) if problem else None for problem in problems]
+        if not clean:  # a tokenizer given no text at all raises (IndexError)
+            return segments
         encoded = self.tokenizer(
             [as_text(questions[i]) for i in clean], [texts[i] for i in clean],
             truncation="only_second", max_length=self.max_length, return_offsets_mapping=True,
         )
-        segments: list = [RowError(problem) if problem else None for problem in problems]
         for position, row in enumerate(clean):
             segment = {k: encoded[k][position] for k in encoded}
             segment["context_mask"] = [sequence == 1 for sequence in encoded.sequence_ids(position)]

@@ -71,6 +71,8 @@ class ZeroShotClassification(TaskAdapter):
         hypotheses = self.options.hypotheses
         windows = self.text_windows(texts)
         pieces = [piece for row in windows for piece in row]
+        if not pieces:  # a tokenizer given no text at all raises (IndexError)
+            return []
         pairs = self.tokenizer(
             [piece for piece in pieces for _ in hypotheses], hypotheses * len(pieces),
             truncation="only_first", max_length=self.max_length,
