@@ -20,9 +20,9 @@ from nlp_tasks.tasks import get_task
 CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
 
 
-def ctranslate2_problem(spec: TaskSpec) -> str | None:
-    """Why CTranslate2 cannot run this task as configured, or None."""
-    from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES
+def ctranslate2_problem(spec: TaskSpec, device: str = "auto") -> str | None:
+    """Why CTranslate2 cannot run this task as configured on `device`, or None."""
+    from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
     from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
     from nlp_tasks.models.loading import checkpoint_json
 
@@ -34,8 +34,8 @@ def ctranslate2_problem(spec: TaskSpec) -> str | None:
     if model_type not in supported:
         return f"its converter does not take model type {model_type!r} for {spec.task}"
     try:
-        ctranslate2_decoding(generation_settings(checkpoint_json(spec.model, "generation_config.json", spec.revision),
-                                                 spec.options.engine_settings()), seq2seq)
+        ctranslate2_decoding(generation_settings(checkpoint_generation(spec.model, spec.revision),
+                                                 spec.options.engine_settings()), seq2seq, device)
     except Unsupported as error:
         return str(error)
     return None
@@ -101,7 +101,7 @@ def choose_engine(column: str, spec: TaskSpec, dtype: str, device: str = "auto")
             raise ConfigError(f"tasks.{column}: dtype {dtype} runs on engine ctranslate2 only (generation tasks, "
                               "engine auto or ctranslate2)")
         return "transformers", None
-    problem = ctranslate2_problem(spec)
+    problem = ctranslate2_problem(spec, device)
     if problem is None:
         return "ctranslate2", None
     if spec.engine == "ctranslate2" or dtype in CTRANSLATE2_ONLY_DTYPES:
