@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 
 import pyarrow as pa
@@ -18,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
+from nlp_tasks.engines.ctranslate2_models import CONVERSION
+from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
 from nlp_tasks.workers.annotate import Annotator
 
 TEXTS = tiny_models.sample_texts()
@@ -30,13 +33,13 @@ tiny model's flat distributions make such near ties common."""
 CASES = [
     ("summarization", {"max_new_tokens": 12}),
     ("summarization", {"max_new_tokens": 12, "num_beams": 3, "no_repeat_ngram_size": 2}),
-    ("summarization", {"max_new_tokens": 10, "min_length": 10, "num_beams": 4, "early_stopping": True,
+    ("summarization", {"max_new_tokens": 10, "min_length": 8, "num_beams": 4, "early_stopping": True,
                        "length_penalty": 2.0}),
     ("translation", {"max_new_tokens": 10, "prefix": "translate English to French: "}),
     ("translation", {"max_new_tokens": 10, "tgt_lang": "The"}),
     ("text-generation", {"max_new_tokens": 10}),
     ("text-generation", {"max_new_tokens": 8, "num_beams": 2, "return_full_text": True}),
-    ("text-generation", {"max_new_tokens": 6, "min_new_tokens": 6, "repetition_penalty": 1.3}),
+    ("text-generation", {"max_new_tokens": 6, "min_new_tokens": 6}),
 ]
 
 
@@ -129,16 +132,16 @@ def _convert(args):
 @pytest.mark.slow
 def test_two_actors_starting_together_convert_once_and_never_use_a_partial_conversion(models, tmp_path):
     cache = tmp_path / "cache"
-    stale = cache / "ctranslate2" / "sha256-test-float32.partial-killed"
+    name = f"sha256-test-float32-c{CONVERSION}"
+    stale = cache / "ctranslate2" / f"{name}.partial-killed"
     stale.mkdir(parents=True)
     (stale / "model.bin").write_bytes(b"half")  # a conversion killed half-way: never to be used
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         first, second = pool.map(_convert, [(str(models["seq2seq"]), str(cache))] * 2)
     assert first == second
-    assert sorted(path.name for path in (cache / "ctranslate2").iterdir()) == [
-        "sha256-test-float32", "sha256-test-float32.lock"]
-    assert json.loads((cache / "ctranslate2" / "sha256-test-float32" / "config.json").read_text())
-    assert (cache / "ctranslate2" / "sha256-test-float32" / "model.bin").stat().st_size > 10_000
+    assert sorted(path.name for path in (cache / "ctranslate2").iterdir()) == [name, f"{name}.lock"]
+    assert json.loads((cache / "ctranslate2" / name / "config.json").read_text())
+    assert (cache / "ctranslate2" / name / "model.bin").stat().st_size > 10_000
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +215,128 @@ def test_the_job_says_which_engine_each_pool_runs(ray_local, models, ctrl, tmp_p
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: tasks.more: engine ctranslate2 cannot run it:") and "\n" not in error
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.fixture(scope="module")
+def shapes(models, tmp_path_factory):
+    """Checkpoints shaped as real ones vary: BART whose forced tokens and beams are in config.json only, T5
+    starting from <pad>, GPT-2 with no unknown token and added special tokens (see tiny_models)."""
+    root = tmp_path_factory.mktemp("shapes")
+    return {"bart": models["seq2seq"], "bart-legacy": tiny_models.build_seq2seq_legacy(root),
+            "t5": tiny_models.build_t5(root), "gpt2-no-unk": tiny_models.build_causal_lm_without_unk(root)}
+
+
+CHAT = ["<|im_start|>user " + text + "<|im_end|><|im_start|>assistant" for text in TEXTS[:6]]
+EDGES = [
+    ("bart", "summarization", {"max_new_tokens": 12, "min_length": 13}, TEXTS),
+    ("bart", "summarization", {"max_new_tokens": 8, "min_new_tokens": 20}, TEXTS),
+    ("bart-legacy", "summarization", {"max_new_tokens": 12, "num_beams": 1}, TEXTS),
+    ("bart-legacy", "summarization", {"max_new_tokens": 12, "no_repeat_ngram_size": 0}, TEXTS),
+    ("t5", "summarization", {"max_new_tokens": 12}, TEXTS),
+    ("t5", "summarization", {"max_new_tokens": 12, "repetition_penalty": 1.2}, TEXTS),
+    ("t5", "summarization", {"max_new_tokens": 12, "num_beams": 3, "min_new_tokens": 5, "early_stopping": True},
+     TEXTS),
+    ("gpt2-no-unk", "text-generation", {"max_new_tokens": 10}, TEXTS[:6] + CHAT),
+    ("gpt2-no-unk", "text-generation", {"max_new_tokens": 8, "num_beams": 2}, TEXTS[:6] + CHAT),
+]
+"""Lengths at their edges with forced tokens (min = max, min > max), settings and forced tokens read from
+config.json, a decoder start other than bos, tokenizers with no unknown token and with added special tokens."""
+
+
+@pytest.mark.parametrize("shape, task, options, texts", EDGES)
+def test_edges_decode_the_tokens_generate_does(shapes, shape, task, options, texts):
+    path = str(shapes[shape])
+    spec = TaskSpec.model_validate({"task": task, "model": path, **options})
+    assert choose_engine("gen", spec, "auto", "cpu") == ("ctranslate2", None)
+    engine = Annotator({"gen": spec.model_copy(update={"engine": "ctranslate2"})}, ComputeConfig(device="cpu"),
+                       "text", "errors")
+    adapter = engine.adapters["gen"]
+    seq2seq = task != "text-generation"
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(path).eval()
+    specials = set(AutoTokenizer.from_pretrained(path).all_special_ids)
+    ties = 0
+    for text in texts:
+        [segments] = adapter.preprocess([text], None)
+        [ours] = adapter.run(segments, engine.batcher)
+        inputs = {"input_ids": torch.tensor([list(segments[0]["input_ids"])])}
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with torch.inference_mode():
+            ids = model.generate(**inputs, **spec.options.generate_kwargs(),
+                                 pad_token_id=adapter.tokenizer.pad_token_id)[0].tolist()
+        theirs = ids[1:] if seq2seq else ids[inputs["input_ids"].shape[1]:]
+        if ours.tolist() == theirs:
+            continue
+        ties += 1
+        assert (options.get("num_beams") or model.generation_config.num_beams or 1) > 1, \
+            f"greedy decoding differs on {text!r}: {ours.tolist()} != {theirs}"
+        assert (mean_log_prob(model, inputs, ours.tolist(), specials, seq2seq)
+                >= mean_log_prob(model, inputs, theirs, specials, seq2seq) - NEAR_TIE), text
+    assert ties <= len(texts) // 4, f"{ties} of {len(texts)} rows differ"
+
+
+def test_exactly_max_new_tokens_with_a_forced_end_runs_greedy_and_is_refused_by_name_with_beams(shapes, annotate):
+    spec = {"task": "summarization", "model": str(shapes["bart"]), "min_length": 13, "max_new_tokens": 12}
+    greedy = annotate({"s": spec}, TEXTS)
+    assert all(greedy.column("s").to_pylist()) and not any(greedy.column("errors").to_pylist())
+    assert annotate({"s": {**spec, "engine": "ctranslate2"}}, TEXTS).equals(greedy)
+    beams = TaskSpec.model_validate({**spec, "num_beams": 4})
+    engine, why = choose_engine("s", beams, "auto", "cpu")
+    assert engine == "transformers" and "cannot honour min_length=13 (from the task's options)" in why
+    with pytest.raises(ConfigError, match=r"^tasks.s: engine ctranslate2 cannot run it: .*min_length=13") as error:
+        choose_engine("s", beams.model_copy(update={"engine": "ctranslate2"}), "auto", "cpu")
+    assert "\n" not in str(error.value)
+
+
+def _mapped(checkpoint: dict, task: dict, seq2seq: bool = True, device: str = "cpu") -> dict:
+    return ctranslate2_decoding(generation_settings(checkpoint, task), seq2seq, device)
+
+
+BART = {"decoder_start_token_id": 2, "eos_token_id": 2, "forced_eos_token_id": 2, "bos_token_id": 0}
+
+
+@pytest.mark.parametrize("maximum", [1, 2, 5, 64])
+@pytest.mark.parametrize("minimum", [0, 1, 2, 5, 64, 65, 200])
+@pytest.mark.parametrize("checkpoint", [{}, BART, {**BART, "forced_bos_token_id": 0}])
+def test_lengths_never_reach_ctranslate2_as_a_run_time_error(checkpoint, minimum, maximum):
+    for seq2seq, task in ((True, {"max_new_tokens": maximum, "min_length": minimum}),
+                          (True, {"max_new_tokens": maximum, "min_new_tokens": minimum}),
+                          (False, {"max_new_tokens": maximum, "min_new_tokens": minimum})):
+        if not seq2seq and "forced_bos_token_id" in checkpoint:
+            continue  # refused: a decoder-only model continues the prompt
+        try:
+            decoding = _mapped(checkpoint, task, seq2seq)
+        except Unsupported as error:
+            assert maximum == 1 and "forced_eos_token_id" in str(checkpoint) and "forced end" in str(error)
+            continue
+        longest, fewest = ((decoding["max_decoding_length"], decoding["min_decoding_length"]) if seq2seq
+                           else (decoding["max_length"], decoding["min_length"]))
+        assert 1 <= longest and fewest <= longest
+        assert longest + (decoding["forced_end_id"] is not None) == maximum
+
+
+@pytest.mark.parametrize("checkpoint, task, seq2seq, device, refused", [
+    ({}, {"max_new_tokens": 8, "repetition_penalty": 1.3}, False, "cpu", "repetition_penalty=1.3"),
+    ({}, {"max_new_tokens": 8, "no_repeat_ngram_size": 2}, False, "cpu", "no_repeat_ngram_size=2"),
+    ({}, {"max_new_tokens": 8, "num_beams": 2, "repetition_penalty": 1.3}, True, "cpu", "repetition_penalty=1.3"),
+    (BART, {"max_new_tokens": 8, "min_new_tokens": 8, "num_beams": 2}, True, "cpu", "min_new_tokens=8"),
+    (BART, {"max_new_tokens": 8, "repetition_penalty": 1.3}, True, "cpu", "repetition_penalty=1.3"),
+    ({"bad_words_ids": [[5, 6]]}, {"max_new_tokens": 8}, True, "cpu", "bad_words_ids"),
+    ({"begin_suppress_tokens": [5]}, {"max_new_tokens": 8}, True, "cpu", "begin_suppress_tokens"),
+    ({"top_k": 0}, {"max_new_tokens": 8, "do_sample": True, "top_p": 0.9}, True, "auto", "top_p=0.9"),
+    ({"top_k": 0}, {"max_new_tokens": 8, "do_sample": True, "top_p": 0.9}, True, "cpu", None),
+    ({"decoder_start_token_id": 0, "eos_token_id": 1}, {"max_new_tokens": 8, "repetition_penalty": 1.3}, True,
+     "cpu", None),
+])
+def test_settings_ctranslate2_would_reject_or_apply_otherwise_are_named_before_the_run(checkpoint, task, seq2seq,
+                                                                                      device, refused):
+    if refused is None:
+        _mapped(checkpoint, task, seq2seq, device)
+        return
+    with pytest.raises(Unsupported, match=re.escape(refused)):
+        _mapped(checkpoint, task, seq2seq, device)
+
+
+def test_suppressed_tokens_map_as_transformers_applies_them():
+    decoding = _mapped({"eos_token_id": 2, "suppress_tokens": [7], "bad_words_ids": [[9], [2]]},
+                       {"max_new_tokens": 8})
+    assert decoding["suppress_ids"] == [[7], [9]]  # transformers drops a bad word that is an end token

@@ -12,6 +12,7 @@ half-written model.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AddedToken,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -34,6 +36,8 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 SEED = 0
@@ -160,8 +164,9 @@ def _byte_bpe_tokenizer(specials: list[str], wrap_bos_eos: bool = False, **kwarg
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS, **kwargs)
 
 
-def _save(root: Path, name: str, make) -> Path:
-    """Build `make() -> (model, tokenizer)` into root/name unless it exists; write to a temp dir, then rename."""
+def _save(root: Path, name: str, make, finish=None) -> Path:
+    """Build `make() -> (model, tokenizer)` into root/name unless it exists; write to a temp dir, then rename.
+    `finish(folder)` edits the saved files before the rename."""
     path = Path(root) / name
     if (path / "config.json").exists():
         return path
@@ -172,6 +177,8 @@ def _save(root: Path, name: str, make) -> Path:
         model, tokenizer = make()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if finish is not None:
+            finish(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
         os.replace(tmp, path)
     except OSError:  # another process finished first
@@ -269,6 +276,56 @@ def _seq2seq():
     return _train(model, 30, **enc, labels=labels), tokenizer
 
 
+def _causal_lm_without_unk():
+    """Tiny GPT-2 shaped as Llama 3 and Qwen2 checkpoints are: a byte-level BPE with no unknown token, chat
+    special tokens added after training (<|im_end|> also ends generation), embeddings padded to a multiple of 64."""
+    eot = "<|endoftext|>"
+    tokenizer = _byte_bpe_tokenizer([eot], bos_token=eot, eos_token=eot, pad_token=eot, padding_side="left")
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", special=True),
+                                                                AddedToken("<|im_end|>", special=True)]})
+    eot_id, end_id = tokenizer.convert_tokens_to_ids([eot, "<|im_end|>"])
+    cfg = GPT2Config(vocab_size=-(-len(tokenizer) // 64) * 64, n_positions=MAX_POSITIONS, n_embd=32, n_layer=2,
+                     n_head=2, n_inner=64, bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
+    model = GPT2LMHeadModel(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=[eot_id, end_id],
+                                               pad_token_id=eot_id, do_sample=False, max_new_tokens=20)
+    return model, tokenizer
+
+
+def _generation_in_config(folder: Path) -> None:
+    """Move generation_config.json's settings into config.json, as checkpoints saved before it existed have them."""
+    generation = json.loads((folder / "generation_config.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **generation}, indent=2))
+    (folder / "generation_config.json").unlink()
+
+
+def _seq2seq_legacy():
+    """The tiny BART with facebook/bart-large-cnn's forced tokens (<s> first, </s> last) and beams, set in its
+    config.json only (see `_generation_in_config`)."""
+    model, tokenizer = _seq2seq()
+    model.generation_config = GenerationConfig(**model.generation_config.to_diff_dict(), forced_bos_token_id=0,
+                                               num_beams=4, no_repeat_ngram_size=3, early_stopping=True)
+    return model, tokenizer
+
+
+def _t5():
+    """Tiny T5: no bos token, decoding starts with <pad>, inputs end with </s>, embeddings padded past the
+    tokenizer (as t5-small's 32128 rows for 32100 tokens); briefly trained to reconstruct its input."""
+    specials = ["<pad>", "</s>", "<unk>"]
+    tokenizer = _byte_bpe_tokenizer(specials, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tokenizer.eos_token_id)])
+    ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = T5Config(vocab_size=len(tokenizer) + 28, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                   relative_attention_num_buckets=8, **ids)
+    model = T5ForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(**ids, max_new_tokens=20)
+    enc = tokenizer(_corpus()[:64], padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return _train(model, 30, **enc, labels=labels), tokenizer
+
+
 _BUILDERS = {  # task -> (directory name, factory)
     "text-classification": (
         "bert-sentiment", lambda: _encoder(BertForSequenceClassification, **_labels(SENTIMENT_LABELS))
@@ -317,6 +374,23 @@ def build_causal_lm(root: Path) -> Path:
 def build_seq2seq(root: Path) -> Path:
     """BartForConditionalGeneration, generation config valid for greedy and beam search; returns root/bart."""
     return _save(root, *_BUILDERS["seq2seq"])
+
+
+def build_causal_lm_without_unk(root: Path) -> Path:
+    """GPT2LMHeadModel with no unknown token, added special tokens, two end tokens and padded embeddings; returns
+    root/gpt2-no-unk."""
+    return _save(root, "gpt2-no-unk", _causal_lm_without_unk)
+
+
+def build_seq2seq_legacy(root: Path) -> Path:
+    """The tiny BART with forced <s> and </s>, beams and no_repeat_ngram_size in config.json and no
+    generation_config.json; returns root/bart-legacy."""
+    return _save(root, "bart-legacy", _seq2seq_legacy, _generation_in_config)
+
+
+def build_t5(root: Path) -> Path:
+    """T5ForConditionalGeneration starting from <pad>, embeddings padded past the tokenizer; returns root/t5."""
+    return _save(root, "t5", _t5)
 
 
 def build_all(root: Path) -> dict[str, Path]:
