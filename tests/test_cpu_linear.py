@@ -13,7 +13,7 @@ import torch
 import transformers
 from helpers import AVX2_CAPS, REPO, SAMPLE, cli, last_report, output_table, write_config
 
-from nlp_tasks.models.cpu_linear import PackedLinear, kernel_path, pack_linears
+from nlp_tasks.models.cpu_linear import PackedLinear, kernel_path, pack_linears, unpack_linears
 from nlp_tasks.models.loading import load_model
 from nlp_tasks.models.node_cpu import bfloat16_native
 
@@ -30,7 +30,7 @@ def test_packed_linear_matches_nn_linear_where_the_cpu_runs_it(dtype, tolerance,
     inputs = torch.randn(*shape, dtype=dtype)
     transposed = torch.randn(*reversed(shape), dtype=dtype).transpose(0, -1)  # not contiguous
     native = dtype == torch.float32 or bfloat16_native()
-    assert pack_linears(model) == int(native)
+    assert len(pack_linears(model)) == int(native)
     assert isinstance(model[0], PackedLinear) == native
     assert ("packed for oneDNN" in kernel_path(model)) == native
     with torch.inference_mode():
@@ -68,27 +68,33 @@ def test_bfloat16_on_a_cpu_without_it_runs_plain_and_equal_to_float32(models):
     assert seen["difference"] < 5e-2
 
 
-def test_loading_on_cpu_packs_every_linear_but_tied_ones(models):
+def test_packing_takes_every_linear_but_tied_ones_and_unpacking_restores_them(models):
     path = str(models["fill-mask"])
     loaded = load_model("AutoModelForMaskedLM", path, None, "cpu", "float32")
+    assert not any(isinstance(module, PackedLinear) for module in loaded.model.modules())  # the actor decides
     reference = transformers.AutoModelForMaskedLM.from_pretrained(path).eval()
+    swaps = pack_linears(loaded.model)
     plain = [name for name, module in loaded.model.named_modules() if type(module) is torch.nn.Linear]
     packed = [name for name, module in loaded.model.named_modules() if isinstance(module, PackedLinear)]
     assert plain == ["cls.predictions.decoder"]  # tied to the word embeddings: left as it is
     assert loaded.model.cls.predictions.decoder.weight is loaded.model.bert.embeddings.word_embeddings.weight
-    assert len(packed) == sum(type(m) is torch.nn.Linear for m in reference.modules()) - 1
+    assert len(packed) == len(swaps) == sum(type(m) is torch.nn.Linear for m in reference.modules()) - 1
     inputs = loaded.tokenizer(["the market rallied on monday", "short"], padding=True, return_tensors="pt")
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model(**inputs).logits, reference(**inputs).logits, atol=1e-4, rtol=1e-4)
+        unpack_linears(swaps)
+        assert [name for name, module in loaded.model.named_modules() if type(module) is torch.nn.Linear] == \
+            [name for name, module in reference.named_modules() if type(module) is torch.nn.Linear]
+        assert loaded.model(**inputs).logits.equal(reference(**inputs).logits)
 
 
 def test_skeletons_and_packed_models_are_left_alone(models):
     skeleton = load_model("AutoModelForSequenceClassification", str(models["text-classification"]), None, "cpu",
                           "float32", weights=False)
-    assert pack_linears(skeleton.model) == 0
+    assert pack_linears(skeleton.model) == []
     loaded = load_model("AutoModelForSequenceClassification", str(models["text-classification"]), None, "cpu",
                         "float32")
-    assert pack_linears(loaded.model) == 0
+    assert len(pack_linears(loaded.model)) > 0 and pack_linears(loaded.model) == []
 
 
 class ActivationFirst(torch.nn.Module):
@@ -109,6 +115,7 @@ def test_exact_gelu_after_a_feed_forward_layer_runs_inside_it(models):
 
     path = str(models["text-classification"])
     loaded = load_model("AutoModelForSequenceClassification", path, None, "cpu", "float32")
+    pack_linears(loaded.model)
     blocks = [module for module in loaded.model.modules() if isinstance(module, BertIntermediate)]
     assert blocks and all(block.dense.post_op == ("gelu", "none") for block in blocks)
     assert all(type(block.intermediate_act_fn) is torch.nn.Identity for block in blocks)
@@ -118,9 +125,9 @@ def test_exact_gelu_after_a_feed_forward_layer_runs_inside_it(models):
         torch.testing.assert_close(loaded.model(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
 
     other_order = torch.nn.Sequential(ActivationFirst())
-    assert pack_linears(other_order) == 1 and other_order[0].dense.post_op == ("none", "")
+    assert len(pack_linears(other_order)) == 1 and other_order[0].dense.post_op == ("none", "")
     tanh_gelu = BertIntermediate(transformers.BertConfig(hidden_size=4, intermediate_size=8, hidden_act="gelu_new"))
-    assert pack_linears(tanh_gelu) == 1 and tanh_gelu.dense.post_op == ("none", "")
+    assert len(pack_linears(tanh_gelu)) == 1 and tanh_gelu.dense.post_op == ("none", "")
     assert type(tanh_gelu.intermediate_act_fn) is type(ACT2FN["gelu_new"])
 
 
@@ -143,6 +150,7 @@ def test_a_bfloat16_job_on_an_avx2_node_runs_equal_to_float32_and_says_its_path(
         assert torch.nn.functional.cosine_similarity(torch.tensor(ours), torch.tensor(theirs), dim=0) > 0.99
     for ours, theirs in zip(bf16.column("sentiment").to_pylist(), plain.column("sentiment").to_pylist()):
         assert abs(ours["score"] - theirs["score"]) < 2e-2
+    assert all("segments/s" in actor["kernels"] for actor in last_report(tmp_path / "float32")["actors"])  # timed
     actors = last_report(tmp_path / "bfloat16")["actors"]
     assert {actor["kernels"] for actor in actors} == {"bfloat16, plain linear layers (no native bfloat16 on this CPU)"}
     assert all("(AVX2" in actor["cpu"] for actor in actors)

@@ -6,8 +6,8 @@ weight into its blocked layout on every call. Packing each weight into that layo
 is what PyTorch's compiler does for frozen CPU graphs (inductor's `freezing`), without the compile: the same
 products, summed in another order (float32 differences of ~1e-6 per layer). Where a BERT-family feed-forward
 block applies an exact GELU to a linear layer's output, the GELU runs inside the GEMM too (bit-identical to
-applying it after). MiniLM's forward passes run 18% more rows/s in float32 on this project's 2-core AMD EPYC
-(`python -m benchmarks.peers` measures them both ways: `ceiling` against `ceiling-eager`).
+applying it after). Whether packing pays depends on the CPU (it does with AVX-512, not always with AVX2 alone):
+models/kernel_choice.py decides on each node by timing both.
 """
 
 from __future__ import annotations
@@ -83,23 +83,38 @@ def kernel_path(model: torch.nn.Module) -> str:
     return f"{str(parameter.dtype).removeprefix('torch.')}, plain linear layers"
 
 
-def pack_linears(model: torch.nn.Module) -> int:
-    """Swap every plain `nn.Linear` of a CPU inference model for a `PackedLinear`; returns how many.
+Swap = tuple[torch.nn.Module, str, torch.nn.Linear, torch.nn.Module | None]
+"""One packed layer: its parent, its name there, the plain layer, and the activation moved into it (or None)."""
+
+
+def pack_linears(model: torch.nn.Module) -> list[Swap]:
+    """Swap every plain `nn.Linear` of a CPU inference model for a `PackedLinear`; returns the swaps, which
+    `unpack_linears` undoes.
 
     A weight the model shares with another module (an output layer tied to the input embeddings) stays as it
     is: a packed copy would double its memory. A feed-forward block's exact GELU moves into its packed linear
     layer (`applies_exact_gelu`). Does nothing where `can_pack` says no.
     """
     if not can_pack(model):
-        return 0
+        return []
     uses = Counter(id(parameter) for _, parameter in model.named_parameters(remove_duplicate=False))
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is torch.nn.Linear and child.weight.dtype in PACKED_DTYPES
-             and uses[id(child.weight)] == 1]
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is torch.nn.Linear and child.weight.dtype in PACKED_DTYPES
+               and uses[id(child.weight)] == 1]
+    swaps: list[Swap] = []
     with torch.no_grad():
-        for parent, name, linear in swaps:
+        for parent, name, linear in targets:
             gelu = name == "dense" and applies_exact_gelu(parent)
             setattr(parent, name, PackedLinear(linear, gelu))
+            swaps.append((parent, name, linear, parent.intermediate_act_fn if gelu else None))
             if gelu:
                 parent.intermediate_act_fn = torch.nn.Identity()
-    return len(swaps)
+    return swaps
+
+
+def unpack_linears(swaps: list[Swap]) -> None:
+    """Put back the plain layers (and activations) that `pack_linears` swapped out."""
+    for parent, name, linear, activation in swaps:
+        setattr(parent, name, linear)
+        if activation is not None:
+            parent.intermediate_act_fn = activation

@@ -225,7 +225,8 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
     weights, built in milliseconds), for the CPU stages that tokenize and postprocess but never run it; so too
     beside another `engine` (ctranslate2, with `engine_threads` workers; a CPU engine of the encoder tasks,
     with `engine_threads` threads, int8 calibrated on `calibration`: engines/encoders.py), which runs the model.
-    On CPU the linear layers are packed for oneDNN (cpu_linear.py). Outside a terminal (an actor, a log) no
+    On CPU the linear layers are left plain: the actor packs them where that is faster on its node
+    (kernel_choice.py). Outside a terminal (an actor, a log) no
     progress bar is drawn: transformers draws one per load.
     """
     import sys
@@ -266,8 +267,4 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
         path, revision=revision, dtype=pick_dtype(dtype, torch_device)
     )
     model.to(torch_device).eval()
-    if torch_device.type == "cpu":
-        from nlp_tasks.models.cpu_linear import pack_linears
-
-        pack_linears(model)
     return LoadedModel(tokenizer=tokenizer, model=model, device=torch_device)

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.models import node_cpu
-from nlp_tasks.tasks.base import Features, RowError, TaskAdapter
+from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
 from nlp_tasks.workers.stats import with_call
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
@@ -192,6 +192,9 @@ class Annotator:
         some = next(iter(self.adapters.values()))
         self.batcher = MicroBatcher(compute.token_budget or self._device_token_budget(), some.pad_values(),
                                     some.padding_side)
+        self.kernels_lock = threading.Lock()
+        self.kernels_verdict: str | None = None
+        self.kernels_key = self._unsettled_kernels(specs, compute)
         self.identity: dict[str, Any] | None = None
         self.loaded: dict[str, Any] | None = None
         if record_calls:
@@ -199,7 +202,43 @@ class Annotator:
             self.identity = {"actor": actor, "node": node, "pool": "+".join(specs)}
             self.loaded = {"load_s": time.perf_counter() - started, "ready_at": time.time(),
                            "token_budget": self.batcher.token_budget, "cpu": node_cpu.describe(),
-                           "kernels": kernel_path(some)}
+                           "kernels": "; ".join(filter(None, [kernel_path(some), self.kernels_verdict]))}
+
+    def _unsettled_kernels(self, specs: dict[str, TaskSpec], compute: ComputeConfig) -> str | None:
+        """Where PyTorch runs the pool's model on this CPU: the key of its kernel verdict (kernel_choice.py),
+        applied now where the node holds one, else timed on the first call's rows (returns the key then)."""
+        from nlp_tasks.models import kernel_choice
+
+        model = next(iter(self.adapters.values())).model
+        if next(iter(self.adapters.values())).engine is not None or not kernel_choice.can_pack(model):
+            return None
+        from nlp_tasks.models.loading import model_fingerprint
+
+        first = next(iter(specs.values()))
+        window = max(adapter.max_length for adapter in self.adapters.values())
+        key = "|".join([node_cpu.describe(), model_fingerprint(first.model, first.revision), str(model.dtype),
+                        type(model).__name__, f"budget {self.batcher.token_budget}", f"window {window}"])
+        verdict = kernel_choice.cached_verdict(key)
+        if verdict is None:
+            return key
+        kernel_choice.apply(model, verdict)
+        self.kernels_verdict = verdict.describe(cached=True)
+        return None
+
+    def _settle_kernels(self, adapter: TaskAdapter, segments: list[Features]) -> None:
+        """On a call with enough segments, time the pool's model packed and plain on them and keep the faster."""
+        from nlp_tasks.models import kernel_choice
+
+        sample = segments[:kernel_choice.TRIAL_SEGMENTS]
+        with self.kernels_lock:
+            if self.kernels_key is None or len(sample) < kernel_choice.TRIAL_SEGMENTS // 2:
+                return
+            settled = kernel_choice.choose(adapter.model, self.kernels_key,
+                                           lambda: adapter.run(sample, self.batcher), len(sample))
+            self.kernels_key = None
+        if settled is not None and self.loaded is not None:
+            verdict, cached = settled
+            self.loaded["kernels"] = f"{kernel_path(adapter)}; {verdict.describe(cached)}"
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
@@ -283,6 +322,8 @@ class Annotator:
         import torch
 
         with torch.inference_mode():
+            if self.kernels_key is not None:
+                self._settle_kernels(adapter, [segment for segments in rows for segment in segments])
             try:
                 outputs = iter(adapter.run([segment for segments in rows for segment in segments], self.batcher, tokens))
                 return [[next(outputs) for _ in segments] for segments in rows]
@@ -294,7 +335,7 @@ class Annotator:
                 try:
                     results.append(adapter.run(segments, self.batcher, tokens))
                 except Exception as error:  # noqa: BLE001
-                    results.append(RowError(f"model failed on this row: {type(error).__name__}: {error}"[:500]))
+                    results.append(RowFailed(f"{type(error).__name__}: {error}"))
             return results
 
 

@@ -1,0 +1,99 @@
+"""Packed or plain linear layers for a pool's model, chosen on each node by timing both on the run's own rows.
+
+Packing the weights for oneDNN (cpu_linear.py) pays on some CPUs and costs on others, so no default is right for
+a cluster of mixed nodes. The first actor of a pool on a node times a few micro-batches of its first rows both
+ways, alternating so that a drift in the machine's speed hits both, keeps the faster, and records the verdict
+in the node cache under the CPU (node_cpu.describe), the checkpoint's fingerprint, the dtype and the shape
+(token budget and window). Other actors on the node, and later nights, apply the verdict without timing; a file
+lock makes actors that start together wait for the first one's verdict. Outputs are the same either way: the
+same products, summed in another order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nlp_tasks.models.cpu_linear import can_pack, pack_linears, unpack_linears
+
+TRIAL_SEGMENTS = 16
+"""Segments of the first call timed per variant and round: a few of the pool's micro-batches."""
+ROUNDS = 2
+"""Times each variant runs; its best round counts (the first run of each pays one-off costs)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    packed: bool
+    rates: dict[str, float]
+    """Segments per second measured for each variant ("packed", "plain")."""
+    seconds: float
+    """What the timing cost."""
+
+    def describe(self, cached: bool) -> str:
+        rates = ", ".join(f"{variant} {rate:.1f}" for variant, rate in sorted(self.rates.items()))
+        return f"timed {rates} segments/s{' on this node before' if cached else f' in {self.seconds:.1f} s'}"
+
+
+def verdict_path(key: str) -> Path:
+    from nlp_tasks.models.loading import cache_root
+
+    return cache_root() / "kernels" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def cached_verdict(key: str) -> Verdict | None:
+    """The verdict this node recorded under `key`, or None (none yet, or unreadable: it is timed again)."""
+    try:
+        return Verdict(**json.loads(verdict_path(key).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def apply(model: Any, verdict: Verdict) -> None:
+    if verdict.packed:
+        pack_linears(model)
+
+
+def choose(model: Any, key: str, trial: Callable[[], Any], segments: int) -> tuple[Verdict, bool] | None:
+    """Pack `model`'s linear layers or leave them plain, as `key`'s verdict says, timing `trial` (a run of
+    `segments` segments) both ways where this node has none yet; returns the verdict and whether it was cached,
+    or None where the model cannot be packed here (cpu_linear.can_pack)."""
+    if not can_pack(model):
+        return None
+    from filelock import FileLock
+
+    path = verdict_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        verdict = cached_verdict(key)
+        if verdict is not None:
+            apply(model, verdict)
+            return verdict, True
+        verdict = timed(model, trial, segments)
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps(asdict(verdict)))
+        staging.replace(path)
+    return verdict, False
+
+
+def timed(model: Any, trial: Callable[[], Any], segments: int) -> Verdict:
+    """Run `trial` plain and packed in turn, ROUNDS times; leave the model as the faster ran."""
+    started = time.perf_counter()
+    rates = {"plain": 0.0, "packed": 0.0}
+    for _ in range(ROUNDS):
+        for packed in (False, True):
+            swaps = pack_linears(model) if packed else []
+            run_started = time.perf_counter()
+            trial()
+            variant = "packed" if packed else "plain"
+            rates[variant] = max(rates[variant], segments / (time.perf_counter() - run_started))
+            unpack_linears(swaps)
+    verdict = Verdict(packed=rates["packed"] > rates["plain"], rates={variant: round(rate, 2) for variant, rate in rates.items()},
+                      seconds=round(time.perf_counter() - started, 2))
+    apply(model, verdict)
+    return verdict
