@@ -68,7 +68,21 @@ def one_label_slot(template: str) -> str:
 
 
 class RowError(Exception):
-    """A row this task cannot annotate; its value becomes null and the message goes to `errors`."""
+    """A row this task cannot annotate; its value becomes null and the message goes to `errors`. Raised as such, the
+    row's own data is why (its text or question null, empty or not text; a fill-mask text without one mask)."""
+
+
+FAILED = "model failed on this row: "
+"""How the message of a RowFailed starts: what tells a failure from the row's own data in the counts of `errors`
+the driver gets (driver/budget.py)."""
+
+
+class RowFailed(RowError):
+    """A row the task took and could not annotate (the model raised on it, a map-reduce did not converge): what the
+    task's error budget counts (`max_error_share`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{FAILED}{reason}"[:500])
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from nlp_tasks.tasks.base import LoadedModel, RowError, TaskAdapter, TaskOptions, split_rows
+from nlp_tasks.tasks.base import LoadedModel, RowFailed, TaskAdapter, TaskOptions, split_rows
 from nlp_tasks.tasks.registry import register
 
 
@@ -142,7 +142,7 @@ class Summarization(GenerationTask):
         for index, segments in zip(going_on, self.window_segments(joined)):
             windows, level = len(rows[index][0]), rows[index][0][0]["level"] + 1
             if len(segments) >= windows:
-                follow_ups[index] = RowError(
+                follow_ups[index] = RowFailed(
                     f"map-reduce summarization does not converge: the summaries of {windows} windows need "
                     f"{len(segments)} windows again at level {level}; lower max_new_tokens")
             else:
