@@ -73,13 +73,12 @@ def random_bert(target: Path, head: str = "BertModel", labels: tuple[str, ...] =
 
 
 def machine() -> dict:
-    """CPU, cores, GPU and library versions, recorded with every result."""
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """CPU (its model, the flags that decide kernel paths, and as the kernels see it under any caps in force),
+    cores, GPU and library versions, recorded with every result."""
+    from nlp_tasks.models.node_cpu import CAPS, FLAGS, cpuinfo, describe
+
+    cpu, flags = cpuinfo()
+    caps = {name: value for name, value in os.environ.items() if name in {key for env in CAPS.values() for key in env}}
     gpu = None
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -93,7 +92,9 @@ def machine() -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(), **versions}
+    return {"cpu": cpu, "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512bw", *FLAGS}),
+            "cpu_as_seen": describe(), "cpu_caps": caps, "cores": os.cpu_count(), "gpu": gpu,
+            "python": platform.python_version(), **versions}
 
 
 def save(name: str, record: dict) -> Path:

@@ -16,14 +16,15 @@ reading, inference, writing):
                 machine they wait forever (as they did with one CPU, or 0.75, per actor)
   pipeline      a plain `transformers.pipeline("feature-extraction")` loop (batches of 32), mean-pooled
   ceiling       not a whole run: the model's forward passes alone on pre-tokenized, length-sorted batches of
-                32, one one-thread process per core, loaded as the job loads it (linear layers packed for
-                oneDNN); its rows/s bounds what the job can reach
-  ceiling-eager the same with the model as transformers loads it, which is how the peers run it
+                32, one one-thread process per core, linear layers packed for oneDNN
+  ceiling-eager the same with the model as transformers loads it, which is how the peers run it; the job
+                times both on the node and keeps the faster, so the better of the two bounds what it can reach
 
 Daft and sentence-transformers come with the `bench` extra (`pip install -e .[bench]`); a peer whose package is
 missing is skipped, with a message, and listed under "skipped" in the results. Results go to
 the table printed at the end and to benchmarks/results/cpu-peers-<dtype>.json (or --out);
 `--readme NAME ...` writes the peers table of docs/performance.md from such results files, with the machine they ran on.
+`--cpu-caps avx2` runs every variant as on an AVX2-only CPU (oneDNN's, PyTorch's and MKL's own caps).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import yaml
 from benchmarks.baselines import ceiling_rows_per_s
 from benchmarks.common import REPO, RESULTS, corpus_rows, failed, minilm_path, print_table, save, write_files
 from benchmarks.scenarios import SCENARIOS
+from nlp_tasks.models.node_cpu import CAPS
 
 SMOKE_ARGS = ["--rows", "8", "--files", "2"]
 """The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
@@ -188,7 +190,8 @@ def readme_table(records: list[dict]) -> str:
     lines += [f"| {rows:,} | {run(rows, 'job')} | {run(rows, 'daft')} | {ratio(rows, 'job', 'daft')} "
               f"| {rate(rows, 'ceiling')} | {ratio(rows, 'job', 'ceiling')} | {rate(rows, 'ceiling-eager')} |"
               for rows in sorted(speeds)]
-    lines.append(f"\nMachine: {machine['cpu']}, {machine['cores']} cores; torch {machine.get('torch')}, transformers "
+    lines.append(f"\nMachine: {machine.get('cpu_as_seen', machine['cpu'])}, {machine['cores']} cores; "
+                 f"torch {machine.get('torch')}, transformers "
                  f"{machine.get('transformers')}, Ray {machine.get('ray')}, Daft {machine.get('daft')}; "
                  f"{records[0]['parameters']['dtype']}, {records[0]['parameters']['files']} input files.")
     return "\n".join(lines) + "\n"
@@ -217,8 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of each variant, taken in turns (the machine's speed drifts); the best counts")
     parser.add_argument("--readme", nargs="+", metavar="NAME",
                         help="only write docs/performance.md's peers table from these results files (benchmarks/results)")
+    parser.add_argument("--cpu-caps", choices=sorted(CAPS),
+                        help="run every variant as on that older CPU (nlp_tasks.models.node_cpu.CAPS), recorded")
     parser.add_argument("--run", nargs=3, metavar=("PEER", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cpu_caps and any(os.environ.get(name) != value for name, value in CAPS[args.cpu_caps].items()):
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.peers", *(argv or sys.argv[1:])],
+                  {**os.environ, **CAPS[args.cpu_caps]})  # the libraries read their caps at load: start afresh
     if args.readme:
         write_readme(args.readme)
         return 0
@@ -262,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 [[rows, *(f"{speeds[v]:.1f}" for v in variants),
                   *([f"{speeds['job'] / speeds['daft']:.2f}"] if {"job", "daft"} <= set(variants) else [])]
                  for rows, speeds in results.items()])
-    path = save(args.out or f"cpu-peers-{args.dtype}", {
+    path = save(args.out or f"cpu-peers-{args.dtype}{'-' + args.cpu_caps if args.cpu_caps else ''}", {
         "parameters": {"files": args.files, "max_length": MAX_LENGTH, "dtype": args.dtype, "tuned": TUNED,
-                       "repeats": args.repeats},
+                       "repeats": args.repeats, "cpu_caps": args.cpu_caps},
         "rows_per_s": {str(rows): {v: round(s, 2) for v, s in speeds.items()} for rows, speeds in results.items()},
         "job_reports": job_reports, "skipped": skipped,
     })

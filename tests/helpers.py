@@ -22,13 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from nlp_tasks.models.node_cpu import CAPS
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "bbc_sample.parquet"
 """200 BBC news articles with id, text and category columns."""
 
-AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-"""The environment that makes oneDNN, PyTorch and MKL answer and run as on an AVX2-only CPU (no AVX-512, VNNI or
-native bfloat16), to test on a newer machine what an older node does."""
+AVX2_CAPS = CAPS["avx2"]
+"""The environment of an AVX2-only node (no AVX-512, VNNI or native bfloat16), emulated on a newer machine."""
 
 COMPUTE = {"num_cpus_per_actor": 0.25, "batch_size": 8}
 """write_config's compute section unless a test says otherwise: quarter-CPU actors, so that pools fit 2 cores."""

@@ -13,6 +13,11 @@ import functools
 import platform
 from pathlib import Path
 
+CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                 "OV_CPU_MAX_ISA": "AVX2"}}
+"""Environments that make oneDNN, PyTorch and MKL answer and run as on an older CPU (`avx2`: no AVX-512, VNNI or
+native bfloat16), for tests and benchmarks of what such a node does, on a newer machine."""
+
 FLAGS = {"avx512_vnni": "VNNI", "avx_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
 """The /proc/cpuinfo flags that decide a kernel path, and the name each is shown by."""
 
