@@ -86,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     for column, reason in result.skipped.items():
         print(f"skipped task {column!r}: {redact(reason)}")
     print(redact(summary(result.report)))
-    print(f"report of this run: {result.report_path.removesuffix('.json')}.html (data: .json)")
-    print(f"all runs of this output: {index_path(result.report_path)}")
-    print(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
-          f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> {result.output_path}")
+    print(redact(f"report of this run: {result.report_path.removesuffix('.json')}.html (data: .json)"))
+    print(redact(f"all runs of this output: {index_path(result.report_path)}"))
+    print(redact(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
+                 f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> "
+                 f"{result.output_path}"))
     if args.show:
         show_rows(result.output_path, args.show)
     return 0

@@ -149,6 +149,7 @@ def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     from nlp_tasks.driver.pages.index_page import write_index
     from nlp_tasks.driver.pages.run_page import run_page
     from nlp_tasks.output.layout import REPORTS
+    from nlp_tasks.output.storage import write_atomic
     from nlp_tasks.secrets import redact
 
     now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
@@ -156,9 +157,9 @@ def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     folder = f"{output_root.rstrip('/')}/{REPORTS}"
     filesystem.makedirs(folder, exist_ok=True)
     report = json.loads(redact(json.dumps(report)))
-    for suffix, text in (("json", json.dumps(report, indent=2)), ("html", run_page(report, f"run-{stamp}"))):
-        with filesystem.open(f"{folder}/run-{stamp}.{suffix}", "wb") as handle:
-            handle.write(redact(text).encode(errors="replace"))  # a lone surrogate (a name from bytes): "?"
+    for suffix, text in (("html", run_page(report, f"run-{stamp}")), ("json", json.dumps(report, indent=2))):
+        # whole or absent, the JSON last: a run killed while writing them leaves no torn report for the index
+        write_atomic(filesystem, f"{folder}/run-{stamp}.{suffix}", redact(text).encode(errors="replace"))
     write_index(filesystem, folder)
     return f"{folder}/run-{stamp}.json"
 
