@@ -56,6 +56,15 @@ def register_config_secrets(args: argparse.Namespace) -> None:
         pass  # load_config names the problem
 
 
+def print_report(result) -> None:
+    """The run's summary, and where its report and the index of all runs are."""
+    for column, reason in result.skipped.items():
+        print(f"skipped task {column!r}: {redact(reason)}")
+    print(redact(summary(result.report)))
+    print(redact(f"report of this run: {result.report_path.removesuffix('.json')}.html (data: .json)"))
+    print(redact(f"all runs of this output: {index_path(result.report_path)}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = run_job(config, progress=display)
             except JobFailed as error:
+                if error.result is not None:  # it got as far as its report (an error budget blown)
+                    print_report(error.result)
                 print(f"error: {redact(str(error))}", file=sys.stderr)
                 return EXIT_FAILED
     except UserError as error:
@@ -83,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - a bug or a storage failure: its traceback, without credentials
         print(redact(traceback.format_exc()), end="", file=sys.stderr)
         return EXIT_FAILED
-    for column, reason in result.skipped.items():
-        print(f"skipped task {column!r}: {redact(reason)}")
-    print(redact(summary(result.report)))
-    print(redact(f"report of this run: {result.report_path.removesuffix('.json')}.html (data: .json)"))
-    print(redact(f"all runs of this output: {index_path(result.report_path)}"))
+    print_report(result)
     print(redact(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
                  f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> "
                  f"{result.output_path}"))

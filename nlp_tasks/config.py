@@ -119,6 +119,10 @@ class TaskSpec(BaseModel):
     an error."""
     compute: ComputeConfig | None = None
     """This task's pool only; tasks that share a model share a pool, and must agree."""
+    max_error_share: float = Field(0.1, ge=0, le=1, strict=True)
+    """The share of the rows the task takes that it may fail on (the model raised on them): a file over it is not
+    committed, and a run clearly over it stops, exit 1 (driver/budget.py). Rows whose text or question is null,
+    empty or not text are the user's data and count neither way. 0: no failure is accepted; 1: any share is."""
 
     @field_validator("task")
     @classmethod

@@ -1,5 +1,6 @@
 """Committing input files as the workers' parts arrive: each file once its parts cover all its rows, in a few
-threads so that the driver keeps taking records while storage answers; and the check that every file made it."""
+threads so that the driver keeps taking records while storage answers, unless a task blew its error budget in the file
+(budget.py); and the check that every file made it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from nlp_tasks.driver.budget import ErrorBudget
 from nlp_tasks.driver.changes import InputChanges
 from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.driver.progress import RunEvents
@@ -20,20 +22,30 @@ COMMITTERS = 16
 
 
 class JobFailed(Exception):
-    """The run could not make the output whole; the message names the file and what to do. Not a user error."""
+    """The run could not make the output whole; the message names the file and what to do. Not a user error.
+    `result`: the run's result (job.JobResult), where it got as far as its report."""
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
 
 
 class Commits:
     """Gathers the write stage's part records and commits each input file once its parts cover all its rows."""
 
     def __init__(self, store: OutputStore, changes: InputChanges, fingerprints: dict[str, str], report: RunReport,
-                 events: RunEvents):
+                 events: RunEvents, budgets: dict[str, float]):
         """`fingerprints`: the configured tasks' fingerprints, which every file this run commits holds columns of
-        (a refreshed file keeps its other columns' fingerprints, less those it drops)."""
+        (a refreshed file keeps its other columns' fingerprints, less those it drops); `budgets`: each task's
+        max_error_share."""
         self.store = store
         self.report = report
         self.events = events
         self.stats = RunStats()
+        self.budget = ErrorBudget(budgets)
+        self.computed = {file.unit: tuple(fingerprints) for file in changes.todo}
+        self.computed.update({refresh.file.unit: refresh.recompute for refresh in changes.refreshes})
+        """The task columns this run computes for each file: what its budgets count."""
         self.task_fingerprints = {file.unit: fingerprints for file in changes.todo}
         for refresh in changes.refreshes:
             done = store.markers[refresh.file.unit].get("tasks", {})
@@ -56,13 +68,21 @@ class Commits:
         self._raise_failed()
         for record in records:
             part = PartRecord(**record)
-            if part.unit in self.committed:
-                continue  # a retried write of rows already committed: its staged copy is discarded at the end
+            if part.unit in self.committed or part.unit in self.budget.files_over:
+                continue  # a retried write of rows already decided on: its staged copy is discarded at the end
+            self.budget.count(part.rows, json.loads(part.counts), self.computed[part.unit])
             parts = self.parts.setdefault(part.unit, [])
             parts.append(part)
             file = self.files[part.unit]
-            if sum(p.rows for p in parts) >= file.rows and (cover := exact_cover(parts, file.rows)) is not None:
+            if (sum(p.rows for p in parts) >= file.rows and (cover := exact_cover(parts, file.rows)) is not None
+                    and self.within_budget(file, cover)):
                 self.commit(file, cover)
+
+    def within_budget(self, file: InputFile, parts: list[PartRecord]) -> bool:
+        """Whether every task computed for the file failed on no more than its share of the rows it took there;
+        a file over a budget is not committed (its staged parts go with the staging folder)."""
+        return not self.budget.file_over(file.unit, file.name, [(p.rows, json.loads(p.counts)) for p in parts],
+                                         self.computed[file.unit])
 
     def commit(self, file: InputFile, parts: list[PartRecord]) -> None:
         self.committed.add(file.unit)

@@ -56,8 +56,8 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
             part_records = records.cast(PART_RECORD).to_pylist()
             commits.events.parts_written(part_records)
             commits.add(part_records)
-            if not commits.missing():
-                break  # every file is in: do not wait for Ray Data to wind its operators down
+            if not commits.missing() or commits.budget.stopped:
+                break  # every file is in, or a task clearly cannot do the run: do not wait for Ray Data's operators
         timings["annotate"] = round(time.perf_counter() - started, 2)
         commits.events.phase_ended("annotate")
         commits.finish()

@@ -1,10 +1,12 @@
 """The job on the driver, step by step as docs/output.md tells it. It never touches a row.
 
     check        the config's URLs, the input files and columns, the models          (checks.py)
+    qualify      engines other than transformers, on the input's rows                 (qualification.py)
     open         the output: its lease, its committed files verified, if_exists       (checks.py, output/)
     compare      the input files with the output's markers: what to annotate          (changes.py)
     annotate     the Ray Data plan over those files, committing each file whole       (execute.py, commits.py)
-    verify       every input file committed, with all its rows                        (commits.py)
+    verify       every input file committed, with all its rows, each task within its
+                 error budget (else the report is written, then exit 1)               (commits.py, budget.py)
     report       `__reports/run-*.json` and `.html`                                   (report.py)
 """
 
@@ -15,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nlp_tasks.config import JobConfig
+from nlp_tasks.driver.budget import budget_failure
 from nlp_tasks.driver.changes import InputChanges, apply_changes, compare
 from nlp_tasks.driver.checks import CheckedJob, check_job, open_output
-from nlp_tasks.driver.commits import Commits
+from nlp_tasks.driver.commits import Commits, JobFailed
 from nlp_tasks.driver.execute import run_plan
 from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.plan import fragments_of
 from nlp_tasks.driver.progress import RunEvents
+from nlp_tasks.driver.qualification import qualify_engines
 from nlp_tasks.driver.report import RunReport, write_report
 from nlp_tasks.output.store import OutputStore
 
@@ -46,6 +50,8 @@ class JobResult:
     """Seconds of the driver's phases: checks, Ray start, annotating (first record, all records), commits."""
     pools: list[dict] = field(default_factory=list)
     """Each actor pool's resolved compute settings."""
+    error_budget: dict = field(default_factory=dict)
+    """Each task's rows taken and failed against its max_error_share, and the budget blown if one was (budget.py)."""
     report: dict | None = None
     report_path: str | None = None
 
@@ -56,6 +62,7 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
     `progress`: a display (progress.py) told of the run's phases, parts written and commits as they happen."""
     started, timings, events = time.perf_counter(), {}, RunEvents(progress)
     checked = check_job(config, timings, events)
+    qualify_engines(config, checked, timings, events)
     store = open_output(config, checked, timings, events)
     try:
         keep_vanished = config.output.vanished_inputs == "keep" and checked.source.delta_version is None
@@ -63,16 +70,20 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
                           set(checked.skipped), set(store.redone))
         repaired = apply_changes(store, changes, checked.source, keep_vanished)
         report = RunReport(list(checked.tasks))
-        commits = Commits(store, changes, checked.fingerprints, report, events)
+        commits = Commits(store, changes, checked.fingerprints, report, events,
+                          {column: spec.max_error_share for column, spec in checked.tasks.items()})
         commits.commit_empty()
         try:
             needed, run_stats, stage_stats, plans = annotate(config, checked, changes, store, commits, timings)
         finally:
             with timed(timings, "finish_commits", events):
                 commits.finish()
-        commits.verify(checked.source)
+        budget = commits.budget.as_report(len(commits.missing()))
+        if (failure := budget_failure(budget)) is None:
+            commits.verify(checked.source)
+        rows_out = sum(store.markers[file.unit]["rows"] for file in checked.source.files if file.unit in store.markers)
         result = JobResult(
-            store.name, checked.source.num_rows, checked.source.num_rows, list(checked.tasks), checked.skipped,
+            store.name, checked.source.num_rows, rows_out, list(checked.tasks), checked.skipped,
             files_done_before=changes.unchanged, files_processed=len(changes.todo) + len(changes.refreshes),
             quarantined=checked.source.quarantined, skipped_inputs=checked.source.skipped,
             rows_kept_vanished=sum(store.markers[unit]["rows"] for unit in changes.vanished_units
@@ -80,9 +91,11 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
             seconds=time.perf_counter() - started,
             changes={**changes.as_report(keep_vanished, [column for column in checked.tasks if column in needed]),
                      "repaired": repaired + store.repaired},
-            timings=timings, pools=[plan.as_dict() for plan in plans])
+            timings=timings, pools=[plan.as_dict() for plan in plans], error_budget=budget)
         result.report = report.to_dict(checked.job, result, run_stats, stage_stats, events.as_report())
         result.report_path = write_report(store.filesystem, store.root, result.report)
+        if failure is not None:
+            raise JobFailed(failure, result)
         return result
     finally:
         store.close()

@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from nlp_tasks.driver.budget import budget_failure
+
 
 @dataclass
 class RunReport:
@@ -66,6 +68,7 @@ class RunReport:
             ],
             "error_row_ids": [{"task": task, "message": message, "row_ids": self.error_ids.get((task, message), [])}
                               for (task, message), _ in self.errors.most_common()],
+            "error_budget": result.error_budget,
             "skipped_tasks": result.skipped,
             "quarantined_files": result.quarantined,
             "skipped_inputs": result.skipped_inputs,
@@ -96,6 +99,8 @@ def summary(report: dict) -> str:
         f"{report['files_already_committed']} already committed) in {report['seconds']} s"),
         f"rows with errors: {report['rows_with_errors']}",
     ]
+    if (line := budget_failure(report.get("error_budget") or {})) is not None:
+        lines.append(f"error budget blown: {line}")
     lines += [f"quarantined input file {path}: {problem}" for path, problem in report["quarantined_files"].items()]
     lines += [f"not read below input.path: {path} {why}" for path, why in report["skipped_inputs"].items()]
     changes = report["input_changes"]

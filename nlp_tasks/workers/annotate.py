@@ -322,9 +322,9 @@ class Annotator:
         import torch
 
         with torch.inference_mode():
-            if self.kernels_key is not None:
-                self._settle_kernels(adapter, [segment for segments in rows for segment in segments])
-            try:
+            try:  # timing the kernels runs the model too: on rows it may fail on
+                if self.kernels_key is not None:
+                    self._settle_kernels(adapter, [segment for segments in rows for segment in segments])
                 outputs = iter(adapter.run([segment for segments in rows for segment in segments], self.batcher, tokens))
                 return [[next(outputs) for _ in segments] for segments in rows]
             except Exception as error:  # noqa: BLE001 - isolate whatever the model raised

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from nlp_tasks.driver.budget import budget_failure
 from nlp_tasks.driver.pages.markup import esc, number
 
 
 def verdict(report: dict) -> tuple[bool, list[str]]:
     """Ok, or what needs a look, each with its count."""
     look = []
+    if (line := budget_failure(report.get("error_budget") or {})) is not None:
+        look.append(f"error budget blown: {line}")
     if report.get("rows_with_errors"):
         look.append(f"{report['rows_with_errors']:,} row(s) with errors")
     if report.get("skipped_tasks"):
