@@ -9,12 +9,12 @@ Layout (local or object storage), meant to be read by people too:
                                       whose column its parts hold
     __manifest/heads/<task>-<fp>.json heads fitted on a task's labelled examples, by task fingerprint
     __manifest/lease-<n>.json         the running job's lease (see lease.py)
-    __staging/<run>/                  parts written by the workers, not yet committed
+    __staging/<run>/                  parts written by the workers, not yet committed (`*.parquet.staged`)
     __reports/run-*.json, .html       one report per run
 
-Every name that is not a part starts with "__": pandas, pyarrow.dataset, DuckDB (`*.parquet`),
-Spark, Ray and `datasets.load_dataset("parquet", data_dir=...)` all skip it, so readers only
-ever see committed parts.
+Every name that is not a part starts with "__": pandas, pyarrow.dataset, Spark, Ray and
+`datasets.load_dataset("parquet", data_dir=...)` all skip it, and no file below it ends in `.parquet`, so that
+DuckDB and Polars (`out/*.parquet`, or `out/**/*.parquet`) skip it too: readers only ever see committed parts.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ STAGING = "__staging"
 REPORTS = "__reports"
 PART_NAME = re.compile(r"^part-([0-9a-f]{16})-(\d{12})\.parquet$")
 OWN_ENTRIES = (MANIFEST, STAGING, REPORTS)
-STAGED_NAME = "{unit}-{first:012d}-{nonce}.parquet"
-"""A part's name where a worker writes it (`staging`): unique to the attempt. A Delta table's parts are written
-under their final names (delta.py)."""
+STAGED_NAME = "{unit}-{first:012d}-{nonce}.parquet.staged"
+"""A part's name where a worker writes it (`staging`): unique to the attempt, and not ending in `.parquet`, so that
+a recursive glob (DuckDB's or Polars' `out/**/*.parquet`) never reads rows not committed. A Delta table's parts
+are written under their final names (delta.py)."""
 
 
 class OutputConflict(UserError):

@@ -54,8 +54,8 @@ def reconcile(store: OutputStore) -> None:
     staged = set(store.filesystem.find(store.path(STAGING))) if STAGING in listing else set()
     for marker in store.markers.values():
         for part in marker["parts"]:
-            if part.get("staged") in staged:  # committed, not yet moved (a present file is the older part)
-                store.filesystem.mv(part["staged"], store.path(part["file"]))
+            if part.get("staged") and store.path(part["staged"]) in staged:  # committed, not yet moved
+                store.filesystem.mv(store.path(part["staged"]), store.path(part["file"]))
                 listing[part["file"]] = store.filesystem.info(store.path(part["file"]))
     problems, upgraded = verify_parts(store, listing)
     for unit, problem in problems.items():

@@ -61,6 +61,11 @@ class OutputStore:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def relative(self, path: str) -> str:
+        """A path below the output as its markers record it: from the output's root, which may not be named in a
+        file (the output may move, and its name is the user's)."""
+        return path.removeprefix(self.root + "/")
+
     @property
     def run(self) -> str:
         return self.lease.owner["run"]
@@ -164,11 +169,11 @@ class OutputStore:
         self.lease.check()
         unit = marker["unit"]
         marker = {**marker, "committed_at": now(), "run": self.run, "parts": [
-            {"file": part_name(unit, p.first), "first": p.first, "rows": p.rows, "staged": p.staged, "size": p.size,
+            {"file": part_name(unit, p.first), "first": p.first, "rows": p.rows, "staged": self.relative(p.staged), "size": p.size,
              "footer_sha256": p.footer_sha256} for p in parts]}
         write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
         for part in marker["parts"]:
-            self.filesystem.mv(part["staged"], self.path(part["file"]))
+            self.filesystem.mv(self.path(part["staged"]), self.path(part["file"]))
         previous = self.markers.get(unit)
         if previous:
             kept = {part["file"] for part in marker["parts"]}
