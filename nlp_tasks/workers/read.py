@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from nlp_tasks.secrets import redact, register_secrets
 from nlp_tasks.workers.stats import CALLS_COLUMN
 
 UNIT_COLUMN = "__unit"
@@ -116,7 +117,8 @@ def read_fragments(filesystems: tuple[Any, Any], fragments: list[Fragment], sche
     """Blocks of the fragments' rows; `filesystems`: the input's and the output's (for committed parts)."""
     for fragment in fragments:
         position = fragment.first_row
-        for batch in record_batches(filesystems[fragment.committed is not None], fragment, block_rows):
+        for batch in redacted_errors(fragment, record_batches(filesystems[fragment.committed is not None], fragment,
+                                                              block_rows)):
             table = pa.Table.from_batches([batch])
             if fragment.committed is None:
                 table = tagged(table, fragment, position, schema, generated_id_column)
@@ -124,6 +126,23 @@ def read_fragments(filesystems: tuple[Any, Any], fragments: list[Fragment], sche
                 table = without_tasks(table, fragment.committed, errors_column)
             yield with_place(table, fragment.unit, position)
             position += batch.num_rows
+
+
+class ReadFailed(Exception):
+    """A file could not be read on a worker; the message names it, without the credentials its URL carries."""
+
+
+def redacted_errors(fragment: Fragment, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches, or one ReadFailed without the URL's credentials in place of the reader's error: what a worker
+    raises reaches Ray Data's log, the worker's log file and the driver, and a client's error (aiohttp's, fsspec's)
+    names the URL whole."""
+    try:
+        yield from batches
+        return
+    except Exception as error:  # noqa: BLE001 - any reader failure: its type and message kept, its secrets not
+        register_secrets(fragment.path)
+        message = f"input file {fragment.name!r}: {type(error).__name__}: {redact(str(error))}"
+    raise ReadFailed(message)  # outside the handler: the reader's error is not even its context
 
 
 def record_batches(filesystem: Any, fragment: Fragment, block_rows: int) -> Iterator[pa.RecordBatch]:
