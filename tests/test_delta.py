@@ -388,3 +388,80 @@ def test_overwrite_deletes_only_this_jobs_table_and_formats_are_not_mixed(ray_lo
     assert not before & {path.name for path in out.glob("part-*.parquet")}, "the old parts are deleted"
     assert [entry["operation"] for entry in history_of(out)][-1] == "CREATE TABLE"
     assert_exactly_once(out, ids)
+
+
+def version_rows(uri: str) -> list[int]:
+    """The rows of every version of the table, oldest first, as a reader pinning each version counts them."""
+    table = deltalake.DeltaTable(uri)
+    return [snapshot(uri, version).num_rows for version in range(table.version() + 1)]
+
+
+def compacted_input(tmp_path: Path, files: int, models) -> tuple[Path, Path, Path]:
+    """A Delta input of `files` files and a job writing a Delta output of it: the input, the output, the config."""
+    source, out = tmp_path / "table", tmp_path / "out"
+    texts = tiny_models.sample_texts()
+    for index in range(files):
+        deltalake.write_deltalake(str(source), pa.table({"id": [f"{index}-{i}" for i in range(len(texts))],
+                                                         "text": texts}), mode="append")
+    config = delta_config(tmp_path / "job.yaml", str(source), str(out), sentiment(models))
+    return source, out, config
+
+
+def test_a_compacted_input_is_replaced_in_one_version_and_no_version_loses_rows(ray_local, tmp_path, models):
+    """The input compacted (after a DELETE): the output adds the compacted file's parts and removes the replaced
+    ones in one version, as OPTIMIZE does; no version a reader can pin ever holds fewer rows than the one before."""
+    source, out, config = compacted_input(tmp_path, 3, models)
+    assert main(["--config", str(config)]) == 0
+    before = deltalake.DeltaTable(str(out)).version()
+    deltalake.DeltaTable(str(source)).optimize.compact()
+    assert main(["--config", str(config)]) == 0
+    assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
+    rows = version_rows(str(out))
+    assert rows[before + 1:] == [rows[before]] * (len(rows) - before - 1), rows
+    entries = [json.loads(line) for line in
+               (out / "_delta_log" / f"{deltalake.DeltaTable(str(out)).version():020d}.json").read_text().splitlines()]
+    assert any("add" in entry for entry in entries) and any("remove" in entry for entry in entries)
+    deltalake.DeltaTable(str(source)).delete("id = '0-1'")  # a file rewritten without a row: replaced at once too
+    before = deltalake.DeltaTable(str(out)).version()
+    assert main(["--config", str(config)]) == 0
+    assert version_rows(str(out))[before + 1:] == [snapshot(str(source)).num_rows]
+    assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
+
+
+def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, models):
+    """SIGKILLed while the compacted input's parts are written, before their one version: the table is as before
+    the run at every version; the resume replaces in one version and holds every row once."""
+    source, out, config = compacted_input(tmp_path, 3, models)
+    first = run_job(config)
+    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    before = deltalake.DeltaTable(str(out)).version()
+    old_parts = set(out.glob("part-*.parquet"))
+    deltalake.DeltaTable(str(source)).optimize.compact()
+    second = run_job(config)
+    kill_when(second, lambda: set(out.glob("part-*.parquet")) - old_parts, "a part of the compacted file written")
+    rows = version_rows(str(out))
+    assert min(rows[before:]) == rows[before], rows
+    last = run_job(config)
+    output = last.communicate(timeout=600)[0].decode()
+    assert last.returncode == 0, output[-3000:]
+    rows = version_rows(str(out))
+    assert min(rows[before:]) == rows[before], rows
+    assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
+
+
+def test_an_output_optimized_then_vacuumed_by_another_writer_says_the_way_out(ray_local, tmp_path, models, capsys):
+    """OPTIMIZE then VACUUM by another writer: the job's last version cannot be restored (its files are gone), and
+    the refusal says so instead of naming restore, and names the way that loses nothing; the table is untouched."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 2)
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
+    assert main(["--config", str(config)]) == 0
+    table = deltalake.DeltaTable(str(out))
+    table.optimize.compact()
+    table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "cannot be restored: a VACUUM deleted" in error[0], error
+    assert "restore(" not in error[0] and "new output.path" in error[0], error
+    assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from nlp_tasks.config import JobConfig, TaskSpec
@@ -51,6 +52,7 @@ def check_job(config: JobConfig, timings: dict[str, float], events: RunEvents) -
                      *((f"tasks.{column}.model", spec.model) for column, spec in config.tasks.items()),
                      *((f"tasks.{column}.examples", found.path) for column, found in examples.items())]:
         check_credentials(key, url)
+    check_output_path(config.output.path)
     with timed(timings, "inspect_input", events):
         source = inspect_input(config.input)
     for column in [*config.tasks, config.output.errors_column,
@@ -70,6 +72,20 @@ def check_job(config: JobConfig, timings: dict[str, float], events: RunEvents) -
     return CheckedJob(source, tasks, skipped, labelled, job)
 
 
+OUTPUT_PATH_SYNTAX = re.compile(r"[?#%\[\]*{}\\\x00-\x1f\x7f]")
+"""Characters fsspec, S3 and the readers of a folder take for syntax (a query, a fragment, an escape, a wildcard, a
+brace pattern), or that no line can show: an output path holding one would not keep its files where their names say."""
+
+
+def check_output_path(path: str) -> None:
+    """output.path must name its files literally: one holding URL or glob syntax is refused before anything is
+    written (its parts would land under other keys, or be found twice, or not at all, by the next run and readers)."""
+    if found := OUTPUT_PATH_SYNTAX.search(path):
+        raise InputError(f"output.path {redact(path)!r}: {found.group()!r} is URL or glob syntax to fsspec, S3 and "
+                         "Parquet readers, so the output's files would not stay where their names say; choose a path "
+                         "without ? # % [ ] * { } \\ or control characters")
+
+
 def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, str]]:
     """Tasks whose models are here (or downloadable), each with the engine that runs it (`engine: auto` resolved),
     and the reasons for those that are not."""
@@ -82,14 +98,19 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
                 raise InputError(f"tasks.{column}: {error}") from None
             skipped[column] = str(error)
             continue
-        compute = config.pool_compute({column: spec})
-        engine, why_not = choose_engine(column, spec, compute.dtype, compute.device)
-        if why_not:
-            log.info("task %r runs on %s: %s", column, engine, why_not)
-        ready[column] = spec.model_copy(update={"engine": engine})
+        ready[column] = engine_for(config, column, spec)
     if not ready:
         raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
     return ready, skipped
+
+
+def engine_for(config: JobConfig, column: str, spec: TaskSpec) -> TaskSpec:
+    """The task with the engine that runs it (`engine: auto` resolved, and why it left a faster one logged)."""
+    compute = config.pool_compute({column: spec})
+    engine, why_not = choose_engine(column, spec, compute.dtype, compute.device)
+    if why_not:
+        log.info("task %r runs on %s: %s", column, engine, why_not)
+    return spec.model_copy(update={"engine": engine})
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -129,6 +150,8 @@ def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float
         check_separate(checked.source, store)
         with timed(timings, "open_output", events):
             store.open(checked.job, config.output.if_exists, job_change)
+        if config.output.format == "delta":
+            store.expect({file.unit for file in checked.source.files})
     except (OSError, ValueError, ImportError) as error:
         raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "
                          f"{redact(str(error))})") from None

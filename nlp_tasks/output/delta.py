@@ -78,6 +78,12 @@ class DeltaStore(OutputStore):
         self.failed: Exception | None = None
         """A transaction that failed: whether it landed is for the next run to tell, so nothing more is committed."""
         self.commit_lock = threading.Lock()
+        self.incoming: set[str] = set()
+        """Units of the input the output has not committed: this run's new units (`expect`)."""
+        self.retiring: dict[str, dict] = {}
+        """Markers of units this run uncommits, whose parts leave the log with the new units (`commit`)."""
+        self.held: dict[str, tuple[dict, list[PartRecord]]] = {}
+        """New units whose parts arrived while units are retiring: committed together once all have."""
 
     @property
     def staging(self) -> str:
@@ -99,11 +105,12 @@ class DeltaStore(OutputStore):
     def _type(field: Any) -> str:
         return str(field.type)
 
-    def _snapshot_files(self) -> list[dict]:
-        """The current snapshot's files: path and size_bytes."""
+    def _snapshot_files(self, table: Any = None) -> list[dict]:
+        """The files of the current snapshot (or of `table`, another version): path and size_bytes."""
         import pyarrow as pa
 
-        return pa.table(self.table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        table = self.table if table is None else table
+        return pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
 
     def _logged_parts(self) -> dict[str, dict[str, int]]:
         """The parts the table's current snapshot lists, by unit: name -> size."""
@@ -117,17 +124,34 @@ class DeltaStore(OutputStore):
 
     def _refuse_other_writers(self) -> None:
         """A file of the snapshot this job did not write (another writer's OPTIMIZE, DELETE, UPDATE or append)
-        stops the run: the job cannot tell which rows such a file holds, and would annotate them twice."""
+        stops the run: the job cannot tell which rows such a file holds, and would annotate them twice. The message
+        says the way back that loses nothing: restoring the job's last version where its files are still there."""
         foreign = [action["path"] for action in self._snapshot_files() if not DELTA_PART.match(action["path"])]
-        if foreign:
-            last = max((entry["version"] for entry in self.table.history(HISTORY_SEARCHED) if "nlp_tasks" in entry),
-                       default=None)
-            back = f"DeltaTable(...).restore({last}), the job's last version," if last is not None else \
-                "DeltaTable(...).restore to the job's last version"
-            raise OutputConflict(
-                f"output.path {self.name!r}: the Delta table holds {len(foreign)} file(s) this job did not write "
-                f"(e.g. {min(foreign)!r}), from another writer (an OPTIMIZE, DELETE, UPDATE or append), and the job "
-                f"cannot tell which rows they hold; {back} makes it the job's again, or write to a new output.path")
+        if not foreign:
+            return
+        last = max((entry["version"] for entry in self.table.history(HISTORY_SEARCHED) if "nlp_tasks" in entry),
+                   default=None)
+        raise OutputConflict(
+            f"output.path {self.name!r}: the Delta table holds {len(foreign)} file(s) this job did not write "
+            f"(e.g. {min(foreign)!r}), from another writer (an OPTIMIZE, DELETE, UPDATE or append), and the job "
+            f"cannot tell which rows they hold; {self._way_back(last)}")
+
+    def _way_back(self, last: int | None) -> str:
+        """How to make the table the job's again: restore its last version, unless a VACUUM deleted files that
+        version needs (restore would fail on them); then a new output.path, the table left to its readers."""
+        from deltalake import DeltaTable
+
+        fresh = ("write to a new output.path (every input row is annotated there; this table, which readers "
+                 "still read whole, is left as it is)")
+        if last is None:
+            return f"DeltaTable(...).restore to the job's last version makes it the job's again, or {fresh}"
+        present = set(list_output(self))
+        gone = [action["path"] for action in self._snapshot_files(
+            DeltaTable(self.uri, version=last, storage_options=self.options)) if action["path"] not in present]
+        if gone:
+            return (f"its last version, {last}, cannot be restored: a VACUUM deleted {len(gone)} of its files "
+                    f"(e.g. {min(gone)!r}); {fresh}")
+        return f"DeltaTable(...).restore({last}), the job's last version, makes it the job's again, or {fresh}"
 
     def reconcile(self) -> None:
         """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
@@ -209,41 +233,85 @@ class DeltaStore(OutputStore):
     # -- committing ---------------------------------------------------------------------------------------------
 
     def commit(self, marker: dict, parts: list[PartRecord]) -> None:
-        """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module)."""
+        """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module). While
+        units are retiring (`remove`), a unit new to the output is held until every new unit of the run is: then
+        they are committed together with the retirements, in one version."""
         with self.commit_lock:
             self._check()
-            unit = marker["unit"]
-            previous = self.markers.get(unit)
-            kept = {p.staged.rsplit("/", 1)[-1] for p in parts}
-            replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
-            number = self.logged + 1 if parts or replaced else 0
-            marker = {**marker, "committed_at": now(), "run": self.run, "txn": number, "parts": [
-                {"file": p.staged.rsplit("/", 1)[-1], "first": p.first, "rows": p.rows, "size": p.size,
-                 "footer_sha256": p.footer_sha256} for p in parts],
-                "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}
-            write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
-            if number:
-                try:
-                    self._evolve(marker)
-                except Exception as error:  # the marker says `number`: no other commit may take it
-                    self.failed = self._conflict(error, marker["source"])
-                    if self.failed is error:
-                        raise
-                    raise self.failed from None
+            if self.retiring and marker["unit"] in self.incoming:
+                self.held[marker["unit"]] = (marker, parts)
+                if set(self.held) == self.incoming:
+                    self._commit_together()
+                return
+            marker, replaced = self._marker(marker, parts, self.logged + 1)
+            if not (parts or replaced):
+                marker["txn"] = 0
+            self._write_marker(marker)
+            if marker["txn"]:
                 self._transact(marker["parts"], replaced, {"nlp_tasks": {
-                    "unit": unit, "source": marker["source"], "commit": number, "run": self.run}})
-            self.markers[unit] = marker
+                    "unit": marker["unit"], "source": marker["source"], "commit": marker["txn"], "run": self.run}})
+            self.markers[marker["unit"]] = marker
+
+    def _marker(self, marker: dict, parts: list[PartRecord], number: int) -> tuple[dict, list[str]]:
+        """A unit's marker for commit `number`, and the parts of its previous commit that its parts replace."""
+        previous = self.markers.get(marker["unit"])
+        kept = {p.staged.rsplit("/", 1)[-1] for p in parts}
+        replaced = [part["file"] for part in (previous or {}).get("parts", []) if part["file"] not in kept]
+        return {**marker, "committed_at": now(), "run": self.run, "txn": number, "parts": [
+            {"file": p.staged.rsplit("/", 1)[-1], "first": p.first, "rows": p.rows, "size": p.size,
+             "footer_sha256": p.footer_sha256} for p in parts],
+            "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}, \
+            replaced
+
+    def _write_marker(self, marker: dict) -> None:
+        """The marker, then the table's schema made to hold its columns: the commit's first step."""
+        write_atomic(self.filesystem, self.path(UNITS, f"{marker['unit']}.json"), dump(marker))
+        if marker["txn"]:
+            try:
+                self._evolve(marker)
+            except Exception as error:  # the marker says its number: no other commit may take it
+                self.failed = self._conflict(error, marker["source"])
+                if self.failed is error:
+                    raise
+                raise self.failed from None
+
+    def _commit_together(self) -> None:
+        """The run's new units and its retired ones in one version: readers of the table never see the retired
+        rows gone before the rows that replace them are there (as Delta's OPTIMIZE replaces files). Killed before
+        the transaction, the new units' markers are dropped by the next run and the retired ones still hold."""
+        number = self.logged + 1
+        markers, removes = [], [part["file"] for marker in self.retiring.values() for part in marker["parts"]]
+        for marker, parts in self.held.values():
+            marker, replaced = self._marker(marker, parts, number)
+            self._write_marker(marker)
+            markers.append(marker)
+            removes += replaced
+        self._transact([part for marker in markers for part in marker["parts"]], removes, {"nlp_tasks": {
+            "units": [marker["unit"] for marker in markers], "sources": [marker["source"] for marker in markers],
+            "replaced": [marker["source"] for marker in self.retiring.values()], "commit": number, "run": self.run}})
+        for unit in self.retiring:
+            self.delete(self.path(UNITS, f"{unit}.json"))
+        self.markers.update({marker["unit"]: marker for marker in markers})
+        self.retiring, self.held = {}, {}
 
     def remove(self, unit: str) -> None:
-        """Uncommit a unit: one transaction removing its parts, then its marker (a crash in between: the next run
-        finds a marker whose parts the log no longer lists, and drops it)."""
+        """Uncommit a unit. Its parts leave the log with the run's new units (`commit`), or, where the run has
+        none, in a transaction of their own, then its marker goes (a crash in between: the next run finds a marker
+        whose parts the log no longer lists, and drops it)."""
         with self.commit_lock:
             self._check()
             marker = self.markers.pop(unit)
+            if self.incoming:
+                self.retiring[unit] = marker
+                return
             if marker["parts"]:
                 self._transact([], [part["file"] for part in marker["parts"]], {"nlp_tasks": {
                     "unit": unit, "source": marker["source"], "commit": self.logged + 1, "removed": True}})
             self.delete(self.path(UNITS, f"{unit}.json"))
+
+    def expect(self, units: set[str]) -> None:
+        """The input's units: those the output has not committed are this run's new units (`commit`)."""
+        self.incoming = units - set(self.markers)
 
     def _check(self) -> None:
         if self.failed is not None:
