@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 from nlp_tasks.config import JobConfig, TaskSpec
-from nlp_tasks.driver.commits import Commits
+from nlp_tasks.driver.commits import Commits, JobFailed
 from nlp_tasks.driver.compute import Cluster, PoolPlan, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
@@ -18,10 +18,24 @@ from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
+from nlp_tasks.workers.annotate import ModelLoadFailed
 from nlp_tasks.workers.read import Fragment
 from nlp_tasks.workers.write import PART_RECORD
 
 log = logging.getLogger(__name__)
+
+
+def load_failure(error: Exception) -> str | None:
+    """The one line of an actor that died loading its model (workers/annotate.ModelLoadFailed, found in the
+    traceback Ray passes on as text), or of one that died in its constructor otherwise; None for any other error."""
+    marker = f"{ModelLoadFailed.__name__}: "
+    lines = str(error).splitlines()
+    found = [line.split(marker, 1)[1] for line in lines if marker in line]
+    if found:
+        return found[-1]
+    if getattr(error, "actor_init_failed", False):
+        return f"an actor could not start: {lines[-1].strip() if lines else type(error).__name__}"
+    return None
 
 
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
@@ -51,13 +65,18 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
                                     heads, store.part_names, {index: texts for index, (texts, _) in samples.items()})
-        for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
-            part_records = records.cast(PART_RECORD).to_pylist()
-            commits.events.parts_written(part_records)
-            commits.add(part_records)
-            if not commits.missing() or commits.budget.stopped:
-                break  # every file is in, or a task clearly cannot do the run: do not wait for Ray Data's operators
+        try:
+            for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
+                part_records = records.cast(PART_RECORD).to_pylist()
+                commits.events.parts_written(part_records)
+                commits.add(part_records)
+                if not commits.missing() or commits.budget.stopped:
+                    break  # every file is in, or a task clearly cannot do the run: do not wait for Ray's operators
+        except ray.exceptions.RayActorError as error:
+            if (line := load_failure(error)) is None:
+                raise
+            raise JobFailed(f"{line}; what was committed before stays") from None
         timings["annotate"] = round(time.perf_counter() - started, 2)
         commits.events.phase_ended("annotate")
         commits.finish()

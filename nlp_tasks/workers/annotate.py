@@ -41,6 +41,11 @@ RowResult = tuple[list[Features], list[Any]] | RowError
 """One row after the model ran: its segments and their outputs, or why the task cannot annotate it."""
 
 
+class ModelLoadFailed(Exception):
+    """A pool could not load its model; the message, one line, names its tasks, the model and why. The driver finds
+    it in the error Ray raises for an actor that died in its constructor (driver/execute.load_failure)."""
+
+
 def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict] | None = None,
                   weights: bool = True, calibration: list[str] | None = None) -> dict[str, TaskAdapter]:
     """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it);
@@ -59,8 +64,12 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     engine = first.engine if first.engine != "auto" else choose_engine(next(iter(specs)), first, compute.dtype,
                                                                        compute.device)[0]
     threads = compute.inter_threads if engine == "ctranslate2" else compute.torch_threads
-    loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights, engine,
-                        threads or 1, calibration)
+    try:
+        loaded = load_model(auto_class, first.model, first.revision, compute.device, compute.dtype, weights, engine,
+                            threads or 1, calibration)
+    except Exception as error:  # noqa: BLE001 - whatever stopped the load: missing or corrupt weights, memory
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        raise ModelLoadFailed(f"task(s) {', '.join(specs)} could not load model {first.model!r}: {reason}") from None
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
     with torch.inference_mode():
