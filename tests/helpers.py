@@ -165,7 +165,7 @@ def last_report(out: Path) -> dict:
 
 def staged_units(out: Path) -> set[str]:
     """Units with parts written by the workers but not yet committed (staging file names start with the unit)."""
-    return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet")}
+    return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet.staged")}
 
 
 def assert_close(ours, theirs, path="value"):
