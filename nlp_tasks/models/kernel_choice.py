@@ -82,17 +82,20 @@ def choose(model: Any, key: str, trial: Callable[[], Any], segments: int) -> tup
 
 
 def timed(model: Any, trial: Callable[[], Any], segments: int) -> Verdict:
-    """Run `trial` plain and packed in turn, ROUNDS times; leave the model as the faster ran."""
+    """Run `trial` plain and packed in turn, ROUNDS times; leave the model as the faster ran (plain where `trial`
+    raises, which is raised on)."""
     started = time.perf_counter()
     rates = {"plain": 0.0, "packed": 0.0}
     for _ in range(ROUNDS):
         for packed in (False, True):
             swaps = pack_linears(model) if packed else []
-            run_started = time.perf_counter()
-            trial()
-            variant = "packed" if packed else "plain"
-            rates[variant] = max(rates[variant], segments / (time.perf_counter() - run_started))
-            unpack_linears(swaps)
+            try:  # a trial that raises leaves the model plain, as loaded
+                run_started = time.perf_counter()
+                trial()
+                variant = "packed" if packed else "plain"
+                rates[variant] = max(rates[variant], segments / (time.perf_counter() - run_started))
+            finally:
+                unpack_linears(swaps)
     verdict = Verdict(packed=rates["packed"] > rates["plain"], rates={variant: round(rate, 2) for variant, rate in rates.items()},
                       seconds=round(time.perf_counter() - started, 2))
     apply(model, verdict)

@@ -84,6 +84,9 @@ class RowFailed(RowError):
     def __init__(self, reason: str):
         super().__init__(f"{FAILED}{reason}"[:500])
 
+    def __reduce__(self):  # pickled between the split stages: rebuilt from its reason, not its whole message
+        return type(self), (str(self).removeprefix(FAILED),)
+
 
 @dataclass
 class LoadedModel:

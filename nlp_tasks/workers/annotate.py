@@ -242,9 +242,8 @@ class Annotator:
         with self.kernels_lock:
             if self.kernels_key is None or len(sample) < kernel_choice.TRIAL_SEGMENTS // 2:
                 return
-            settled = kernel_choice.choose(adapter.model, self.kernels_key,
-                                           lambda: adapter.run(sample, self.batcher), len(sample))
-            self.kernels_key = None
+            key, self.kernels_key = self.kernels_key, None  # one try: where the model fails on these rows, plain
+            settled = kernel_choice.choose(adapter.model, key, lambda: adapter.run(sample, self.batcher), len(sample))
         if settled is not None and self.loaded is not None:
             verdict, cached = settled
             self.loaded["kernels"] = f"{kernel_path(adapter)}; {verdict.describe(cached)}"
