@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nlp_tasks.errors import UserError
 from nlp_tasks.tasks import get_task
-from nlp_tasks.tasks.base import TaskOptions
+from nlp_tasks.tasks.base import STRICT, TaskOptions
 
 
 class ConfigError(UserError):
@@ -19,7 +19,7 @@ class ConfigError(UserError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class InputConfig(_Strict):
@@ -106,7 +106,7 @@ class ComputeConfig(_Strict):
 class TaskSpec(BaseModel):
     """One output column: a task type, a model, and that task's options (any other key)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(**{**STRICT, "extra": "allow"})
 
     task: str
     model: str
@@ -217,10 +217,25 @@ def parse_config(data: Any, source: str = "config") -> JobConfig:
     return config
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the plain loader keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML config; `overrides` maps dotted keys (e.g. "input.path") to values."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:

@@ -43,6 +43,25 @@ def test_valid_config_and_overrides(tmp_path):
      "tasks.sentiment.candidate_labels: Field required"),
     ("tasks: [", "not valid YAML"),
     ("- a\n- b\n", "expected a mapping"),
+    # values of another type are refused, never coerced; nor are infinite or NaN numbers
+    (VALID.replace("top_k: 2", "top_k: true"), "tasks.sentiment.top_k: Input should be a valid integer"),
+    (VALID.replace("top_k: 2", "max_length: true"), "tasks.sentiment.max_length: Input should be a valid integer"),
+    (VALID.replace("top_k: 2", 'max_length: "32"'), "tasks.sentiment.max_length: Input should be a valid integer"),
+    (VALID + 'compute: {batch_size: "32"}', "compute.batch_size: Input should be a valid integer"),
+    (VALID + "compute: {num_cpus_per_actor: .inf}", "compute.num_cpus_per_actor: Input should be a finite number"),
+    (VALID + "compute: {num_gpus_per_actor: .nan}", "compute.num_gpus_per_actor: Input should be a finite number"),
+    (VALID.replace("top_k: 2", "max_error_share: .nan"), "tasks.sentiment.max_error_share: Input should be a finite"),
+    (VALID.replace("path: data.parquet, text_column: body", "path: a, path: b"), "key 'path' is given twice"),
+    (VALID + "compute: {batch_size: 2}\ncompute: {batch_size: 3}\n", "key 'compute' is given twice"),
+    # values an actor would fail on are refused here
+    (VALID.replace("top_k: 2", "long_text: chunk, max_length: 64, stride: 64"),
+     "tasks.sentiment: stride 64 must be smaller than the window (max_length 64)"),
+    (VALID.replace("{task: sentiment-analysis, model: some/model, top_k: 2}",
+                   "{task: embedding-classification, model: m, candidate_labels: [a], "
+                   "hypothesis_template: '{:999999999}'}"), "no format spec or conversion"),
+    (VALID.replace("{task: sentiment-analysis, model: some/model, top_k: 2}",
+                   "{task: zero-shot-classification, model: m, candidate_labels: [a], "
+                   "hypothesis_template: 'about {!r}'}"), "found: {!r}"),
 ])
 def test_errors_name_the_key(tmp_path, text, message):
     path = write(tmp_path, text)

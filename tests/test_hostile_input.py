@@ -89,3 +89,16 @@ def test_bad_files_can_be_quarantined(ray_local, tmp_path, models, capsys):
     assert "schema differs" in quarantined["other-schema.parquet"]
     assert "not a readable Parquet file" in quarantined["truncated.parquet"]
     assert report["rows_out"] == 2 and "quarantined input file" in capsys.readouterr().out
+
+
+def test_a_stride_the_models_window_cannot_hold_is_refused_before_anything_runs(tmp_path, models, capsys):
+    """With no max_length, the window is the model's own: a stride as wide is refused by name, exit 2, on the
+    driver, before any actor would fail on it, and nothing is written."""
+    task = {"task": "sentiment-analysis", "model": str(models["text-classification"]), "long_text": "chunk",
+            "stride": 100_000}
+    config = write_config(tmp_path, tmp_path / "in.parquet", {"sentiment": task})
+    pq.write_table(pa.table({"id": ["a"], "text": ["Paris is big."]}), tmp_path / "in.parquet")
+    assert main(["--config", config]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: tasks.sentiment.stride: 100000 must be smaller than the model's window (")
+    assert "\n" not in error and not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.errors import InputError
-from nlp_tasks.models.loading import ModelUnavailable, check_available
+from nlp_tasks.models.loading import ModelUnavailable, check_available, checkpoint_json
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import check_credentials, redact, register_secrets
 
@@ -98,10 +98,25 @@ def runnable_tasks(config: JobConfig) -> tuple[dict[str, TaskSpec], dict[str, st
                 raise InputError(f"tasks.{column}: {error}") from None
             skipped[column] = str(error)
             continue
+        check_stride(column, spec)
         ready[column] = engine_for(config, column, spec)
     if not ready:
         raise InputError("no task has a model available here: " + "; ".join(f"{c}: {r}" for c, r in skipped.items()))
     return ready, skipped
+
+
+def check_stride(column: str, spec: TaskSpec) -> None:
+    """A `stride` set by hand must leave the model's own window room to move (with `max_length` set, the config
+    already checked it): refused here, before an actor would fail on it."""
+    options = spec.options
+    if options.long_text != "chunk" or options.stride is None or options.max_length is not None:
+        return
+    limits = [checkpoint_json(spec.model, "tokenizer_config.json", spec.revision).get("model_max_length"),
+              checkpoint_json(spec.model, "config.json", spec.revision).get("max_position_embeddings")]
+    window = min((limit for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000), default=None)
+    if window is not None and options.stride >= window:
+        raise InputError(f"tasks.{column}.stride: {options.stride} must be smaller than the model's window "
+                         f"({window} tokens)")
 
 
 def engine_for(config: JobConfig, column: str, spec: TaskSpec) -> TaskSpec:

@@ -44,7 +44,8 @@ def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: 
     return texts
 
 
-def _sample_and_size(filesystem: Any, fragments: list[Any], text_column: str) -> tuple[list[str], int]:
+def sample_and_size(filesystem: Any, fragments: list[Any], text_column: str) -> tuple[list[str], int]:
+    """The input sample and its size: a Ray task's two returns, so that the driver fetches the size alone."""
     texts = input_sample(filesystem, fragments, text_column)
     return texts, len(texts)
 
@@ -69,7 +70,7 @@ def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesy
         else:
             reading.append(index)
     if reading:
-        texts, size = ray.remote(_sample_and_size).options(num_cpus=0.25, num_returns=2).remote(
+        texts, size = ray.remote(sample_and_size).options(num_cpus=0.25, num_returns=2).remote(
             filesystem, fragments, text_column)
         rows = ray.get(size)
         if not rows:

@@ -5,9 +5,10 @@ driver before anything runs.
 settings it honours (decoding.py); for an encoder task off the GPU, the fastest CPU engine installed whose exporter
 takes the checkpoint, in int8 (encoders.ENCODER_ENGINES) and in float32 where one is measured faster than
 transformers (encoders.AUTO_FLOAT32_ENGINES: none yet; every one is proven equal by the tests); transformers
-otherwise, and says why. Naming an engine where it cannot run, or that is not installed, is a one-line config
-error; so is an int8 dtype on an engine without int8 kernels. Reads the checkpoint's JSON files only: no torch, no
-conversion.
+otherwise, and says why. An engine that failed its qualification on the run's rows (qualification.py) cannot run
+the task, as one that cannot take its checkpoint cannot. Naming an engine where it cannot run, or that is not
+installed, is a one-line config error; so is an int8 dtype on an engine without int8 kernels. Reads the
+checkpoint's JSON files and the node's qualification verdicts only: no torch, no conversion.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from nlp_tasks.tasks import get_task
 CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
 
 
-def ctranslate2_problem(spec: TaskSpec, device: str = "auto") -> str | None:
-    """Why CTranslate2 cannot run this task as configured on `device`, or None."""
+def ctranslate2_problem(spec: TaskSpec, device: str = "auto", dtype: str = "auto") -> str | None:
+    """Why CTranslate2 cannot run this task as configured on `device` in `dtype`, or None."""
     from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
     from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
     from nlp_tasks.models.loading import checkpoint_json
@@ -38,7 +39,15 @@ def ctranslate2_problem(spec: TaskSpec, device: str = "auto") -> str | None:
                                                  spec.options.engine_settings()), seq2seq, device)
     except Unsupported as error:
         return str(error)
-    return None
+    return disqualified(spec, "ctranslate2", dtype, device)
+
+
+def disqualified(spec: TaskSpec, engine: str, dtype: str, device: str) -> str | None:
+    """Why `engine` failed its qualification for this task on an earlier run's rows, or None."""
+    from nlp_tasks.engines.qualification import failure
+
+    why = failure(spec, engine, dtype, device)
+    return None if why is None else f"it did not qualify on the input's rows: {why}"
 
 
 def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
@@ -54,7 +63,7 @@ def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
     model_type = checkpoint_json(spec.model, "config.json", spec.revision).get("model_type")
     if model_type not in ENCODER_TYPES:
         return f"its exporter does not take model type {model_type!r}"
-    return None
+    return disqualified(spec, engine, dtype, "cpu")
 
 
 def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) -> tuple[str, str | None]:
@@ -101,7 +110,7 @@ def choose_engine(column: str, spec: TaskSpec, dtype: str, device: str = "auto")
             raise ConfigError(f"tasks.{column}: dtype {dtype} runs on engine ctranslate2 only (generation tasks, "
                               "engine auto or ctranslate2)")
         return "transformers", None
-    problem = ctranslate2_problem(spec, device)
+    problem = ctranslate2_problem(spec, device, dtype)
     if problem is None:
         return "ctranslate2", None
     if spec.engine == "ctranslate2" or dtype in CTRANSLATE2_ONLY_DTYPES:

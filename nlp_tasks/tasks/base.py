@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from nlp_tasks.workers.batching import Features, MicroBatcher
 
@@ -21,10 +21,15 @@ ENCODER_ENGINES = ("transformers", "openvino", "onnxruntime")
 """The engines of the encoder tasks: transformers, or a CPU engine running the exported model (engines/encoders.py)."""
 
 
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+"""How every part of the config is validated: unknown keys, values of another type (`true` or `"32"` for a number)
+and infinite or NaN numbers are errors naming the key, never coerced."""
+
+
 class TaskOptions(BaseModel):
     """Options of one task; unknown keys are errors so that typos are caught at load time."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     supports_chunk: ClassVar[bool] = False
     """Whether the task can cover a long text with windows (`long_text: chunk`)."""
@@ -44,6 +49,12 @@ class TaskOptions(BaseModel):
             raise ValueError("this task only truncates long texts (long_text: truncate); 'chunk' is not supported")
         return mode
 
+    @model_validator(mode="after")
+    def _stride_inside_window(self):
+        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+            raise ValueError(f"stride {self.stride} must be smaller than the window (max_length {self.max_length})")
+        return self
+
 
 class ChunkScoresOptions(TaskOptions):
     """Options of classification tasks, which score every window of a chunked text and aggregate the scores."""
@@ -58,12 +69,15 @@ def one_label_slot(template: str) -> str:
     import string
 
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
     except ValueError as error:
         raise ValueError(f"{template!r} is not a valid template ({error}); write literal braces as {{{{ }}}}") from None
-    if fields != [""]:
-        found = ", ".join("{" + field + "}" for field in fields) or "none"
-        raise ValueError(f"{template!r} must hold exactly one {{}} for the label and no other field (found: {found})")
+    if fields != [("", "", None)]:  # a format spec or conversion ({:999999999}, {!r}) is refused: it can allocate GBs
+        found = ", ".join("{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                          for field, spec, conversion in fields) or "none"
+        raise ValueError(f"{template!r} must hold exactly one {{}} for the label, with no format spec or conversion, "
+                         f"and no other field (found: {found})")
     return template
 
 

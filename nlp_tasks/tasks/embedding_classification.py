@@ -16,9 +16,16 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from nlp_tasks.tasks.base import LABELS_SCORES, ChunkScoresOptions, LoadedModel, aggregate_windows, one_label_slot
+from nlp_tasks.tasks.base import (
+    LABELS_SCORES,
+    STRICT,
+    ChunkScoresOptions,
+    LoadedModel,
+    aggregate_windows,
+    one_label_slot,
+)
 from nlp_tasks.tasks.feature_extraction import FeatureExtraction, FeatureExtractionOptions, normalized
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.zero_shot_classification import ranked
@@ -27,7 +34,7 @@ from nlp_tasks.tasks.zero_shot_classification import ranked
 class Examples(BaseModel):
     """Labelled texts to fit the head on: a Parquet file or folder (any fsspec path) and its two columns."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     path: str
     text_column: str = "text"

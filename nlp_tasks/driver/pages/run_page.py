@@ -265,7 +265,8 @@ def compute_table(report: dict) -> str:
     rows = []
     for pool in pools:
         threads = (f"ctranslate2, {pool.get('inter_threads')} worker(s)" if pool.get("engine") == "ctranslate2"
-                   else f"{pool.get('torch_threads')} torch thread(s)")
+                   else f"{pool.get('torch_threads')} torch thread(s)"
+                   + (f"; transformers: {pool['engine_note']}" if pool.get("engine_note") else ""))
         rows.append([esc("+".join(pool.get("tasks", []))), f"{pool.get('min_actors')}-{pool.get('max_actors')}",
                      f"{pool.get('num_cpus_per_actor', 0):g} CPU, {pool.get('num_gpus_per_actor', 0):g} GPU",
                      esc(threads), esc(f"{pool.get('device')} {pool.get('dtype')}"), number(pool.get("batch_size")),

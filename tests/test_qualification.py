@@ -1,0 +1,85 @@
+"""Qualification: a pool runs on an engine other than transformers only once the engine has loaded, run with the
+task's settings and agreed with transformers on the run's own rows; `auto` falls back and says why, a named engine
+is refused in one line before anything is committed, and a node pays for a verdict once."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiny_models
+from helpers import last_report, write_config
+
+from jobs.annotate import main
+
+DOCS = [" ".join(tiny_models._corpus()[3 * i: 3 * i + 3]) for i in range(30)]
+"""Documents of three sentences each: longer than the tiny BART's summaries."""
+DISAGREEING = {"task": "summarization", "max_new_tokens": 24, "min_length": 20, "num_beams": 4,
+               "no_repeat_ngram_size": 3, "early_stopping": True}
+"""Beams 4 with no_repeat_ngram_size 3, summaries held long: CTranslate2 renormalizes the scores of the tokens it
+forbids, transformers does not, and most rows end otherwise (measured: 17 of 24 differ, where a quarter may)."""
+
+
+@pytest.fixture
+def node_cache(tmp_path, monkeypatch):
+    """A node cache of its own for the driver, where the verdicts are kept (conversions stay in the workers')."""
+    monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(tmp_path / "node-cache"))
+    return tmp_path / "node-cache"
+
+
+def job(tmp_path, tasks: dict, name: str, files: tuple[str, ...] = ("a",)) -> str:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for index, file in enumerate(files):
+        rows = DOCS[index * 15:(index + 1) * 15]
+        pq.write_table(pa.table({"id": [f"{file}{i}" for i in range(len(rows))], "text": rows}),
+                       folder / f"{file}.parquet")
+    return write_config(tmp_path, folder, tasks, name=f"{name}.yaml", output={"path": tmp_path / name},
+                        compute={"num_cpus_per_actor": 0.5, "batch_size": None})
+
+
+@pytest.mark.slow
+def test_a_pool_that_agrees_runs_on_the_engine_and_a_later_run_does_not_qualify_it_again(ray_local, models,
+                                                                                        node_cache, tmp_path, capsys):
+    tasks = {"summary": {"task": "summarization", "model": str(models["seq2seq"]), "max_new_tokens": 12}}
+    assert main(["--config", job(tmp_path, tasks, "out")]) == 0
+    logs = capsys.readouterr().err
+    assert "task 'summary' qualified on ctranslate2" in logs and "agrees with transformers on 15" in logs
+    first = last_report(tmp_path / "out")
+    assert [pool["engine"] for pool in first["compute"]] == ["ctranslate2"]
+    assert first["time_s"]["qualify_engines"] > 0
+    [verdict] = [json.loads(path.read_text()) for path in (node_cache / "qualification").glob("*.json")]
+    assert verdict["passed"] and verdict["rows"] == 15
+
+    assert main(["--config", job(tmp_path, tasks, "out", files=("a", "b"))]) == 0  # a new file, a nightly run
+    assert "qualif" not in capsys.readouterr().err
+    later = last_report(tmp_path / "out")
+    assert [pool["engine"] for pool in later["compute"]] == ["ctranslate2"]
+    assert "qualify_engines" not in later["time_s"]
+
+
+@pytest.mark.slow
+def test_a_named_engine_that_disagrees_is_refused_in_one_line_and_auto_falls_back_saying_why(
+        ray_local, models, node_cache, tmp_path, capsys):
+    tasks = {"summary": {**DISAGREEING, "model": str(models["seq2seq"]), "engine": "ctranslate2"}}
+    assert main(["--config", job(tmp_path, tasks, "refused")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "Traceback"))]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: tasks.summary: engine ctranslate2 cannot run it: it did not qualify on the input's rows: beam "
+        "search differs from transformers' on "), errors
+    assert not (tmp_path / "refused").exists()  # refused before the output was opened
+
+    tasks["summary"]["engine"] = "auto"
+    assert main(["--config", job(tmp_path, tasks, "out")]) == 0  # the verdict kept: nothing qualified again
+    captured = capsys.readouterr()
+    assert "task 'summary' runs on transformers: ctranslate2 cannot run it: it did not qualify" in captured.err
+    report = last_report(tmp_path / "out")
+    assert "qualify_engines" not in report["time_s"]
+    [pool] = report["compute"]
+    assert pool["engine"] == "transformers" and "beam search differs from transformers'" in pool["engine_note"]
+    summary = [line for line in captured.out.splitlines() if line.startswith("compute: pool summary")]
+    assert len(summary) == 1 and "(transformers: ctranslate2 cannot run it: it did not qualify" in summary[0]
+    page = next((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
+    assert "transformers: ctranslate2 cannot run it: it did not qualify on the input&#x27;s rows" in page
