@@ -121,6 +121,7 @@ def summary(report: dict) -> str:
                  else f"{pool.get('engine', 'transformers')} with {pool['torch_threads']} thread(s)")
               + f", batch {pool['batch_size']}, {pool['device']} {pool['dtype']}"
               + (f", calibrated on {pool['calibration']}" if pool.get("calibration") else "")
+              + (f" (transformers: {pool['engine_note']})" if pool.get("engine_note") else "")
               for pool in report["compute"]]
     lines.append("time: " + ", ".join(f"{phase} {seconds} s" for phase, seconds in report["time_s"].items()))
     for task, stats in report["throughput"].items():
