@@ -1,12 +1,10 @@
 """The Ray Data plan: read the pending files -> one actor pool per model -> write staged parts.
 
 Every stage runs on the workers. The reader tags rows with their input file and position
-(`read.py`); tasks on the same checkpoint share a `map_batches` stage over a pool of
-`Annotator` actors, chained so that the input is read once however many tasks there are (a
-pool with split stages runs `ModelStage` actors instead, between CPU tasks that tokenize and
-postprocess: stages.py); the last stage writes each batch's rows as staged Parquet parts
-(`write.py`) and returns one small record per part. The driver only iterates over those records
-and commits (`job.py`).
+(`read.py`); tasks on the same checkpoint share one pool, fused or split (`pools.py`, as
+`build_processor` annotates), chained so that the input is read once however many tasks there
+are; the last stage writes each batch's rows as staged Parquet parts (`write.py`) and returns one
+small record per part. The driver only iterates over those records and commits (`job.py`).
 """
 
 from __future__ import annotations
@@ -15,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.driver.inputs import InputFile, InputFiles
+from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
 from nlp_tasks.output.layout import STAGED_NAME
-from nlp_tasks.workers.annotate import Annotator
 from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
-from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
 from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536
@@ -70,56 +69,21 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     `calibration`: the Ray objects of the texts static int8 pools calibrate on, by pool index
     (engines/calibration.pool_samples).
     """
-    import ray
-
     generated_id = None if config.input.id_column else config.output.generated_id_column
     block_rows = min((plan.batch_size for _, plan in pools), default=config.output.rows_per_file)
     reader = CorpusDatasource(source.filesystem, output_filesystem, fragments, source.schema, block_rows,
                               FRAGMENT_ROWS, generated_id, config.output.errors_column)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
     dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
-    split = [(specs, plan) for specs, plan in pools if plan.stages == "split"]
-    if split:
-        dataset = dataset.map_batches(
-            tokenize, fn_kwargs=dict(pools=[(specs, plan.compute) for specs, plan in split],
-                                     text_column=config.input.text_column),
-            batch_format="pyarrow", batch_size=split[0][1].batch_size, num_cpus=split[0][1].stage_cpus)
-    for index, (specs, plan) in enumerate(pools):
-        fitted_here = {column: fitted[column] for column in specs if column in fitted}
-        dataset = dataset.map_batches(
-            ModelStage if plan.stages == "split" else Annotator,
-            fn_constructor_kwargs=dict(
-                specs=specs, compute=plan.compute,
-                text_column=config.input.text_column, errors_column=config.output.errors_column,
-                record_calls=True, fitted={} if plan.stages == "split" else fitted_here,
-                calibration=(calibration or {}).get(index),
-            ),
-            batch_format="pyarrow",
-            batch_size=plan.batch_size,
-            num_gpus=plan.num_gpus_per_actor or None,
-            num_cpus=plan.num_cpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=plan.min_actors, max_size=plan.max_actors,
-                max_concurrent_calls_per_actor=plan.actor_concurrency,
-                enable_true_multi_threading=plan.actor_concurrency > 1,
-            ),
-        )
-        if plan.stages == "split":
-            later = [(other, other_plan.compute) for other, other_plan in pools[index + 1:]
-                     if other_plan.stages == "split"]
-            dataset = dataset.map_batches(
-                postprocess, fn_kwargs=dict(specs=specs, compute=plan.compute, fitted=fitted_here, later=later,
-                                            text_column=config.input.text_column,
-                                            errors_column=config.output.errors_column),
-                batch_format="pyarrow", batch_size=plan.batch_size, num_cpus=plan.stage_cpus)
-    return dataset.map_batches(
-        write_parts,
-        fn_kwargs=dict(filesystem=output_filesystem, staging=staging, tasks=[t for specs, _ in pools for t in specs],
-                       columns=columns, errors_column=config.output.errors_column,
-                       id_column=config.input.id_column or generated_id, part_names=part_names),
-        batch_format="pyarrow", batch_size=rows_per_write(config.output.rows_per_file, fragments, pools),
-        num_cpus=WRITE_CPUS,
-    )
+    annotating = [Pool(specs, plan, {column: fitted[column] for column in specs if column in fitted},
+                       (calibration or {}).get(index)) for index, (specs, plan) in enumerate(pools)]
+    write = Stage(write_parts, dict(filesystem=output_filesystem, staging=staging,
+                                    tasks=[t for specs, _ in pools for t in specs], columns=columns,
+                                    errors_column=config.output.errors_column,
+                                    id_column=config.input.id_column or generated_id, part_names=part_names),
+                  rows_per_write(config.output.rows_per_file, fragments, pools), WRITE_CPUS)
+    return run_stages(dataset, [*annotation_stages(annotating, config.input.text_column, config.output.errors_column,
+                                                   record_calls=True), write])
 
 
 def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolPlan]]) -> int:
