@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-from helpers import REPO, SAMPLE, cli, write_config
+from helpers import REPO, SAMPLE, cli, last_report, write_config
 
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
 from nlp_tasks.driver.compute import Cluster, plan_pools
@@ -258,4 +258,25 @@ def test_an_int8_job_without_a_usable_text_to_calibrate_on_is_one_line_exit_2(tm
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: "), result.stderr
     assert "blank.parquet" in error and "'text'" in error and "tasks.vec" in error, error
-    assert not list((tmp_path / "out").glob("*.parquet"))
+    assert not (tmp_path / "out").exists()  # a refusal leaves nothing behind: no __manifest/ on a new output
+
+
+@needs_engines
+@pytest.mark.slow
+def test_a_night_whose_only_new_file_is_blank_calibrates_on_the_input_it_already_has(tmp_path, minilm):
+    """Null and empty rows are the user's data, never a reason to stop a night: with only blank texts new, int8
+    calibrates on the input's other files, and the blank rows are committed with their errors."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = pq.read_table(SAMPLE).column("text").to_pylist()[:12]
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(12)], "text": texts}), corpus / "first.parquet")
+    config = write_config(tmp_path, corpus, {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 64}},
+                          compute={"dtype": "int8", "num_cpus_per_actor": 0.5})
+    assert cli(config).returncode == 0
+    pq.write_table(pa.table({"id": ["a", "b"], "text": pa.array([None, "  "], pa.string())}), corpus / "blank.parquet")
+    result = cli(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = pq.read_table(tmp_path / "out").to_pandas().set_index("id")
+    assert len(out) == 14 and out.loc[["a", "b"], "vec"].isna().all() and out.loc["t0", "vec"] is not None
+    (pool,) = last_report(tmp_path / "out")["compute"]
+    assert pool["calibration"] == "12 rows of the input"

@@ -13,9 +13,9 @@ from nlp_tasks.driver.compute import Cluster, PoolPlan, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
 from nlp_tasks.driver.phases import timed
-from nlp_tasks.driver.plan import annotated_dataset, group_by_model
+from nlp_tasks.driver.plan import annotated_dataset, fragments_of, group_by_model
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
-from nlp_tasks.engines.calibration import pool_samples
+from nlp_tasks.engines.calibration import pool_samples, spread
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.workers.annotate import ModelLoadFailed
@@ -57,7 +57,7 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
             samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column,
-                                   redact(config.input.path))
+                                   redact(config.input.path), fragments_of(spread(source.files), [], store.path))
         for index, (_, what) in samples.items():
             log.info("compute: pool %s calibrates int8 on %s", "+".join(pools[index][0]), what)
             pools[index] = (pools[index][0], replace(pools[index][1], calibration=what))

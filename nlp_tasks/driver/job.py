@@ -27,6 +27,7 @@ from nlp_tasks.driver.plan import fragments_of
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.qualification import qualify_engines
 from nlp_tasks.driver.report import RunReport, write_report
+from nlp_tasks.errors import UserError
 from nlp_tasks.output.store import OutputStore
 
 
@@ -64,6 +65,7 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
     checked = check_job(config, timings, events)
     qualify_engines(config, checked, timings, events)
     store = open_output(config, checked, timings, events)
+    refused = False
     try:
         keep_vanished = config.output.vanished_inputs == "keep" and checked.source.delta_version is None
         changes = compare(checked.source, store.markers, checked.fingerprints, config.output.removed_tasks == "drop",
@@ -97,8 +99,13 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
         if failure is not None:
             raise JobFailed(failure, result)
         return result
+    except UserError:
+        refused = True
+        raise
     finally:
         store.close()
+        if refused:
+            store.discard_if_new()
 
 
 def annotate(config: JobConfig, checked: CheckedJob, changes: InputChanges, store: OutputStore, commits: Commits,

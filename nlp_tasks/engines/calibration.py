@@ -23,13 +23,17 @@ def needs_calibration(engine: str, dtype: str) -> bool:
     return engine == "openvino" and engine_dtype(dtype) == "int8"
 
 
+def spread(items: list[Any]) -> list[Any]:
+    """At most CALIBRATION_FILES of `items`, spread evenly over them."""
+    return items[::max(1, len(items) // CALIBRATION_FILES)][:CALIBRATION_FILES]
+
+
 def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: int = CALIBRATION_ROWS) -> list[str]:
     """Up to `rows` usable texts from the start of fragments spread evenly over `fragments`."""
     from nlp_tasks.workers.read import record_batches
     from nlp_tasks.workers.text_checks import as_text, text_problem
 
-    step = max(1, len(fragments) // CALIBRATION_FILES)
-    chosen = fragments[::step][:CALIBRATION_FILES]
+    chosen = spread(fragments)
     texts: list[str] = []
     for index, fragment in enumerate(chosen):
         wanted = -(-(rows - len(texts)) // (len(chosen) - index))
@@ -44,17 +48,21 @@ def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: 
     return texts
 
 
-def sample_and_size(filesystem: Any, fragments: list[Any], text_column: str) -> tuple[list[str], int]:
-    """The input sample and its size: a Ray task's two returns, so that the driver fetches the size alone."""
-    texts = input_sample(filesystem, fragments, text_column)
+def sample_and_size(filesystem: Any, fragments: list[Any], text_column: str,
+                    everything: list[Any] | None = None) -> tuple[list[str], int]:
+    """The input sample and its size: a Ray task's two returns, so that the driver fetches the size alone. Where
+    the run's own `fragments` hold no usable text (a night whose new files are all empty texts), the sample is
+    drawn from `everything` the input holds, committed files included: null and empty rows never stop a night."""
+    texts = input_sample(filesystem, fragments, text_column) or input_sample(filesystem, everything or [], text_column)
     return texts, len(texts)
 
 
 def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesystem: Any, fragments: list[Any],
-                 text_column: str, input_name: str) -> dict[int, tuple[Any, str]]:
+                 text_column: str, input_name: str, everything: list[Any]) -> dict[int, tuple[Any, str]]:
     """For each pool (by index) that runs static int8: its calibration texts as a Ray object (the actors fetch it;
-    an input sample stays out of the driver, which gets its size alone), and what they are. A sample without a
-    usable text is the user's to fix (InputError)."""
+    an input sample stays out of the driver, which gets its size alone), and what they are: from the run's
+    `fragments`, else from `everything` the input holds. An input without a usable text anywhere is the user's to
+    fix (InputError)."""
     import ray
 
     from nlp_tasks.errors import InputError
@@ -71,7 +79,7 @@ def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesy
             reading.append(index)
     if reading:
         texts, size = ray.remote(sample_and_size).options(num_cpus=0.25, num_returns=2).remote(
-            filesystem, fragments, text_column)
+            filesystem, fragments, text_column, everything)
         rows = ray.get(size)
         if not rows:
             columns = ", ".join(f"tasks.{column}" for index in reading for column in pools[index][0])

@@ -54,6 +54,8 @@ class OutputStore:
         """What else the run found broken and mended (a torn fitted head), for the run report."""
         self.previous_job: dict | None = None
         """The job manifest the output had before `open` (None for a new output)."""
+        self.created = False
+        """Whether `open` found no output (nothing there, or an empty folder): this run made it."""
         self.redone: dict[str, str] = {}
         """Units whose committed output `open` dropped as broken (a torn marker, a damaged part), and why, for the
         run report: their input files are annotated again."""
@@ -99,6 +101,7 @@ class OutputStore:
         `change_message(previous_job, job)` says why an existing output's job differs, or None if it does not.
         """
         entries = self._entries()
+        self.created = not entries
         if entries:
             previous = self.previous_job = self.job()
             if previous is None:
@@ -214,3 +217,8 @@ class OutputStore:
         finally:
             self.lease.release()
 
+    def discard_if_new(self) -> None:
+        """After `close`: remove an output this run created and committed nothing to, so that a run refused on the
+        user's mistake (exit 2) leaves nothing behind."""
+        if self.created and not self.markers and self.filesystem.exists(self.root):
+            self.filesystem.rm(self.root, recursive=True)
