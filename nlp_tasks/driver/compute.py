@@ -255,8 +255,9 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
 
 
 def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
-               rows: int) -> list[tuple[dict, PoolPlan]]:
-    """Each pool's tasks and settings for a run of `rows`, logged, and checked against the cluster."""
+               rows: int | None) -> list[tuple[dict, PoolPlan]]:
+    """Each pool's tasks and settings for a run of `rows` (None: not known, as for a Dataset handed to
+    build_processor), logged, and checked against the cluster."""
     from nlp_tasks.models.loading import weights_bytes
 
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
