@@ -83,3 +83,30 @@ def test_a_named_engine_that_disagrees_is_refused_in_one_line_and_auto_falls_bac
     assert len(summary) == 1 and "(transformers: ctranslate2 cannot run it: it did not qualify" in summary[0]
     page = next((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
     assert "transformers: ctranslate2 cannot run it: it did not qualify on the input&#x27;s rows" in page
+
+
+@pytest.mark.slow
+def test_an_int8_encoder_pool_is_qualified_against_transformers_before_it_runs_on_openvino(ray_local, models,
+                                                                                           node_cache, tmp_path,
+                                                                                           capsys):
+    tasks = {"sentiment": {"task": "text-classification", "model": str(models["text-classification"])}}
+    config = write_config(tmp_path, tmp_path / "in", tasks, output={"path": tmp_path / "out"},
+                          compute={"num_cpus_per_actor": 0.5, "batch_size": None, "dtype": "int8"})
+    job(tmp_path, {}, "unused")  # writes the input
+    assert main(["--config", config]) == 0
+    assert "task 'sentiment' qualified on openvino" in capsys.readouterr().err
+    assert [pool["engine"] for pool in last_report(tmp_path / "out")["compute"]] == ["openvino"]
+
+
+def test_int8_values_agree_within_the_documented_tolerance_and_float32_within_1e_4():
+    from nlp_tasks.engines.qualification import judge_values
+
+    row = {"label": "positive", "score": 0.9}
+    assert judge_values([(row, {**row, "score": 0.90005})] * 10, int8=False) is None
+    assert "numbers differ" in judge_values([(row, {**row, "score": 0.9002})], int8=False)
+    embedding = [0.1, 0.2, 0.3]
+    assert judge_values([(embedding, [0.1, 0.2, 0.31])] * 10, int8=True) is None  # cosine 0.9997
+    assert "cosine below 0.99" in judge_values([(embedding, [0.3, 0.2, 0.1])], int8=True)
+    flipped = [(row, row)] * 9 + [(row, {**row, "label": "negative"})]
+    assert judge_values(flipped, int8=True) is None and "labels differ" in judge_values(flipped, int8=False)
+    assert "labels differ" in judge_values(flipped[-2:], int8=True)

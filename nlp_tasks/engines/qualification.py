@@ -178,7 +178,7 @@ def judge_values(pairs: list[tuple[Any, Any]], int8: bool) -> str | None:
                 far.append(row)
         elif a.size and float(np.abs(a - b).max()) > CLOSE:
             far.append(row)
-    if int8 and len(unequal) > len(pairs) * (1 - INT8_LABELS):
+    if int8 and len(pairs) - len(unequal) < round(len(pairs) * INT8_LABELS, 9):
         return f"labels differ from transformers' on {len(unequal)} of {len(pairs)} rows (int8: at most a tenth)"
     if not int8 and unequal:
         return f"labels differ from transformers' on {len(unequal)} of {len(pairs)} rows"
