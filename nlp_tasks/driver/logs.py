@@ -90,20 +90,38 @@ class _BelowErrorDropped(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
-RAY_LOGGERS = ("ray", "ray.data")
-"""Ray's loggers that print to the console (each with its own handler; they do not propagate)."""
+class _AllDropped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+RAY_CONSOLE_FILTERS = {"ray": _BelowErrorDropped, "ray.data": _AllDropped}
+"""Ray's loggers that print to the console (each with its own handler; they do not propagate), and what of them the
+console keeps: Ray core's errors; none of Ray Data's, whose errors that stop a run reach the job as its exception."""
+
+_ray_quiet = False
+"""Whether quiet_ray_console ran in this process."""
+
+
+def ray_console_quiet() -> bool:
+    """Whether Ray's own lines are kept off this process's console (no --verbose): start_ray then keeps the output
+    of Ray's workers and daemons off it too."""
+    return _ray_quiet
 
 
 def quiet_ray_console() -> None:
-    """Keep Ray's INFO and WARNING lines off the console; they stay in Ray's log files (Ray Data's under the session
-    folder). A person at a run sees the job's own lines and its progress, not Ray's execution plan with its dataset
-    id, "Progress bars disabled" or "Token authentication is enabled". Its errors still print. Imports Ray: its
-    loggers are configured when it is imported."""
+    """Keep Ray's own lines off the console; they stay in Ray's log files (Ray Data's under the session folder). A
+    person at a run sees the job's own lines, its progress and its one error line, not Ray's execution plan with its
+    dataset id, "Progress bars disabled", "Token authentication is enabled", or Ray Data's stack trace of an actor
+    that could not start; a bug still prints its traceback (jobs/annotate.py). Imports Ray: its loggers are
+    configured when it is imported."""
     import ray
     import ray.data  # noqa: F401
 
-    for name in RAY_LOGGERS:
+    global _ray_quiet
+    _ray_quiet = True
+    for name, dropped in RAY_CONSOLE_FILTERS.items():
         for handler in logging.getLogger(name).handlers:
             if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-                    and not any(isinstance(f, _BelowErrorDropped) for f in handler.filters)):
-                handler.addFilter(_BelowErrorDropped())
+                    and not any(isinstance(f, dropped) for f in handler.filters)):
+                handler.addFilter(dropped())

@@ -15,18 +15,37 @@ def start_ray() -> bool:
     """Join the cluster named by RAY_ADDRESS (or the one running this job), else start an embedded local Ray.
 
     The embedded Ray starts its dashboard only for a person at a terminal: it costs a second or two of
-    every run's start. Returns whether this call started Ray (a fixed-size local cluster).
+    every run's start. Where Ray's own lines are kept off the console (logs.quiet_ray_console), so is what Ray's
+    driver prints for other processes (quiet_driver). Returns whether this call started Ray (a fixed-size local
+    cluster).
     """
     import ray
 
+    from nlp_tasks.driver.logs import ray_console_quiet
+
     if ray.is_initialized():
         return False
+    quiet = ray_console_quiet()
+    if quiet:
+        quiet_driver()
     if "RAY_ADDRESS" in os.environ:
-        ray.init()
+        ray.init(log_to_driver=not quiet)
         return False
     ray.init(address="local", include_dashboard=sys.stderr.isatty(),  # never some other cluster on this machine
-             _system_config=EMBEDDED_RAY_SYSTEM_CONFIG)
+             log_to_driver=not quiet, _system_config=EMBEDDED_RAY_SYSTEM_CONFIG)
     return True
+
+
+def quiet_driver() -> None:
+    """Keep off this driver's console what Ray's workers print (an actor's traceback as it dies: `log_to_driver`)
+    and the error messages Ray publishes to drivers, which its driver prints from a thread with no switch, prefixed
+    "(raylet)" (a task retried, a worker killed): each stays in the log file of the process it comes from, in Ray's
+    session folder; an error that stops the run reaches the job as its exception. Ray's debugger silences both with
+    a private flag (Ray 2.60); where it is not found, the error messages print."""
+    import ray._private.worker
+
+    if hasattr(ray._private.worker, "_worker_logs_enabled"):
+        ray._private.worker._worker_logs_enabled = False
 
 
 def stop_embedded_ray() -> None:
