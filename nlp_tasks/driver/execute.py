@@ -4,7 +4,10 @@ records into the commits. Only those small records reach the driver; the rows st
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from nlp_tasks.config import JobConfig, TaskSpec
@@ -18,8 +21,9 @@ from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples, spread
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
-from nlp_tasks.workers.annotate import ModelLoadFailed
+from nlp_tasks.workers.annotate import Annotator, ModelLoadFailed
 from nlp_tasks.workers.read import Fragment
+from nlp_tasks.workers.stages import ModelStage
 from nlp_tasks.workers.write import PART_RECORD
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,96 @@ def load_failure(error: Exception) -> str | None:
     if getattr(error, "actor_init_failed", False):
         return f"an actor could not start: {lines[-1].strip() if lines else type(error).__name__}"
     return None
+
+
+LOAD_DEATHS = 3
+"""Deaths of one actor while it loads its model that end the run. Ray Data's pools restart a dead actor without end
+(max_restarts=-1): an actor whose process is killed while it loads (by the out-of-memory killer) is started again,
+killed again, and the run hangs. An actor killed once it had loaded is restarted as before (tests/test_faults.py)."""
+
+WATCH_EVERY_S = 1.0
+
+
+class LoadWatch:
+    """While the plan runs, a thread reads the job's model actors in Ray's actor table every WATCH_EVERY_S: one that
+    died LOAD_DEATHS times since it last finished loading is killed for good, so that Ray Data fails the run, and
+    `failure` names its pool."""
+
+    def __init__(self, pools: list[tuple[dict[str, TaskSpec], PoolPlan]]):
+        self.pools = pools
+        self.failure: str | None = None
+        self.loaded: dict[str, tuple[int, int]] = {}
+        """By actor id: its start time (Ray sets it when the actor finishes loading) and its restarts then."""
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="load-watch", daemon=True)
+
+    @contextmanager
+    def running(self) -> Iterator[LoadWatch]:
+        self.thread.start()
+        try:
+            yield self
+        finally:
+            self.stopped.set()
+            self.thread.join()
+
+    def watch(self) -> None:
+        while self.failure is None and not self.stopped.wait(WATCH_EVERY_S):
+            try:
+                self.check(model_actors())
+            except Exception:  # Ray's table out of reach a moment: the next look tries again
+                log.debug("load watch: Ray's actor table not read", exc_info=True)
+
+    def check(self, actors: list[dict]) -> None:
+        """Remember each actor that finished loading; kill the first that died LOAD_DEATHS times since."""
+        for actor in actors:
+            started, restarts = self.loaded.get(actor["ActorID"], (0, 0))
+            if actor["State"] == "ALIVE" or actor["StartTime"] != started:
+                self.loaded[actor["ActorID"]] = (actor["StartTime"], actor["NumRestarts"])
+            elif actor["State"] != "DEAD" and actor["NumRestarts"] - restarts >= LOAD_DEATHS:
+                self.failure = died_loading(self.pools, actor["ActorClassName"])
+                kill_for_good(actor["ActorID"])
+                return
+
+
+def model_actors() -> list[dict]:
+    """This job's actors of the pools' stages, as Ray's actor table has them (Ray Data names their class
+    MapWorker(...MapBatches(<the stage's class>))). The table is Ray's developer API, the one read without the
+    dashboard."""
+    import ray
+    from ray._private.state import actors
+
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+    names = (f"MapBatches({Annotator.__name__})", f"MapBatches({ModelStage.__name__})")
+    return [actor for actor in actors(job_id=job).values() if any(name in actor["ActorClassName"] for name in names)]
+
+
+def died_loading(pools: list[tuple[dict[str, TaskSpec], PoolPlan]], class_name: str) -> str:
+    """The one line of an actor of class `class_name` that kept dying while it loaded: the pools whose stage that
+    class is (several only where Ray's table cannot tell them apart)."""
+    split = f"MapBatches({ModelStage.__name__})" in class_name
+    named = [f"task(s) {', '.join(specs)} could not load model {next(iter(specs.values())).model!r}"
+             for specs, plan in pools if (plan.stages == "split") == split]
+    return (f"{' or '.join(named)}: its actor died {LOAD_DEATHS} times while loading it (its process was killed: "
+            "out of memory?)")
+
+
+def kill_for_good(actor_id: str) -> None:
+    """ray.kill(no_restart=True) by the actor's id: Ray Data holds the handle."""
+    import ray
+
+    ray._private.worker.global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
+
+
+def stream_parts(dataset, commits: Commits, timings: dict[str, float], started: float) -> None:
+    """Commit each input file as the write stage's part records cover it, until all are in or the error budget stops
+    the run."""
+    for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
+        part_records = records.cast(PART_RECORD).to_pylist()
+        commits.events.parts_written(part_records)
+        commits.add(part_records)
+        if not commits.missing() or commits.budget.stopped:
+            break  # every file is in, or a task clearly cannot do the run: do not wait for Ray's operators
 
 
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
@@ -65,18 +159,13 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
                                     heads, store.part_names, {index: texts for index, (texts, _) in samples.items()})
-        try:
-            for records in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                timings.setdefault("first_parts_written_after", round(time.perf_counter() - started, 2))
-                part_records = records.cast(PART_RECORD).to_pylist()
-                commits.events.parts_written(part_records)
-                commits.add(part_records)
-                if not commits.missing() or commits.budget.stopped:
-                    break  # every file is in, or a task clearly cannot do the run: do not wait for Ray's operators
-        except ray.exceptions.RayActorError as error:
-            if (line := load_failure(error)) is None:
-                raise
-            raise JobFailed(f"{line}; what was committed before stays") from None
+        with LoadWatch(pools).running() as watch:
+            try:
+                stream_parts(dataset, commits, timings, started)
+            except ray.exceptions.RayActorError as error:
+                if (line := watch.failure or load_failure(error)) is None:
+                    raise
+                raise JobFailed(f"{line}; what was committed before stays") from None
         timings["annotate"] = round(time.perf_counter() - started, 2)
         commits.events.phase_ended("annotate")
         commits.finish()
