@@ -77,6 +77,8 @@ class DeltaStore(OutputStore):
         """The number of this job's last commit the log holds (its `nlp-tasks` transaction version)."""
         self.failed: Exception | None = None
         """A transaction that failed: whether it landed is for the next run to tell, so nothing more is committed."""
+        self.committed_this_run = False
+        """Whether this run added a version to the log: then `close` cleans the log's expired entries, once."""
         self.commit_lock = threading.Lock()
         self.incoming: set[str] = set()
         """Units of the input the output has not committed: this run's new units (`expect`)."""
@@ -364,7 +366,13 @@ class DeltaStore(OutputStore):
         """One transaction of the log, numbered `logged + 1`: the parts added (with their row counts) and those
         removed. If it fails, whether it landed is unknown until the next run reads the log: nothing more is
         committed by this one."""
-        from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
+        from deltalake.transaction import (
+            AddAction,
+            CommitProperties,
+            PostCommitHookProperties,
+            RemoveAction,
+            Transaction,
+        )
 
         stamp = int(time.time() * 1000)
         actions = [AddAction(part["file"], part["size"], {}, stamp, True, json.dumps({"numRecords": part["rows"]}))
@@ -373,13 +381,15 @@ class DeltaStore(OutputStore):
         try:
             self.table.create_write_transaction(
                 actions, "append", self.table.schema(), commit_properties=CommitProperties(
-                    custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]))
+                    custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]),
+                post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))  # once a run: close
         except Exception as error:
             self.failed = self._conflict(error, metadata["nlp_tasks"].get("source"))
             if self.failed is error:
                 raise
             raise self.failed from None
         self.logged += 1
+        self.committed_this_run = True
         self.table.update_incremental()
 
     def _conflict(self, error: Exception, source: str | None) -> Exception:
@@ -397,9 +407,13 @@ class DeltaStore(OutputStore):
             "committed: run the job again once the other writer is done")
 
     def close(self) -> None:
-        """Delete the run's uncommitted attempts (retried writes) and give the lease back."""
+        """Delete the run's uncommitted attempts (retried writes), clean the log's expired entries once (as Delta's
+        writers do after a commit, which lists the whole log: per commit, each would cost more than the last), and
+        give the lease back."""
         try:
             if self.lease.number is not None and not self.lease.lost:
                 self.delete_strays()
+                if self.table is not None and self.committed_this_run:
+                    self.table.cleanup_metadata()
         finally:
             self.lease.release()
