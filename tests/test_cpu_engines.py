@@ -213,11 +213,11 @@ def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(m
 
 def test_static_int8_without_calibration_texts_is_refused(minilm):
     from nlp_tasks.config import ComputeConfig
-    from nlp_tasks.workers.annotate import Annotator
+    from nlp_tasks.workers.annotate import Annotator, ModelLoadFailed
 
     if missing_package("openvino"):
         pytest.skip("needs openvino")
-    with pytest.raises(ValueError, match="needs calibration texts"):
+    with pytest.raises(ModelLoadFailed, match="task\\(s\\) vec could not load .* needs calibration texts"):
         Annotator({"vec": spec("feature-extraction", minilm, engine="openvino")},
                   ComputeConfig(device="cpu", dtype="int8"), "text", "errors")
 
