@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,10 +22,10 @@ from typing import Any
 
 from nlp_tasks.models.cpu_linear import can_pack, pack_linears, unpack_linears
 
-TRIAL_SEGMENTS = 16
-"""Segments of the first call timed per variant and round: a few of the pool's micro-batches."""
-ROUNDS = 2
-"""Times each variant runs; its best round counts (the first run of each pays one-off costs)."""
+TRIAL_SEGMENTS = 8
+"""Segments of the first call timed per variant and round: a micro-batch or two of the pool's."""
+ROUNDS = 3
+"""Timed pairs (plain, packed) after a warm-up pair; the median of their ratios decides."""
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,24 @@ def choose(model: Any, key: str, trial: Callable[[], Any], segments: int) -> tup
 
 
 def timed(model: Any, trial: Callable[[], Any], segments: int) -> Verdict:
-    """Run `trial` plain and packed in turn, ROUNDS times; leave the model as the faster ran (plain where `trial`
-    raises, which is raised on)."""
+    """Run `trial` plain and packed: once each to warm up, then ROUNDS pairs in alternating order (so that a drift
+    in the machine's speed favours neither); packed wins where the median of the pairs' rate ratios is above 1.
+    Leaves the model as the faster ran (plain where `trial` raises, which is raised on)."""
     started = time.perf_counter()
-    rates = {"plain": 0.0, "packed": 0.0}
-    for _ in range(ROUNDS):
-        for packed in (False, True):
+    rates: dict[str, list[float]] = {"plain": [], "packed": []}
+    for round_ in range(ROUNDS + 1):
+        for packed in (False, True) if round_ % 2 else (True, False):
             swaps = pack_linears(model) if packed else []
             try:  # a trial that raises leaves the model plain, as loaded
                 run_started = time.perf_counter()
                 trial()
-                variant = "packed" if packed else "plain"
-                rates[variant] = max(rates[variant], segments / (time.perf_counter() - run_started))
+                if round_:  # round 0 warms both up
+                    rates["packed" if packed else "plain"].append(segments / (time.perf_counter() - run_started))
             finally:
                 unpack_linears(swaps)
-    verdict = Verdict(packed=rates["packed"] > rates["plain"], rates={variant: round(rate, 2) for variant, rate in rates.items()},
+    ratio = statistics.median(packed / plain for packed, plain in zip(rates["packed"], rates["plain"]))
+    verdict = Verdict(packed=ratio > 1, rates={variant: round(statistics.median(values), 2)
+                                               for variant, values in rates.items()},
                       seconds=round(time.perf_counter() - started, 2))
     apply(model, verdict)
     return verdict
