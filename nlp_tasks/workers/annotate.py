@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -234,19 +236,31 @@ class Annotator:
         self.kernels_verdict = verdict.describe(cached=True)
         return None
 
-    def _settle_kernels(self, adapter: TaskAdapter, segments: list[Features]) -> None:
-        """On a call with enough segments, time the pool's model packed and plain on them and keep the faster."""
+    @contextmanager
+    def _settled_kernels(self, adapter: TaskAdapter, segments: list[Features]) -> Iterator[None]:
+        """Around a call's forward passes. While the pool's kernels are unsettled, calls run them one at a time, and
+        the first with enough segments first times the model packed and plain on them (kernel_choice.py) and keeps
+        the faster: no forward pass overlaps the timing's swaps of the model's layers. One try: a timing the model
+        fails on leaves it plain (the call then retries its rows one by one)."""
         from nlp_tasks.models import kernel_choice
 
-        sample = segments[:kernel_choice.TRIAL_SEGMENTS]
+        if self.kernels_key is None:  # set to None only once settled, under the lock
+            yield
+            return
         with self.kernels_lock:
-            if self.kernels_key is None or len(sample) < kernel_choice.TRIAL_SEGMENTS // 2:
-                return
-            key, self.kernels_key = self.kernels_key, None  # one try: where the model fails on these rows, plain
-            settled = kernel_choice.choose(adapter.model, key, lambda: adapter.run(sample, self.batcher), len(sample))
-        if settled is not None and self.loaded is not None:
-            verdict, cached = settled
-            self.loaded["kernels"] = f"{kernel_path(adapter)}; {verdict.describe(cached)}"
+            sample = segments[:kernel_choice.TRIAL_SEGMENTS]
+            if self.kernels_key is not None and len(sample) >= kernel_choice.TRIAL_SEGMENTS // 2:
+                try:
+                    settled = kernel_choice.choose(adapter.model, self.kernels_key,
+                                                   lambda: adapter.run(sample, self.batcher), len(sample))
+                    if settled is not None and self.loaded is not None:
+                        verdict, cached = settled
+                        self.loaded["kernels"] = f"{kernel_path(adapter)}; {verdict.describe(cached)}"
+                except Exception as error:  # noqa: BLE001 - the model's own failure, met again by the call
+                    log.warning("kernels not timed (%s: %s); linear layers stay plain", type(error).__name__, error)
+                finally:
+                    self.kernels_key = None
+            yield
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
@@ -329,10 +343,8 @@ class Annotator:
         row the model cannot take fails alone (as a RowError) instead of failing its whole batch."""
         import torch
 
-        with torch.inference_mode():
-            try:  # timing the kernels runs the model too: on rows it may fail on
-                if self.kernels_key is not None:
-                    self._settle_kernels(adapter, [segment for segments in rows for segment in segments])
+        with torch.inference_mode(), self._settled_kernels(adapter, [s for segments in rows for s in segments]):
+            try:
                 outputs = iter(adapter.run([segment for segments in rows for segment in segments], self.batcher, tokens))
                 return [[next(outputs) for _ in segments] for segments in rows]
             except Exception as error:  # noqa: BLE001 - isolate whatever the model raised
