@@ -62,6 +62,22 @@ def reference(path, task, options):
     return model, tokenizer, generate
 
 
+FLOAT_TIE = 1e-2
+"""Most two greedy tokens may differ in log-probability at the step where CTranslate2 and transformers part: their
+kernels sum in other orders (on an AVX2-only CPU, another vector width), so a tiny model's exact-looking tie can
+fall either way; past that step the two continuations are free to differ."""
+
+
+def greedy_gap(model, inputs, ours: list[int], theirs: list[int], seq2seq: bool, start: int) -> float:
+    """At the first step where two greedy continuations differ, how far apart transformers scores their tokens."""
+    step = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    prefix = [start] + theirs[:step] if seq2seq else inputs["input_ids"][0].tolist() + theirs[:step]
+    with torch.inference_mode():
+        logits = (model(**inputs, decoder_input_ids=torch.tensor([prefix])) if seq2seq
+                  else model(torch.tensor([prefix]))).logits[0, -1].log_softmax(-1)
+    return abs(float(logits[ours[step]] - logits[theirs[step]]))
+
+
 def mean_log_prob(model, inputs, new_ids, specials, seq2seq) -> float:
     """Mean log-probability of the text tokens of `new_ids` under `model`, after the input."""
     content = [i for i in new_ids if i not in specials or i == new_ids[0]]
@@ -267,8 +283,10 @@ def test_edges_decode_the_tokens_generate_does(shapes, shape, task, options, tex
         if ours.tolist() == theirs:
             continue
         ties += 1
-        assert (options.get("num_beams") or model.generation_config.num_beams or 1) > 1, \
-            f"greedy decoding differs on {text!r}: {ours.tolist()} != {theirs}"
+        if (options.get("num_beams") or model.generation_config.num_beams or 1) == 1:
+            assert greedy_gap(model, inputs, ours.tolist(), theirs, seq2seq, ids[0]) < FLOAT_TIE, \
+                f"greedy decoding differs on {text!r}, not at a tie: {ours.tolist()} != {theirs}"
+            continue
         assert (mean_log_prob(model, inputs, ours.tolist(), specials, seq2seq)
                 >= mean_log_prob(model, inputs, theirs, specials, seq2seq) - NEAR_TIE), text
     assert ties <= len(texts) // 4, f"{ties} of {len(texts)} rows differ"
