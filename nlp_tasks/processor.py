@@ -20,14 +20,13 @@ import ray
 from nlp_tasks.config import JobConfig, TaskSpec, parse_config
 from nlp_tasks.driver.checks import runnable_tasks
 from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolPlan, size_pools
-from nlp_tasks.driver.examples import LabelledTexts, read_examples
+from nlp_tasks.driver.examples import LabelledTexts, fit_now, read_examples
 from nlp_tasks.driver.inputs import text_type_problem
 from nlp_tasks.driver.plan import group_by_model
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
 from nlp_tasks.engines.calibration import CALIBRATION_ROWS, needs_calibration
-from nlp_tasks.errors import InputError, UserError
+from nlp_tasks.errors import InputError
 from nlp_tasks.secrets import check_credentials, register_secrets
-from nlp_tasks.workers.heads import fit_heads
 from nlp_tasks.workers.stats import CALLS_COLUMN
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
@@ -86,7 +85,7 @@ class Processor:
         cluster = Cluster.now(fixed_size=False)
         cluster = replace(cluster, cpus=max(0.0, cluster.cpus - cluster.nodes * USER_STAGE_CPUS))
         planned = size_pools(self.config, group_by_model(self.tasks), cluster, None)
-        heads = fitted_heads(planned, self.examples)
+        heads = fit_now(planned, self.examples)
         pools = [Pool(specs, plan, {column: heads[column] for column in specs if column in heads},
                       calibration_texts(specs, plan, self.examples, dataset, text_column))
                  for specs, plan in planned]
@@ -119,22 +118,6 @@ def checked_columns(batch: pa.Table, *, text_column: str, outputs: list[str]) ->
 def without_call_records(batch: pa.Table) -> pa.Table:
     """The batch without the record of the calls that made it (stats.py), which only the job reads."""
     return batch.drop_columns([CALLS_COLUMN]) if CALLS_COLUMN in batch.column_names else batch
-
-
-def fitted_heads(pools: list[tuple[dict[str, TaskSpec], PoolPlan]],
-                 examples: dict[str, LabelledTexts]) -> dict[str, dict]:
-    """The heads of the pools' tasks with labelled examples, fitted now: one Ray task per pool, all at once."""
-    fitting = [ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
-                                             max_retries=1).remote(specs, plan.compute, todo)
-               for specs, plan in pools
-               if (todo := {column: (examples[column].texts, examples[column].labels)
-                            for column in specs if column in examples})]
-    try:
-        return {column: head for fitted in ray.get(fitting) for column, head in fitted.items()}
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, UserError):
-            raise error.cause from None
-        raise
 
 
 def calibration_texts(specs: dict[str, TaskSpec], plan: PoolPlan, examples: dict[str, LabelledTexts],

@@ -61,30 +61,31 @@ def read_examples(column: str, examples: Examples) -> LabelledTexts:
 def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts],
                  fingerprints: dict[str, str]) -> dict[str, dict]:
     """The heads of the pools' tasks with labelled examples: the output's own copy where it holds one of the same
-    task fingerprint (a nightly rerun fits nothing), else fitted now (one Ray task per pool, all at once) and kept."""
+    task fingerprint (a nightly rerun fits nothing), else fitted now (fit_now) and kept."""
+    heads = {column: head for specs, _ in pools for column in specs if column in examples
+             if (head := store.head(column, fingerprints[column])) is not None}
+    fitted = fit_now([(specs, plan) for specs, plan in pools],
+                     {column: labelled for column, labelled in examples.items() if column not in heads})
+    for column, head in fitted.items():
+        store.save_head(column, fingerprints[column], head)
+    return {**heads, **fitted}
+
+
+def fit_now(pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts]) -> dict[str, dict]:
+    """The heads of the pools' tasks in `examples`, fitted now: one Ray task per pool, all at once (a bad example
+    row raised there is the user's: UserError)."""
     import ray
 
     from nlp_tasks.workers.heads import fit_heads
 
-    heads, fitting = {}, []
-    for specs, plan in pools:
-        todo = {}
-        for column in (column for column in specs if column in examples):
-            if (head := store.head(column, fingerprints[column])) is not None:
-                heads[column] = head
-            else:
-                todo[column] = (examples[column].texts, examples[column].labels)
-        if todo:
-            fit = ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor,
-                                                num_gpus=plan.num_gpus_per_actor or None, max_retries=1)
-            fitting.append(fit.remote(specs, plan.compute, todo))
+    fitting = [ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
+                                             max_retries=1).remote(specs, plan.compute, todo)
+               for specs, plan in pools
+               if (todo := {column: (examples[column].texts, examples[column].labels)
+                            for column in specs if column in examples})]
     try:
-        for fitted in ray.get(fitting):
-            for column, head in fitted.items():
-                store.save_head(column, fingerprints[column], head)
-                heads[column] = head
+        return {column: head for fitted in ray.get(fitting) for column, head in fitted.items()}
     except ray.exceptions.RayTaskError as error:
         if isinstance(error.cause, UserError):
             raise error.cause from None
         raise
-    return heads
