@@ -259,6 +259,9 @@ def test_an_int8_job_without_a_usable_text_to_calibrate_on_is_one_line_exit_2(tm
     assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: "), result.stderr
     assert "blank.parquet" in error and "'text'" in error and "tasks.vec" in error, error
     assert not (tmp_path / "out").exists()  # a refusal leaves nothing behind: no __manifest/ on a new output
+    (tmp_path / "out").mkdir()  # an empty folder of the user's: what the run wrote in it goes, the folder stays
+    assert cli(config).returncode == 2
+    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
 
 
 @needs_engines

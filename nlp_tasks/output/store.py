@@ -55,7 +55,7 @@ class OutputStore:
         self.previous_job: dict | None = None
         """The job manifest the output had before `open` (None for a new output)."""
         self.created = False
-        """Whether `open` found no output (nothing there, or an empty folder): this run made it."""
+        """Whether `open` found no folder at the output's path: this run made it."""
         self.redone: dict[str, str] = {}
         """Units whose committed output `open` dropped as broken (a torn marker, a damaged part), and why, for the
         run report: their input files are annotated again."""
@@ -101,7 +101,7 @@ class OutputStore:
         `change_message(previous_job, job)` says why an existing output's job differs, or None if it does not.
         """
         entries = self._entries()
-        self.created = not entries
+        self.created = not self.filesystem.exists(self.root)
         if entries:
             previous = self.previous_job = self.job()
             if previous is None:
@@ -218,7 +218,12 @@ class OutputStore:
             self.lease.release()
 
     def discard_if_new(self) -> None:
-        """After `close`: remove an output this run created and committed nothing to, so that a run refused on the
-        user's mistake (exit 2) leaves nothing behind."""
-        if self.created and not self.markers and self.filesystem.exists(self.root):
+        """After `close`, on an output no earlier run wrote and this one committed nothing to: remove the entries it made, and the output's folder if it
+        made that too and nothing else is in it, so that a run refused on the user's mistake (exit 2) leaves nothing
+        behind. Nothing it did not write is touched (an entry of the user's, a folder that was there)."""
+        if self.markers or self.previous_job is not None or not self.filesystem.exists(self.root):
+            return  # an earlier run's output (its reports, its manifest) stays as it was
+        for entry in set(self._entries()) & set(self.own_entries):
+            self.filesystem.rm(self.path(entry), recursive=True)
+        if self.created and not self._entries():
             self.filesystem.rm(self.root, recursive=True)
