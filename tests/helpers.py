@@ -158,6 +158,16 @@ def output_table(out: Path) -> pa.Table:
     return pads.dataset(out, format="parquet").to_table()
 
 
+def recorded_markers(out: Path) -> dict[str, dict]:
+    """The markers as the output's index recorded them at its last run's end (parts with their versions)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from nlp_tasks.output.index import read_index
+
+    return {unit: entry["marker"]
+            for unit, entry in read_index(LocalFileSystem(), str(out / "__manifest" / "units.json.gz")).items()}
+
+
 def last_report(out: Path) -> dict:
     """The latest run report of an output."""
     return json.loads(max((out / "__reports").glob("*.json")).read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import error_line, last_report, output_table, sentiment, write_config, write_rows
+from helpers import error_line, last_report, output_table, recorded_markers, sentiment, write_config, write_rows
 
 from jobs.annotate import main
 
@@ -53,8 +53,8 @@ def by_source(out: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def committed(ray_local, tmp_path, models):
-    """An output of FILES input files of ROWS rows, each committed as three or more parts, run twice (the second
-    run verifies each new part's footer once and records its version); returns the config and the input's ids."""
+    """An output of FILES input files of ROWS rows, each committed as three or more parts (the run records each
+    part's version in the markers' index); returns the config and the input's ids."""
     corpus = tmp_path / "corpus"
     ids = []
     for index in range(FILES):
@@ -64,19 +64,21 @@ def committed(ray_local, tmp_path, models):
     config = write_config(tmp_path, corpus, sentiment(models), output={"rows_per_file": 2}, compute={"batch_size": 2})
     assert main(["--config", config]) == 0
     assert all(len(marker["parts"]) >= 3 for marker in markers(tmp_path / "out").values())
-    assert main(["--config", config]) == 0
-    assert all(part.get("version") for marker in markers(tmp_path / "out").values() for part in marker["parts"])
+    recorded = recorded_markers(tmp_path / "out")
+    assert set(recorded) == set(markers(tmp_path / "out"))
+    assert all(part.get("version") for marker in recorded.values() for part in marker["parts"])
     return config, sorted(ids)
 
 
 def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_part(committed, tmp_path, capsys):
     config, ids = committed
     out = tmp_path / "out"
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "__manifest" / "units").glob("*.json")}
+    control = [*(out / "__manifest" / "units").glob("*.json"), out / "__manifest" / "units.json.gz"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in control}
     assert main(["--config", config]) == 0
     assert last_report(out)["input_changes"]["repaired"] == [] and last_report(out)["files_processed"] == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "__manifest" / "units").glob("*.json")} == stamps, \
-        "a run over a sound output rewrites no marker (and reads no footer: every part's version is as recorded)"
+    assert {p.name: p.stat().st_mtime_ns for p in control} == stamps, \
+        "a run over a sound output rewrites no marker nor the index (and reads no footer: versions are as recorded)"
 
     committed_markers = by_source(out)
     hit = {}
@@ -134,7 +136,7 @@ def test_markers_that_are_json_but_not_markers_are_torn_and_their_files_redone(c
         what, reshape = shapes[index]
         (out / "__manifest" / "units" / f"{unit}.json").write_text(json.dumps(reshape(marker)))
         names[f"{unit}.json"] = what
-    consistent = sorted(markers(out).items())[len(shapes)]  # rows and parts edited alike: the input has fewer rows
+    consistent = sorted(markers(out).items())[len(shapes)]  # rows and parts edited alike: its part's footer differs
     unit, marker = consistent
     edited = {**marker, "rows": marker["rows"] + 1, "parts": [*marker["parts"][:-1], {
         **marker["parts"][-1], "rows": marker["parts"][-1]["rows"] + 1}]}
@@ -149,8 +151,11 @@ def test_markers_that_are_json_but_not_markers_are_torn_and_their_files_redone(c
         notes = [note for note in changes["repaired"] if name in note]
         assert len(notes) == 1 and ("is not a unit marker" in notes[0] or "does not hold a JSON object" in notes[0]), \
             (what, changes["repaired"])
-    assert len(changes["repaired"]) == len(names) and changes["new"] == []
-    assert [Path(name).name for name in changes["changed"]] == [Path(marker["source"]).name]
+    edited_note = [note for note in changes["repaired"] if Path(marker["source"]).name in note]
+    last = marker["parts"][-1]["rows"]
+    assert len(edited_note) == 1 and f"holds {last} rows, {last + 1} when committed" in edited_note[0], \
+        "a marker file that differs from the index's has its parts' footers checked again"
+    assert len(changes["repaired"]) == len(names) + 1 and changes["new"] == changes["changed"] == []
     assert last_report(out)["files_processed"] == len(names) + 1
     assert sorted(output_table(out).column("id").to_pylist()) == ids
 

@@ -168,7 +168,8 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
                 raise JobFailed(f"{line}; what was committed before stays") from None
         timings["annotate"] = round(time.perf_counter() - started, 2)
         commits.events.phase_ended("annotate")
-        commits.finish()
+        with timed(timings, "finish_commits", commits.events):
+            commits.finish()
         return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
     finally:
         if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)

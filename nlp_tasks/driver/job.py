@@ -81,6 +81,8 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
             with timed(timings, "finish_commits", events):
                 commits.finish()
         budget = commits.budget.as_report(len(commits.missing()))
+        with timed(timings, "close_output", events):
+            store.finish()
         if (failure := budget_failure(budget)) is None:
             commits.verify(checked.source)
         rows_out = sum(store.markers[file.unit]["rows"] for file in checked.source.files if file.unit in store.markers)

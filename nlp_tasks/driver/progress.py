@@ -21,6 +21,7 @@ PHASE_NAMES = {
     "inspect_input": "reading the input's footers", "check_models": "checking models",
     "open_output": "opening the output", "start_ray": "starting Ray", "fit_heads": "fitting heads",
     "annotate": "annotating", "finish_commits": "committing", "stop_ray": "stopping Ray",
+    "close_output": "recording the commits",
 }
 """Outside a terminal, a progress line at least this often while rows are annotated..."""
 """... and each time another tenth of the rows is annotated."""

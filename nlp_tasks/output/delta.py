@@ -172,6 +172,7 @@ class DeltaStore(OutputStore):
                 previous = marker.get("previous")
                 if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= self.logged:
                     markers[unit] = marker = previous
+                    self.index_stale = True
                     write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(previous))
                 else:
                     del markers[unit]
@@ -240,6 +241,7 @@ class DeltaStore(OutputStore):
         they are committed together with the retirements, in one version."""
         with self.commit_lock:
             self._check()
+            self.index_stale = True
             if self.retiring and marker["unit"] in self.incoming:
                 self.held[marker["unit"]] = (marker, parts)
                 if set(self.held) == self.incoming:
@@ -302,6 +304,7 @@ class DeltaStore(OutputStore):
         whose parts the log no longer lists, and drops it)."""
         with self.commit_lock:
             self._check()
+            self.index_stale = True
             marker = self.markers.pop(unit)
             if self.incoming:
                 self.retiring[unit] = marker
@@ -406,14 +409,16 @@ class DeltaStore(OutputStore):
             f"{what} ({str(error).splitlines()[0]}); the files committed before it stand, nothing after it was "
             "committed: run the job again once the other writer is done")
 
-    def close(self) -> None:
-        """Delete the run's uncommitted attempts (retried writes), clean the log's expired entries once (as Delta's
-        writers do after a commit, which lists the whole log: per commit, each would cost more than the last), and
-        give the lease back."""
-        try:
-            if self.lease.number is not None and not self.lease.lost:
-                self.delete_strays()
-                if self.table is not None and self.committed_this_run:
-                    self.table.cleanup_metadata()
-        finally:
-            self.lease.release()
+    def finish(self) -> None:
+        """Record the run's commits in the markers' index, delete its uncommitted attempts (retried writes), and
+        clean the log's expired entries once (as Delta's writers do after a commit, which lists the whole log: per
+        commit, each would cost more than the last)."""
+        if self.lease.number is None or self.lease.lost:
+            return
+        super().finish()
+        self.delete_strays()
+        if self.table is not None and self.committed_this_run:
+            self.table.cleanup_metadata()
+
+    def record_versions(self) -> None:
+        """Nothing: a Delta unit's parts are checked against the log and their sizes (`reconcile`)."""

@@ -7,6 +7,9 @@ Layout (local or object storage), meant to be read by people too:
     __manifest/units/<unit>.json      one marker per committed input file: source, identity, rows, parts (each
                                       with its size and footer checksum), and the fingerprint of each task
                                       whose column its parts hold
+    __manifest/units.json.gz          the markers as of a run's end, each with its file's size and version in
+                                      the listing (gzip'd JSON, written atomically): a later run reads one
+                                      object and the markers whose listing entry differs, not one per file
     __manifest/heads/<task>-<fp>.json heads fitted on a task's labelled examples, by task fingerprint
     __manifest/lease-<n>.json         the running job's lease (see lease.py)
     __staging/<run>/                  parts written by the workers, not yet committed (`*.parquet.staged`)
@@ -29,6 +32,7 @@ from nlp_tasks.errors import UserError
 
 MANIFEST = "__manifest"
 UNITS = f"{MANIFEST}/units"
+INDEX = f"{MANIFEST}/units.json.gz"
 HEADS = f"{MANIFEST}/heads"
 STAGING = "__staging"
 REPORTS = "__reports"

@@ -14,22 +14,39 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from nlp_tasks.files import FOOTER_READERS, read_footer, version_of
-from nlp_tasks.output.layout import PART_NAME, STAGING, UNITS, marker_problem
-from nlp_tasks.output.storage import TornFile, dump, parse_json, write_atomic
+from nlp_tasks.output.index import file_key, read_index
+from nlp_tasks.output.layout import INDEX, PART_NAME, STAGING, UNITS, marker_problem
+from nlp_tasks.output.storage import TornFile, parse_json
 from nlp_tasks.secrets import redact
 
 if TYPE_CHECKING:
     from nlp_tasks.output.store import OutputStore
 
 
-def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dict]:
-    """The units' markers; one that is torn, or JSON of another shape (`problem_of(unit, marker)`), is deleted and
-    its unit redone."""
+def list_markers(store: OutputStore) -> dict[str, dict]:
+    """The markers' files by unit, with their listing entries (size, version): one listing."""
     folder = store.path(UNITS)
+    store.filesystem.invalidate_cache(folder)
     if not store.filesystem.exists(folder):
         return {}
-    paths = [p for p in store.filesystem.ls(folder, detail=False) if p.endswith(".json")]
-    markers = {}
+    return {entry["name"].rsplit("/", 1)[-1].removesuffix(".json"): entry
+            for entry in store.filesystem.ls(folder, detail=True) if entry["name"].endswith(".json")}
+
+
+def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dict]:
+    """The units' markers: from the index where a marker file's listing entry is the one it recorded, else from
+    the file (index.py). A marker that is torn, or JSON of another shape (`problem_of(unit, marker)`), is deleted
+    and its unit redone."""
+    listing = list_markers(store)
+    indexed = read_index(store.filesystem, store.path(INDEX))
+    markers, paths = {}, []
+    for unit, entry in listing.items():
+        known = indexed.get(unit)
+        if known is not None and known["file"] == file_key(entry) and not problem_of(unit, known["marker"]):
+            markers[unit] = known["marker"]
+        else:
+            paths.append(entry["name"])
+    store.index_stale = bool(paths) or len(markers) != len(indexed)
     for path, raw in store.filesystem.cat(paths, on_error="return").items() if paths else []:
         unit = path.rsplit("/", 1)[-1].removesuffix(".json")
         try:
@@ -43,7 +60,6 @@ def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dic
             store.redo(unit, f"unit marker unreadable: {redact(str(error))}")
             store.delete(path)
     return markers
-
 
 
 def reconcile(store: OutputStore) -> None:
@@ -61,8 +77,8 @@ def reconcile(store: OutputStore) -> None:
     for unit, problem in problems.items():
         store.redo(unit, f"input file {store.markers[unit]['source']!r}: committed part {problem}")
         store.remove(unit)
-    for unit in upgraded - set(problems):
-        write_atomic(store.filesystem, store.path(UNITS, f"{unit}.json"), dump(store.markers[unit]))
+    if upgraded - set(problems):
+        store.index_stale = True  # the parts' versions, verified now, are kept in the index
     listed = {part["file"] for marker in store.markers.values() for part in marker["parts"]}
     for entry in set(listing) - listed:
         if PART_NAME.match(entry):
@@ -80,7 +96,7 @@ def list_output(store: OutputStore) -> dict[str, dict]:
 
 def verify_parts(store: OutputStore, listing: dict[str, dict]) -> tuple[dict[str, str], set[str]]:
     """Each committed part against its marker: what is wrong with the first bad part of each unit, and the
-    units whose markers now record their parts' versions (verified this run) and must be rewritten.
+    units whose markers now record their parts' versions (verified this run), for the index.
 
     A part is missing, or of another size than committed, from the listing alone. Its footer is read (a few
     at a time) only where the listing's version differs from the one recorded at its last verification: the

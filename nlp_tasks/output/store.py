@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from nlp_tasks.files import version_of
+from nlp_tasks.output.index import write_index
 from nlp_tasks.output.layout import (
     HEADS,
+    INDEX,
     MANIFEST,
     OWN_ENTRIES,
     PART_NAME,
@@ -27,7 +30,7 @@ from nlp_tasks.output.layout import (
     part_name,
 )
 from nlp_tasks.output.lease import Lease, LeaseHeld
-from nlp_tasks.output.recovery import reconcile
+from nlp_tasks.output.recovery import list_markers, list_output, reconcile
 from nlp_tasks.output.storage import TornFile, dump, read_json, write_atomic
 from nlp_tasks.secrets import redact
 
@@ -56,6 +59,10 @@ class OutputStore:
         """The job manifest the output had before `open` (None for a new output)."""
         self.created = False
         """Whether `open` found no folder at the output's path: this run made it."""
+        self.index_stale = True
+        """Whether the markers' index (index.py) lacks what this run knows: set at open, and by each commit."""
+        self.failed: BaseException | None = None
+        """A commit that failed: what its marker file holds is for the next run to tell, so the index is left."""
         self.redone: dict[str, str] = {}
         """Units whose committed output `open` dropped as broken (a torn marker, a damaged part), and why, for the
         run report: their input files are annotated again."""
@@ -170,6 +177,14 @@ class OutputStore:
     def commit(self, marker: dict, parts: list[PartRecord]) -> None:
         """Make a unit's staged parts its committed output, replacing whatever it had before."""
         self.lease.check()
+        self.index_stale = True
+        try:
+            self._commit(marker, parts)
+        except BaseException as error:
+            self.failed = error
+            raise
+
+    def _commit(self, marker: dict, parts: list[PartRecord]) -> None:
         unit = marker["unit"]
         marker = {**marker, "committed_at": now(), "run": self.run, "parts": [
             {"file": part_name(unit, p.first), "first": p.first, "rows": p.rows, "staged": self.relative(p.staged), "size": p.size,
@@ -203,10 +218,32 @@ class OutputStore:
     def remove(self, unit: str) -> None:
         """Uncommit a unit and delete its parts (marker first: a crash in between leaves only strays)."""
         self.lease.check()
+        self.index_stale = True
         marker = self.markers.pop(unit)
         self.delete(self.path(UNITS, f"{unit}.json"))
         for part in marker["parts"]:
             self.delete(self.path(part["file"]))
+
+    def finish(self) -> None:
+        """At a run's end, with the lease held: record what it committed in the markers' index (index.py), so that
+        the next run reads one object, not a marker per file. Nothing to record, nothing written."""
+        if self.failed is not None or not self.index_stale or self.lease.number is None or self.lease.lost:
+            return
+        self.record_versions()
+        write_index(self.filesystem, self.path(INDEX), self.markers, list_markers(self))
+        self.index_stale = False
+
+    def record_versions(self) -> None:
+        """Give the parts committed this run the version the listing has for them (one listing), so that the next
+        run verifies them from the listing without reading their footers."""
+        unversioned = [part for marker in self.markers.values() for part in marker["parts"] if "version" not in part]
+        if not unversioned:
+            return
+        listing = list_output(self)
+        for part in unversioned:
+            entry = listing.get(part["file"])
+            if entry is not None and int(entry.get("size") or 0) == part.get("size"):
+                part["version"] = version_of(entry)
 
     def close(self) -> None:
         """Discard the staging folder (this run's leftover retried attempts; `open` removed older runs') and give

@@ -13,7 +13,7 @@ PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b
            "#bab0ac")
 PHASE_COLORS = {"inspect_input": "#bab0ac", "check_models": "#9d755d", "open_output": "#72b7b2",
                 "start_ray": "#eeca3b", "fit_heads": "#b279a2", "annotate": "#4c78a8", "finish_commits": "#54a24b",
-                "stop_ray": "#e45756"}
+                "stop_ray": "#e45756", "close_output": "#ff9da6"}
 LOAD, BUSY, IDLE, TOKENIZE, POSTPROCESS, COMMIT = "#f58518", "#4c78a8", "#e8e8e8", "#54a24b", "#b279a2", "#e45756"
 MAX_LANES = 24
 MAX_FILE_LANES = 16
