@@ -20,6 +20,8 @@ from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.errors import InputError
 from nlp_tasks.models.loading import ModelUnavailable, check_available, checkpoint_json
+from nlp_tasks.output.index import read_index
+from nlp_tasks.output.layout import INDEX
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import check_credentials, redact, register_secrets
 
@@ -54,7 +56,7 @@ def check_job(config: JobConfig, timings: dict[str, float], events: RunEvents) -
         check_credentials(key, url)
     check_output_path(config.output.path)
     with timed(timings, "inspect_input", events):
-        source = inspect_input(config.input)
+        source = inspect_input(config.input, recorded_inputs(config.output.path))
     for column in [*config.tasks, config.output.errors_column,
                    None if config.input.id_column else config.output.generated_id_column]:
         if column in source.schema.names:
@@ -142,6 +144,21 @@ def check_separate(source: InputFiles, store: OutputStore) -> None:
     if inside_output or _inside(output, root):
         where = f"input file {inside_output.name!r} is inside it" if inside_output else "it is inside input.path"
         raise InputError(f"output.path {store.name!r} overlaps the input ({where}); choose an output outside it")
+
+
+def recorded_inputs(path: str) -> dict[str, dict]:
+    """The input files the output's markers' index records, by name (their identity and layout, which spare
+    reading their footers again: inputs.recorded_file); empty where the output has no index or cannot be read
+    yet (opening it says why). Read without the lease: a record only says what a file was at a size and version."""
+    from fsspec.core import url_to_fs
+
+    try:
+        filesystem, root = url_to_fs(path)
+        indexed = read_index(filesystem, f"{root.rstrip('/')}/{INDEX}")
+    except (OSError, ValueError, ImportError):
+        return {}
+    return {entry["marker"]["source"]: entry["marker"] for entry in indexed.values()
+            if isinstance(entry["marker"].get("source"), str)}
 
 
 def delta_store(path: str, name: str) -> OutputStore:

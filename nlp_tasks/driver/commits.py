@@ -109,7 +109,7 @@ class Commits:
 
     def marker(self, file: InputFile) -> dict:
         return {"unit": file.unit, "source": file.name, "identity": file.identity, "rows": file.rows,
-                "tasks": self.task_fingerprints[file.unit]}
+                "layout": file.layout, "tasks": self.task_fingerprints[file.unit]}
 
     def missing(self) -> dict[str, int]:
         """Input files not committed, and how many of their rows never arrived."""

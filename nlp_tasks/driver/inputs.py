@@ -54,6 +54,8 @@ class InputFile:
     """Hive partition values (`key=value` folders) when `input.partitioning: hive`."""
     format: str = "parquet"
     """parquet, or arrow (Arrow IPC, stream or file format)."""
+    schema_key: str = ""
+    """sha256 of the file's columns (names, widened types, nullability): `schema_key`."""
 
     @property
     def unit(self) -> str:
@@ -64,6 +66,12 @@ class InputFile:
     def identity(self) -> dict[str, Any]:
         """What the manifest records to tell, on a later run, whether the file changed."""
         return {"size": self.size, "version": self.version, "footer_sha256": self.footer_sha256}
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What the output records so that a later run need not read the file's footer while its listing entry
+        stays the same (`recorded_file`)."""
+        return {"row_groups": list(self.row_group_rows), "schema": self.schema_key}
 
     @property
     def content_key(self) -> tuple[int, str]:
@@ -133,6 +141,32 @@ def widened(kind: pa.DataType) -> pa.DataType:
 
 def mapped(schema: pa.Schema, change) -> pa.Schema:
     return pa.schema([field.with_type(change(field.type)) for field in schema])
+
+
+def schema_key(schema: pa.Schema) -> str:
+    """What two files' schemas share when `inspect_input` takes them for one input: names, widened types and
+    nullability, in order."""
+    fields = [(field.name, str(field.type), field.nullable) for field in mapped(schema, widened)]
+    return hashlib.sha256(repr(fields).encode()).hexdigest()
+
+
+def recorded_file(path: str, info: dict, root: str, config: InputConfig, marker: dict) -> InputFile | None:
+    """The input file as the output recorded it when it committed the file (its marker), where the listing entry
+    is still the one recorded (size and version: a modification time or ETag that a rewrite changes); None where
+    it is not, or the marker records no layout (an older output): then the footer is read."""
+    try:
+        identity, layout, version = marker["identity"], marker["layout"], version_of(info)
+        groups = tuple(layout["row_groups"])
+        if (version is None or identity["version"] != version or identity["size"] != int(info["size"])
+                or not isinstance(layout["schema"], str) or not isinstance(identity["footer_sha256"], str)
+                or not all(isinstance(rows, int) and rows >= 0 for rows in groups) or sum(groups) != marker["rows"]):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return InputFile(path=path, name=redact(path), rows=sum(groups), row_group_rows=groups, size=int(info["size"]),
+                     version=version, footer_sha256=identity["footer_sha256"],
+                     partition=partition_values(root, path) if config.partitioning == "hive" else (),
+                     format="arrow" if path.endswith(ARROW_SUFFIX) else "parquet", schema_key=layout["schema"])
 
 
 def hidden_part(relative: str) -> str | None:
@@ -238,11 +272,15 @@ def inspect_file(filesystem: Any, path: str, info: dict, root: str,
     return InputFile(
         path=path, name=name, rows=sum(row_group_rows), row_group_rows=row_group_rows, size=int(info["size"]),
         version=version_of(info), footer_sha256=footer_sha256, partition=partition, format=file_format,
-    ), schema
+        schema_key=schema_key(schema)), schema
 
 
-def inspect_input(config: InputConfig) -> InputFiles:
+def inspect_input(config: InputConfig, recorded: dict[str, dict] | None = None) -> InputFiles:
     """List the input files and check each one's footer and columns, a few files at a time.
+
+    `recorded`: the output's markers by input file name. A file whose listing entry is the one its marker recorded
+    is taken as recorded (`recorded_file`), without reading its footer: a night with few new files reads few
+    footers, plus the first file's for the input's schema.
 
     A bad file fails the job (`bad_files: fail`) or is set aside and reported (`quarantine`).
     Every file must have the first good file's schema, up to the width of offsets (string and large_string
@@ -253,13 +291,26 @@ def inspect_input(config: InputConfig) -> InputFiles:
         passed = f" (skipped, as readers do: {', '.join(skipped)})" if skipped else ""
         raise InputError(f"input.path {redact(config.path)!r}: no Parquet or Arrow files found{passed}")
     paths = sorted(listing)
+    recorded = recorded or {}
+    known = {path: file for path in paths if (marker := recorded.get(redact(path))) is not None
+             and (file := recorded_file(path, listing[path], root, config, marker)) is not None}
+    read = [path for path in paths if path not in known or path == paths[0]]
+
+    def inspect(path: str) -> tuple[InputFile, pa.Schema] | str:
+        return inspect_file(filesystem, path, listing[path], root, config)
+
     with ThreadPoolExecutor(FOOTER_READERS) as pool:
-        inspected = list(pool.map(lambda p: inspect_file(filesystem, p, listing[p], root, config), paths))
-    files, schema, quarantined = [], None, {}
-    for path, result in zip(paths, inspected):
+        inspected = dict(zip(read, pool.map(inspect, read)))
+    files, schema, reference, quarantined = [], None, None, {}
+    for path in paths:
+        result = inspected.get(path)
+        if result is None:
+            file = known[path]
+            result = (file, schema) if file.schema_key == reference else inspect(path)
         if isinstance(result, tuple):
             file, file_schema = result
-            schema = schema or file_schema
+            if schema is None:
+                schema, reference = file_schema, schema_key(file_schema)
             keys = [key for key, _ in file.partition]
             same = mapped(file_schema, widened).equals(mapped(schema, widened))
             if same and (not files or keys == [key for key, _ in files[0].partition]):

@@ -416,8 +416,8 @@ class DeltaStore(OutputStore):
         if self.lease.number is None or self.lease.lost:
             return
         super().finish()
-        self.delete_strays()
-        if self.table is not None and self.committed_this_run:
+        if self.table is not None and self.committed_this_run:  # a night that committed nothing wrote no strays
+            self.delete_strays()
             self.table.cleanup_metadata()
 
     def record_versions(self) -> None:

@@ -4,8 +4,8 @@ Each run starts by checking what the markers say against the output as it is: a 
 not the shape of one, or a part that is missing, of another size, unreadable or not the part
 committed, uncommits its unit, which is then redone whole and reported under `repaired`. The
 check costs one listing of the output folder; a part's footer is read only where its listing
-entry (modification time or ETag) differs from the one recorded when it was last verified, which
-is once after its commit.
+entry (modification time or ETag) differs from the one the markers' index recorded (index.py: at
+the end of the run that committed it, or when it was last verified).
 """
 
 from __future__ import annotations
