@@ -14,8 +14,8 @@ import transformers
 from helpers import AVX2_CAPS, REPO, SAMPLE, cli, last_report, output_table, write_config
 
 from nlp_tasks.models.cpu_linear import PackedLinear, kernel_path, pack_linears, unpack_linears
-from nlp_tasks.models.loading import load_model
 from nlp_tasks.models.node_cpu import bfloat16_native
+from nlp_tasks.workers.load import load_model
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -41,7 +41,7 @@ def test_packed_linear_matches_nn_linear_where_the_cpu_runs_it(dtype, tolerance,
 
 BFLOAT16_ON_AVX2 = """
 import json, sys, torch, transformers
-from nlp_tasks.models.loading import load_model
+from nlp_tasks.workers.load import load_model
 from nlp_tasks.models.node_cpu import describe
 path = sys.argv[1]
 loaded = load_model("AutoModelForSequenceClassification", path, None, "cpu", "bfloat16")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from nlp_tasks.engines.encoder_engine import EncoderEngine
 from nlp_tasks.engines.node_cache import built
 
 ENCODER_ENGINES = ("openvino", "onnxruntime")
@@ -129,24 +129,6 @@ def calibration_batches(tokenizer: Any, texts: list[str], max_length: int, rows:
             batch[name] = padded
         batches.append(batch)
     return batches
-
-
-class EncoderEngine:
-    """A built task model on a CPU engine, called as the PyTorch model is: padded tensors in, the outputs by their
-    transformers names out (tensors, float32). Subclasses run one micro-batch of numpy arrays (`run`)."""
-
-    engine: str
-    outputs: tuple[str, ...]
-    input_names: list[str]
-
-    def __call__(self, inputs: dict[str, Any]) -> SimpleNamespace:
-        import torch
-
-        feed = {name: inputs[name].numpy() for name in self.input_names}
-        return SimpleNamespace(**{name: torch.from_numpy(array) for name, array in zip(self.outputs, self.run(feed))})
-
-    def run(self, feed: dict[str, Any]) -> list[Any]:
-        raise NotImplementedError
 
 
 def engine_class(engine: str) -> type[EncoderEngine]:

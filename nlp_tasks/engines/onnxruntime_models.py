@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nlp_tasks.engines.encoders import EncoderEngine
+from nlp_tasks.engines.encoder_engine import EncoderEngine
 
 OPTIMIZER_TYPES = {"distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
                    "electra": "bert", "mpnet": "bert", "albert": "bert"}

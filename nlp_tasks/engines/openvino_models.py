@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nlp_tasks.engines.encoders import EncoderEngine
+from nlp_tasks.engines.encoder_engine import EncoderEngine
 
 
 class OpenVINOModel(EncoderEngine):

@@ -11,7 +11,7 @@ the end of the run that committed it, or when it was last verified).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from nlp_tasks.files import FOOTER_READERS, read_footer, version_of
 from nlp_tasks.output.index import file_key, read_index
@@ -19,8 +19,23 @@ from nlp_tasks.output.layout import INDEX, PART_NAME, STAGING, UNITS, marker_pro
 from nlp_tasks.output.storage import TornFile, parse_json
 from nlp_tasks.secrets import redact
 
-if TYPE_CHECKING:
-    from nlp_tasks.output.store import OutputStore
+
+class OutputStore(Protocol):
+    """What recovery needs of the store it checks (store.py's OutputStore)."""
+
+    filesystem: Any
+    root: str
+    staging: str
+    markers: dict[str, dict]
+    index_stale: bool
+
+    def path(self, *parts: str) -> str: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def redo(self, unit: str, why: str) -> None: ...
+
+    def remove(self, unit: str) -> None: ...
 
 
 def list_markers(store: OutputStore) -> dict[str, dict]:

@@ -51,13 +51,13 @@ class ModelLoadFailed(Exception):
 def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: dict[str, dict] | None = None,
                   weights: bool = True, calibration: list[str] | None = None) -> dict[str, TaskAdapter]:
     """Load the model the tasks share once, and build each task's adapter on it (with what was `fitted` for it);
-    `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (models.load_model);
+    `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (workers/load.py);
     `calibration`: texts a CPU engine's static int8 is calibrated on."""
     import torch
 
     from nlp_tasks.engines.choice import choose_engine
-    from nlp_tasks.models.loading import load_model
     from nlp_tasks.tasks import get_task
+    from nlp_tasks.workers.load import load_model
 
     first = next(iter(specs.values()))
     auto_class = get_task(first.task).auto_class
