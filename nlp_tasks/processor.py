@@ -19,10 +19,9 @@ import ray
 
 from nlp_tasks.config import JobConfig, TaskSpec, parse_config
 from nlp_tasks.driver.checks import runnable_tasks
-from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolPlan, size_pools
+from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolPlan, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fit_now, read_examples
 from nlp_tasks.driver.inputs import text_type_problem
-from nlp_tasks.driver.plan import group_by_model
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
 from nlp_tasks.engines.calibration import CALIBRATION_ROWS, needs_calibration
 from nlp_tasks.errors import InputError

@@ -45,7 +45,7 @@ def annotate():
     and asserts that they give the same table, so each test of the fused path proves the split one too.
     """
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.driver.plan import group_by_model
+    from nlp_tasks.driver.compute import group_by_model
     from nlp_tasks.tasks import get_task
     from nlp_tasks.workers.annotate import Annotator
     from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize

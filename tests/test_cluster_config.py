@@ -26,8 +26,7 @@ from helpers import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from nlp_tasks.config import load_config
-from nlp_tasks.driver.compute import Cluster, plan_pools
-from nlp_tasks.driver.plan import group_by_model
+from nlp_tasks.driver.compute import Cluster, group_by_model, plan_pools
 
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 RAYJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "rayjob.yaml").read_text()))

@@ -11,8 +11,7 @@ import tiny_models
 from helpers import write_config
 
 from nlp_tasks.config import ConfigError, parse_config
-from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, plan_pools
-from nlp_tasks.driver.plan import group_by_model
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, group_by_model, plan_pools
 
 MB = 2**20
 

@@ -21,8 +21,7 @@ import tiny_models
 from helpers import REPO, SAMPLE, cli, last_report, write_config
 
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
-from nlp_tasks.driver.compute import Cluster, plan_pools
-from nlp_tasks.driver.plan import group_by_model
+from nlp_tasks.driver.compute import Cluster, group_by_model, plan_pools
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
 

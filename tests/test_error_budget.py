@@ -75,6 +75,7 @@ def test_a_night_the_model_cannot_do_stops_and_keeps_what_was_committed(ray_loca
     assert line.removeprefix("error: ") in out  # the printed summary says the same
     report = last_report(tmp_path / "out")
     assert report["error_budget"]["stopped"] and report["error_budget"]["blown"]["task"] == "s"
+    assert (report["rows_in"], report["rows_out"]) == (16 + 4 * 32, 16), "out: what the committed parts hold"
     assert report["run"]["written"][-1][1] < 4 * 32, "the run went on after the budget was clearly blown"
     page = max((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
     assert "error budget blown: task &#x27;s&#x27; failed on" in page

@@ -13,7 +13,7 @@ from helpers import write_config
 
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.driver.plan import group_by_model
+from nlp_tasks.driver.compute import group_by_model
 from nlp_tasks.workers.stages import SEGMENTS_PREFIX, ModelStage, postprocess, tokenize
 
 

@@ -7,10 +7,22 @@ import logging
 from dataclasses import dataclass, field
 
 from nlp_tasks.driver.inputs import InputFile, InputFiles
-from nlp_tasks.driver.plan import Refresh
 from nlp_tasks.output.store import OutputStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A committed input file of an incremental run: its parts are read back, `recompute` columns are computed
+    again (with the tasks added or changed since) and `drop` columns removed; every other column is carried."""
+
+    file: InputFile
+    parts: list[dict]
+    """The unit marker's parts: file (name in the output), first row, rows."""
+    recompute: tuple[str, ...]
+    drop: tuple[str, ...] = ()
+
 
 
 @dataclass

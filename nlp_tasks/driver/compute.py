@@ -133,6 +133,14 @@ class PoolPlan:
         return {**asdict(self), "tasks": list(self.tasks)}
 
 
+
+def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
+    """Tasks that load the same checkpoint the same way share one actor pool and one model copy."""
+    groups: dict[tuple, dict[str, TaskSpec]] = {}
+    for column, spec in tasks.items():
+        groups.setdefault(spec.pool_key, {})[column] = spec
+    return list(groups.values())
+
 def gpu_share(weights: int) -> float:
     """GPUs per actor: small models share a GPU (more actors feed it while one runs Python)."""
     if weights and weights < 500 * 2**20:

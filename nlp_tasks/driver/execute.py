@@ -12,11 +12,11 @@ from dataclasses import replace
 
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.commits import Commits, JobFailed
-from nlp_tasks.driver.compute import Cluster, PoolPlan, size_pools
+from nlp_tasks.driver.compute import Cluster, PoolPlan, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
 from nlp_tasks.driver.phases import timed
-from nlp_tasks.driver.plan import annotated_dataset, fragments_of, group_by_model
+from nlp_tasks.driver.plan import annotated_dataset, fragments_of
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples, spread
 from nlp_tasks.output.store import OutputStore

@@ -21,9 +21,7 @@ from nlp_tasks.driver.budget import budget_failure
 from nlp_tasks.driver.changes import InputChanges, apply_changes, compare
 from nlp_tasks.driver.checks import CheckedJob, check_job, open_output
 from nlp_tasks.driver.commits import Commits, JobFailed
-from nlp_tasks.driver.execute import run_plan
 from nlp_tasks.driver.phases import timed
-from nlp_tasks.driver.plan import fragments_of
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.qualification import qualify_engines
 from nlp_tasks.driver.report import RunReport, write_report
@@ -36,6 +34,7 @@ class JobResult:
     output_path: str
     rows_in: int
     rows_out: int
+    """Rows the committed parts of the input's files hold (files a task's error budget kept out are not there)."""
     tasks: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     files_done_before: int = 0
@@ -85,7 +84,8 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
             store.finish()
         if (failure := budget_failure(budget)) is None:
             commits.verify(checked.source)
-        rows_out = sum(store.markers[file.unit]["rows"] for file in checked.source.files if file.unit in store.markers)
+        rows_out = sum(part["rows"] for file in checked.source.files if file.unit in store.markers
+                       for part in store.markers[file.unit]["parts"])  # what the committed parts hold
         result = JobResult(
             store.name, checked.source.num_rows, rows_out, list(checked.tasks), checked.skipped,
             files_done_before=changes.unchanged, files_processed=len(changes.todo) + len(changes.refreshes),
@@ -120,6 +120,9 @@ def annotate(config: JobConfig, checked: CheckedJob, changes: InputChanges, stor
                                                                                    else set())
     if not (pending or refreshes):
         return needed, {}, "nothing to do: every input file was already committed", []
+    from nlp_tasks.driver.execute import run_plan  # Ray and Ray Data: imported on nights with work for them
+    from nlp_tasks.driver.plan import fragments_of
+
     ids = [] if config.input.id_column else [config.output.generated_id_column]
     columns = ids + checked.source.schema.names + list(checked.tasks)
     return needed, *run_plan(config, {column: spec for column, spec in checked.tasks.items() if column in needed},

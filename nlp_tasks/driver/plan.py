@@ -10,12 +10,12 @@ small record per part. The driver only iterates over those records and commits (
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from nlp_tasks.config import JobConfig, TaskSpec
+from nlp_tasks.driver.changes import Refresh
 from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
@@ -26,26 +26,6 @@ from nlp_tasks.workers.write import write_parts
 FRAGMENT_ROWS = 65_536
 """Rows per read task: a big file is cut (at row-group boundaries) into fragments of about this many rows,
 each read by a task of its own; small files are read together up to this many rows."""
-
-
-def group_by_model(tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
-    """Tasks that load the same checkpoint the same way share one actor pool and one model copy."""
-    groups: dict[tuple, dict[str, TaskSpec]] = {}
-    for column, spec in tasks.items():
-        groups.setdefault(spec.pool_key, {})[column] = spec
-    return list(groups.values())
-
-
-@dataclass(frozen=True)
-class Refresh:
-    """A committed input file of an incremental run: its parts are read back, `recompute` columns are computed
-    again (with the tasks added or changed since) and `drop` columns removed; every other column is carried."""
-
-    file: InputFile
-    parts: list[dict]
-    """The unit marker's parts: file (name in the output), first row, rows."""
-    recompute: tuple[str, ...]
-    drop: tuple[str, ...] = ()
 
 
 def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Callable[[str], str]) -> list[Fragment]:

@@ -11,8 +11,8 @@ import logging
 
 from nlp_tasks.config import ComputeConfig, JobConfig, TaskSpec
 from nlp_tasks.driver.checks import CheckedJob, engine_for
+from nlp_tasks.driver.compute import group_by_model
 from nlp_tasks.driver.phases import timed
-from nlp_tasks.driver.plan import fragments_of, group_by_model
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.engines.qualification import Verdict, record, recorded
 
@@ -60,6 +60,7 @@ def qualify(config: JobConfig, checked: CheckedJob, pools: list[dict[str, TaskSp
     sample holds no usable text."""
     import ray
 
+    from nlp_tasks.driver.plan import fragments_of
     from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
     from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
     from nlp_tasks.workers.qualify import qualify_pool
