@@ -212,3 +212,15 @@ def test_a_recorded_file_whose_schema_is_not_the_inputs_is_read_and_refused_as_b
 
 def as_recorded_without(folder: Path, name: str, recorded: dict[str, dict]) -> dict[str, dict]:
     return {key: value for key, value in recorded.items() if not key.endswith(name)}
+
+
+def test_the_driver_imports_ray_only_for_a_night_with_work():
+    """A quiet night's process loads the CLI and the driver, and never Ray, Ray Data, pandas or torch."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, jobs.annotate, nlp_tasks.driver.job; "
+             "print(sorted(m for m in ('ray', 'ray.data', 'pandas', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parent.parent)
+    assert result.stdout.strip() == "[]", result.stdout
