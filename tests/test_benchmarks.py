@@ -124,7 +124,21 @@ def _ner_grouping(records: dict) -> None:
     _positive(*(result["job_rows_per_s"] for result in results), *(result["pipeline_rows_per_s"] for result in results))
 
 
+def _nights(records: dict) -> None:
+    results = records["cpu-nights-local-s3-parquet-delta-4"]["results"]
+    assert [(r["store"], r["format"], r["night"]) for r in results] == [
+        (store, output_format, night) for store in ("local", "s3") for output_format in ("parquet", "delta")
+        for night in ("first", "quiet", "new")]
+    for first, quiet, new in zip(results[::3], results[1::3], results[2::3]):
+        assert (first["files_processed"], quiet["files_processed"], new["files_processed"]) == (4, 0, 2)
+        _positive(*(r["wall_s"] for r in (first, quiet, new)), *(r["driver_peak_rss_mb"] for r in (first, quiet, new)))
+        if first["store"] == "s3":
+            _positive(first["requests"], quiet["requests"], new["requests"])
+        if first["format"] == "delta":
+            assert first["delta_version"] == quiet["delta_version"] < new["delta_version"]
+
+
 CHECKS = {"peers": _peers, "throughput": _throughput, "gpu_stage": _gpu_stage, "cpu_stages": _cpu_stages,
           "summarization": _summarization, "examples_cv": _examples_cv, "driver_cost": _driver_cost,
-          "ner_grouping": _ner_grouping}
+          "ner_grouping": _ner_grouping, "nights": _nights}
 """What each benchmark's smoke results must show beyond the machine record (a new benchmark: the machine only)."""
