@@ -16,6 +16,9 @@ import traceback
 from pathlib import Path
 
 from nlp_tasks.config import load_config
+from nlp_tasks.driver.commits import JobFailed
+from nlp_tasks.driver.display import display_for_stderr
+from nlp_tasks.driver.job import run_job
 from nlp_tasks.driver.logs import dropping_known_ray_noise, quiet_ray_console, redact_logging
 from nlp_tasks.driver.report import holds, index_path, summary
 from nlp_tasks.errors import UserError
@@ -73,10 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("input.path", args.input), ("output.path", args.output)) if value}
     try:
         config = load_config(args.config, overrides)
-        from nlp_tasks.driver.commits import JobFailed
-        from nlp_tasks.driver.display import display_for_stderr
-        from nlp_tasks.driver.job import run_job
-
         if not args.verbose:
             quiet_ray_console()
         display = display_for_stderr()  # asked before the filter puts a pipe on stderr

@@ -20,6 +20,8 @@ from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.errors import InputError
 from nlp_tasks.models.loading import ModelUnavailable, check_available, checkpoint_json
+from nlp_tasks.output.delta import DeltaStore
+from nlp_tasks.output.delta_layout import require_deltalake
 from nlp_tasks.output.index import read_index
 from nlp_tasks.output.layout import INDEX
 from nlp_tasks.output.store import OutputStore
@@ -163,9 +165,6 @@ def recorded_inputs(path: str) -> dict[str, dict]:
 
 def delta_store(path: str, name: str) -> OutputStore:
     from fsspec.core import url_to_fs
-
-    from nlp_tasks.output.delta import DeltaStore
-    from nlp_tasks.output.delta_layout import require_deltalake
 
     require_deltalake("output.format: delta")
     return DeltaStore(*url_to_fs(path), name=name, uri=path)

@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
+from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES
+from nlp_tasks.models.loading import weights_bytes
 from nlp_tasks.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -266,8 +268,6 @@ def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
                rows: int | None) -> list[tuple[dict, PoolPlan]]:
     """Each pool's tasks and settings for a run of `rows` (None: not known, as for a Dataset handed to
     build_processor), logged, and checked against the cluster."""
-    from nlp_tasks.models.loading import weights_bytes
-
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
     plans = [replace(plan, engine_note=engine_note(config, specs, plan))
              for specs, plan in zip(groups, plan_pools(config, groups, cluster, weights, rows))]
@@ -283,8 +283,6 @@ def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
 def engine_note(config: JobConfig, specs: dict[str, TaskSpec], plan: PoolPlan) -> str | None:
     """Why `engine: auto` left a CPU pool of encoder tasks on transformers (no CPU engine installed, a model type
     the exporter does not take), for its plan line."""
-    from nlp_tasks.engines.choice import choose_engine
-
     if plan.engine != "transformers" or plan.device != "cpu":
         return None
     column = next(iter(specs))

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from nlp_tasks.errors import InputError
+from nlp_tasks.output.delta_layout import require_deltalake, storage_options
 from nlp_tasks.secrets import redact
 
 DELTA_LOG = "_delta_log"
@@ -32,8 +33,6 @@ def snapshot_files(path: str, root: str) -> tuple[int, dict[str, dict]]:
     """The table's current version, and its data files as a listing would give them (path -> size, mtime)."""
     import pyarrow as pa
     from deltalake import DeltaTable
-
-    from nlp_tasks.output.delta_layout import require_deltalake, storage_options
 
     require_deltalake("input.path")
     uri = table_uri(path)

@@ -13,6 +13,7 @@ import time
 from typing import Any, Self, TextIO
 
 from nlp_tasks.driver.progress import PHASE_NAMES, RunEvents, Snapshot
+from nlp_tasks.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ class _AboveLive:
         return self.underneath.fileno()
 
     def write(self, text: str) -> int:
-        from nlp_tasks.secrets import redact
-
         self.buffer += text
         while "\n" in self.buffer:
             line, self.buffer = self.buffer.split("\n", 1)

@@ -18,6 +18,7 @@ from nlp_tasks.errors import InputError, UserError
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.tasks.embedding_classification import Examples
+from nlp_tasks.workers.heads import fit_heads
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
 
@@ -75,8 +76,6 @@ def fit_now(pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledText
     """The heads of the pools' tasks in `examples`, fitted now: one Ray task per pool, all at once (a bad example
     row raised there is the user's: UserError)."""
     import ray
-
-    from nlp_tasks.workers.heads import fit_heads
 
     fitting = [ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
                                              max_retries=1).remote(specs, plan.compute, todo)

@@ -120,7 +120,8 @@ def annotate(config: JobConfig, checked: CheckedJob, changes: InputChanges, stor
                                                                                    else set())
     if not (pending or refreshes):
         return needed, {}, "nothing to do: every input file was already committed", []
-    from nlp_tasks.driver.execute import run_plan  # Ray and Ray Data: imported on nights with work for them
+    # Ray and Ray Data: imported on nights with work for them
+    from nlp_tasks.driver.execute import run_plan
     from nlp_tasks.driver.plan import fragments_of
 
     ids = [] if config.input.id_column else [config.output.generated_id_column]

@@ -22,12 +22,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from nlp_tasks.secrets import redact
+
 KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
 
 
 def redacted(line: bytes) -> bytes:
-    from nlp_tasks.secrets import redact
-
     return redact(line.decode(errors="surrogateescape")).encode(errors="surrogateescape")
 
 
@@ -35,8 +35,6 @@ class RedactingFilter(logging.Filter):
     """A handler filter that redacts the record's message, traceback and stack before the handler formats them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from nlp_tasks.secrets import redact
-
         record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

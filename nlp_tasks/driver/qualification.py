@@ -14,7 +14,10 @@ from nlp_tasks.driver.checks import CheckedJob, engine_for
 from nlp_tasks.driver.compute import group_by_model
 from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.progress import RunEvents
+from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
+from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
 from nlp_tasks.engines.qualification import Verdict, record, recorded
+from nlp_tasks.workers.qualify import qualify_pool
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,7 @@ def qualify(config: JobConfig, checked: CheckedJob, pools: list[dict[str, TaskSp
     sample holds no usable text."""
     import ray
 
-    from nlp_tasks.driver.plan import fragments_of
-    from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
-    from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
-    from nlp_tasks.workers.qualify import qualify_pool
+    from nlp_tasks.driver.plan import fragments_of  # Ray and Ray Data: imported where there is a pool to qualify
 
     was_up = ray.is_initialized()
     embedded = start_ray()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from nlp_tasks.driver.logs import ray_console_quiet
+
 EMBEDDED_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
 """The embedded Ray keeps an idle worker process for the run: by default it kills one after a second idle, and on a
 machine whose cores the actors keep busy a new one takes about 2 s to start, which the last write of a run waited
@@ -20,8 +22,6 @@ def start_ray() -> bool:
     cluster).
     """
     import ray
-
-    from nlp_tasks.driver.logs import ray_console_quiet
 
     if ray.is_initialized():
         return False

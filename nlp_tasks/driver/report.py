@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nlp_tasks.driver.budget import budget_failure
+from nlp_tasks.driver.pages.index_page import write_index
+from nlp_tasks.driver.pages.run_page import run_page
+from nlp_tasks.output.layout import REPORTS
+from nlp_tasks.output.storage import write_atomic
+from nlp_tasks.secrets import redact
 
 
 @dataclass
@@ -152,12 +157,6 @@ def holds(report: dict) -> str:
 def write_report(filesystem: Any, output_root: str, report: dict) -> str:
     """Write the JSON and the run's page next to the output, secrets redacted (a task's skip reason, a stage's error
     may name a URL), then rewrite the index of all runs (pages/index_page.py); returns the JSON's path."""
-    from nlp_tasks.driver.pages.index_page import write_index
-    from nlp_tasks.driver.pages.run_page import run_page
-    from nlp_tasks.output.layout import REPORTS
-    from nlp_tasks.output.storage import write_atomic
-    from nlp_tasks.secrets import redact
-
     now = time.time()  # to the millisecond: a run with nothing to do ends within the second of the one before
     stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
     folder = f"{output_root.rstrip('/')}/{REPORTS}"

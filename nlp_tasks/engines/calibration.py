@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from nlp_tasks.engines.encoders import engine_dtype
+from nlp_tasks.errors import InputError
+from nlp_tasks.workers.text_checks import as_text, text_problem
+
 CALIBRATION_ROWS = 300
 """Texts a static int8 build is calibrated on (NNCF's default subset size is 300)."""
 CALIBRATION_FILES = 30
@@ -18,8 +22,6 @@ CALIBRATION_FILES = 30
 
 
 def needs_calibration(engine: str, dtype: str) -> bool:
-    from nlp_tasks.engines.encoders import engine_dtype
-
     return engine == "openvino" and engine_dtype(dtype) == "int8"
 
 
@@ -30,8 +32,7 @@ def spread(items: list[Any]) -> list[Any]:
 
 def input_sample(filesystem: Any, fragments: list[Any], text_column: str, rows: int = CALIBRATION_ROWS) -> list[str]:
     """Up to `rows` usable texts from the start of fragments spread evenly over `fragments`."""
-    from nlp_tasks.workers.read import record_batches
-    from nlp_tasks.workers.text_checks import as_text, text_problem
+    from nlp_tasks.workers.read import record_batches  # Ray Data: imported in the Ray task only
 
     chosen = spread(fragments)
     texts: list[str] = []
@@ -64,8 +65,6 @@ def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesy
     `fragments`, else from `everything` the input holds. An input without a usable text anywhere is the user's to
     fix (InputError)."""
     import ray
-
-    from nlp_tasks.errors import InputError
 
     samples, reading = {}, []
     for index, (specs, plan) in enumerate(pools):

@@ -16,6 +16,11 @@ from __future__ import annotations
 import importlib.util
 
 from nlp_tasks.config import ConfigError, TaskSpec
+from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
+from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
+from nlp_tasks.engines.encoders import AUTO_FLOAT32_ENGINES, ENCODER_ENGINES, ENCODER_TYPES, missing_package
+from nlp_tasks.engines.qualification import failure
+from nlp_tasks.models.loading import checkpoint_json
 from nlp_tasks.tasks import get_task
 
 CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
@@ -23,10 +28,6 @@ CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
 
 def ctranslate2_problem(spec: TaskSpec, device: str = "auto", dtype: str = "auto") -> str | None:
     """Why CTranslate2 cannot run this task as configured on `device` in `dtype`, or None."""
-    from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
-    from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
-    from nlp_tasks.models.loading import checkpoint_json
-
     if importlib.util.find_spec("ctranslate2") is None:
         return "the ctranslate2 package is not installed"
     seq2seq = get_task(spec.task).auto_class == "AutoModelForSeq2SeqLM"
@@ -44,17 +45,12 @@ def ctranslate2_problem(spec: TaskSpec, device: str = "auto", dtype: str = "auto
 
 def disqualified(spec: TaskSpec, engine: str, dtype: str, device: str) -> str | None:
     """Why `engine` failed its qualification for this task on an earlier run's rows, or None."""
-    from nlp_tasks.engines.qualification import failure
-
     why = failure(spec, engine, dtype, device)
     return None if why is None else f"it did not qualify on the input's rows: {why}"
 
 
 def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
     """Why CPU engine `engine` cannot run this encoder task as configured, or None."""
-    from nlp_tasks.engines.encoders import ENCODER_TYPES, missing_package
-    from nlp_tasks.models.loading import checkpoint_json
-
     missing = missing_package(engine)
     if missing:
         return f"the {missing} package is not installed (pip install .[cpu-engines])"
@@ -69,8 +65,6 @@ def encoder_problem(spec: TaskSpec, engine: str, dtype: str) -> str | None:
 def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) -> tuple[str, str | None]:
     """The engine encoder task `column` runs on, and why `auto` took transformers (None where it took a CPU
     engine, or was not asked to choose). On a GPU (`device` cuda) auto stays on transformers."""
-    from nlp_tasks.engines.encoders import AUTO_FLOAT32_ENGINES, ENCODER_ENGINES
-
     if dtype == "int8_float16":
         raise ConfigError(f"tasks.{column}: dtype int8_float16 runs on engine ctranslate2 only (generation tasks)")
     if spec.engine in ENCODER_ENGINES:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nlp_tasks.engines.node_cache import built
+from nlp_tasks.models.loading import cache_root, checkpoint_json, model_fingerprint
 from nlp_tasks.workers.batching import Features, plan_micro_batches
 
 SEQ2SEQ_TYPES = {"bart": "BartConfig", "mbart": "MBartConfig", "marian": "MarianConfig", "pegasus": "PegasusConfig",
@@ -35,8 +36,6 @@ made another way."""
 
 
 def conversion_dir(fingerprint: str, quantization: str) -> Path:
-    from nlp_tasks.models.loading import cache_root
-
     return cache_root() / "ctranslate2" / f"{fingerprint.replace(':', '-')}-{quantization}-c{CONVERSION}"
 
 
@@ -51,8 +50,6 @@ def checkpoint_generation(ref: str, revision: str | None = None) -> dict[str, An
     """The checkpoint's generation settings as transformers' `generate` reads them: its generation_config.json, or,
     where it has none, the generation keys of its config.json (transformers' legacy GenerationConfig
     .from_model_config, which is how older BART and Marian checkpoints set their beams and forced tokens)."""
-    from nlp_tasks.models.loading import checkpoint_json
-
     generation = checkpoint_json(ref, "generation_config.json", revision)
     if generation:
         return generation
@@ -132,8 +129,6 @@ def _align(spec: Any, model: Any, tokenizer: Any) -> None:
 def load_ctranslate2(ref: str, revision: str | None, path: str, seq2seq: bool, device: str, dtype: str,
                      threads: int, tokenizer: Any) -> CTranslate2Model:
     """The checkpoint `ref` (here at `path`) in CTranslate2 on `device`, converted for `dtype` once per node."""
-    from nlp_tasks.models.loading import model_fingerprint
-
     quantization = dtype if dtype != "auto" else ("float16" if device == "cuda" else "float32")
     return CTranslate2Model(converted(path, model_fingerprint(ref, revision), quantization), seq2seq, device,
                             quantization, threads, tokenizer, checkpoint_generation(path, revision))

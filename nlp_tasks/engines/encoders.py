@@ -18,6 +18,9 @@ from typing import Any
 
 from nlp_tasks.engines.encoder_engine import EncoderEngine
 from nlp_tasks.engines.node_cache import built
+from nlp_tasks.engines.onnxruntime_models import OnnxRuntimeModel
+from nlp_tasks.engines.openvino_models import OpenVINOModel
+from nlp_tasks.models.loading import cache_root, model_fingerprint
 
 ENCODER_ENGINES = ("openvino", "onnxruntime")
 """The CPU engines, fastest int8 first (README, CPU engines): what `engine: auto` tries, in order, for int8."""
@@ -61,8 +64,6 @@ def calibration_key(texts: list[str] | None) -> str:
 
 
 def build_dir(fingerprint: str, auto_class: str, engine: str, dtype: str, calibration: str) -> Path:
-    from nlp_tasks.models.loading import cache_root
-
     name = f"{fingerprint.replace(':', '-')}-{auto_class}-{engine}-{dtype}-{calibration}"
     return cache_root() / "encoders" / name
 
@@ -133,11 +134,7 @@ def calibration_batches(tokenizer: Any, texts: list[str], max_length: int, rows:
 
 def engine_class(engine: str) -> type[EncoderEngine]:
     if engine == "openvino":
-        from nlp_tasks.engines.openvino_models import OpenVINOModel
-
         return OpenVINOModel
-    from nlp_tasks.engines.onnxruntime_models import OnnxRuntimeModel
-
     return OnnxRuntimeModel
 
 
@@ -153,8 +150,6 @@ def load_encoder(engine: str, ref: str, revision: str | None, path: str, auto_cl
 def build_for(engine: str, ref: str, revision: str | None, path: str, auto_class: str, dtype: str, tokenizer: Any,
               calibration: list[str] | None) -> Path:
     """The folder of the task model's build for `engine` and `dtype` in the node cache, built if not there yet."""
-    from nlp_tasks.models.loading import model_fingerprint
-
     precision = engine_dtype(dtype)
     runner = engine_class(engine)
     if not runner.calibrated(precision):

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from nlp_tasks.config import TaskSpec
+from nlp_tasks.models.loading import cache_root, model_fingerprint
+from nlp_tasks.output.storage import dump, write_atomic
 
 RULES = 1
 """What the judges below accept, in the cache key: raised whenever they change, so no verdict outlives its rule."""
@@ -69,8 +71,6 @@ def precision(engine: str, dtype: str, device: str) -> str:
 
 def verdict_key(spec: TaskSpec, engine: str, dtype: str, device: str) -> str:
     """What a verdict holds for: checkpoint, task and settings, engine, precision, device, versions and rules."""
-    from nlp_tasks.models.loading import model_fingerprint
-
     device = "cuda" if device == "cuda" else "cpu"
     versions = {}
     for name in ("transformers", "torch", PACKAGES[engine]):
@@ -84,8 +84,6 @@ def verdict_key(spec: TaskSpec, engine: str, dtype: str, device: str) -> str:
 
 
 def verdict_path(key: str) -> Path:
-    from nlp_tasks.models.loading import cache_root
-
     return cache_root() / "qualification" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 
@@ -100,8 +98,6 @@ def recorded(spec: TaskSpec, engine: str, dtype: str, device: str) -> Verdict | 
 def record(spec: TaskSpec, engine: str, dtype: str, device: str, verdict: Verdict) -> None:
     """Keep `verdict` in the node cache, written atomically (readers see none or all of it)."""
     from fsspec.implementations.local import LocalFileSystem
-
-    from nlp_tasks.output.storage import dump, write_atomic
 
     write_atomic(LocalFileSystem(), str(verdict_path(verdict_key(spec, engine, dtype, device))), dump(asdict(verdict)))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nlp_tasks.models.cpu_linear import can_pack, pack_linears, unpack_linears
+from nlp_tasks.models.loading import cache_root
 
 TRIAL_SEGMENTS = 8
 """Segments of the first call timed per variant and round: a micro-batch or two of the pool's."""
@@ -42,8 +43,6 @@ class Verdict:
 
 
 def verdict_path(key: str) -> Path:
-    from nlp_tasks.models.loading import cache_root
-
     return cache_root() / "kernels" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 

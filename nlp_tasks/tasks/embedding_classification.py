@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from nlp_tasks.models.heads import head_scores
 from nlp_tasks.tasks.base import (
     LABELS_SCORES,
     STRICT,
@@ -29,6 +30,7 @@ from nlp_tasks.tasks.base import (
 from nlp_tasks.tasks.feature_extraction import FeatureExtraction, FeatureExtractionOptions, normalized
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.zero_shot_classification import ranked
+from nlp_tasks.workers.batching import pad_features
 
 
 class Examples(BaseModel):
@@ -70,8 +72,6 @@ class EmbeddingClassification(FeatureExtraction):
         super().__init__(loaded, options)
         self.head: dict[str, Any] | None = None
         if options.candidate_labels is not None:
-            from nlp_tasks.workers.batching import pad_features
-
             hypotheses = [options.hypothesis_template.format(label) for label in options.candidate_labels]
             labels = self.embed(pad_features(self.encode(hypotheses), self.pad_values())).cpu().numpy()
             self.use_fitted({"kind": "centroid", "labels": list(options.candidate_labels),
@@ -92,8 +92,6 @@ class EmbeddingClassification(FeatureExtraction):
         return LABELS_SCORES
 
     def postprocess(self, text, segments, outputs):
-        from nlp_tasks.models.heads import head_scores
-
         if self.head is None:
             raise RuntimeError("embedding-classification with examples needs its fitted head (heads.fit_heads)")
         scores = head_scores(self.head, np.stack([normalized(window) for window in outputs]))

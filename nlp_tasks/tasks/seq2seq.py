@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from nlp_tasks.engines.decoding import ctranslate2_decoding, generation_settings
 from nlp_tasks.tasks.base import LoadedModel, RowFailed, TaskAdapter, TaskOptions, split_rows
 from nlp_tasks.tasks.registry import register
 
@@ -84,8 +85,6 @@ class GenerationTask(TaskAdapter):
         super().__init__(loaded, options)
         self.engine = loaded.engine
         if self.engine is not None:
-            from nlp_tasks.engines.decoding import ctranslate2_decoding, generation_settings
-
             task = {**options.engine_settings(), **self.generate_extra()}
             self.decoding = ctranslate2_decoding(generation_settings(self.engine.generation, task),
                                                  seq2seq=self.auto_class == "AutoModelForSeq2SeqLM")

@@ -27,8 +27,14 @@ from typing import Any
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET
+from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.models import node_cpu
+from nlp_tasks.models.loading import model_fingerprint
+from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
+from nlp_tasks.workers.batching import MicroBatcher, gpu_token_budget
+from nlp_tasks.workers.load import load_model
 from nlp_tasks.workers.stats import with_call
 from nlp_tasks.workers.text_checks import as_text, text_problem
 
@@ -54,10 +60,6 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
     `weights=False`: on the model's skeleton, for stages that tokenize or postprocess only (workers/load.py);
     `calibration`: texts a CPU engine's static int8 is calibrated on."""
     import torch
-
-    from nlp_tasks.engines.choice import choose_engine
-    from nlp_tasks.tasks import get_task
-    from nlp_tasks.workers.load import load_model
 
     first = next(iter(specs.values()))
     auto_class = get_task(first.task).auto_class
@@ -86,7 +88,7 @@ def kernel_path(adapter: TaskAdapter) -> str:
     (models/cpu_linear.kernel_path)."""
     engine = adapter.engine
     if engine is None:
-        from nlp_tasks.models.cpu_linear import kernel_path as torch_path
+        from nlp_tasks.models.cpu_linear import kernel_path as torch_path  # torch: imported in the actor only
 
         return torch_path(adapter.model)
     if hasattr(engine, "precision"):
@@ -193,8 +195,6 @@ class Annotator:
 
             calibration = ray.get(calibration)
 
-        from nlp_tasks.workers.batching import MicroBatcher
-
         started = time.perf_counter()
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.text_column = text_column
@@ -218,12 +218,11 @@ class Annotator:
     def _unsettled_kernels(self, specs: dict[str, TaskSpec], compute: ComputeConfig) -> str | None:
         """Where PyTorch runs the pool's model on this CPU: the key of its kernel verdict (kernel_choice.py),
         applied now where the node holds one, else timed on the first call's rows (returns the key then)."""
-        from nlp_tasks.models import kernel_choice
+        from nlp_tasks.models import kernel_choice  # torch: imported in the actor only
 
         model = next(iter(self.adapters.values())).model
         if next(iter(self.adapters.values())).engine is not None or not kernel_choice.can_pack(model):
             return None
-        from nlp_tasks.models.loading import model_fingerprint
 
         first = next(iter(specs.values()))
         window = max(adapter.max_length for adapter in self.adapters.values())
@@ -242,7 +241,7 @@ class Annotator:
         the first with enough segments first times the model packed and plain on them (kernel_choice.py) and keeps
         the faster: no forward pass overlaps the timing's swaps of the model's layers. One try: a timing the model
         fails on leaves it plain (the call then retries its rows one by one)."""
-        from nlp_tasks.models import kernel_choice
+        from nlp_tasks.models import kernel_choice  # torch: imported in the actor only
 
         if self.kernels_key is None:  # set to None only once settled, under the lock
             yield
@@ -264,9 +263,6 @@ class Annotator:
 
     def _device_token_budget(self) -> int:
         """No budget set: on a GPU, what its free memory holds; on a CPU, the planner's default."""
-        from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET
-        from nlp_tasks.workers.batching import gpu_token_budget
-
         some = next(iter(self.adapters.values()))
         if some.device.type != "cuda":
             return CPU_TOKEN_BUDGET

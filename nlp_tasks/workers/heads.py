@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.errors import InputError
+from nlp_tasks.models.heads import fit_head
 from nlp_tasks.workers.annotate import Annotator
 
 
@@ -17,9 +19,6 @@ def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,
               examples: dict[str, tuple[list[str], list[str]]]) -> dict[str, dict]:
     """Each task's head, fitted on its labelled examples embedded with the task's own model and pooling."""
     import os
-
-    from nlp_tasks.errors import InputError
-    from nlp_tasks.models.heads import fit_head
 
     embedding_specs = {column: TaskSpec.model_validate({
         "task": "feature-extraction", "model": specs[column].model, "revision": specs[column].revision,

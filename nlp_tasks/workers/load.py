@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from nlp_tasks.engines.ctranslate2_models import load_ctranslate2
+from nlp_tasks.engines.encoders import load_encoder
 from nlp_tasks.models.loading import resolve_model
+from nlp_tasks.tasks.base import LoadedModel
 
 
 def pick_device(device: str) -> Any:
@@ -50,8 +53,6 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
 
     import torch
 
-    from nlp_tasks.tasks.base import LoadedModel
-
     path = resolve_model(ref)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
     if not weights or engine != "transformers":
@@ -60,14 +61,10 @@ def load_model(auto_class: str, ref: str, revision: str | None, device: str, dty
             model = getattr(transformers, auto_class).from_config(config)
         skeleton = LoadedModel(tokenizer=tokenizer, model=model.eval(), device=torch.device("meta"))
         if weights and engine != "ctranslate2":  # a CPU engine of the encoder tasks runs the model
-            from nlp_tasks.engines.encoders import load_encoder
-
             skeleton.device = torch.device("cpu")
             skeleton.engine = load_encoder(engine, ref, revision, path, auto_class, dtype, engine_threads, tokenizer,
                                            calibration)
         elif weights:  # CTranslate2 runs the model
-            from nlp_tasks.engines.ctranslate2_models import load_ctranslate2
-
             skeleton.device = pick_device(device)
             skeleton.engine = load_ctranslate2(ref, revision, path, auto_class == "AutoModelForSeq2SeqLM",
                                                skeleton.device.type, dtype, engine_threads, tokenizer)

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
+from nlp_tasks.engines.decoding import generation_settings
 from nlp_tasks.engines.qualification import ROWS, Verdict, judge_generation, judge_values, precision, text_tokens
 from nlp_tasks.tasks.base import RowError
 from nlp_tasks.tasks.seq2seq import GenerationTask
@@ -93,8 +94,6 @@ def values_reason(column: str, name: str, engine: Annotator, reference: Annotato
 def generation_reason(column: str, name: str, engine: Annotator, reference: Annotator, table: pa.Table,
                       compute: ComputeConfig) -> tuple[str | None, int]:
     """A generation task: each row's generated tokens (the last level's, for map-reduce) against transformers'."""
-    from nlp_tasks.engines.decoding import generation_settings
-
     ours, theirs = (annotator.forward_rows(annotator.adapters[column],
                                            preprocess_rows(annotator.adapters[column], Rows(table, "text")),
                                            Counter(), Counter()) for annotator in (engine, reference))

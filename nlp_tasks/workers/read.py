@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from nlp_tasks.files import open_arrow
 from nlp_tasks.secrets import redact, register_secrets
 from nlp_tasks.workers.stats import CALLS_COLUMN
 
@@ -153,7 +154,6 @@ def record_batches(filesystem: Any, fragment: Fragment, block_rows: int) -> Iter
         with filesystem.open(fragment.path, "rb") as handle:
             yield from pq.ParquetFile(handle).iter_batches(batch_size=block_rows, row_groups=fragment.row_groups)
         return
-    from nlp_tasks.files import open_arrow
 
     source, _, batches = open_arrow(filesystem, fragment.path)
     with source:

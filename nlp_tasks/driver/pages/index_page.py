@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from nlp_tasks.driver.pages.markup import PALETTE, esc, number, page, svg
 from nlp_tasks.driver.pages.verdict import verdict
 from nlp_tasks.output.storage import write_atomic
+from nlp_tasks.secrets import redact
 
 WORSE = 1.25
 """A run whose wall time (or error share) is this much over the median of the runs before it is marked; rows/s
@@ -83,8 +84,6 @@ def _read_summaries(filesystem: Any, path: str) -> dict[str, dict | None]:
 def run_summaries(filesystem: Any, folder: str) -> list[tuple[str, dict | None]]:
     """(report name without suffix, its summary or None if unreadable) of every run report in `folder`, newest
     first; runs.jsonl brought up to date with the reports there."""
-    from nlp_tasks.secrets import redact
-
     filesystem.invalidate_cache(folder)  # object storage: a listing cached before this run's report was written
     names = sorted((path.rsplit("/", 1)[-1][:-len(".json")] for path in filesystem.ls(folder, detail=False)
                     if path.rsplit("/", 1)[-1].startswith("run-") and path.endswith(".json")), reverse=True)
@@ -225,8 +224,6 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
 
 def write_index(filesystem: Any, folder: str) -> str:
     """Rewrite `folder/index.html` from the runs' summaries (module docstring), atomically; returns its path."""
-    from nlp_tasks.secrets import redact
-
     folder = folder.rstrip("/")
     path = f"{folder}/index.html"
     page_text = redact(index_page(run_summaries(filesystem, folder)))
