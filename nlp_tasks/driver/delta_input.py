@@ -32,9 +32,9 @@ def table_uri(path: str) -> str:
 def snapshot_files(path: str, root: str) -> tuple[int, dict[str, dict]]:
     """The table's current version, and its data files as a listing would give them (path -> size, mtime)."""
     import pyarrow as pa
-    from deltalake import DeltaTable
 
-    require_deltalake("input.path")
+    require_deltalake("input.path")  # one line naming the extra to install, before the import that would fail
+    from deltalake import DeltaTable
     uri = table_uri(path)
     try:
         table = DeltaTable(uri, storage_options=storage_options(uri))
