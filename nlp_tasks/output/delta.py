@@ -1,24 +1,28 @@
-"""The output as a Delta Lake table (`output.format: delta`): each input file committed as one transaction of the
-table's log, exactly once.
+"""The output as a Delta Lake table (`output.format: delta`): input files committed in transactions of the
+table's log, each file exactly once.
 
 Workers write parts straight into the table's folder under their final names
 (`part-<unit>-<first row>-<attempt>.parquet`): a file the log does not list is invisible to every Delta
-reader, so nothing is staged or moved. The driver commits files one at a time, each in two steps:
+reader, so nothing is staged or moved. The driver's commit threads hand their files over as they become ready;
+the files that are ready while a transaction is in flight are committed together, in the next one (group
+commit: up to GROUP files a version, so that commits keep pace with annotation however long a version takes
+to land). A group is committed in two steps:
 
-    1. its marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the commit's
-       number n, and the marker it replaces (`previous`);
-    2. one Delta transaction: `add` actions for its parts (with their row counts), `remove` actions for the parts
-       they replace, and the job's application transaction (`txn`, app id `nlp-tasks`) at version n.
+    1. each file's marker, `__manifest/units/<unit>.json`: source, identity, rows, task fingerprints, parts, the
+       commit's number n (the same for every marker of the group), and the marker it replaces (`previous`);
+    2. one Delta transaction: `add` actions for the group's parts (with their row counts), `remove` actions for
+       the parts they replace, and the job's application transaction (`txn`, app id `nlp-tasks`) at version n.
 
 The log decides: the log's `nlp-tasks` version N says that every commit numbered up to N landed, and none
-after. A run killed between the two steps left one marker at N + 1: the next run puts its previous marker
-back, and the parts it listed, which no version of the log lists, are deleted as strays. Nothing is added
-twice: numbers only grow, a commit's parts are new files, and after a failed transaction the run commits
-nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0). Removed
-parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added) are their own log entries, before
-the first commit that needs them. The lease keeps other runs of this job out; Delta's conflict check refuses
-a commit that conflicts with another writer's (one line, exit 2), and a table that holds files this job did not
-write (another writer's OPTIMIZE, UPDATE or append) is refused at open: their rows would be annotated twice.
+after. A run killed between the two steps left its group's markers at N + 1: the next run puts each one's
+previous marker back, and the parts they listed, which no version of the log lists, are deleted as strays.
+Nothing is added twice: numbers only grow, a commit's parts are new files, and after a failed transaction the
+run commits nothing more. An empty input file with nothing to remove is committed by its marker alone (n = 0).
+Removed parts stay on disk for time travel until the table is vacuumed. Schema changes (a task column added)
+are their own log entries, before the first commit that needs them. The lease keeps other runs of this job out;
+Delta's conflict check refuses a commit that conflicts with another writer's (one line, exit 2), and a table that
+holds files this job did not write (another writer's OPTIMIZE, UPDATE or append) is refused at open: their rows
+would be annotated twice.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import json
 import os
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nlp_tasks.files import read_footer
@@ -54,6 +60,23 @@ from nlp_tasks.output.store import OutputStore
 
 HISTORY_SEARCHED = 1000
 """Log versions searched, newest first, for the job's last one, to name it when another writer's files stop a run."""
+GROUP = 1000
+"""Input files committed in one version at most: one transaction's log entry (an `add` per part, the files'
+units and sources in its metadata) stays a few hundred kB."""
+MARKER_WRITERS = 16
+"""Markers of a group written at once: on object storage each is a PUT."""
+
+
+class Pending:
+    """An input file handed to `commit`, until a group takes it and commits it (`done`; or holds it, see
+    `DeltaStore.held`) or fails (`error`)."""
+
+    __slots__ = ("done", "error", "marker", "parts")
+
+    def __init__(self, marker: dict, parts: list[PartRecord]):
+        self.marker, self.parts = marker, parts
+        self.done = False
+        self.error: BaseException | None = None
 
 
 class DeltaStore(OutputStore):
@@ -80,6 +103,13 @@ class DeltaStore(OutputStore):
         self.committed_this_run = False
         """Whether this run added a version to the log: then `close` cleans the log's expired entries, once."""
         self.commit_lock = threading.Lock()
+        """Held by the thread committing a group: one transaction of the log at a time."""
+        self.pending: deque[Pending] = deque()
+        """Files handed to `commit` that no group has taken yet (under `handover`)."""
+        self.handover = threading.Condition()
+        """Guards `pending` and `committing`; notified when a group's commit is over."""
+        self.committing = False
+        """Whether a thread is committing a group: the others wait for it, then return if it took their file."""
         self.incoming: set[str] = set()
         """Units of the input the output has not committed: this run's new units (`expect`)."""
         self.retiring: dict[str, dict] = {}
@@ -236,25 +266,107 @@ class DeltaStore(OutputStore):
     # -- committing ---------------------------------------------------------------------------------------------
 
     def commit(self, marker: dict, parts: list[PartRecord]) -> None:
-        """Make a unit's parts its committed output: its marker, then one Delta transaction (see the module). While
+        """Make a unit's parts its committed output, with those of the other units handed over meanwhile (group
+        commit, see the module): returns once the unit's group is committed, or raises what stopped it. While
         units are retiring (`remove`), a unit new to the output is held until every new unit of the run is: then
         they are committed together with the retirements, in one version."""
-        with self.commit_lock:
+        item = Pending(marker, parts)
+        with self.handover:
+            self.pending.append(item)
+            while not (item.done or item.error):
+                if self.committing:  # another thread's group: it may take this file too
+                    self.handover.wait()
+                    continue
+                self.committing = True
+                self.handover.release()
+                try:
+                    with self.commit_lock:
+                        self._commit_pending()
+                finally:
+                    self.handover.acquire()
+                    self.committing = False
+                    self.handover.notify_all()
+        if item.error is not None:
+            raise item.error
+
+    def _commit_pending(self) -> None:
+        """Take the files handed over (up to GROUP, each unit once) and commit them in one version; each is marked
+        done, or given the error that stopped its group. Called with `commit_lock` held."""
+        group, units = [], set()
+        with self.handover:
+            while self.pending and len(group) < GROUP and self.pending[0].marker["unit"] not in units:
+                item = self.pending.popleft()
+                group.append(item)
+                units.add(item.marker["unit"])
+        try:
             self._check()
-            self.index_stale = True
-            if self.retiring and marker["unit"] in self.incoming:
-                self.held[marker["unit"]] = (marker, parts)
-                if set(self.held) == self.incoming:
-                    self._commit_together()
-                return
-            marker, replaced = self._marker(marker, parts, self.logged + 1)
-            if not (parts or replaced):
+        except BaseException as error:  # noqa: BLE001 - handed to each file's thread, which raises it
+            for item in group:
+                item.error = error
+            return
+        self.index_stale = True
+        try:
+            self._commit_group(group)
+        except BaseException as error:  # noqa: BLE001 - the markers may say number n: no other commit may take it
+            if self.failed is None:
+                self.failed = error
+            for item in group:
+                if not item.done:
+                    item.error = error
+
+    def _commit_group(self, group: list[Pending]) -> None:
+        """A group's markers, all numbered `logged + 1`, then one transaction adding their parts and removing those
+        they replace. A unit held while units retire completes the run's new units, or waits for those that have
+        not arrived; a unit with neither parts nor parts to replace is committed by its marker alone (number 0)."""
+        number = self.logged + 1
+        entries: list[tuple[Pending | None, dict, list[str]]] = []
+        held: dict[str, Pending] = {}
+        for item in group:
+            unit = item.marker["unit"]
+            if self.retiring and unit in self.incoming:
+                self.held[unit] = (item.marker, item.parts)
+                held[unit] = item
+                continue
+            marker, replaced = self._marker(item.marker, item.parts, number)
+            if not (item.parts or replaced):
                 marker["txn"] = 0
-            self._write_marker(marker)
-            if marker["txn"]:
-                self._transact(marker["parts"], replaced, {"nlp_tasks": {
-                    "unit": marker["unit"], "source": marker["source"], "commit": marker["txn"], "run": self.run}})
-            self.markers[marker["unit"]] = marker
+            entries.append((item, marker, replaced))
+        retiring: dict[str, dict] = {}
+        if self.retiring and self.held and set(self.held) == self.incoming:
+            # the run's new units and its retired ones in one version: readers of the table never see the retired
+            # rows gone before the rows that replace them are there (as Delta's OPTIMIZE replaces files)
+            retiring = self.retiring
+            for unit, (marker, parts) in self.held.items():
+                entries.append((held.get(unit), *self._marker(marker, parts, number)))
+        else:
+            for item in held.values():  # committed with the run's last new unit
+                item.done = True
+        self._write_markers([marker for _, marker, _ in entries])
+        for item, marker, _ in entries:
+            if not marker["txn"]:
+                self.markers[marker["unit"]] = marker
+                item.done = True
+        entries = [entry for entry in entries if entry[1]["txn"]]
+        if not entries:
+            return
+        markers = [marker for _, marker, _ in entries]
+        for marker in markers:
+            self._evolve_for(marker)
+        removes = [file for _, _, replaced in entries for file in replaced]
+        removes += [part["file"] for marker in retiring.values() for part in marker["parts"]]
+        metadata = {"units": [marker["unit"] for marker in markers],
+                    "sources": [marker["source"] for marker in markers], "commit": number, "run": self.run}
+        if retiring:
+            metadata["replaced"] = [marker["source"] for marker in retiring.values()]
+        self._transact([part for marker in markers for part in marker["parts"]], removes, {"nlp_tasks": metadata})
+        for unit in retiring:
+            self.delete(self.path(UNITS, f"{unit}.json"))
+        self.markers.update({marker["unit"]: marker for marker in markers})
+        for item, _, _ in entries:
+            if item is not None:
+                item.done = True
+        if retiring:
+            self.retiring, self.held = {}, {}
 
     def _marker(self, marker: dict, parts: list[PartRecord], number: int) -> tuple[dict, list[str]]:
         """A unit's marker for commit `number`, and the parts of its previous commit that its parts replace."""
@@ -267,36 +379,26 @@ class DeltaStore(OutputStore):
             "previous": {key: value for key, value in previous.items() if key != "previous"} if previous else None}, \
             replaced
 
-    def _write_marker(self, marker: dict) -> None:
-        """The marker, then the table's schema made to hold its columns: the commit's first step."""
-        write_atomic(self.filesystem, self.path(UNITS, f"{marker['unit']}.json"), dump(marker))
-        if marker["txn"]:
-            try:
-                self._evolve(marker)
-            except Exception as error:  # the marker says its number: no other commit may take it
-                self.failed = self._conflict(error, marker["source"])
-                if self.failed is error:
-                    raise
-                raise self.failed from None
+    def _write_markers(self, markers: list[dict]) -> None:
+        """A group's markers, at once (on object storage each is a PUT): the commit's first step."""
+        def write(marker: dict) -> None:
+            write_atomic(self.filesystem, self.path(UNITS, f"{marker['unit']}.json"), dump(marker))
 
-    def _commit_together(self) -> None:
-        """The run's new units and its retired ones in one version: readers of the table never see the retired
-        rows gone before the rows that replace them are there (as Delta's OPTIMIZE replaces files). Killed before
-        the transaction, the new units' markers are dropped by the next run and the retired ones still hold."""
-        number = self.logged + 1
-        markers, removes = [], [part["file"] for marker in self.retiring.values() for part in marker["parts"]]
-        for marker, parts in self.held.values():
-            marker, replaced = self._marker(marker, parts, number)
-            self._write_marker(marker)
-            markers.append(marker)
-            removes += replaced
-        self._transact([part for marker in markers for part in marker["parts"]], removes, {"nlp_tasks": {
-            "units": [marker["unit"] for marker in markers], "sources": [marker["source"] for marker in markers],
-            "replaced": [marker["source"] for marker in self.retiring.values()], "commit": number, "run": self.run}})
-        for unit in self.retiring:
-            self.delete(self.path(UNITS, f"{unit}.json"))
-        self.markers.update({marker["unit"]: marker for marker in markers})
-        self.retiring, self.held = {}, {}
+        if len(markers) == 1:
+            write(markers[0])
+        elif markers:
+            with ThreadPoolExecutor(min(len(markers), MARKER_WRITERS), thread_name_prefix="marker") as pool:
+                list(pool.map(write, markers))
+
+    def _evolve_for(self, marker: dict) -> None:
+        """The table's schema made to hold a written marker's columns (`_evolve`), before its transaction."""
+        try:
+            self._evolve(marker)
+        except Exception as error:  # the marker says its number: no other commit may take it
+            self.failed = self._conflict(error, [marker["source"]])
+            if self.failed is error:
+                raise
+            raise self.failed from None
 
     def remove(self, unit: str) -> None:
         """Uncommit a unit. Its parts leave the log with the run's new units (`commit`), or, where the run has
@@ -387,7 +489,9 @@ class DeltaStore(OutputStore):
                     custom_metadata=metadata, app_transactions=[Transaction(APP_ID, self.logged + 1)]),
                 post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))  # once a run: close
         except Exception as error:
-            self.failed = self._conflict(error, metadata["nlp_tasks"].get("source"))
+            about = metadata["nlp_tasks"]
+            sources = about.get("sources") or ([about["source"]] if "source" in about else [])
+            self.failed = self._conflict(error, sources)
             if self.failed is error:
                 raise
             raise self.failed from None
@@ -395,7 +499,7 @@ class DeltaStore(OutputStore):
         self.committed_this_run = True
         self.table.update_incremental()
 
-    def _conflict(self, error: Exception, source: str | None) -> Exception:
+    def _conflict(self, error: Exception, sources: list[str]) -> Exception:
         """A commit another writer's got in the way of, as one line (Delta's conflict check refused it, or another
         writer created the table first); any other error as it is."""
         from deltalake.exceptions import CommitFailedError, DeltaError
@@ -403,7 +507,8 @@ class DeltaStore(OutputStore):
         if not isinstance(error, CommitFailedError) and not (
                 isinstance(error, DeltaError) and "already exists" in str(error)):
             return error
-        what = f"the commit of input file {source!r}" if source else "a repair of the table"
+        what = "a repair of the table" if not sources else f"the commit of input file {sources[0]!r}" \
+            if len(sources) == 1 else f"the commit of {len(sources)} input files (e.g. {sources[0]!r})"
         return OutputConflict(
             f"output.path {self.name!r}: another writer changed the Delta table during this run and Delta refused "
             f"{what} ({str(error).splitlines()[0]}); the files committed before it stand, nothing after it was "
