@@ -17,8 +17,9 @@ from nlp_tasks.output.layout import PartRecord, exact_cover
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.workers.stats import RunStats
 
-COMMITTERS = 16
-"""Input files committed at once: on object storage a commit is a PUT and a server-side copy per part."""
+COMMITTERS = 64
+"""Input files committed at once: on object storage a commit is a PUT and a server-side copy per part; on a Delta
+table, the files ready while a version is written are the next version (output/delta.py), up to this many."""
 
 
 class JobFailed(Exception):
