@@ -16,7 +16,8 @@ One cheap task (feature-extraction on a one-layer BERT with random weights and M
 transformers, one actor), input.path and output.path on the store. Per night: the whole process's wall seconds, the
 driver's peak RSS (its process alone, polled with psutil every 0.1 s; Ray's processes are not counted), the
 report's phases (`time_s` of the night's `__reports/run-*.json`), on S3 the HTTP requests through the proxy by
-method (every process of the night: the driver, Ray's workers), and for delta the table's version after the night.
+method and by what they asked (benchmarks/s3.py `shape`: `GET bench/parquet-#/out/__manifest/units/#.json`; every
+process of the night: the driver, Ray's workers), and for delta the table's version after the night.
 What the benchmark itself reads or writes on S3 goes to moto directly, uncounted.
 Before each night it waits for the machine's 1-minute load average to fall under --calm LOAD (other work), and a
 night whose embedded Ray failed to start in Ray's 30 s (a loaded machine) is run again; each record says how long it
@@ -168,6 +169,14 @@ def run_night(cmd: list[str], cwd: Path, log: Path) -> tuple[float, int]:
     return seconds, peak
 
 
+def unphased(report: dict) -> float | None:
+    """The report's seconds that none of its phases holds (`*_after` entries are moments, not phases)."""
+    if "seconds" not in report:
+        return None
+    phases = sum(seconds for phase, seconds in (report.get("time_s") or {}).items() if not phase.endswith("_after"))
+    return round(report["seconds"] - phases, 2)
+
+
 def wait_for_calm(load: float, limit_s: float) -> float:
     """Wait until the 1-minute load average is under `load` (other work on the machine), at most `limit_s` seconds;
     the seconds waited."""
@@ -215,7 +224,8 @@ def measure(kind: str, output_format: str, files: int, new: int, model: str, rep
                     raise
                 print(f"{night} night: Ray did not start in time (load {os.getloadavg()[0]:.1f}); again",
                       flush=True)
-        requests = dict(sorted(proxy.take().items())) if proxy else None
+        methods, shapes = proxy.take_shapes() if proxy else (None, None)
+        requests = dict(sorted(methods.items())) if proxy else None
         reports = [path for path in store.reports() if path not in before]
         report = store.read(reports[-1]) if reports else {}
         record = {
@@ -224,10 +234,12 @@ def measure(kind: str, output_format: str, files: int, new: int, model: str, rep
             "wall_s": seconds, "driver_peak_rss_mb": round(peak / 2**20, 1),
             "requests": sum(requests.values()) if requests is not None else None,
             "requests_by_method": requests,
+            "requests_by_shape": dict(shapes.most_common()) if proxy else None,
             "delta_version": store.delta_version() if output_format == "delta" else None,
             "files_processed": report.get("files_processed"),
             "files_already_committed": report.get("files_already_committed"),
             "report_seconds": report.get("seconds"), "time_s": report.get("time_s"),
+            "report_unphased_s": unphased(report),
             "load_1m_before": round(load, 2), "load_1m_after": round(os.getloadavg()[0], 2),
             "waited_for_calm_s": waited, "attempts": attempt,
         }
@@ -305,14 +317,20 @@ def main(argv: list[str] | None = None) -> int:
 
                     stop(processes)
     print_table(["store", "format", "files", "night", "wall s", "driver RSS MB", "requests", "by method",
-                 "delta version", "processed/committed", "phases s (the report's, over 0)"],
+                 "delta version", "processed/committed", "phases s (the report's, over 0)", "unphased s"],
                 [[r["store"], r["format"], r["files"], r["night"], r["wall_s"], r["driver_peak_rss_mb"],
                   "-" if r["requests"] is None else r["requests"],
                   " ".join(f"{m}:{c}" for m, c in (r["requests_by_method"] or {}).items()) or "-",
                   "-" if r["delta_version"] is None else r["delta_version"],
                   f"{r['files_processed']}/{r['files_already_committed']}",
-                  " ".join(f"{phase}:{seconds}" for phase, seconds in (r["time_s"] or {}).items() if seconds)]
+                  " ".join(f"{phase}:{seconds}" for phase, seconds in (r["time_s"] or {}).items() if seconds),
+                  r["report_unphased_s"]]
                  for r in records])
+    for r in records:
+        if r["requests_by_shape"]:
+            print(f"\n{r['store']} {r['format']} {r['files']} files, {r['night']} night: the most frequent requests")
+            for label, count in list(r["requests_by_shape"].items())[:6]:
+                print(f"  {count:6d}  {label}")
     path = write(complete=True)
     print(f"results: {path}")
     return 0

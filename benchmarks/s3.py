@@ -2,6 +2,7 @@
 
     processes, counts = start_s3()   # moto's server and the proxy, each a process of its own; bucket `bench`
     counts.take()                    # the requests through the proxy since the last take, by method
+    counts.take_shapes()             # ... by method, and by what each asked (`shape`)
 
 The proxy runs in a process of its own (`python -m benchmarks.s3 PORT UPSTREAM_PORT`): every HTTP request of s3fs,
 pyarrow and delta-rs in any process that takes the endpoint from the environment (AWS_ENDPOINT_URL,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 BUCKET = "bench"
@@ -29,15 +32,36 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "
                "AWS_REGION": "us-east-1"}
 
 
+def shape(method: str, target: str, headers) -> str:
+    """What a request asks, with the object's name generalized (runs of digits and of 8 or more hex digits as `#`):
+    `GET bench/parquet-#/out/__manifest/units/#.json`, `LIST bench/parquet-#/in/`, `GET ... (range)`, `PUT ...
+    (copy)`, `POST bench?delete`."""
+    path, _, query = target.partition("?")
+    params = parse_qs(query, keep_blank_values=True)
+    key = unquote(path).lstrip("/")
+    if method == "GET" and ({"list-type", "prefix", "delimiter"} & set(params)):
+        method, key = "LIST", f"{key.rstrip('/')}/{params.get('prefix', [''])[0]}"
+    label = f"{method} {re.sub(r'[0-9a-f]{8,}|[0-9]+', '#', key)}"
+    extras = [name for name in ("delete", "uploads", "uploadId") if name in params]
+    if headers.get("Range"):
+        extras.append("range")
+    if headers.get("x-amz-copy-source"):
+        extras.append("copy")
+    if headers.get("If-None-Match") or headers.get("If-Match"):
+        extras.append("conditional")
+    return label + (f" ({', '.join(extras)})" if extras else "")
+
+
 class CountingProxy(ThreadingHTTPServer):
-    """Forwards every request to the S3 server and counts them by method; `GET /__counts` answers the counts
-    since the last such request."""
+    """Forwards every request to the S3 server and counts them by method, and by shape (`shape`); `GET /__counts`
+    answers the counts by method since the last such request, `GET /__counts?shapes` both."""
 
     daemon_threads = True
 
     def __init__(self, port: int, upstream_port: int):
         self.upstream_port = upstream_port
         self.counts: Counter = Counter()
+        self.shapes: Counter = Counter()
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", port), Forward)
 
@@ -55,11 +79,20 @@ class Counts:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
 
     def take(self) -> Counter:
+        """The requests by method since the last take."""
+        return Counter(self._get("/__counts"))
+
+    def take_shapes(self) -> tuple[Counter, Counter]:
+        """The requests by method and by shape since the last take."""
+        answer = self._get("/__counts?shapes")
+        return Counter(answer["methods"]), Counter(answer["shapes"])
+
+    def _get(self, path: str):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        connection.request("GET", "/__counts")
-        counts = Counter(json.loads(connection.getresponse().read()))
+        connection.request("GET", path)
+        answer = json.loads(connection.getresponse().read())
         connection.close()
-        return counts
+        return answer
 
 
 class Forward(BaseHTTPRequestHandler):
@@ -83,17 +116,22 @@ class Forward(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else None
 
     def _forward(self) -> None:
-        if self.path == "/__counts":
+        if self.path in ("/__counts", "/__counts?shapes"):
             with self.server.lock:
-                data, self.server.counts = json.dumps(self.server.counts).encode(), Counter()
+                methods, shapes = self.server.counts, self.server.shapes
+                self.server.counts, self.server.shapes = Counter(), Counter()
+            data = json.dumps({"methods": methods, "shapes": shapes} if self.path.endswith("shapes")
+                              else methods).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
             return
         body = self._body()
+        label = shape(self.command, self.path, self.headers)
         with self.server.lock:
             self.server.counts[self.command] += 1
+            self.server.shapes[label] += 1
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
         headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_HEADERS}
         if body is not None and "content-length" not in {key.lower() for key in headers}:
