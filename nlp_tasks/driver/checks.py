@@ -157,7 +157,7 @@ def recorded_inputs(path: str) -> dict[str, dict]:
     try:
         filesystem, root = url_to_fs(path)
         indexed = read_index(filesystem, f"{root.rstrip('/')}/{INDEX}")
-    except (OSError, ValueError, ImportError):
+    except Exception:  # noqa: BLE001 - an unreadable output (a client's own error too) is for open_output to name
         return {}
     return {entry["marker"]["source"]: entry["marker"] for entry in indexed.values()
             if isinstance(entry["marker"].get("source"), str)}
