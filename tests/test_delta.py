@@ -127,9 +127,15 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     assert_exactly_once(out, ids)
 
 
-def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models, side):
     write_corpus(tmp_path / "corpus", 1)
-    config = delta_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"), sentiment(models))
+    if side == "output":
+        config = delta_config(tmp_path / "job.yaml", str(tmp_path / "corpus"), str(tmp_path / "out"),
+                              sentiment(models))
+    else:  # a folder with a `_delta_log/` is a Delta table as input.path
+        (tmp_path / "corpus" / "_delta_log").mkdir()
+        config = write_config(tmp_path, tmp_path / "corpus", sentiment(models))
     code = ("import sys; sys.modules['deltalake'] = None; from jobs.annotate import main; "
             f"sys.exit(main(['--config', {str(config)!r}]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -137,6 +143,8 @@ def test_delta_without_deltalake_installed_is_one_line_exit_2(tmp_path, models):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if "deltalake" in line]
     assert lines and "pip install 'nlp-tasks[delta]'" in lines[0] and "Traceback" not in done.stderr
+    key = "output.format: delta" if side == "output" else "input.path"
+    assert key in lines[0] and not (tmp_path / "out").exists(), "the key named, refused before the output is touched"
 
 
 @pytest.fixture
