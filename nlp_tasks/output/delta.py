@@ -54,7 +54,7 @@ from nlp_tasks.output.layout import (
     PartRecord,
     now,
 )
-from nlp_tasks.output.recovery import list_output, read_markers
+from nlp_tasks.output.recovery import delta_recovery
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
 
@@ -177,7 +177,7 @@ class DeltaStore(OutputStore):
                  "still read whole, is left as it is)")
         if last is None:
             return f"DeltaTable(...).restore to the job's last version makes it the job's again, or {fresh}"
-        present = set(list_output(self))
+        present = set(self.list_output())
         gone = [action["path"] for action in self._snapshot_files(
             DeltaTable(self.uri, version=last, storage_options=self.options)) if action["path"] not in present]
         if gone:
@@ -186,66 +186,38 @@ class DeltaStore(OutputStore):
         return f"DeltaTable(...).restore({last}), the job's last version, makes it the job's again, or {fresh}"
 
     def reconcile(self) -> None:
-        """Each marker against the log: committed (the log holds its transaction), never committed (put the previous
-        marker back), or not as the log has it (the unit is uncommitted and redone); then delete strays."""
+        """Each marker against the log (recovery.delta_recovery decides), carried out: markers put back or
+        deleted, one repair version removing the parts of the units uncommitted, then strays deleted."""
         self._load()
         if self.table is not None:
             self._refuse_other_writers()
-        markers = read_markers(self, delta_marker_problem)
-        logged = self._logged_parts()
+        markers = self.read_markers(delta_marker_problem)
         self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
-        listing = list_output(self)
-        uncommit: dict[str, list[str]] = {}
-        for unit, marker in list(markers.items()):
-            parts = logged.get(unit, {})
-            if marker["txn"] > self.logged:  # killed between the marker and its transaction
-                previous = marker.get("previous")
-                if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= self.logged:
-                    markers[unit] = marker = previous
-                    self.index_stale = True
-                    write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(previous))
-                else:
-                    del markers[unit]
-                    self.delete(self.path(UNITS, f"{unit}.json"))
-                    continue
-            problem = self._problem(marker, parts, listing)
-            if problem:
-                del markers[unit]
-                self.delete(self.path(UNITS, f"{unit}.json"))
-                uncommit[unit] = list(parts)
-                self.redo(unit, f"input file {marker['source']!r}: {problem}")
-        for unit, parts in logged.items():
-            if unit not in markers and unit not in uncommit:
-                uncommit[unit] = list(parts)
-                self.redo(unit, f"unit {unit}: parts in the Delta log without a marker ({min(parts)})")
-        if uncommit:
-            self._transact([], [file for parts in uncommit.values() for file in parts], {"nlp_tasks": {"repair": True}})
-        self.markers = markers
-        self.columns_seen = {(column, value) for marker in markers.values()
+        listing = self.list_output()
+        plan = delta_recovery(markers, self._logged_parts(), self.logged, listing)
+        for unit, marker in plan.restore.items():
+            write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
+        for unit in plan.drop:
+            self.delete(self.path(UNITS, f"{unit}.json"))
+        for unit, why in plan.why.items():
+            self.redo(unit, why)
+        if plan.restore or plan.drop:
+            self.index_stale = True
+        if plan.uncommit:
+            self._transact([], [file for parts in plan.uncommit.values() for file in parts],
+                           {"nlp_tasks": {"repair": True}})
+        self.markers = plan.markers
+        self.columns_seen = {(column, value) for marker in plan.markers.values()
                              for column, value in marker.get("tasks", {}).items()}
         self.delete_strays(listing)
         if self.filesystem.exists(self.path(STAGING)):
             self.filesystem.rm(self.path(STAGING), recursive=True)
         self.filesystem.makedirs(self.root, exist_ok=True)
 
-    @staticmethod
-    def _problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
-        files = {part["file"]: part.get("size") for part in marker["parts"]}
-        if set(files) != set(parts):
-            return f"its marker lists other parts than the Delta log ({min(set(files) ^ set(parts))})"
-        for file, size in files.items():
-            entry = listing.get(file)
-            if entry is None:
-                return f"committed part {file} is missing"
-            if size is not None and int(entry.get("size") or 0) != size:
-                return f"committed part {file} is {entry.get('size')} bytes, {size} when committed (truncated or " \
-                       "replaced)"
-        return None
-
     def delete_strays(self, listing: dict[str, dict] | None = None) -> None:
         """Delete this job's part files that no version of the log lists (uncommitted attempts): not the current
         snapshot's files, nor those it removed (time travel reads them until the table is vacuumed)."""
-        listing = list_output(self) if listing is None else listing
+        listing = self.list_output() if listing is None else listing
         ours = {name for name in listing if DELTA_PART.match(name)}
         if self.table is not None:
             ours -= {path for parts in self._logged_parts().values() for path in parts}

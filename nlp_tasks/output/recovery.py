@@ -1,4 +1,5 @@
-"""Recovery when an output opens: roll interrupted commits forward, uncommit what is not as committed, delete strays.
+"""Recovery when an output opens, decided from what storage shows: functions of the markers, the listings and the
+footers read, that return what to do. The store reads and carries it out (`OutputStore.reconcile`).
 
 Each run starts by checking what the markers say against the output as it is: a marker that is
 not the shape of one, or a part that is missing, of another size, unreadable or not the part
@@ -10,60 +11,48 @@ the end of the run that committed it, or when it was last verified).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from nlp_tasks.files import FOOTER_READERS, read_footer, version_of
-from nlp_tasks.output.index import file_key, read_index
-from nlp_tasks.output.layout import INDEX, PART_NAME, STAGING, UNITS, marker_problem
+from nlp_tasks.files import version_of
+from nlp_tasks.output.delta_layout import delta_marker_problem
+from nlp_tasks.output.index import file_key
+from nlp_tasks.output.layout import PART_NAME, marker_problem
 from nlp_tasks.output.storage import TornFile, parse_json
 from nlp_tasks.secrets import redact
 
-
-class OutputStore(Protocol):
-    """What recovery needs of the store it checks (store.py's OutputStore)."""
-
-    filesystem: Any
-    root: str
-    staging: str
-    markers: dict[str, dict]
-    index_stale: bool
-
-    def path(self, *parts: str) -> str: ...
-
-    def delete(self, path: str) -> None: ...
-
-    def redo(self, unit: str, why: str) -> None: ...
-
-    def remove(self, unit: str) -> None: ...
+ProblemOf = Callable[[str, dict], "str | None"]
+"""What makes parsed JSON not a marker of a unit (layout.marker_problem, or the Delta store's)."""
 
 
-def list_markers(store: OutputStore) -> dict[str, dict]:
-    """The markers' files by unit, with their listing entries (size, version): one listing."""
-    folder = store.path(UNITS)
-    store.filesystem.invalidate_cache(folder)
-    if not store.filesystem.exists(folder):
-        return {}
-    return {entry["name"].rsplit("/", 1)[-1].removesuffix(".json"): entry
-            for entry in store.filesystem.ls(folder, detail=True) if entry["name"].endswith(".json")}
+def unit_of(path: str) -> str:
+    """The unit a marker file is of, from its name (`__manifest/units/<unit>.json`)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dict]:
-    """The units' markers: from the index where a marker file's listing entry is the one it recorded, else from
-    the file (index.py). A marker that is torn, or JSON of another shape (`problem_of(unit, marker)`), is deleted
-    and its unit redone."""
-    listing = list_markers(store)
-    indexed = read_index(store.filesystem, store.path(INDEX))
-    markers, paths = {}, []
+def markers_from_index(listing: dict[str, dict], indexed: dict[str, dict],
+                       problem_of: ProblemOf = marker_problem) -> tuple[dict[str, dict], list[str], bool]:
+    """The markers the index holds as their files are listed now (`listing`: unit -> listing entry), the marker
+    files to read instead (their listing entries differ, or the index lacks them), and whether the index is stale
+    (it lacks or holds other markers than the files)."""
+    markers, to_read = {}, []
     for unit, entry in listing.items():
         known = indexed.get(unit)
         if known is not None and known["file"] == file_key(entry) and not problem_of(unit, known["marker"]):
             markers[unit] = known["marker"]
         else:
-            paths.append(entry["name"])
-    store.index_stale = bool(paths) or len(markers) != len(indexed)
-    for path, raw in store.filesystem.cat(paths, on_error="return").items() if paths else []:
-        unit = path.rsplit("/", 1)[-1].removesuffix(".json")
+            to_read.append(entry["name"])
+    return markers, to_read, bool(to_read) or len(markers) != len(indexed)
+
+
+def parse_markers(contents: dict[str, bytes | Exception],
+                  problem_of: ProblemOf = marker_problem) -> tuple[dict[str, dict], dict[str, str]]:
+    """The markers read from their files (path -> bytes, or the error reading them), and the files that hold no
+    marker of their unit: path -> why (the unit is redone)."""
+    markers, torn = {}, {}
+    for path, raw in contents.items():
+        unit = unit_of(path)
         try:
             if isinstance(raw, Exception):
                 raise raw
@@ -72,54 +61,24 @@ def read_markers(store: OutputStore, problem_of=marker_problem) -> dict[str, dic
                 raise TornFile(f"{path} is not a unit marker ({problem})")
             markers[unit] = marker
         except (TornFile, OSError) as error:
-            store.redo(unit, f"unit marker unreadable: {redact(str(error))}")
-            store.delete(path)
-    return markers
+            torn[path] = f"unit marker unreadable: {redact(str(error))}"
+    return markers, torn
 
 
-def reconcile(store: OutputStore) -> None:
-    """Roll interrupted commits forward, uncommit units whose parts are not what their marker says, and
-    delete what no marker lists."""
-    store.markers = read_markers(store)
-    listing = list_output(store)
-    staged = set(store.filesystem.find(store.path(STAGING))) if STAGING in listing else set()
-    for marker in store.markers.values():
-        for part in marker["parts"]:
-            if part.get("staged") and store.path(part["staged"]) in staged:  # committed, not yet moved
-                store.filesystem.mv(store.path(part["staged"]), store.path(part["file"]))
-                listing[part["file"]] = store.filesystem.info(store.path(part["file"]))
-    problems, upgraded = verify_parts(store, listing)
-    for unit, problem in problems.items():
-        store.redo(unit, f"input file {store.markers[unit]['source']!r}: committed part {problem}")
-        store.remove(unit)
-    if upgraded - set(problems):
-        store.index_stale = True  # the parts' versions, verified now, are kept in the index
-    listed = {part["file"] for marker in store.markers.values() for part in marker["parts"]}
-    for entry in set(listing) - listed:
-        if PART_NAME.match(entry):
-            store.delete(store.path(entry))
-    if STAGING in listing:
-        store.filesystem.rm(store.path(STAGING), recursive=True)
-    store.filesystem.makedirs(store.staging, exist_ok=True)
+def staged_commits(markers: dict[str, dict], staged: set[str]) -> list[dict]:
+    """The committed parts still in staging (`staged`: paths relative to the output), a run having stopped between
+    a marker and its parts' moves: to move to their final names (the commit rolled forward)."""
+    return [part for marker in markers.values() for part in marker["parts"]
+            if part.get("staged") and part["staged"] in staged]
 
-def list_output(store: OutputStore) -> dict[str, dict]:
-    """The output folder's entries by name, with their sizes and versions, as storage has them now (not as a
-    client's listing cache remembers them): one listing."""
-    store.filesystem.invalidate_cache(store.root)
-    entries = store.filesystem.ls(store.root, detail=True)
-    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in entries}
 
-def verify_parts(store: OutputStore, listing: dict[str, dict]) -> tuple[dict[str, str], set[str]]:
-    """Each committed part against its marker: what is wrong with the first bad part of each unit, and the
-    units whose markers now record their parts' versions (verified this run), for the index.
-
-    A part is missing, or of another size than committed, from the listing alone. Its footer is read (a few
-    at a time) only where the listing's version differs from the one recorded at its last verification: the
-    footer's checksum and row count must be the committed ones.
-    """
+def check_listing(markers: dict[str, dict], listing: dict[str, dict]) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+    """Each committed part against the output's listing: what is wrong with the first bad part of each unit
+    (missing, of another size than committed), and the parts whose footers must be read because their listed
+    version is not the one recorded when they were last verified."""
     problems: dict[str, str] = {}
     doubtful: list[tuple[str, dict]] = []
-    for unit, marker in store.markers.items():
+    for unit, marker in markers.items():
         for part in marker["parts"]:
             entry = listing.get(part["file"])
             if entry is None:
@@ -131,24 +90,82 @@ def verify_parts(store: OutputStore, listing: dict[str, dict]) -> tuple[dict[str
                 break
             if part.get("version") is None or version_of(entry) != part["version"]:
                 doubtful.append((unit, part))
+    return problems, [(unit, part) for unit, part in doubtful if unit not in problems]
 
-    def check(item: tuple[str, dict]) -> str | None:
-        part = item[1]
-        entry = listing[part["file"]]
-        try:
-            metadata, footer_sha256 = read_footer(store.filesystem, store.path(part["file"]), int(entry["size"]))
-        except Exception as error:  # noqa: BLE001 - any reader failure means the part is not readable
-            return f"{part['file']} is not readable Parquet ({type(error).__name__}: {redact(str(error))})"
-        if part.get("footer_sha256", footer_sha256) != footer_sha256:
-            return f"{part['file']} is not the part committed (its footer differs)"
-        if metadata.num_rows != part["rows"]:
-            return f"{part['file']} holds {metadata.num_rows} rows, {part['rows']} when committed"
-        part.update(size=int(entry["size"]), footer_sha256=footer_sha256, version=version_of(entry))
-        return None
 
-    doubtful = [(unit, part) for unit, part in doubtful if unit not in problems]
-    with ThreadPoolExecutor(FOOTER_READERS) as pool:
-        for (unit, _), problem in zip(doubtful, pool.map(check, doubtful)):
-            if problem is not None:
-                problems.setdefault(unit, problem)
-    return problems, {unit for unit, _ in doubtful}
+def check_footer(part: dict, entry: dict, footer: tuple[Any, str] | Exception) -> tuple[str | None, dict]:
+    """A doubtful part against its footer (`footer`: the parsed metadata and the footer's checksum, or the error
+    reading it): what is wrong with it, or None and what to record of it as verified (size, checksum, version)."""
+    if isinstance(footer, Exception):
+        return f"{part['file']} is not readable Parquet ({type(footer).__name__}: {redact(str(footer))})", {}
+    metadata, footer_sha256 = footer
+    if part.get("footer_sha256", footer_sha256) != footer_sha256:
+        return f"{part['file']} is not the part committed (its footer differs)", {}
+    if metadata.num_rows != part["rows"]:
+        return f"{part['file']} holds {metadata.num_rows} rows, {part['rows']} when committed", {}
+    return None, {"size": int(entry["size"]), "footer_sha256": footer_sha256, "version": version_of(entry)}
+
+
+def strays(markers: dict[str, dict], listing: dict[str, dict]) -> list[str]:
+    """The part files of the output that no marker lists (uncommitted attempts, an uncommitted unit's parts)."""
+    listed = {part["file"] for marker in markers.values() for part in marker["parts"]}
+    return sorted(entry for entry in set(listing) - listed if PART_NAME.match(entry))
+
+
+@dataclass
+class DeltaRecovery:
+    """What opening a Delta output must do (`delta_recovery`): the markers that stand, the markers to put back
+    (a group killed between its markers and its transaction), the marker files to delete, and the units to
+    uncommit (their parts leave the log in one repair version) with why."""
+
+    markers: dict[str, dict] = field(default_factory=dict)
+    restore: dict[str, dict] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+    uncommit: dict[str, list[str]] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)
+
+
+def delta_recovery(markers: dict[str, dict], logged: dict[str, dict[str, int]], logged_version: int,
+                   listing: dict[str, dict]) -> DeltaRecovery:
+    """Each marker against the log (`logged`: the snapshot's parts by unit, name -> size; `logged_version`: the
+    job's last commit the log holds) and the folder's listing: committed as it says, never committed (its
+    previous marker is put back where that one was), or not as the log has it (uncommitted and redone). Parts the
+    log lists for a unit without a marker are uncommitted too."""
+    plan = DeltaRecovery()
+    for unit, marker in markers.items():
+        parts = logged.get(unit, {})
+        if marker["txn"] > logged_version:  # killed between the marker and its transaction
+            previous = marker.get("previous")
+            if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= logged_version:
+                plan.restore[unit] = marker = previous
+            else:
+                plan.drop.append(unit)
+                continue
+        if problem := delta_part_problem(marker, parts, listing):
+            plan.restore.pop(unit, None)
+            plan.drop.append(unit)
+            plan.uncommit[unit] = list(parts)
+            plan.why[unit] = f"input file {marker['source']!r}: {problem}"
+            continue
+        plan.markers[unit] = marker
+    for unit, parts in logged.items():
+        if unit not in plan.markers and unit not in plan.uncommit:
+            plan.uncommit[unit] = list(parts)
+            plan.why[unit] = f"unit {unit}: parts in the Delta log without a marker ({min(parts)})"
+    return plan
+
+
+def delta_part_problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
+    """What is wrong with a committed Delta unit: its marker and the log list other parts, or a part is missing
+    from the folder or of another size than committed (None if nothing)."""
+    files = {part["file"]: part.get("size") for part in marker["parts"]}
+    if set(files) != set(parts):
+        return f"its marker lists other parts than the Delta log ({min(set(files) ^ set(parts))})"
+    for file, size in files.items():
+        entry = listing.get(file)
+        if entry is None:
+            return f"committed part {file} is missing"
+        if size is not None and int(entry.get("size") or 0) != size:
+            return f"committed part {file} is {entry.get('size')} bytes, {size} when committed (truncated or " \
+                   "replaced)"
+    return None

@@ -11,10 +11,11 @@ next run; before it, the unit is simply redone.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nlp_tasks.files import version_of
-from nlp_tasks.output.index import write_index
+from nlp_tasks.files import FOOTER_READERS, read_footer, version_of
+from nlp_tasks.output.index import read_index, write_index
 from nlp_tasks.output.layout import (
     HEADS,
     INDEX,
@@ -26,11 +27,21 @@ from nlp_tasks.output.layout import (
     UNITS,
     OutputConflict,
     PartRecord,
+    marker_problem,
     now,
     part_name,
 )
 from nlp_tasks.output.lease import Lease, LeaseHeld
-from nlp_tasks.output.recovery import list_markers, list_output, reconcile
+from nlp_tasks.output.recovery import (
+    ProblemOf,
+    check_footer,
+    check_listing,
+    markers_from_index,
+    parse_markers,
+    staged_commits,
+    strays,
+    unit_of,
+)
 from nlp_tasks.output.storage import TornFile, dump, read_json, write_atomic
 from nlp_tasks.secrets import redact
 
@@ -147,8 +158,67 @@ class OutputStore:
         return "is a Delta table (output.format: delta)" if "_delta_log" in entries else None
 
     def reconcile(self) -> None:
-        """Roll interrupted commits forward, uncommit what is not as committed, delete strays (recovery.py)."""
-        reconcile(self)
+        """Roll interrupted commits forward, uncommit units whose parts are not what their marker says, and delete
+        what no marker lists (the decisions are recovery.py's, from the listings and the footers read)."""
+        self.markers = self.read_markers()
+        listing = self.list_output()
+        if STAGING in listing:
+            staged = {self.relative(path) for path in self.filesystem.find(self.path(STAGING))}
+            for part in staged_commits(self.markers, staged):
+                self.filesystem.mv(self.path(part["staged"]), self.path(part["file"]))
+                listing[part["file"]] = self.filesystem.info(self.path(part["file"]))
+        problems, doubtful = check_listing(self.markers, listing)
+        with ThreadPoolExecutor(FOOTER_READERS) as pool:
+            footers = pool.map(lambda item: self._footer(item[1]["file"], listing[item[1]["file"]]), doubtful)
+            for (unit, part), footer in zip(doubtful, footers):
+                problem, verified = check_footer(part, listing[part["file"]], footer)
+                if problem is not None:
+                    problems.setdefault(unit, problem)
+                part.update(verified)
+        for unit, problem in problems.items():
+            self.redo(unit, f"input file {self.markers[unit]['source']!r}: committed part {problem}")
+            self.remove(unit)
+        if {unit for unit, _ in doubtful} - set(problems):
+            self.index_stale = True  # the parts' versions, verified now, are kept in the index
+        for name in strays(self.markers, listing):
+            self.delete(self.path(name))
+        if STAGING in listing:
+            self.filesystem.rm(self.path(STAGING), recursive=True)
+        self.filesystem.makedirs(self.staging, exist_ok=True)
+
+    def _footer(self, name: str, entry: dict) -> tuple[Any, str] | Exception:
+        """A part's footer and its checksum, or what stopped it being read (any reader failure: not readable)."""
+        try:
+            return read_footer(self.filesystem, self.path(name), int(entry["size"]))
+        except Exception as error:  # noqa: BLE001 - handed to check_footer, which names it
+            return error
+
+    def list_output(self) -> dict[str, dict]:
+        """The output folder's entries by name, with their sizes and versions, as storage has them now (not as a
+        client's listing cache remembers them): one listing."""
+        self.filesystem.invalidate_cache(self.root)
+        return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry
+                for entry in self.filesystem.ls(self.root, detail=True)}
+
+    def list_markers(self) -> dict[str, dict]:
+        """The markers' files by unit, with their listing entries (size, version): one listing."""
+        folder = self.path(UNITS)
+        self.filesystem.invalidate_cache(folder)
+        if not self.filesystem.exists(folder):
+            return {}
+        return {unit_of(entry["name"]): entry for entry in self.filesystem.ls(folder, detail=True)
+                if entry["name"].endswith(".json")}
+
+    def read_markers(self, problem_of: ProblemOf = marker_problem) -> dict[str, dict]:
+        """The units' markers: from the index where a marker file's listing entry is the one it recorded, else from
+        the file (index.py). A marker file that holds no marker of its unit is deleted and its unit redone."""
+        markers, to_read, self.index_stale = markers_from_index(
+            self.list_markers(), read_index(self.filesystem, self.path(INDEX)), problem_of)
+        read, torn = parse_markers(self.filesystem.cat(to_read, on_error="return") if to_read else {}, problem_of)
+        for path, why in torn.items():
+            self.redo(unit_of(path), why)
+            self.delete(path)
+        return {**markers, **read}
 
     def _delete_own_output(self, entries: list[str]) -> None:
         """`overwrite`: delete this job's parts, markers, staging and reports, and nothing else."""
@@ -230,7 +300,7 @@ class OutputStore:
         if self.failed is not None or not self.index_stale or self.lease.number is None or self.lease.lost:
             return
         self.record_versions()
-        write_index(self.filesystem, self.path(INDEX), self.markers, list_markers(self))
+        write_index(self.filesystem, self.path(INDEX), self.markers, self.list_markers())
         self.index_stale = False
 
     def record_versions(self) -> None:
@@ -239,7 +309,7 @@ class OutputStore:
         unversioned = [part for marker in self.markers.values() for part in marker["parts"] if "version" not in part]
         if not unversioned:
             return
-        listing = list_output(self)
+        listing = self.list_output()
         for part in unversioned:
             entry = listing.get(part["file"])
             if entry is not None and int(entry.get("size") or 0) == part.get("size"):
