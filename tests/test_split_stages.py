@@ -14,7 +14,16 @@ from helpers import write_config
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.driver.compute import group_by_model
-from nlp_tasks.workers.stages import SEGMENTS_PREFIX, ModelStage, postprocess, tokenize
+from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.stages import (
+    INPUTS_PREFIX,
+    RESULTS_PREFIX,
+    SEGMENTS_PREFIX,
+    ModelStage,
+    postprocess,
+    tokenize,
+)
+from nlp_tasks.workers.stats import CALLS_COLUMN
 
 
 def tasks_of(models) -> dict:
@@ -65,17 +74,43 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
 
 def test_tasks_of_several_models_on_one_tokenizer_share_their_tokens(models):
     """The tiny BERTs share one tokenizer: sentiment, NER and embeddings read one segments column (tokenized with
-    NER's offsets), zero-shot pairs each text with hypotheses and keeps its own; the last postprocess drops both."""
+    NER's offsets), zero-shot pairs each text with hypotheses and keeps its own. Each postprocess keeps exactly the
+    segments a later pool reads (the last keeps none), and the rows come out in their order with the values and
+    errors the fused actors give them."""
     compute = ComputeConfig(device="cpu", token_budget=256)
     specs = {column: TaskSpec.model_validate(task) for column, task in tasks_of(models).items() if column != "summary"}
     pools = [(group, compute) for group in group_by_model(specs)]
-    table = tokenize(pa.table({"text": tiny_models.sample_texts()[:6]}), pools=pools, text_column="text")
+    texts = tiny_models.sample_texts()[:6] + [None, "", "\u200b"]
+    ids = [f"row-{i}" for i in range(len(texts))]
+    rows = pa.table({"id": ids, "text": texts})
+    table = tokenize(rows, pools=pools, text_column="text")
     segments = [name for name in table.column_names if name.startswith(SEGMENTS_PREFIX)]
-    assert len(segments) == 2 and SEGMENTS_PREFIX + "topics" in segments
+    [shared] = [name for name in segments if name != SEGMENTS_PREFIX + "topics"]
+    assert segments == [shared, SEGMENTS_PREFIX + "topics"]
+
+    def read_by(group) -> str:
+        return SEGMENTS_PREFIX + "topics" if "topics" in group else shared
+
     for index, (group, _) in enumerate(pools):
         table = ModelStage(group, compute, "text", "errors")(table)
         table = postprocess(table, specs=group, compute=compute, fitted={}, text_column="text",
                             errors_column="errors", later=pools[index + 1:])
+        still_read = {read_by(later) for later, _ in pools[index + 1:]}
         kept = [name for name in table.column_names if name.startswith(SEGMENTS_PREFIX)]
-        assert kept == ([] if index == len(pools) - 1 else [name for name in segments if name in kept])
-    assert set(specs) <= set(table.column_names) and not table.column("errors").to_pylist()[0]
+        assert kept == [name for name in segments if name in still_read], f"after pool {index} ({'+'.join(group)})"
+        inputs = [name for name in table.column_names if name.startswith(INPUTS_PREFIX)]
+        assert inputs == [INPUTS_PREFIX + name[len(SEGMENTS_PREFIX):] for name in kept]
+        assert not [name for name in table.column_names if name.startswith(RESULTS_PREFIX)]
+    split = table.drop_columns([CALLS_COLUMN])  # the CPU stages record their calls, as in a job
+    fused = rows
+    for group, _ in pools:
+        fused = Annotator(group, compute, "text", "errors")(fused)
+    assert split.column("id").to_pylist() == ids, "the rows should come out in their order"
+    assert split.schema.equals(fused.schema, check_metadata=True)
+    for row, (ours, theirs) in enumerate(zip(split.to_pylist(), fused.to_pylist(), strict=True)):
+        assert ours == theirs, ids[row]
+    errors = split.column("errors").to_pylist()
+    for row in range(len(texts)):
+        usable = row < 6  # the sample sentences; then None, "" and a zero-width space
+        assert all((split.column(column)[row].as_py() is not None) == usable for column in specs), ids[row]
+        assert sorted(error["task"] for error in errors[row]) == ([] if usable else sorted(specs)), ids[row]
