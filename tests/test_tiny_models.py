@@ -1,139 +1,77 @@
-"""The tiny offline models in tiny_models.py load with the Auto classes / pipelines and behave sensibly."""
+"""The tiny checkpoints vary the way real ones do, where product tests rely on it.
+
+tests/test_ctranslate2.py (its `shapes` fixture and EDGES) runs the product on checkpoints shaped as real ones, to
+prove how it handles each shape: the converted vocabulary aligned on the tokenizer's ids where the embeddings are
+padded past the tokenizer or special tokens were added after training, "" as the unknown token where the tokenizer
+has none, the decoder start, forced tokens and beams taken from the generation config or, for old checkpoints, from
+config.json alone. Those tests pass as well on a checkpoint that lost its shape, and then prove nothing: the tests
+here fail instead. What the builders do besides (sizes, idempotence, pipelines running on the models) is not checked
+here: the product tests that use the models fail on their own when it breaks.
+"""
+
+from __future__ import annotations
+
+import json
 
 import pytest
 import tiny_models as tm
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    pipeline,
-)
-
-AUTO_CLASSES = {
-    "text-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "zero-shot-classification": AutoModelForSequenceClassification,
-    "fill-mask": AutoModelForMaskedLM,
-    "question-answering": AutoModelForQuestionAnswering,
-    "text-generation": AutoModelForCausalLM,
-    "seq2seq": AutoModelForSeq2SeqLM,
-}
-LONG_TEXT = " ".join(tm.sample_texts() * 4)
+from transformers import AutoTokenizer, GenerationConfig
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tm.build_all(tmp_path_factory.mktemp("tiny"))
+def shapes(models, tmp_path_factory):
+    """The same checkpoints as test_ctranslate2's `shapes`."""
+    root = tmp_path_factory.mktemp("shapes")
+    return {"bart": models["seq2seq"], "bart-legacy": tm.build_seq2seq_legacy(root), "t5": tm.build_t5(root),
+            "gpt2-no-unk": tm.build_causal_lm_without_unk(root)}
 
 
-def test_build_all_is_small_complete_and_idempotent(models):
-    assert set(models) == set(AUTO_CLASSES)
-    for path in models.values():
-        assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
-        assert sum(f.stat().st_size for f in path.iterdir()) < 1_000_000
-    mtimes = {task: (path / "model.safetensors").stat().st_mtime_ns for task, path in models.items()}
-    root = next(iter(models.values())).parent
-    assert tm.build_all(root) == models
-    assert tm.build_seq2seq(root) == models["seq2seq"]
-    assert {task: (path / "model.safetensors").stat().st_mtime_ns for task, path in models.items()} == mtimes
+def config(path) -> dict:
+    return json.loads((path / "config.json").read_text())
 
 
-@pytest.mark.parametrize("task", list(AUTO_CLASSES))
-def test_auto_class_loads_every_weight(models, task):
-    model, info = AUTO_CLASSES[task].from_pretrained(models[task], output_loading_info=True)
-    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    assert model.config.architectures == [type(model).__name__]
-    assert len(AutoTokenizer.from_pretrained(models[task])) == model.get_input_embeddings().num_embeddings
+def test_gpt2_no_unk_is_shaped_as_llama_3_and_qwen2(shapes):
+    """No unknown token; chat tokens added after training, each one special token, the end one also ending
+    generation; embeddings padded past the tokenizer."""
+    path = shapes["gpt2-no-unk"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.unk_token is None and tokenizer.unk_token_id is None
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert min(start, end) >= tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False), "added after"
+    assert {start, end} <= set(tokenizer.all_special_ids)
+    ids = tokenizer("<|im_start|>user Hi<|im_end|>")["input_ids"]
+    assert (ids[0], ids[-1]) == (start, end) and start not in ids[1:-1] and end not in ids[1:-1]
+    ends = GenerationConfig.from_pretrained(path).eos_token_id
+    assert isinstance(ends, list) and sorted(ends) == sorted({tokenizer.eos_token_id, end})
+    assert config(path)["vocab_size"] > len(tokenizer)
 
 
-def test_wordpiece_tokenizer_is_cased_truncates_and_has_offsets(models):
-    tok = AutoTokenizer.from_pretrained(models["token-classification"])
-    assert tok.model_max_length == 64
-    enc = tok("Alice lives in Paris.", "Where?", return_offsets_mapping=True)
-    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
-    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
-    assert "Alice" in tokens and "Paris" in tokens  # cased vocabulary, no lower-casing
-    assert set(enc["token_type_ids"]) == {0, 1}
-    assert enc["offset_mapping"][tokens.index("Paris")] == (15, 20)
-    assert len(tok(LONG_TEXT, truncation=True)["input_ids"]) == 64
+def test_t5_is_shaped_as_t5_small(shapes):
+    """No bos token, decoding starts from <pad>, inputs end with </s>, embeddings padded past the tokenizer."""
+    path = shapes["t5"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    generation = GenerationConfig.from_pretrained(path)
+    assert tokenizer.bos_token is None
+    assert generation.decoder_start_token_id == tokenizer.pad_token_id != generation.eos_token_id
+    assert tokenizer("Alice moved to Paris.")["input_ids"][-1] == tokenizer.eos_token_id
+    assert config(path)["vocab_size"] > len(tokenizer)
 
 
-def test_text_classification(models):
-    clf = pipeline("text-classification", model=str(models["text-classification"]))
-    results = clf(tm.sample_texts() + [LONG_TEXT], truncation=True)
-    assert len(results) == 13
-    assert {r["label"] for r in results} <= set(tm.SENTIMENT_LABELS)
-    assert all(0.0 <= r["score"] <= 1.0 for r in results)
+def test_bart_is_shaped_as_facebook_bart(shapes):
+    """Decoding starts with </s> (not the bos token) and is forced to end with it, set in generation_config.json."""
+    tokenizer = AutoTokenizer.from_pretrained(shapes["bart"])
+    generation = GenerationConfig.from_pretrained(shapes["bart"])
+    assert generation.decoder_start_token_id == generation.forced_eos_token_id == tokenizer.eos_token_id
+    assert generation.decoder_start_token_id != tokenizer.bos_token_id
 
 
-def test_token_classification_finds_entities(models):
-    ner = pipeline("token-classification", model=str(models["token-classification"]), aggregation_strategy="simple")
-    texts = tm.sample_texts()
-    results = ner(texts)
-    assert sum(bool(entities) for entities in results) >= len(texts) // 2
-    for text, entities in zip(texts, results):
-        for ent in entities:
-            assert ent["entity_group"] in {"PER", "ORG", "LOC"}
-            assert text[ent["start"] : ent["end"]] == ent["word"].removeprefix("##")
-    first = [(e["entity_group"], e["word"]) for e in results[0]]
-    assert first == [("PER", "Alice Johnson"), ("LOC", "Paris"), ("LOC", "Tokyo")]
-
-
-def test_zero_shot_classification(models):
-    zsc = pipeline("zero-shot-classification", model=str(models["zero-shot-classification"]))
-    labels = ["travel", "business", "sports"]
-    out = zsc(tm.sample_texts()[0], candidate_labels=labels)
-    assert sorted(out["labels"]) == sorted(labels)
-    assert sum(out["scores"]) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_feature_extraction(models):
-    # AutoModel (BertModel) from the classifier checkpoint: the pooler is present, only the head is left unused.
-    fe = pipeline("feature-extraction", model=str(models["text-classification"]))
-    text = tm.sample_texts()[1]
-    features = torch.tensor(fe(text))
-    n_tokens = len(fe.tokenizer(text)["input_ids"])
-    assert features.shape == (1, n_tokens, 32)
-
-
-def test_fill_mask(models):
-    fill = pipeline("fill-mask", model=str(models["fill-mask"]))
-    preds = fill("Alice Johnson moved to [MASK] in 2019.", top_k=3)
-    assert len(preds) == 3
-    assert all("[MASK]" not in p["sequence"] and p["token_str"] for p in preds)
-
-
-def test_question_answering_forward(models):
-    tok = AutoTokenizer.from_pretrained(models["question-answering"])
-    model = AutoModelForQuestionAnswering.from_pretrained(models["question-answering"])
-    enc = tok("Where does Bob work?", LONG_TEXT, truncation="only_second", return_tensors="pt")
-    assert enc["input_ids"].shape[1] == 64
-    with torch.no_grad():
-        out = model(**enc)
-    assert out.start_logits.shape == out.end_logits.shape == enc["input_ids"].shape
-
-
-def test_text_generation_greedy(models):
-    gen = pipeline("text-generation", model=str(models["text-generation"]))
-    prompts = ["Alice Johnson moved to", "The weather in Paris was terrible, but"]
-    outs = gen(prompts, max_new_tokens=5, do_sample=False, batch_size=2)
-    for prompt, out in zip(prompts, outs):
-        assert out[0]["generated_text"].startswith(prompt)
-    assert gen.tokenizer.padding_side == "left" and gen.model.config.n_positions == 128
-
-
-@pytest.mark.parametrize("num_beams", [1, 2])
-def test_seq2seq_generate(models, num_beams):
-    tok = AutoTokenizer.from_pretrained(models["seq2seq"])
-    model = AutoModelForSeq2SeqLM.from_pretrained(models["seq2seq"])
-    enc = tok(tm.sample_texts()[:3], padding=True, return_tensors="pt")
-    assert (enc["input_ids"][:, 0] == tok.bos_token_id).all()
-    out = model.generate(**enc, num_beams=num_beams, max_new_tokens=8)
-    assert out.shape[0] == 3 and 1 < out.shape[1] <= 9
-    assert (out[:, 0] == model.generation_config.decoder_start_token_id).all()
-    assert all(isinstance(s, str) for s in tok.batch_decode(out, skip_special_tokens=True))
+def test_bart_legacy_keeps_its_generation_settings_in_config_json_only(shapes):
+    """As facebook/bart-large-cnn: forced <s> first and </s> last, beams and no_repeat_ngram_size, in config.json and
+    no generation_config.json (the product must read them from there)."""
+    path = shapes["bart-legacy"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert not (path / "generation_config.json").exists()
+    settings = config(path)
+    assert (settings["forced_bos_token_id"], settings["forced_eos_token_id"]) == (tokenizer.bos_token_id,
+                                                                                 tokenizer.eos_token_id)
+    assert settings["num_beams"] > 1 and settings["no_repeat_ngram_size"] > 0
