@@ -23,6 +23,7 @@ from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolPlan, group_by_mode
 from nlp_tasks.driver.examples import LabelledTexts, fit_now, read_examples
 from nlp_tasks.driver.inputs import text_type_problem
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
+from nlp_tasks.driver.ray_session import started_by_this_process
 from nlp_tasks.engines.calibration import CALIBRATION_ROWS, needs_calibration
 from nlp_tasks.errors import InputError
 from nlp_tasks.secrets import check_credentials, register_secrets
@@ -32,8 +33,9 @@ from nlp_tasks.workers.text_checks import as_text, text_problem
 SOURCE = "build_processor"
 """What a config error names as its source, where the job names its YAML file."""
 USER_STAGE_CPUS = 1.0
-"""CPUs per node the pools leave to the user's own stages: a Ray Data read, map or write task takes one unless told
-otherwise, and actors holding every CPU would keep it waiting for ever (the job's reader and writer take less)."""
+"""CPUs per node the pools' actors leave unreserved for the user's own stages: a Ray Data read, map or write task
+takes one unless told otherwise, and actors holding every CPU would keep it waiting for ever. The actors are as many,
+with as many threads, as the job's: only what they reserve is less."""
 NO_ID_COLUMN = "<no id column>"
 """The generated id column of the job config a processor is validated as: a processor adds none, and no task
 column is named so."""
@@ -67,9 +69,9 @@ class Processor:
     examples: dict[str, LabelledTexts]
 
     def __call__(self, dataset: ray.data.Dataset) -> ray.data.Dataset:
-        """`dataset` with the task columns and the errors column added, lazily. The pools are sized from the cluster
-        less USER_STAGE_CPUS per node; heads are fitted now (a Ray task per pool with examples); a static int8 pool
-        without examples calibrates on the Dataset's first rows, read now."""
+        """`dataset` with the task columns and the errors column added, lazily. The pools are sized from the cluster,
+        leaving USER_STAGE_CPUS per node unreserved; heads are fitted now (a Ray task per pool with examples); a
+        static int8 pool without examples calibrates on the Dataset's first rows, read now."""
         text_column, errors_column = self.config.input.text_column, self.config.output.errors_column
         outputs = [*self.tasks, errors_column]
         schema = dataset.schema(fetch_if_missing=False)
@@ -81,8 +83,7 @@ class Processor:
                 raise InputError(f"the Dataset: {problem}")
         if not ray.is_initialized():
             ray.init()
-        cluster = Cluster.now(fixed_size=False)
-        cluster = replace(cluster, cpus=max(0.0, cluster.cpus - cluster.nodes * USER_STAGE_CPUS))
+        cluster = replace(Cluster.now(fixed_size=started_by_this_process()), kept_free=USER_STAGE_CPUS)
         planned = size_pools(self.config, group_by_model(self.tasks), cluster, None)
         heads = fit_now(planned, self.examples)
         pools = [Pool(specs, plan, {column: heads[column] for column in specs if column in heads},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,6 +105,20 @@ def test_a_small_run_is_cut_into_batches_enough_for_every_actor():
     assert one_row.batch_size == 1
     by_hand = job({"embedding": THREE_MODELS["embedding"]}, {"batch_size": 64})
     assert plan_pools(by_hand, group_by_model(by_hand.tasks), four_cores, [90 * MB], rows=200)[0].batch_size == 64
+
+
+def test_a_processor_runs_as_many_actors_as_the_job_and_leaves_its_user_a_cpu_unreserved():
+    """build_processor's pools (Cluster.kept_free) keep the job's actors and threads; only what they reserve is
+    less, so that the user's own read and write tasks (a CPU each) are never kept waiting."""
+    config = job({"embedding": THREE_MODELS["embedding"]})
+    for cores in (2, 16):
+        node = Cluster(cpus=cores, gpus=0, memory=64 * 2**30, nodes=1, fixed_size=False)
+        [the_job] = plans_for(config, node, [90 * MB])
+        [processor] = plans_for(config, replace(node, kept_free=1.0), [90 * MB])
+        assert (processor.max_actors, processor.torch_threads) == (the_job.max_actors, the_job.torch_threads) \
+            == (cores, 1)
+        assert processor.max_actors * processor.num_cpus_per_actor <= cores - 1.0 - CPU_RESERVE + 1e-9
+        assert processor.num_cpus_per_actor < the_job.num_cpus_per_actor
 
 
 def test_keys_set_by_hand_win_job_wide_and_per_task():

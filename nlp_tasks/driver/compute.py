@@ -69,6 +69,14 @@ class Cluster:
     memory: float
     nodes: int
     fixed_size: bool
+    kept_free: float = 0.0
+    """CPUs per node the pools leave to stages the job does not plan (a processor's user's read, map and write)."""
+
+    @property
+    def reserve(self) -> float:
+        """CPUs per node the pools' actors leave to the stages around them: the job's reader and writer, and
+        `kept_free`."""
+        return CPU_RESERVE + self.kept_free
 
     @classmethod
     def now(cls, fixed_size: bool) -> Cluster:
@@ -209,7 +217,7 @@ def with_stage_cpus(plans: list[PoolPlan], cluster: Cluster) -> list[PoolPlan]:
     """The split pools' CPU stages get a CPU per task where the actors (as the pools start) leave two per node
     free, so that the tokenizers use the cores; else a quarter, so that they are never refused."""
     actors = sum(plan.min_actors * plan.num_cpus_per_actor for plan in plans)
-    free = cluster.cpus - actors - cluster.nodes * CPU_RESERVE
+    free = cluster.cpus - actors - cluster.nodes * cluster.reserve
     stage_cpus = 1.0 if free >= 2 * cluster.nodes else SMALL_STAGE_CPUS
     return [replace(plan, stage_cpus=stage_cpus) for plan in plans]
 
@@ -218,7 +226,7 @@ def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]
     """GPU actors; with split stages they reserve little CPU, the CPU stages get the rest."""
     share = gpu_share(weights)
     actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
-    cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * CPU_RESERVE) / max(cluster.gpus, 1.0))
+    cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * cluster.reserve) / max(cluster.gpus, 1.0))
     return {
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
         "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, min(GPU_CPUS_PER_ACTOR_MAX,
@@ -232,7 +240,7 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
     """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short);
     `actors`: the pool size, when set by hand; `split`: some pool has split stages, whose two CPU stages
     need room too."""
-    reserve = CPU_RESERVE + (2 * SMALL_STAGE_CPUS if split else 0)
+    reserve = cluster.reserve + (2 * SMALL_STAGE_CPUS if split else 0)
     usable = max(0.5, cluster.cpus - cluster.nodes * reserve)
     cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
     if actors is None:
@@ -293,7 +301,8 @@ def engine_note(config: JobConfig, specs: dict[str, TaskSpec], plan: PoolPlan) -
 def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
     """The pools' smallest sizes must fit the cluster and leave room for reading and writing, or the job
     waits forever. Auto-sized pools always fit; hand-set ones may not. On a fixed-size cluster (the embedded
-    local Ray) that is an error; a cluster that can autoscale may still grow, so there it is a warning.
+    local Ray) that is an error; a cluster that can autoscale may still grow, so there it is a warning. A processor's
+    `kept_free` is not counted: a user's task that finds those CPUs held by a stage task waits for it to end.
     """
     reserved = sum(plan.min_actors * plan.num_cpus_per_actor for plan in pools)
     gpus = sum(plan.min_actors * plan.num_gpus_per_actor for plan in pools)

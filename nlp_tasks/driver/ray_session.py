@@ -36,6 +36,15 @@ def start_ray() -> bool:
     return True
 
 
+def started_by_this_process() -> bool:
+    """Whether the Ray this process is connected to is a local one it started (the head node is this process's):
+    a cluster of fixed size, which no autoscaler grows. Ray says so only through a private handle (Ray 2.60); where
+    it is not found, the cluster is taken as one that may grow."""
+    import ray._private.worker
+
+    return bool(getattr(getattr(ray._private.worker, "_global_node", None), "head", False))
+
+
 def quiet_driver() -> None:
     """Keep off this driver's console what Ray's workers print (an actor's traceback as it dies: `log_to_driver`)
     and the error messages Ray publishes to drivers, which its driver prints from a thread with no switch, prefixed
