@@ -94,7 +94,10 @@ class Processor:
         split = [pool for pool in pools if pool.split]
         if split:  # the split pools' CPU stages record their calls, which are the job's alone
             stages.append(Stage(without_call_records, {}, None, split[-1].plan.stage_cpus))
-        return run_stages(dataset, stages)
+        # blocks of a batch's rows at most, so that every actor has work until the end: Ray Data hands an actor a
+        # whole block, and a reader's blocks (a file's rows, or a megabyte) would leave the others idle
+        rows = min(pool.plan.batch_size for pool in pools)
+        return run_stages(dataset.repartition(target_num_rows_per_block=rows), stages)
 
 
 def column_problem(names: list[str], text_column: str, outputs: list[str]) -> str | None:
