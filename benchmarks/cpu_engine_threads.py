@@ -37,8 +37,8 @@ def run_share(args: tuple[str, str, str, int, bool, list[str], int, int]) -> tup
     engine, dtype, folder, threads, pinned, texts, max_length, budget = args
     import transformers
 
+    from nlp_tasks.batching import MicroBatcher
     from nlp_tasks.engines.encoders import OUTPUT_NAMES, encoder_input_names, engine_class
-    from nlp_tasks.workers.batching import MicroBatcher
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
     names = encoder_input_names(tokenizer)
@@ -70,7 +70,7 @@ SMOKE_ARGS = ["--rows", "16", "--max-length", "32"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET
+    from nlp_tasks.batching import CPU_TOKEN_BUDGET
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400)

@@ -23,8 +23,8 @@ SMOKE_ARGS = ["--rows", "8", "--batch-size", "4", "--max-length", "64"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nlp_tasks.batching import pad_features, plan_micro_batches
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.workers.batching import pad_features, plan_micro_batches
     from nlp_tasks.workers.stages import INPUTS_PREFIX, SKELETONS, pending_from_inputs, tokenize
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

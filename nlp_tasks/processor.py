@@ -27,8 +27,8 @@ from nlp_tasks.driver.ray_session import started_by_this_process
 from nlp_tasks.engines.calibration import CALIBRATION_ROWS, needs_calibration
 from nlp_tasks.errors import InputError
 from nlp_tasks.secrets import check_credentials, register_secrets
+from nlp_tasks.text_checks import as_text, text_problem
 from nlp_tasks.workers.stats import CALLS_COLUMN
-from nlp_tasks.workers.text_checks import as_text, text_problem
 
 SOURCE = "build_processor"
 """What a config error names as its source, where the job names its YAML file."""

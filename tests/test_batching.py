@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from nlp_tasks.workers.batching import MicroBatcher, plan_micro_batches
+from nlp_tasks.batching import MicroBatcher, plan_micro_batches
 
 
 def test_plan_respects_budget_and_covers_every_row_once():

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from nlp_tasks.batching import CPU_TOKEN_BUDGET
 from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES
@@ -38,10 +39,6 @@ SMALL_STAGE_CPUS = 0.25
 """CPUs a tokenize or postprocess task of split pools reserves where the actors leave less than two CPUs free."""
 SPLIT_GPU_ACTOR_CPUS = 0.5
 """CPUs a split pool's GPU actor reserves: it only copies batches and launches kernels; the CPU stages tokenize."""
-CPU_TOKEN_BUDGET = 2048
-"""Padded tokens per micro-batch on CPU: 8 rows of 256 tokens. On BBC rows with one thread, in-process, MiniLM ran
-24.7 rows/s in bfloat16 at 2,048 against 22.0 at 1,024 and 24.1 at 4,096; in float32 13.15 against 13.2 at 1,024
-and 12.2 at 4,096 (BERT-base: 1.97, 2.00, 1.87)."""
 CTRANSLATE2_CPU_TOKEN_BUDGET = 8192
 """Padded source tokens per micro-batch of a CTranslate2 pool on CPU: 16 rows of 512. Beam search 4 over BBC rows
 (BART-base shape, one process, 2 workers) took 16.9 CPU-seconds for 16 rows at 8,192 against 20.7 at 4,096 and

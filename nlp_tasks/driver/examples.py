@@ -18,8 +18,8 @@ from nlp_tasks.errors import InputError, UserError
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.tasks.embedding_classification import Examples
+from nlp_tasks.text_checks import as_text, text_problem
 from nlp_tasks.workers.heads import fit_heads
-from nlp_tasks.workers.text_checks import as_text, text_problem
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from nlp_tasks.engines.encoders import engine_dtype
 from nlp_tasks.errors import InputError
-from nlp_tasks.workers.text_checks import as_text, text_problem
+from nlp_tasks.text_checks import as_text, text_problem
 
 CALIBRATION_ROWS = 300
 """Texts a static int8 build is calibrated on (NNCF's default subset size is 300)."""

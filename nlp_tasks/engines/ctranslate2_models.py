@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from nlp_tasks.batching import Features, plan_micro_batches
 from nlp_tasks.engines.node_cache import built
 from nlp_tasks.models.loading import cache_root, checkpoint_json, model_fingerprint
-from nlp_tasks.workers.batching import Features, plan_micro_batches
 
 SEQ2SEQ_TYPES = {"bart": "BartConfig", "mbart": "MBartConfig", "marian": "MarianConfig", "pegasus": "PegasusConfig",
                  "t5": "T5Config", "mt5": "MT5Config", "umt5": "UMT5Config", "m2m_100": "M2M100Config"}

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from nlp_tasks.workers.batching import Features, MicroBatcher
+from nlp_tasks.batching import Features, MicroBatcher
 
 ENCODER_ENGINES = ("transformers", "openvino", "onnxruntime")
 """The engines of the encoder tasks: transformers, or a CPU engine running the exported model (engines/encoders.py)."""

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from nlp_tasks.batching import pad_features
 from nlp_tasks.models.heads import head_scores
 from nlp_tasks.tasks.base import (
     LABELS_SCORES,
@@ -30,7 +31,6 @@ from nlp_tasks.tasks.base import (
 from nlp_tasks.tasks.feature_extraction import FeatureExtraction, FeatureExtractionOptions, normalized
 from nlp_tasks.tasks.registry import register
 from nlp_tasks.tasks.zero_shot_classification import ranked
-from nlp_tasks.workers.batching import pad_features
 
 
 class Examples(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import PositiveInt, model_validator
 
 from nlp_tasks.tasks.base import ENCODER_ENGINES, RowError, TaskAdapter, TaskOptions
 from nlp_tasks.tasks.registry import register
-from nlp_tasks.workers.text_checks import as_text, text_problem
+from nlp_tasks.text_checks import as_text, text_problem
 
 ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
 

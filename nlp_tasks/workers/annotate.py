@@ -26,17 +26,16 @@ from typing import Any
 
 import pyarrow as pa
 
+from nlp_tasks.batching import CPU_TOKEN_BUDGET, MicroBatcher, gpu_token_budget
 from nlp_tasks.config import ComputeConfig, TaskSpec
-from nlp_tasks.driver.compute import CPU_TOKEN_BUDGET
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.models import node_cpu
 from nlp_tasks.models.loading import model_fingerprint
 from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
-from nlp_tasks.workers.batching import MicroBatcher, gpu_token_budget
+from nlp_tasks.text_checks import as_text, text_problem
 from nlp_tasks.workers.load import load_model
 from nlp_tasks.workers.stats import with_call
-from nlp_tasks.workers.text_checks import as_text, text_problem
 
 log = logging.getLogger(__name__)
 

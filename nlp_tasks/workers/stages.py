@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from nlp_tasks.batching import MODEL_INPUT_KEYS
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.tasks.base import RowError, TaskAdapter
 from nlp_tasks.workers.annotate import (
@@ -45,7 +46,6 @@ from nlp_tasks.workers.annotate import (
     segment_tokens,
     with_errors,
 )
-from nlp_tasks.workers.batching import MODEL_INPUT_KEYS
 from nlp_tasks.workers.stats import with_call
 
 SEGMENTS_PREFIX = "__segments."

@@ -16,6 +16,9 @@ Features = dict[str, Any]
 """One token sequence: model inputs (lists of ints) plus whatever the adapter keeps for postprocessing."""
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+CPU_TOKEN_BUDGET = 2048
+"""Padded tokens per micro-batch on CPU: 8 rows of 256 tokens, the fastest budget of 1,024 to 4,096 for MiniLM and
+BERT-base on one thread (`python -m benchmarks.cpu_engine_threads`)."""
 
 
 def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
