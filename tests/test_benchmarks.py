@@ -78,7 +78,7 @@ def _peers(records: dict) -> None:
     record = records["cpu-peers-float32"]
     missing = {variant for variant, package in PEER_PACKAGES.items() if importlib.util.find_spec(package) is None}
     speeds = record["rows_per_s"]["8"]
-    assert set(speeds) == {"job", "job-tuned", "daft", "ray-data", "pipeline", "ceiling", "ceiling-eager"} - missing
+    assert set(speeds) == {"job", "job-tuned", "api", "daft", "ray-data", "pipeline", "ceiling", "ceiling-eager"} - missing
     assert set(record["skipped"]) == missing
     _positive(*speeds.values())
     assert "| 8 |" in readme_table([record])
