@@ -194,20 +194,20 @@ class DeltaStore(OutputStore):
         markers = self.read_markers(delta_marker_problem)
         self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
         listing = self.list_output()
-        plan = delta_recovery(markers, self._logged_parts(), self.logged, listing)
-        for unit, marker in plan.restore.items():
+        recovery = delta_recovery(markers, self._logged_parts(), self.logged, listing)
+        for unit, marker in recovery.restore.items():
             write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
-        for unit in plan.drop:
+        for unit in recovery.drop:
             self.delete(self.path(UNITS, f"{unit}.json"))
-        for unit, why in plan.why.items():
+        for unit, why in recovery.why.items():
             self.redo(unit, why)
-        if plan.restore or plan.drop:
+        if recovery.restore or recovery.drop:
             self.index_stale = True
-        if plan.uncommit:
-            self._transact([], [file for parts in plan.uncommit.values() for file in parts],
+        if recovery.uncommit:
+            self._transact([], [file for parts in recovery.uncommit.values() for file in parts],
                            {"nlp_tasks": {"repair": True}})
-        self.markers = plan.markers
-        self.columns_seen = {(column, value) for marker in plan.markers.values()
+        self.markers = recovery.markers
+        self.columns_seen = {(column, value) for marker in recovery.markers.values()
                              for column, value in marker.get("tasks", {}).items()}
         self.delete_strays(listing)
         if self.filesystem.exists(self.path(STAGING)):
