@@ -12,13 +12,9 @@ import tiny_models
 from helpers import write_config
 
 from nlp_tasks.config import ConfigError, parse_config
-from nlp_tasks.driver.compute import (
-    CPU_RESERVE,
-    Cluster,
-    group_by_model,
-    plan_pools,
-)
-from nlp_tasks.driver.plan import FILES_PER_WRITE, rows_per_write
+from nlp_tasks.driver.commits import COMMITTERS
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, group_by_model, plan_pools
+from nlp_tasks.driver.plan import rows_per_write
 from nlp_tasks.workers.read import Fragment
 
 MB = 2**20
@@ -200,13 +196,14 @@ def test_a_small_run_on_ctranslate2_gets_one_call_per_worker():
 
 
 def test_a_run_of_many_small_files_writes_and_commits_them_as_it_goes():
-    """The write stage gathers at most the rows of FILES_PER_WRITE input files: a thousand files of three rows are
-    written (and so committed) in groups of 64, not in halves of the run; big files keep their writes."""
+    """The write stage gathers at most the rows of as many input files as the driver commits at once: a thousand
+    files of three rows are written (and so committed) in groups of 64, not in halves of the run; big files keep
+    their writes."""
     config = job({"embedding": THREE_MODELS["embedding"]})
     [one_actor] = plans_for(config, Cluster(cpus=1, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True), [MB])
     [two_actors] = plans_for(config, Cluster(cpus=2, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True), [MB])
     small = [Fragment(f"{index:016x}", f"in/{index}", f"in/{index}", None, 0, 3) for index in range(1000)]
-    assert rows_per_write(100_000, small, [({}, one_actor)]) == FILES_PER_WRITE * 3
+    assert rows_per_write(100_000, small, [({}, one_actor)]) == COMMITTERS * 3
     big = [Fragment(f"{index:016x}", f"in/{index}", f"in/{index}", None, 0, 500) for index in range(4)]
     assert rows_per_write(100_000, big, [({}, two_actors)]) == 500
     assert rows_per_write(100, big, [({}, two_actors)]) == 100

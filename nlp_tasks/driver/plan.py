@@ -16,6 +16,7 @@ import ray
 
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.changes import Refresh
+from nlp_tasks.driver.commits import COMMITTERS
 from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
 from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
@@ -25,12 +26,7 @@ from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536
 """Rows per read task of a big file: it is cut (at row-group boundaries) into fragments of about this many rows,
-each read by a task of its own. Small files are read together up to a batch's rows a task: Ray Data merges what a
-read task yields into blocks of up to 128 MiB, so a task of a thousand small files from object storage would hold
-back every row, and so every write and commit, until its last file."""
-FILES_PER_WRITE = 64
-"""Input files a write call covers at most, on average: as many as the driver's commit threads take at once
-(commits.COMMITTERS)."""
+each read by a task of its own; small files are read together up to a batch's rows (read.CorpusDatasource)."""
 
 
 def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Callable[[str], str]) -> list[Fragment]:
@@ -57,7 +53,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     generated_id = None if config.input.id_column else config.output.generated_id_column
     block_rows = min((plan.batch_size for _, plan in pools), default=config.output.rows_per_file)
     reader = CorpusDatasource(source.filesystem, output_filesystem, fragments, source.schema, block_rows,
-                              block_rows, generated_id, config.output.errors_column)
+                              generated_id, config.output.errors_column)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
     dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
     annotating = [Pool(specs, plan, {column: fitted[column] for column in specs if column in fitted},
@@ -74,10 +70,11 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
 def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolPlan]]) -> int:
     """Rows the write stage gathers per call: `output.rows_per_file`, or less, so that parts are written (and files
     committed) while the actors work rather than all at the end: a run's rows are spread over at least two writes
-    per actor of its widest pool, and a write holds the rows of FILES_PER_WRITE input files at most (on average), so
-    that a run of many small files hands them to the commits as it goes, not hundreds at once."""
+    per actor of its widest pool, and a write holds the rows of as many input files as the driver commits at once
+    (commits.COMMITTERS, on average) at most, so that a run of many small files hands them to the commits as it
+    goes, not hundreds at once."""
     actors = max((plan.max_actors for _, plan in pools), default=1)
     batch = max((plan.batch_size for _, plan in pools), default=1)
     rows = sum(fragment.rows for fragment in fragments)
     files = max(1, len({fragment.unit for fragment in fragments}))
-    return max(batch, min(rows_per_file, -(-rows // (2 * actors)), FILES_PER_WRITE * -(-rows // files)))
+    return max(batch, min(rows_per_file, -(-rows // (2 * actors)), COMMITTERS * -(-rows // files)))

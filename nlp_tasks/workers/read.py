@@ -73,14 +73,17 @@ def split_file(unit: str, path: str, name: str, row_group_rows: tuple[int, ...],
 class CorpusDatasource(Datasource):
     """Reads fragments of Parquet files into blocks tagged with unit and row position.
 
-    Fragments are packed into read tasks of at least `task_rows` rows. Ray merges what a read task
-    yields into blocks of up to 128 MiB, and one block goes to one actor: `num_blocks(rows)` is the
-    block count to ask Ray for so that it cuts each read task's output into blocks of about `rows`
-    rows, inside the read task (a separate repartition stage would cost the driver as much again).
+    Fragments are packed into read tasks of at least `block_rows` rows (small files together, a big
+    file's fragment alone). Ray merges what a read task yields into blocks of up to 128 MiB, and
+    hands them on only when the task ends: a task of a thousand small files from object storage would
+    hold back every row, and so every write and commit, until its last file. One block goes to one
+    actor: `num_blocks(rows)` is the block count to ask Ray for so that it cuts each read task's
+    output into blocks of about `rows` rows, inside the read task (a separate repartition stage would
+    cost the driver as much again).
     """
 
     def __init__(self, filesystem: Any, output_filesystem: Any, fragments: list[Fragment], schema: pa.Schema,
-                 block_rows: int, task_rows: int, generated_id_column: str | None, errors_column: str):
+                 block_rows: int, generated_id_column: str | None, errors_column: str):
         super().__init__()
         self.filesystems = (filesystem, output_filesystem)
         self.schema = schema
@@ -89,7 +92,7 @@ class CorpusDatasource(Datasource):
         self.errors_column = errors_column
         self.groups: list[list[Fragment]] = [[]]
         for fragment in fragments:
-            if sum(f.rows for f in self.groups[-1]) >= task_rows:
+            if sum(f.rows for f in self.groups[-1]) >= block_rows:
                 self.groups.append([])
             self.groups[-1].append(fragment)
 
