@@ -23,7 +23,7 @@ SMOKE_ARGS = ["--rows", "8", "--batch-size", "4", "--max-length", "64"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nlp_tasks.batching import pad_features, plan_micro_batches
+    from nlp_tasks.batching import group_micro_batches, pad_features
     from nlp_tasks.config import ComputeConfig, TaskSpec
     from nlp_tasks.workers.stages import INPUTS_PREFIX, SKELETONS, pending_from_inputs, tokenize
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         read_s += time.perf_counter() - started
         lengths = [len(unit["input_ids"]) for unit in features]
         started = time.perf_counter()
-        for group in plan_micro_batches(lengths, args.token_budget):
+        for group in group_micro_batches(lengths, args.token_budget):
             pad_features([features[i] for i in group], {"input_ids": 0})
             padded += len(group) * lengths[group[0]]
         pad_s += time.perf_counter() - started

@@ -36,7 +36,7 @@ SMOKE_ARGS = ["--scenario", "tiny-classifier", "--device", "cpu", "--dtype", "fl
 
 def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.workers.annotate import Annotator
+    from nlp_tasks.workers.annotator import Annotator
     from nlp_tasks.workers.stages import ModelStage, tokenize
     from nlp_tasks.workers.stats import CALLS_COLUMN, RunStats, calls_in
 

@@ -21,7 +21,7 @@ CPU_TOKEN_BUDGET = 2048
 BERT-base on one thread (`python -m benchmarks.cpu_engine_threads`)."""
 
 
-def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+def group_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Group indices, longest first, so that each group's rows x longest length <= token_budget.
 
     A single row longer than the budget still gets a group of its own.
@@ -76,7 +76,7 @@ class MicroBatcher:
         """Each feature's output, in input order; `tokens` counts the real and the padded tokens run."""
         results: list[Any] = [None] * len(features)
         lengths = [len(f["input_ids"]) for f in features]
-        for group in plan_micro_batches(lengths, self.token_budget):
+        for group in group_micro_batches(lengths, self.token_budget):
             if tokens is not None:
                 tokens.update(real=sum(lengths[i] for i in group), padded=len(group) * lengths[group[0]])
             for index, output in zip(group, self._run_group([features[i] for i in group], forward)):

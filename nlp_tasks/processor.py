@@ -19,7 +19,7 @@ import ray
 
 from nlp_tasks.config import JobConfig, TaskSpec, parse_config
 from nlp_tasks.driver.checks import runnable_tasks
-from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolPlan, group_by_model, size_pools
+from nlp_tasks.driver.compute import READ_CPUS, Cluster, PoolSettings, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fit_now, read_examples
 from nlp_tasks.driver.inputs import text_type_problem
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
@@ -86,17 +86,17 @@ class Processor:
         cluster = replace(Cluster.now(fixed_size=started_by_this_process()), kept_free=USER_STAGE_CPUS)
         planned = size_pools(self.config, group_by_model(self.tasks), cluster, None)
         heads = fit_now(planned, self.examples)
-        pools = [Pool(specs, plan, {column: heads[column] for column in specs if column in heads},
-                      calibration_texts(specs, plan, self.examples, dataset, text_column))
-                 for specs, plan in planned]
+        pools = [Pool(specs, settings, {column: heads[column] for column in specs if column in heads},
+                      calibration_texts(specs, settings, self.examples, dataset, text_column))
+                 for specs, settings in planned]
         stages = [Stage(checked_columns, dict(text_column=text_column, outputs=outputs), None, READ_CPUS),
                   *annotation_stages(pools, text_column, errors_column, record_calls=False)]
         split = [pool for pool in pools if pool.split]
         if split:  # the split pools' CPU stages record their calls, which are the job's alone
-            stages.append(Stage(without_call_records, {}, None, split[-1].plan.stage_cpus))
+            stages.append(Stage(without_call_records, {}, None, split[-1].settings.stage_cpus))
         # blocks of a batch's rows at most, so that every actor has work until the end: Ray Data hands an actor a
         # whole block, and a reader's blocks (a file's rows, or a megabyte) would leave the others idle
-        rows = min(pool.plan.batch_size for pool in pools)
+        rows = min(pool.settings.batch_size for pool in pools)
         return run_stages(dataset.repartition(target_num_rows_per_block=rows), stages)
 
 
@@ -123,11 +123,11 @@ def without_call_records(batch: pa.Table) -> pa.Table:
     return batch.drop_columns([CALLS_COLUMN]) if CALLS_COLUMN in batch.column_names else batch
 
 
-def calibration_texts(specs: dict[str, TaskSpec], plan: PoolPlan, examples: dict[str, LabelledTexts],
+def calibration_texts(specs: dict[str, TaskSpec], settings: PoolSettings, examples: dict[str, LabelledTexts],
                       dataset: ray.data.Dataset, text_column: str) -> Any:
     """The Ray object of the texts a static int8 pool calibrates on (engines/calibration.py): its task's examples,
     else the usable texts among the Dataset's first CALIBRATION_ROWS rows; None for any other pool."""
-    if not needs_calibration(plan.engine, plan.dtype):
+    if not needs_calibration(settings.engine, settings.dtype):
         return None
     labelled = next((column for column in specs if column in examples), None)
     if labelled is not None:

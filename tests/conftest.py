@@ -47,7 +47,7 @@ def annotate():
     from nlp_tasks.config import ComputeConfig, TaskSpec
     from nlp_tasks.driver.compute import group_by_model
     from nlp_tasks.tasks import get_task
-    from nlp_tasks.workers.annotate import Annotator
+    from nlp_tasks.workers.annotator import Annotator
     from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
     from nlp_tasks.workers.stats import CALLS_COLUMN
 

@@ -6,13 +6,13 @@ import random
 
 import torch
 
-from nlp_tasks.batching import MicroBatcher, plan_micro_batches
+from nlp_tasks.batching import MicroBatcher, group_micro_batches
 
 
 def test_plan_respects_budget_and_covers_every_row_once():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(500)]
-    groups = plan_micro_batches(lengths, token_budget=1024)
+    groups = group_micro_batches(lengths, token_budget=1024)
     assert sorted(i for group in groups for i in group) == list(range(500))
     for group in groups:
         longest = max(lengths[i] for i in group)
@@ -21,7 +21,7 @@ def test_plan_respects_budget_and_covers_every_row_once():
 
 
 def test_oversized_row_gets_its_own_micro_batch():
-    assert plan_micro_batches([5000, 10, 10], token_budget=100) == [[0], [1, 2]]
+    assert group_micro_batches([5000, 10, 10], token_budget=100) == [[0], [1, 2]]
 
 
 def test_outputs_return_in_input_order_and_padding_is_clipped():

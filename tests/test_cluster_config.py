@@ -28,7 +28,7 @@ from helpers import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from nlp_tasks.config import load_config
-from nlp_tasks.driver.compute import Cluster, group_by_model, plan_pools
+from nlp_tasks.driver.compute import Cluster, group_by_model, resolve_pools
 
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 RAYJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "rayjob.yaml").read_text()))
@@ -59,7 +59,7 @@ def nightly_pools(worker_cpus: float, worker_gpus: float, workers: int) -> list:
     groups = group_by_model(config.tasks)
     cluster = Cluster(cpus=workers * worker_cpus, gpus=workers * worker_gpus, memory=0, nodes=workers,
                       fixed_size=False)
-    return plan_pools(config, groups, cluster, [0] * len(groups))
+    return resolve_pools(config, groups, cluster, [0] * len(groups))
 
 
 def fits(pools: list, worker_cpus: float, worker_gpus: float, workers: int) -> None:

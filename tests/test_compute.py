@@ -13,7 +13,7 @@ from helpers import write_config
 
 from nlp_tasks.config import ConfigError, parse_config
 from nlp_tasks.driver.commits import COMMITTERS
-from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, group_by_model, plan_pools
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, group_by_model, resolve_pools
 from nlp_tasks.driver.plan import rows_per_write
 from nlp_tasks.workers.read import Fragment
 
@@ -26,7 +26,7 @@ def job(tasks: dict, compute: dict | None = None):
 
 
 def plans_for(config, cluster: Cluster, weights: list[int]):
-    return plan_pools(config, group_by_model(config.tasks), cluster, weights)
+    return resolve_pools(config, group_by_model(config.tasks), cluster, weights)
 
 
 THREE_MODELS = {
@@ -84,14 +84,14 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
     [fused] = plans_for(job({"embedding": THREE_MODELS["embedding"]}), two_cores, [90 * MB])
     assert fused.stages == "fused"
     split = plans_for(job(THREE_MODELS, {"stages": "split"}), two_cores, [90 * MB] * 3)
-    assert {plan.stages for plan in split} == {"split"} and {plan.stage_cpus for plan in split} == {0.25}
-    actors = sum(plan.max_actors * plan.num_cpus_per_actor for plan in split)
+    assert {settings.stages for settings in split} == {"split"} and {settings.stage_cpus for settings in split} == {0.25}
+    actors = sum(settings.max_actors * settings.num_cpus_per_actor for settings in split)
     assert actors + CPU_RESERVE + 2 * split[0].stage_cpus <= 2 + 1e-9  # read, write, tokenize, postprocess fit
     gpu_node = Cluster(cpus=16, gpus=1, memory=128 * 2**30, nodes=1, fixed_size=True)
     labels = {"task": "embedding-classification", "model": "c", "candidate_labels": ["a", "b"]}
     on_gpu = plans_for(job({"topic": labels, "sentiment": THREE_MODELS["sentiment"]}), gpu_node, [90 * MB] * 2)
     # candidate labels are scored against embeddings the weights make at load: that pool stays fused
-    assert [(plan.tasks, plan.stages) for plan in on_gpu] == [(("topic",), "fused"), (("sentiment",), "split")]
+    assert [(settings.tasks, settings.stages) for settings in on_gpu] == [(("topic",), "fused"), (("sentiment",), "split")]
     assert on_gpu[1].stage_cpus == 1.0 and "CPU tasks of 1 CPU" in on_gpu[1].describe()
 
 
@@ -100,14 +100,14 @@ def test_a_small_run_is_cut_into_batches_enough_for_every_actor():
     four_cores = Cluster(cpus=4, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True)
     config = job({"embedding": THREE_MODELS["embedding"]})
     groups = group_by_model(config.tasks)
-    [large] = plan_pools(config, groups, four_cores, [90 * MB], rows=100_000)
-    [small] = plan_pools(config, groups, four_cores, [90 * MB], rows=200)
-    [one_row] = plan_pools(config, groups, four_cores, [90 * MB], rows=1)
+    [large] = resolve_pools(config, groups, four_cores, [90 * MB], rows=100_000)
+    [small] = resolve_pools(config, groups, four_cores, [90 * MB], rows=200)
+    [one_row] = resolve_pools(config, groups, four_cores, [90 * MB], rows=1)
     assert (large.max_actors, large.batch_size) == (4, 64)
     assert (small.max_actors, small.batch_size) == (4, 13)  # 16 batches: at least 4 per actor
     assert one_row.batch_size == 1
     by_hand = job({"embedding": THREE_MODELS["embedding"]}, {"batch_size": 64})
-    assert plan_pools(by_hand, group_by_model(by_hand.tasks), four_cores, [90 * MB], rows=200)[0].batch_size == 64
+    assert resolve_pools(by_hand, group_by_model(by_hand.tasks), four_cores, [90 * MB], rows=200)[0].batch_size == 64
 
 
 def test_a_processor_runs_as_many_actors_as_the_job_and_leaves_its_user_a_cpu_unreserved():
@@ -190,9 +190,9 @@ def test_ctranslate2_pools_take_a_node_each_and_their_workers_take_its_cores():
 
 def test_a_small_run_on_ctranslate2_gets_one_call_per_worker():
     tasks = {"summary": {"task": "summarization", "model": "s", "engine": "ctranslate2"}}
-    [plan] = plan_pools(job(tasks), group_by_model(job(tasks).tasks),
+    [settings] = resolve_pools(job(tasks), group_by_model(job(tasks).tasks),
                         Cluster(cpus=2, gpus=0, memory=24e9, nodes=1, fixed_size=True), [500 * MB], 48)
-    assert (plan.max_actors, plan.inter_threads, plan.batch_size) == (1, 2, 24)
+    assert (settings.max_actors, settings.inter_threads, settings.batch_size) == (1, 2, 24)
 
 
 def test_a_run_of_many_small_files_writes_and_commits_them_as_it_goes():

@@ -21,7 +21,7 @@ import tiny_models
 from helpers import REPO, SAMPLE, cli, last_report, write_config
 
 from nlp_tasks.config import ConfigError, TaskSpec, parse_config
-from nlp_tasks.driver.compute import Cluster, group_by_model, plan_pools
+from nlp_tasks.driver.compute import Cluster, group_by_model, resolve_pools
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, missing_package
 
@@ -76,10 +76,10 @@ def test_a_cpu_engine_auto_took_gives_way_to_transformers_on_a_gpu_pool(models):
         ready = {"s": config.tasks["s"].model_copy(update={"engine": engine})}  # as job.runnable_tasks resolves it
         if named:
             with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino .*runs on CPU only"):
-                plan_pools(config, group_by_model(ready), gpu_node, [MB])
+                resolve_pools(config, group_by_model(ready), gpu_node, [MB])
         else:
-            (plan,) = plan_pools(config, group_by_model(ready), gpu_node, [MB])
-            assert (plan.engine, plan.device) == ("transformers", "cuda")
+            (settings,) = resolve_pools(config, group_by_model(ready), gpu_node, [MB])
+            assert (settings.engine, settings.device) == ("transformers", "cuda")
 
 
 def test_a_model_the_exporter_cannot_take_falls_back_with_auto_and_is_one_line_when_named(models):
@@ -115,11 +115,11 @@ def test_a_pool_auto_left_on_transformers_says_why_in_its_plan_line(models):
 
     config = parse_config({"input": {"path": "in"}, "output": {"path": "out"}, "tasks": {
         "g": {"task": "text-generation", "model": str(models["text-generation"]), "min_length": 30}}})
-    ((_, plan),) = size_pools(config, group_by_model(runnable_tasks(config)[0]), Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
+    ((_, settings),) = size_pools(config, group_by_model(runnable_tasks(config)[0]), Cluster(cpus=2, gpus=0, memory=8 * 2**30, nodes=1,
                                                                          fixed_size=True), rows=100)
-    assert plan.engine == "transformers"
+    assert settings.engine == "transformers"
     assert "1 torch thread(s) (transformers: ctranslate2 cannot run it: ctranslate2 cannot honour min_length=30 (from " \
-           "the task's options)" in plan.describe()
+           "the task's options)" in settings.describe()
 
 
 def test_the_cli_names_a_missing_engine_in_one_line_and_exits_2(models, tmp_path):
@@ -195,7 +195,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("engine", ENCODER_ENGINES)
 def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(minilm, engine):
     from nlp_tasks.config import ComputeConfig
-    from nlp_tasks.workers.annotate import Annotator
+    from nlp_tasks.workers.annotator import Annotator
 
     texts = bbc_texts()
     sample, calibration = texts[:24], texts[100:164]  # calibrated on other rows than the ones compared
@@ -212,7 +212,7 @@ def test_int8_on_minilm_stays_within_cosine_0_99_of_float32_and_is_not_float32(m
 
 def test_static_int8_without_calibration_texts_is_refused(minilm):
     from nlp_tasks.config import ComputeConfig
-    from nlp_tasks.workers.annotate import Annotator, ModelLoadFailed
+    from nlp_tasks.workers.annotator import Annotator, ModelLoadFailed
 
     if missing_package("openvino"):
         pytest.skip("needs openvino")
@@ -253,7 +253,7 @@ def test_an_int8_job_without_a_usable_text_to_calibrate_on_is_one_line_exit_2(tm
     config = write_config(tmp_path, tmp_path / "blank.parquet",
                           {"vec": {"task": "feature-extraction", "model": minilm, "max_length": 128}},
                           compute={"dtype": "int8", "num_cpus_per_actor": 0.5})
-    result = cli(config)  # after the compute plan's log line: the error, one line, and no traceback
+    result = cli(config)  # after the pools' log lines: the error, one line, and no traceback
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: "), result.stderr
     assert "blank.parquet" in error and "'text'" in error and "tasks.vec" in error, error

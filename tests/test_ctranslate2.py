@@ -21,7 +21,7 @@ from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.ctranslate2_models import CONVERSION
 from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.annotator import Annotator
 
 TEXTS = tiny_models.sample_texts()
 NEAR_TIE = 0.15

@@ -12,7 +12,7 @@ from helpers import SAMPLE, last_report, write_config
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, ConfigError, TaskSpec, parse_config
 from nlp_tasks.models.heads import fit_head, head_scores
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.annotator import Annotator
 from nlp_tasks.workers.heads import fit_heads
 
 

@@ -12,7 +12,7 @@ from helpers import SAMPLE
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.models import kernel_choice
 from nlp_tasks.models.cpu_linear import PackedLinear
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.annotator import Annotator
 
 
 @pytest.fixture

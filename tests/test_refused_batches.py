@@ -64,7 +64,7 @@ def test_an_adapter_given_no_rows_gives_no_segments(models, column):
     """What each adapter does with rows left after filtering, when none are left: nothing, never the tokenizer's
     IndexError."""
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.workers.annotate import load_adapters
+    from nlp_tasks.workers.annotator import load_adapters
 
     spec = TaskSpec.model_validate(every_task(models)[column])
     adapter = load_adapters({column: spec}, ComputeConfig(device="cpu"), weights=False)[column]

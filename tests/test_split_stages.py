@@ -14,7 +14,7 @@ from helpers import write_config
 from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.driver.compute import group_by_model
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.annotator import Annotator
 from nlp_tasks.workers.stages import (
     INPUTS_PREFIX,
     RESULTS_PREFIX,

@@ -86,7 +86,7 @@ class Cluster:
 
 
 @dataclass(frozen=True)
-class PoolPlan:
+class PoolSettings:
     """One actor pool's resolved settings (`token_budget` None: the actor sizes it from the GPU)."""
 
     tasks: tuple[str, ...]
@@ -157,8 +157,8 @@ def gpu_share(weights: int) -> float:
     return 1.0
 
 
-def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
-               weights: list[int], rows: int | None = None) -> list[PoolPlan]:
+def resolve_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
+                  weights: list[int], rows: int | None = None) -> list[PoolSettings]:
     """Each pool's settings: the hand-set ones, and the rest sized from the cluster and the run's `rows`."""
     hand = [config.pool_compute(specs) for specs in groups]
     on_gpu = [c.device == "cuda" or (c.device == "auto" and cluster.gpus > 0 and c.num_gpus_per_actor != 0)
@@ -167,7 +167,7 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
         get_task(spec.task).splits(spec.options) for spec in specs.values())
         for specs, c, gpu in zip(groups, hand, on_gpu)]
     cpu_pools = sum(1 for gpu in on_gpu if not gpu)
-    plans = []
+    resolved = []
     for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
         first = next(iter(specs.values()))
         engine = _pool_engine(config, specs, gpu, compute.dtype)
@@ -176,25 +176,25 @@ def plan_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
         if first.engine == "ctranslate2":
             auto = _ctranslate2_defaults(auto, cluster, gpu, chosen.get("max_actors"))
-        settings = {**auto, **chosen}
+        merged = {**auto, **chosen}
         threads = "inter_threads" if first.engine == "ctranslate2" and not gpu else "torch_threads"
-        if ("num_cpus_per_actor" in chosen and threads not in chosen) or threads not in settings:
-            settings[threads] = max(1, math.floor(settings["num_cpus_per_actor"]))
-        settings["max_actors"] = max(settings["max_actors"], settings["min_actors"])
+        if ("num_cpus_per_actor" in chosen and threads not in chosen) or threads not in merged:
+            merged[threads] = max(1, math.floor(merged["num_cpus_per_actor"]))
+        merged["max_actors"] = max(merged["max_actors"], merged["min_actors"])
         if rows is not None and "batch_size" not in chosen:
-            calls = settings["max_actors"] * (settings["inter_threads"] if first.engine == "ctranslate2" and not gpu
-                                              else BATCHES_PER_ACTOR)
-            settings["batch_size"] = max(1, min(settings["batch_size"], -(-rows // calls)))
-        plans.append(PoolPlan(
+            calls = merged["max_actors"] * (merged["inter_threads"] if first.engine == "ctranslate2" and not gpu
+                                            else BATCHES_PER_ACTOR)
+            merged["batch_size"] = max(1, min(merged["batch_size"], -(-rows // calls)))
+        resolved.append(PoolSettings(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
             dtype=compute.dtype if compute.dtype != "auto" else (
                 ("float16" if first.engine == "ctranslate2" else "bfloat16") if gpu else "float32"),
             stages="split" if pool_split else "fused",
             engine=engine,
-            **{key: settings[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
-                                              "num_gpus_per_actor", "torch_threads", "batch_size",
-                                              "token_budget", "actor_concurrency", "inter_threads")}))
-    return with_stage_cpus(plans, cluster)
+            **{key: merged[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
+                                            "num_gpus_per_actor", "torch_threads", "batch_size",
+                                            "token_budget", "actor_concurrency", "inter_threads")}))
+    return with_stage_cpus(resolved, cluster)
 
 
 def _pool_engine(config: JobConfig, specs: dict[str, TaskSpec], gpu: bool, dtype: str) -> str:
@@ -210,13 +210,13 @@ def _pool_engine(config: JobConfig, specs: dict[str, TaskSpec], gpu: bool, dtype
     return "transformers"
 
 
-def with_stage_cpus(plans: list[PoolPlan], cluster: Cluster) -> list[PoolPlan]:
+def with_stage_cpus(resolved: list[PoolSettings], cluster: Cluster) -> list[PoolSettings]:
     """The split pools' CPU stages get a CPU per task where the actors (as the pools start) leave two per node
     free, so that the tokenizers use the cores; else a quarter, so that they are never refused."""
-    actors = sum(plan.min_actors * plan.num_cpus_per_actor for plan in plans)
+    actors = sum(settings.min_actors * settings.num_cpus_per_actor for settings in resolved)
     free = cluster.cpus - actors - cluster.nodes * cluster.reserve
     stage_cpus = 1.0 if free >= 2 * cluster.nodes else SMALL_STAGE_CPUS
-    return [replace(plan, stage_cpus=stage_cpus) for plan in plans]
+    return [replace(settings, stage_cpus=stage_cpus) for settings in resolved]
 
 
 def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]:
@@ -270,40 +270,40 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
 
 
 def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cluster,
-               rows: int | None) -> list[tuple[dict, PoolPlan]]:
+               rows: int | None) -> list[tuple[dict, PoolSettings]]:
     """Each pool's tasks and settings for a run of `rows` (None: not known, as for a Dataset handed to
     build_processor), logged, and checked against the cluster."""
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
-    plans = [replace(plan, engine_note=engine_note(config, specs, plan))
-             for specs, plan in zip(groups, plan_pools(config, groups, cluster, weights, rows))]
-    for plan in plans:
-        log.info("compute: %s", plan.describe())
-    check_reservations(plans, cluster)
-    # A CPU engine `auto` took gives way to transformers on a GPU pool (plan_pools): the actors load the plan's.
-    groups = [{column: spec.model_copy(update={"engine": plan.engine}) for column, spec in specs.items()}
-              for specs, plan in zip(groups, plans)]
-    return list(zip(groups, plans))
+    resolved = [replace(settings, engine_note=engine_note(config, specs, settings))
+                for specs, settings in zip(groups, resolve_pools(config, groups, cluster, weights, rows))]
+    for settings in resolved:
+        log.info("compute: %s", settings.describe())
+    check_reservations(resolved, cluster)
+    # A CPU engine `auto` took gives way to transformers on a GPU pool (resolve_pools): the actors load the pool's engine.
+    groups = [{column: spec.model_copy(update={"engine": settings.engine}) for column, spec in specs.items()}
+              for specs, settings in zip(groups, resolved)]
+    return list(zip(groups, resolved))
 
 
-def engine_note(config: JobConfig, specs: dict[str, TaskSpec], plan: PoolPlan) -> str | None:
+def engine_note(config: JobConfig, specs: dict[str, TaskSpec], settings: PoolSettings) -> str | None:
     """Why `engine: auto` left a CPU pool of encoder tasks on transformers (no CPU engine installed, a model type
-    the exporter does not take), for its plan line."""
-    if plan.engine != "transformers" or plan.device != "cpu":
+    the exporter does not take), for the pool's log line."""
+    if settings.engine != "transformers" or settings.device != "cpu":
         return None
     column = next(iter(specs))
-    return choose_engine(column, config.tasks[column], plan.dtype, "cpu")[1] if config.tasks[column].engine == "auto" \
+    return choose_engine(column, config.tasks[column], settings.dtype, "cpu")[1] if config.tasks[column].engine == "auto" \
         else None
 
 
-def check_reservations(pools: list[PoolPlan], cluster: Cluster) -> None:
+def check_reservations(pools: list[PoolSettings], cluster: Cluster) -> None:
     """The pools' smallest sizes must fit the cluster and leave room for reading and writing, or the job
     waits forever. Auto-sized pools always fit; hand-set ones may not. On a fixed-size cluster (the embedded
     local Ray) that is an error; a cluster that can autoscale may still grow, so there it is a warning. A processor's
     `kept_free` is not counted: a user's task that finds those CPUs held by a stage task waits for it to end.
     """
-    reserved = sum(plan.min_actors * plan.num_cpus_per_actor for plan in pools)
-    gpus = sum(plan.min_actors * plan.num_gpus_per_actor for plan in pools)
-    stage_tasks = max((2 * plan.stage_cpus for plan in pools if plan.stages == "split"), default=0.0)
+    reserved = sum(settings.min_actors * settings.num_cpus_per_actor for settings in pools)
+    gpus = sum(settings.min_actors * settings.num_gpus_per_actor for settings in pools)
+    stage_tasks = max((2 * settings.stage_cpus for settings in pools if settings.stages == "split"), default=0.0)
     room = cluster.cpus - cluster.nodes * CPU_RESERVE - stage_tasks
     if reserved > room + 1e-9 or gpus > cluster.gpus:
         message = (f"compute: the actor pools' min_actors reserve {reserved:g} CPUs and {gpus:g} GPUs; the cluster "

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nlp_tasks.driver.compute import PoolPlan
+from nlp_tasks.driver.compute import PoolSettings
 from nlp_tasks.errors import InputError, UserError
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
@@ -59,27 +59,27 @@ def read_examples(column: str, examples: Examples) -> LabelledTexts:
     return LabelledTexts(texts, labels)
 
 
-def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts],
+def fitted_heads(store: OutputStore, pools: list[tuple[dict, PoolSettings]], examples: dict[str, LabelledTexts],
                  fingerprints: dict[str, str]) -> dict[str, dict]:
     """The heads of the pools' tasks with labelled examples: the output's own copy where it holds one of the same
     task fingerprint (a nightly rerun fits nothing), else fitted now (fit_now) and kept."""
     heads = {column: head for specs, _ in pools for column in specs if column in examples
              if (head := store.head(column, fingerprints[column])) is not None}
-    fitted = fit_now([(specs, plan) for specs, plan in pools],
+    fitted = fit_now([(specs, settings) for specs, settings in pools],
                      {column: labelled for column, labelled in examples.items() if column not in heads})
     for column, head in fitted.items():
         store.save_head(column, fingerprints[column], head)
     return {**heads, **fitted}
 
 
-def fit_now(pools: list[tuple[dict, PoolPlan]], examples: dict[str, LabelledTexts]) -> dict[str, dict]:
+def fit_now(pools: list[tuple[dict, PoolSettings]], examples: dict[str, LabelledTexts]) -> dict[str, dict]:
     """The heads of the pools' tasks in `examples`, fitted now: one Ray task per pool, all at once (a bad example
     row raised there is the user's: UserError)."""
     import ray
 
-    fitting = [ray.remote(fit_heads).options(num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
-                                             max_retries=1).remote(specs, plan.compute, todo)
-               for specs, plan in pools
+    fitting = [ray.remote(fit_heads).options(num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor or None,
+                                             max_retries=1).remote(specs, settings.compute, todo)
+               for specs, settings in pools
                if (todo := {column: (examples[column].texts, examples[column].labels)
                             for column in specs if column in examples})]
     try:

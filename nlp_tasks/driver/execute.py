@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.commits import Commits, JobFailed
-from nlp_tasks.driver.compute import Cluster, PoolPlan, group_by_model, size_pools
+from nlp_tasks.driver.compute import Cluster, PoolSettings, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
 from nlp_tasks.driver.phases import timed
@@ -21,7 +21,7 @@ from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples, spread
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
-from nlp_tasks.workers.annotate import Annotator, ModelLoadFailed
+from nlp_tasks.workers.annotator import Annotator, ModelLoadFailed
 from nlp_tasks.workers.read import Fragment
 from nlp_tasks.workers.stages import ModelStage
 from nlp_tasks.workers.write import PART_RECORD
@@ -55,7 +55,7 @@ class LoadWatch:
     died LOAD_DEATHS times since it last finished loading is killed for good, so that Ray Data fails the run, and
     `failure` names its pool."""
 
-    def __init__(self, pools: list[tuple[dict[str, TaskSpec], PoolPlan]]):
+    def __init__(self, pools: list[tuple[dict[str, TaskSpec], PoolSettings]]):
         self.pools = pools
         self.failure: str | None = None
         self.loaded: dict[str, tuple[int, int]] = {}
@@ -103,12 +103,12 @@ def model_actors() -> list[dict]:
     return [actor for actor in actors(job_id=job).values() if any(name in actor["ActorClassName"] for name in names)]
 
 
-def died_loading(pools: list[tuple[dict[str, TaskSpec], PoolPlan]], class_name: str) -> str:
+def died_loading(pools: list[tuple[dict[str, TaskSpec], PoolSettings]], class_name: str) -> str:
     """The one line of an actor of class `class_name` that kept dying while it loaded: the pools whose stage that
     class is (several only where Ray's table cannot tell them apart)."""
     split = f"MapBatches({ModelStage.__name__})" in class_name
     named = [f"task(s) {', '.join(specs)} could not load model {next(iter(specs.values())).model!r}"
-             for specs, plan in pools if (plan.stages == "split") == split]
+             for specs, settings in pools if (settings.stages == "split") == split]
     return (f"{' or '.join(named)}: its actor died {LOAD_DEATHS} times while loading it (its process was killed: "
             "out of memory?)")
 
@@ -134,7 +134,7 @@ def stream_parts(dataset, commits: Commits, timings: dict[str, float], started: 
 
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
              store: OutputStore, commits: Commits, timings: dict[str, float], columns: list[str],
-             examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolPlan]]:
+             examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolSettings]]:
     """Run `tasks` over `fragments` on Ray and commit their files; returns the actors' stats, Ray Data's stage
     stats, the pools."""
     import ray
@@ -147,7 +147,7 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         pools = size_pools(config, group_by_model(tasks), Cluster.now(fixed_size=started_here),
                            sum(fragment.rows for fragment in fragments))
         commits.events.planned([(fragment.unit, fragment.name, fragment.rows) for fragment in fragments],
-                               [("+".join(specs), plan.max_actors) for specs, plan in pools])
+                               [("+".join(specs), settings.max_actors) for specs, settings in pools])
         with timed(timings, "fit_heads", commits.events):
             heads = fitted_heads(store, pools, examples, fingerprints)
             samples = pool_samples(pools, examples, source.filesystem, fragments, config.input.text_column,
@@ -170,7 +170,7 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         commits.events.phase_ended("annotate")
         with timed(timings, "finish_commits", commits.events):
             commits.finish()
-        return commits.stats.summary(started_at), dataset.stats(), [plan for _, plan in pools]
+        return commits.stats.summary(started_at), dataset.stats(), [settings for _, settings in pools]
     finally:
         if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)
             with timed(timings, "stop_ray", commits.events):

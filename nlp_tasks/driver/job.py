@@ -4,7 +4,7 @@
     qualify      engines other than transformers, on the input's rows                 (qualification.py)
     open         the output: its lease, its committed files verified, if_exists       (checks.py, output/)
     compare      the input files with the output's markers: what to annotate          (changes.py)
-    annotate     the Ray Data plan over those files, committing each file whole       (execute.py, commits.py)
+    run          the Ray Data plan over those files, committing each file whole       (execute.py, commits.py)
     verify       every input file committed, with all its rows, each task within its
                  error budget (else the report is written, then exit 1)               (commits.py, budget.py)
     report       `__reports/run-*.json` and `.html`                                   (report.py)
@@ -75,7 +75,7 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
                           {column: spec.max_error_share for column, spec in checked.tasks.items()})
         commits.commit_empty()
         try:
-            needed, run_stats, stage_stats, plans = annotate(config, checked, changes, store, commits, timings)
+            needed, run_stats, stage_stats, pools = run_pending(config, checked, changes, store, commits, timings)
         finally:
             with timed(timings, "finish_commits", events):
                 commits.finish()
@@ -95,7 +95,7 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
             seconds=time.perf_counter() - started,
             changes={**changes.as_report(keep_vanished, [column for column in checked.tasks if column in needed]),
                      "repaired": repaired + store.repaired},
-            timings=timings, pools=[plan.as_dict() for plan in plans], error_budget=budget)
+            timings=timings, pools=[pool.as_dict() for pool in pools], error_budget=budget)
         result.report = report.to_dict(checked.job, result, run_stats, stage_stats, events.as_report())
         result.report_path = write_report(store.filesystem, store.root, result.report)
         if failure is not None:
@@ -110,8 +110,8 @@ def run_job(config: JobConfig, progress: Any = None) -> JobResult:
             store.discard_if_new()
 
 
-def annotate(config: JobConfig, checked: CheckedJob, changes: InputChanges, store: OutputStore, commits: Commits,
-             timings: dict[str, float]) -> tuple[set[str], dict, str, list]:
+def run_pending(config: JobConfig, checked: CheckedJob, changes: InputChanges, store: OutputStore, commits: Commits,
+                timings: dict[str, float]) -> tuple[set[str], dict, str, list]:
     """Run the plan over the files with rows to annotate: new and changed files with every task, refreshed files
     with the columns they lack. Returns the task columns computed, the actors' stats, Ray Data's and the pools."""
     pending = [file for file in changes.todo if file.rows]

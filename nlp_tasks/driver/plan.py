@@ -17,7 +17,7 @@ import ray
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.changes import Refresh
 from nlp_tasks.driver.commits import COMMITTERS
-from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolPlan
+from nlp_tasks.driver.compute import READ_CPUS, WRITE_CPUS, PoolSettings
 from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
 from nlp_tasks.output.layout import STAGED_NAME
@@ -39,7 +39,7 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
     return fragments
 
 
-def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolPlan]], source: InputFiles,
+def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSettings]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
                       fitted: dict[str, dict], part_names: str = STAGED_NAME,
                       calibration: dict[int, Any] | None = None):
@@ -51,13 +51,13 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     (engines/calibration.pool_samples).
     """
     generated_id = None if config.input.id_column else config.output.generated_id_column
-    block_rows = min((plan.batch_size for _, plan in pools), default=config.output.rows_per_file)
+    block_rows = min((settings.batch_size for _, settings in pools), default=config.output.rows_per_file)
     reader = CorpusDatasource(source.filesystem, output_filesystem, fragments, source.schema, block_rows,
                               generated_id, config.output.errors_column)
     # Blocks of about batch_size rows: one block goes to one actor, and every actor of the pool needs work.
     dataset = ray.data.read_datasource(reader, override_num_blocks=reader.num_blocks(block_rows), num_cpus=READ_CPUS)
-    annotating = [Pool(specs, plan, {column: fitted[column] for column in specs if column in fitted},
-                       (calibration or {}).get(index)) for index, (specs, plan) in enumerate(pools)]
+    annotating = [Pool(specs, settings, {column: fitted[column] for column in specs if column in fitted},
+                       (calibration or {}).get(index)) for index, (specs, settings) in enumerate(pools)]
     write = Stage(write_parts, dict(filesystem=output_filesystem, staging=staging,
                                     tasks=[t for specs, _ in pools for t in specs], columns=columns,
                                     errors_column=config.output.errors_column,
@@ -67,14 +67,14 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                                                    record_calls=True), write])
 
 
-def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolPlan]]) -> int:
+def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolSettings]]) -> int:
     """Rows the write stage gathers per call: `output.rows_per_file`, or less, so that parts are written (and files
     committed) while the actors work rather than all at the end: a run's rows are spread over at least two writes
     per actor of its widest pool, and a write holds the rows of as many input files as the driver commits at once
     (commits.COMMITTERS, on average) at most, so that a run of many small files hands them to the commits as it
     goes, not hundreds at once."""
-    actors = max((plan.max_actors for _, plan in pools), default=1)
-    batch = max((plan.batch_size for _, plan in pools), default=1)
+    actors = max((settings.max_actors for _, settings in pools), default=1)
+    batch = max((settings.batch_size for _, settings in pools), default=1)
     rows = sum(fragment.rows for fragment in fragments)
     files = max(1, len({fragment.unit for fragment in fragments}))
     return max(batch, min(rows_per_file, -(-rows // (2 * actors)), COMMITTERS * -(-rows // files)))

@@ -3,7 +3,7 @@
 A `Stage` declares what runs on a batch and what it holds: a function runs as Ray tasks (what it loads
 stays loaded in its worker process: stages.Skeletons), a class as a pool of actors (set up once in its
 constructor, the model loaded, then called once per batch). A `Pool` is the tasks that share one model,
-with their compute plan, decomposed in one of two ways: fused, one stage of `Annotator` actors that
+with their settings, decomposed in one of two ways: fused, one stage of `Annotator` actors that
 tokenize, run the model and postprocess; split, a stage of `ModelStage` actors that run the model alone
 and a stage of CPU tasks that postprocess, after one tokenize stage that every split pool shares
 (workers/stages.py). The job (plan.py) and `build_processor` (processor.py) both annotate through
@@ -19,8 +19,8 @@ from typing import Any
 import ray
 
 from nlp_tasks.config import TaskSpec
-from nlp_tasks.driver.compute import PoolPlan
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.driver.compute import PoolSettings
+from nlp_tasks.workers.annotator import Annotator
 from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
 
 
@@ -65,42 +65,42 @@ def run_stages(dataset: ray.data.Dataset, stages: list[Stage]) -> ray.data.Datas
 
 @dataclass(frozen=True)
 class Pool:
-    """The tasks that share one model, with their compute plan, the heads fitted for them (by column) and the
+    """The tasks that share one model, with their settings, the heads fitted for them (by column) and the
     Ray object of the texts a static int8 build calibrates on (engines/calibration.py)."""
 
     specs: dict[str, TaskSpec]
-    plan: PoolPlan
+    settings: PoolSettings
     fitted: dict[str, dict] = field(default_factory=dict)
     calibration: Any = None
 
     @property
     def split(self) -> bool:
-        return self.plan.stages == "split"
+        return self.settings.stages == "split"
 
     def stages(self, text_column: str, errors_column: str, record_calls: bool, later: list[Pool]) -> list[Stage]:
         """The pool fused (one actor stage) or split (a model-only actor stage, then postprocess tasks that keep
         the segments the `later` split pools read). `record_calls`: each call adds its record (stats.py)."""
-        plan = self.plan
+        settings = self.settings
         actor = Stage(ModelStage if self.split else Annotator,
-                      dict(specs=self.specs, compute=plan.compute, text_column=text_column,
+                      dict(specs=self.specs, compute=settings.compute, text_column=text_column,
                            errors_column=errors_column, record_calls=record_calls,
                            fitted={} if self.split else self.fitted, calibration=self.calibration),
-                      plan.batch_size, plan.num_cpus_per_actor, plan.num_gpus_per_actor or None,
-                      Actors(plan.min_actors, plan.max_actors, plan.actor_concurrency))
+                      settings.batch_size, settings.num_cpus_per_actor, settings.num_gpus_per_actor or None,
+                      Actors(settings.min_actors, settings.max_actors, settings.actor_concurrency))
         if not self.split:
             return [actor]
-        return [actor, Stage(postprocess, dict(specs=self.specs, compute=plan.compute, fitted=self.fitted,
-                                               later=[(pool.specs, pool.plan.compute) for pool in later if pool.split],
+        return [actor, Stage(postprocess, dict(specs=self.specs, compute=settings.compute, fitted=self.fitted,
+                                               later=[(pool.specs, pool.settings.compute) for pool in later if pool.split],
                                                text_column=text_column, errors_column=errors_column),
-                             plan.batch_size, plan.stage_cpus)]
+                             settings.batch_size, settings.stage_cpus)]
 
 
 def annotation_stages(pools: list[Pool], text_column: str, errors_column: str, record_calls: bool) -> list[Stage]:
     """Every pool's stages in order, after the tokenize stage the split pools share."""
     split = [pool for pool in pools if pool.split]
-    stages = [Stage(tokenize, dict(pools=[(pool.specs, pool.plan.compute) for pool in split],
+    stages = [Stage(tokenize, dict(pools=[(pool.specs, pool.settings.compute) for pool in split],
                                    text_column=text_column),
-                    split[0].plan.batch_size, split[0].plan.stage_cpus)] if split else []
+                    split[0].settings.batch_size, split[0].settings.stage_cpus)] if split else []
     for index, pool in enumerate(pools):
         stages += pool.stages(text_column, errors_column, record_calls, pools[index + 1:])
     return stages

@@ -67,8 +67,8 @@ def pool_samples(pools: list[tuple[dict, Any]], examples: dict[str, Any], filesy
     import ray
 
     samples, reading = {}, []
-    for index, (specs, plan) in enumerate(pools):
-        if not needs_calibration(plan.engine, plan.dtype):
+    for index, (specs, settings) in enumerate(pools):
+        if not needs_calibration(settings.engine, settings.dtype):
             continue
         labelled = next((column for column in specs if column in examples), None)
         if labelled is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nlp_tasks.batching import Features, plan_micro_batches
+from nlp_tasks.batching import Features, group_micro_batches
 from nlp_tasks.engines.node_cache import built
 from nlp_tasks.models.loading import cache_root, checkpoint_json, model_fingerprint
 
@@ -168,7 +168,7 @@ class CTranslate2Model:
                                           if all(i < len(self.tokens) for i in ids)] or None  # others never come
         prefix = None if prefix_id is None else [self.tokens[prefix_id]]
         lengths = [len(segment["input_ids"]) for segment in segments]
-        groups = plan_micro_batches(lengths, token_budget)
+        groups = group_micro_batches(lengths, token_budget)
         pending = []
         for group in groups:
             if tokens is not None:

@@ -131,28 +131,28 @@ def delta_recovery(markers: dict[str, dict], logged: dict[str, dict[str, int]], 
     job's last commit the log holds) and the folder's listing: committed as it says, never committed (its
     previous marker is put back where that one was), or not as the log has it (uncommitted and redone). Parts the
     log lists for a unit without a marker are uncommitted too."""
-    plan = DeltaRecovery()
+    recovery = DeltaRecovery()
     for unit, marker in markers.items():
         parts = logged.get(unit, {})
         if marker["txn"] > logged_version:  # killed between the marker and its transaction
             previous = marker.get("previous")
             if previous and not delta_marker_problem(unit, previous) and previous["txn"] <= logged_version:
-                plan.restore[unit] = marker = previous
+                recovery.restore[unit] = marker = previous
             else:
-                plan.drop.append(unit)
+                recovery.drop.append(unit)
                 continue
         if problem := delta_part_problem(marker, parts, listing):
-            plan.restore.pop(unit, None)
-            plan.drop.append(unit)
-            plan.uncommit[unit] = list(parts)
-            plan.why[unit] = f"input file {marker['source']!r}: {problem}"
+            recovery.restore.pop(unit, None)
+            recovery.drop.append(unit)
+            recovery.uncommit[unit] = list(parts)
+            recovery.why[unit] = f"input file {marker['source']!r}: {problem}"
             continue
-        plan.markers[unit] = marker
+        recovery.markers[unit] = marker
     for unit, parts in logged.items():
-        if unit not in plan.markers and unit not in plan.uncommit:
-            plan.uncommit[unit] = list(parts)
-            plan.why[unit] = f"unit {unit}: parts in the Delta log without a marker ({min(parts)})"
-    return plan
+        if unit not in recovery.markers and unit not in recovery.uncommit:
+            recovery.uncommit[unit] = list(parts)
+            recovery.why[unit] = f"unit {unit}: parts in the Delta log without a marker ({min(parts)})"
+    return recovery
 
 
 def delta_part_problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:

@@ -12,7 +12,7 @@ import pyarrow as pa
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.errors import InputError
 from nlp_tasks.models.heads import fit_head
-from nlp_tasks.workers.annotate import Annotator
+from nlp_tasks.workers.annotator import Annotator
 
 
 def fit_heads(specs: dict[str, TaskSpec], compute: ComputeConfig,

@@ -18,7 +18,7 @@ from nlp_tasks.engines.decoding import generation_settings
 from nlp_tasks.engines.qualification import ROWS, Verdict, judge_generation, judge_values, precision, text_tokens
 from nlp_tasks.tasks.base import RowError
 from nlp_tasks.tasks.seq2seq import GenerationTask
-from nlp_tasks.workers.annotate import Annotator, Rows, preprocess_rows
+from nlp_tasks.workers.annotator import Annotator, Rows, preprocess_rows
 
 
 def longest(texts: list[str], rows: int = ROWS) -> list[str]:

@@ -8,7 +8,7 @@ segments, tokenized once with the union of their tokenizer options). A `ModelSta
 length-sorted micro-batches, copies them to its GPU and runs the forward passes (the later levels
 of a multi-level task included), and hands back each row's raw outputs. The postprocess stage
 turns them into the typed columns and row errors, exactly as the fused `Annotator` does: both
-run the same functions (annotate.py) on the same segments.
+run the same functions (annotator.py) on the same segments.
 
 Between stages, segments and outputs travel as internal columns: the segments whole (pickled) for
 postprocessing, their lengths and model inputs alone as Arrow lists of int32 for the GPU actor
@@ -32,7 +32,7 @@ import pyarrow as pa
 from nlp_tasks.batching import MODEL_INPUT_KEYS
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.tasks.base import RowError, TaskAdapter
-from nlp_tasks.workers.annotate import (
+from nlp_tasks.workers.annotator import (
     Annotator,
     Pending,
     RowResult,
@@ -164,7 +164,7 @@ def unpickled(column: pa.ChunkedArray) -> list[Any]:
 
 
 def pending_groups(adapters: dict[str, TaskAdapter], batch: pa.Table) -> dict[str, list[str]]:
-    """The forward groups (annotate.forward_groups) of the tasks whose column the batch does not hold yet."""
+    """The forward groups (annotator.forward_groups) of the tasks whose column the batch does not hold yet."""
     return forward_groups({column: adapter for column, adapter in adapters.items() if column not in batch.column_names})
 
 

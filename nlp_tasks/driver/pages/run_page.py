@@ -5,7 +5,7 @@ to the page's width, long names are cut in charts (the whole name in a tooltip) 
 the verdict (ok, or what needs a look, with counts), the run in numbers, a timeline (the driver's phases, each
 actor's model load, idle and busy time, the CPU stage workers of split pools, commits as marks), rows annotated and
 committed over time and per input file, throughput per task, where the time went, tables (errors by reason with a
-few row ids, input changes, the compute plan), each task's output distribution, and Ray's raw statistics folded
+few row ids, input changes, the pools' settings), each task's output distribution, and Ray's raw statistics folded
 away. Every string that comes from a user or a file (task names, labels, file names, row ids, messages) is escaped.
 """
 
@@ -278,7 +278,7 @@ def compute_table(report: dict) -> str:
 
 
 def node_paths(report: dict, pool: str) -> str:
-    """The CPUs the pool's actors ran on and the kernel path each took there (node_cpu, workers.annotate), one line
+    """The CPUs the pool's actors ran on and the kernel path each took there (node_cpu, workers.annotator), one line
     per distinct pair with how many actors took it."""
     paths = Counter((actor.get("cpu"), actor.get("kernels")) for actor in report.get("actors", [])
                     if actor.get("pool") == pool and actor.get("kernels"))
@@ -331,7 +331,7 @@ def run_page(report: dict, name: str = "run") -> str:
         body.append(f"<section id='time'><h2>Where the time went</h2>{where_time_went(report)}</section>")
     body.append(f"<section><h2>Errors by reason</h2>{errors_table(report)}</section>")
     body.append(f"<section><h2>Input changes</h2>{changes_table(report)}</section>")
-    body.append(f"<section><h2>Compute plan</h2>{compute_table(report)}</section>")
+    body.append(f"<section><h2>Pools</h2>{compute_table(report)}</section>")
     body.append(f"<section id='distributions'><h2>Output per task</h2>{distributions(report)}</section>")
     body.append(f"<section><h2>Details</h2>{raw(report)}</section>")
     return page(f"nlp-tasks run report: {report['output']}", "".join(body))

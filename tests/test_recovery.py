@@ -144,12 +144,12 @@ def test_delta_markers_stand_roll_back_or_uncommit_as_the_log_says():
     logged["e" * 16] = {f"part-{'e' * 16}-000000000000-00000001.parquet": 7}
     listing = {file: {"size": size} for parts in logged.values() for file, size in parts.items()}
     listing[resized["parts"][0]["file"]]["size"] += 1
-    plan = delta_recovery({m["unit"]: m for m in (standing, rolled_back, never, resized)}, logged, 4, listing)
-    assert plan.markers == {standing["unit"]: standing, earlier["unit"]: earlier}
-    assert plan.restore == {earlier["unit"]: earlier}
-    assert sorted(plan.drop) == [never["unit"], resized["unit"]]
-    assert plan.uncommit == {resized["unit"]: list(logged[resized["unit"]]), "e" * 16: list(logged["e" * 16])}
-    assert "bytes" in plan.why[resized["unit"]] and "without a marker" in plan.why["e" * 16]
+    recovery = delta_recovery({m["unit"]: m for m in (standing, rolled_back, never, resized)}, logged, 4, listing)
+    assert recovery.markers == {standing["unit"]: standing, earlier["unit"]: earlier}
+    assert recovery.restore == {earlier["unit"]: earlier}
+    assert sorted(recovery.drop) == [never["unit"], resized["unit"]]
+    assert recovery.uncommit == {resized["unit"]: list(logged[resized["unit"]]), "e" * 16: list(logged["e" * 16])}
+    assert "bytes" in recovery.why[resized["unit"]] and "without a marker" in recovery.why["e" * 16]
 
 
 def test_a_delta_marker_listing_other_parts_than_the_log_is_named():
