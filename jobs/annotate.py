@@ -50,6 +50,15 @@ def show_rows(path: str, count: int) -> None:
             print(f"{key:>12}: {text[:200] + ' ...' if len(text) > 200 else text}")
 
 
+def how_to_read(output_format: str, path: str) -> str:
+    """The readers' way in, printed after every run: DuckDB and Polars read every file below a folder (Polars refuses
+    one holding more than Parquet), so they take the parts' glob; pandas, pyarrow, Spark and Ray Data skip the output's
+    `__` folders and take the folder."""
+    if output_format == "delta":
+        return f"read it as a Delta table: {path}"
+    return f"read it: {path} (pandas, pyarrow, Spark, Ray Data); {path.rstrip('/')}/*.parquet (DuckDB, Polars)"
+
+
 def register_config_secrets(args: argparse.Namespace) -> None:
     """Learn the credentials of every URL on the command line and in the config file, before anything can fail."""
     register_secrets(f"{args.input or ''} {args.output or ''}")
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(redact(f"processed {result.files_processed} input file(s) ({result.files_done_before} already committed); "
                  f"{holds(result.report)} with {', '.join(result.tasks)} after {result.seconds:.1f} s -> "
                  f"{result.output_path}"))
+    print(redact(how_to_read(config.output.format, result.output_path)))
     if args.show:
         show_rows(result.output_path, args.show)
     return 0

@@ -257,6 +257,7 @@ def test_added_column_changed_and_vanished_inputs_and_readers(ray_local, tmp_pat
     assert main(["--config", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "changed" in printed or "file-0" in printed
+    assert printed.strip().splitlines()[-1] == f"read it as a Delta table: {out}"
     expected = [f"new-{i}" for i in range(5)] + [i for i in ids if i.startswith("1-")]
     assert all(path.read_text() == "someone else's" for path in foreign)
     for path in foreign:

@@ -4,6 +4,7 @@ in Ray's own logs, staged parts out of a recursive glob's reach, and readers of 
 from __future__ import annotations
 
 import functools
+import re
 import http.server
 import shutil
 import tempfile
@@ -54,8 +55,8 @@ def test_an_s3_output_path_with_url_syntax_is_refused_and_nothing_is_written(tmp
 def test_spaces_and_non_ascii_round_trip_and_staging_is_out_of_a_recursive_globs_reach(ray_local, tmp_path, models,
                                                                                      capsys):
     """Input file names and an output path with spaces and non-ASCII letters: every row once to pandas, pyarrow,
-    DuckDB and Polars (a recursive glob included, a staged part from a killed run beside the parts), and the next
-    run finds every file committed."""
+    DuckDB and Polars, each given the path the run printed for it (a recursive glob too, a staged part from a killed
+    run beside the parts), and the next run finds every file committed."""
     corpus, out = tmp_path / "les entrées é", tmp_path / "sortie été" / "out"
     ids = [f"{name}-{i}" for name in ("a", "b") for i in range(3)]
     write_rows(corpus / "fichier à lire.parquet", ids[:3])
@@ -63,7 +64,10 @@ def test_spaces_and_non_ascii_round_trip_and_staging_is_out_of_a_recursive_globs
     config = write_config(tmp_path, corpus, sentiment(models), output={"path": out})
     assert main(["--config", config]) == 0
     assert main(["--config", config]) == 0
-    assert "processed 0 input file(s) (2 already committed)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "processed 0 input file(s) (2 already committed)" in printed
+    folder, glob = re.fullmatch(r"read it: (.+) \(pandas, pyarrow, Spark, Ray Data\); (.+) \(DuckDB, Polars\)",
+                                printed.strip().splitlines()[-1]).groups()
     staged = out / "__staging" / "killed-run"
     staged.mkdir(parents=True)
     part = next(out.glob("part-*.parquet"))
@@ -71,10 +75,12 @@ def test_spaces_and_non_ascii_round_trip_and_staging_is_out_of_a_recursive_globs
 
     shutil.copy(part, staged / STAGED_NAME.format(unit=part.name.split("-")[1], first=0, nonce="deadbeef"))
     readers = {
-        "pyarrow": output_table(out).column("id").to_pylist(),
-        "pandas": pd.read_parquet(out).id.tolist(),
-        "duckdb": [row[0] for row in duckdb.sql(f"select id from '{out}/**/*.parquet'").fetchall()],
-        "polars": pl.read_parquet(f"{out}/**/*.parquet")["id"].to_list(),
+        "pyarrow": output_table(Path(folder)).column("id").to_pylist(),
+        "pandas": pd.read_parquet(folder).id.tolist(),
+        "duckdb": [row[0] for row in duckdb.sql(f"select id from '{glob}'").fetchall()],
+        "polars": pl.read_parquet(glob)["id"].to_list(),
+        "duckdb, recursive": [row[0] for row in duckdb.sql(f"select id from '{out}/**/*.parquet'").fetchall()],
+        "polars, recursive": pl.read_parquet(f"{out}/**/*.parquet")["id"].to_list(),
     }
     for reader, seen in readers.items():
         assert sorted(seen) == sorted(ids), reader
