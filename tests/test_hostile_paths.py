@@ -4,8 +4,8 @@ in Ray's own logs, staged parts out of a recursive glob's reach, and readers of 
 from __future__ import annotations
 
 import functools
-import re
 import http.server
+import re
 import shutil
 import tempfile
 import threading
