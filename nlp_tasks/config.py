@@ -45,6 +45,10 @@ class OutputConfig(_Strict):
     """resume: add what is not yet committed, and the tasks added or changed since (an output of other input or
     output columns is refused); overwrite: delete this job's earlier output and start again; error: refuse any
     existing output."""
+    if_compacted: Literal["stop", "redo"] = "stop"
+    """Delta outputs another writer compacted (OPTIMIZE, then perhaps VACUUM) since the job's last version: stop,
+    naming the ways out; or redo: annotate the compacted rows again and replace the compacted files with them in one
+    version, so that readers never see fewer rows."""
     vanished_inputs: Literal["keep", "remove"] = "keep"
     """What happens to the rows of a committed input file that is no longer there: keep them, or remove
     them from the output. Either way the run report lists the file; a renamed file is never kept twice."""

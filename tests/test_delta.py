@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-from helpers import REPO, moto_server, run_job, sentiment, write_config
+from helpers import REPO, assert_close, moto_server, run_job, sentiment, write_config
 
 from jobs.annotate import main
+from nlp_tasks.output.delta_layout import DELTA_PART
 
 deltalake = pytest.importorskip("deltalake")
 pytestmark = pytest.mark.slow  # whole job runs, killed and resumed
@@ -333,7 +335,7 @@ def test_a_commit_another_writer_conflicts_with_is_one_line_and_the_next_run_rep
     ids = write_corpus(corpus, 1)
     config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
     assert main(["--config", str(config)]) == 0
-    store = delta_store(str(out), "out")
+    store = delta_store(str(out), "out", "stop")
     store.open(store.job(), "resume", lambda previous, job: None)
     try:
         deltalake.DeltaTable(str(out)).delete()  # the other writer, between the job's open and its commit
@@ -458,19 +460,51 @@ def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, 
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
 
 
-def test_an_output_optimized_then_vacuumed_by_another_writer_says_the_way_out(ray_local, tmp_path, models, capsys):
+def test_an_output_optimized_then_vacuumed_by_another_writer_is_refused_then_redone_on_request(ray_local, tmp_path,
+                                                                                              models, capsys):
     """OPTIMIZE then VACUUM by another writer: the job's last version cannot be restored (its files are gone), and
-    the refusal says so instead of naming restore, and names the way that loses nothing; the table is untouched."""
+    the refusal says so instead of naming restore, and names the ways that lose nothing; the table is untouched.
+    With `if_compacted: redo`, a compacted input file gone from the input is refused (its rows would go with the
+    compacted files); with it back, the compacted rows are annotated again, with a new input file, and the compacted
+    files leave the log in the version that adds them back: no version from the compaction on holds fewer rows,
+    every row is there once with the values it had, the table holds only the job's parts, and the next night
+    finds every file committed."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
-    ids = write_corpus(corpus, 2)
+    ids = write_corpus(corpus, 3)
     config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models))
     assert main(["--config", str(config)]) == 0
+    before = snapshot(str(out)).sort_by("id")
     table = deltalake.DeltaTable(str(out))
     table.optimize.compact()
     table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+    compacted = deltalake.DeltaTable(str(out)).version()
     capsys.readouterr()
     assert main(["--config", str(config)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "cannot be restored: a VACUUM deleted" in error[0], error
-    assert "restore(" not in error[0] and "new output.path" in error[0], error
+    assert "restore(" not in error[0] and "output.if_compacted: redo" in error[0], error
+    assert "new output.path" in error[0], error
+    assert deltalake.DeltaTable(str(out)).version() == compacted
     assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
+
+    texts = tiny_models.sample_texts()
+    pq.write_table(pa.table({"id": [f"new-{i}" for i in range(len(texts))], "text": texts}), corpus / "new.parquet")
+    redo = delta_config(tmp_path / "redo.yaml", str(corpus), str(out), sentiment(models), if_compacted="redo")
+    (corpus / "file-2.parquet").rename(tmp_path / "away.parquet")  # its rows are only in the compacted files
+    capsys.readouterr()
+    assert main(["--config", str(redo)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "file-2.parquet" in error[0] and "no longer in the input" in error[0], error
+    assert deltalake.DeltaTable(str(out)).version() == compacted
+    (tmp_path / "away.parquet").rename(corpus / "file-2.parquet")
+    assert main(["--config", str(redo)]) == 0
+    assert "processed 4 input file(s) (0 already committed)" in capsys.readouterr().out
+    rows = [snapshot(str(out), version).num_rows  # earlier versions' files are vacuumed
+            for version in range(compacted, deltalake.DeltaTable(str(out)).version() + 1)]
+    assert min(rows) == len(ids) and max(rows) == rows[-1] == len(ids) + len(texts), rows
+    assert_exactly_once(out, ids + [f"new-{i}" for i in range(len(texts))])
+    assert all(DELTA_PART.match(Path(uri).name) for uri in deltalake.DeltaTable(str(out)).file_uris())
+    after = snapshot(str(out)).filter(pc.is_in(snapshot(str(out)).column("id"), before.column("id")))
+    assert_close(after.sort_by("id").select(before.column_names).to_pylist(), before.to_pylist())
+    assert main(["--config", str(config)]) == 0
+    assert "processed 0 input file(s) (4 already committed)" in capsys.readouterr().out

@@ -163,11 +163,11 @@ def recorded_inputs(path: str) -> dict[str, dict]:
             if isinstance(entry["marker"].get("source"), str)}
 
 
-def delta_store(path: str, name: str) -> OutputStore:
+def delta_store(path: str, name: str, if_compacted: str) -> OutputStore:
     from fsspec.core import url_to_fs
 
     require_deltalake("output.format: delta")
-    return DeltaStore(*url_to_fs(path), name=name, uri=path)
+    return DeltaStore(*url_to_fs(path), name=name, uri=path, if_compacted=if_compacted)
 
 
 def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float], events: RunEvents) -> OutputStore:
@@ -177,12 +177,16 @@ def open_output(config: JobConfig, checked: CheckedJob, timings: dict[str, float
     name = redact(config.output.path)
     try:
         store = OutputStore(*url_to_fs(config.output.path), name=name) if config.output.format == "parquet" \
-            else delta_store(config.output.path, name)
+            else delta_store(config.output.path, name, config.output.if_compacted)
         check_separate(checked.source, store)
         with timed(timings, "open_output", events):
             store.open(checked.job, config.output.if_exists, job_change)
         if config.output.format == "delta":
-            store.expect({file.unit for file in checked.source.files})
+            try:
+                store.expect({file.unit for file in checked.source.files})
+            except BaseException:
+                store.close()  # its lease, taken by open
+                raise
     except (OSError, ValueError, ImportError) as error:
         raise InputError(f"output.path {name!r}: cannot create or write it ({type(error).__name__}: "
                          f"{redact(str(error))})") from None

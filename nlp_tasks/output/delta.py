@@ -22,7 +22,9 @@ Removed parts stay on disk for time travel until the table is vacuumed. Schema c
 are their own log entries, before the first commit that needs them. The lease keeps other runs of this job out;
 Delta's conflict check refuses a commit that conflicts with another writer's (one line, exit 2), and a table that
 holds files this job did not write (another writer's OPTIMIZE, UPDATE or append) is refused at open: their rows
-would be annotated twice.
+would be annotated twice. Where every version since the job's last is a compaction (OPTIMIZE, VACUUM) and
+`output.if_compacted` is `redo`, the compacted units are annotated again and the compacted files leave the log in
+the version that adds them back, as retired units do.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ from nlp_tasks.output.recovery import delta_recovery
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
 
+COMPACTIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+"""Log operations that leave a table's rows as they are: after only these since the job's last version, the table
+holds the job's rows, in files another writer wrote."""
 HISTORY_SEARCHED = 1000
 """Log versions searched, newest first, for the job's last one, to name it when another writer's files stop a run."""
 GROUP = 1000
@@ -87,8 +92,10 @@ class DeltaStore(OutputStore):
     own_entries = (MANIFEST, STAGING, REPORTS, DELTA_LOG)
     own_part = DELTA_PART
 
-    def __init__(self, filesystem: Any, root: str, name: str, uri: str):
+    def __init__(self, filesystem: Any, root: str, name: str, uri: str, if_compacted: str = "stop"):
         super().__init__(filesystem, root, name)
+        self.if_compacted = if_compacted
+        """output.if_compacted: what a table compacted by another writer since the job's last version gets."""
         self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
         self.options = storage_options(self.uri)
         self.table = None
@@ -116,6 +123,8 @@ class DeltaStore(OutputStore):
         """Markers of units this run uncommits, whose parts leave the log with the new units (`commit`)."""
         self.held: dict[str, tuple[dict, list[PartRecord]]] = {}
         """New units whose parts arrived while units are retiring: committed together once all have."""
+        self.compacted: list[str] = []
+        """Files another writer's compaction wrote (if_compacted: redo): they leave the log with the new units."""
 
     @property
     def staging(self) -> str:
@@ -154,26 +163,35 @@ class DeltaStore(OutputStore):
                 by_unit.setdefault(match.group(1), {})[action["path"]] = action["size_bytes"]
         return by_unit
 
-    def _refuse_other_writers(self) -> None:
+    def _other_writers(self) -> None:
         """A file of the snapshot this job did not write (another writer's OPTIMIZE, DELETE, UPDATE or append)
-        stops the run: the job cannot tell which rows such a file holds, and would annotate them twice. The message
-        says the way back that loses nothing: restoring the job's last version where its files are still there."""
+        stops the run: the job cannot tell which rows such a file holds, and would annotate them twice. Where every
+        version since the job's last is a compaction, the files hold the job's rows as they were: with
+        `if_compacted: redo` the run goes on (`compacted`), else the message names that and the other ways out."""
         foreign = [action["path"] for action in self._snapshot_files() if not DELTA_PART.match(action["path"])]
         if not foreign:
             return
-        last = max((entry["version"] for entry in self.table.history(HISTORY_SEARCHED) if "nlp_tasks" in entry),
-                   default=None)
+        history = self.table.history(HISTORY_SEARCHED)
+        last = max((entry["version"] for entry in history if "nlp_tasks" in entry), default=None)
+        compacted = last is not None and all(entry.get("operation") in COMPACTIONS
+                                             for entry in history if entry["version"] > last)
+        if compacted and self.if_compacted == "redo":
+            self.compacted = sorted(foreign)
+            return
+        redo = ("set output.if_compacted: redo to annotate the compacted rows again and replace those files with "
+                "them in one version (readers never see fewer rows), or " if compacted else "")
         raise OutputConflict(
             f"output.path {self.name!r}: the Delta table holds {len(foreign)} file(s) this job did not write "
             f"(e.g. {min(foreign)!r}), from another writer (an OPTIMIZE, DELETE, UPDATE or append), and the job "
-            f"cannot tell which rows they hold; {self._way_back(last)}")
+            f"cannot tell which rows they hold; {self._way_back(last, redo)}")
 
-    def _way_back(self, last: int | None) -> str:
+    def _way_back(self, last: int | None, redo: str) -> str:
         """How to make the table the job's again: restore its last version, unless a VACUUM deleted files that
-        version needs (restore would fail on them); then a new output.path, the table left to its readers."""
+        version needs (restore would fail on them); after a compaction, `redo`; else a new output.path, the table
+        left to its readers."""
         from deltalake import DeltaTable
 
-        fresh = ("write to a new output.path (every input row is annotated there; this table, which readers "
+        fresh = (f"{redo}write to a new output.path (every input row is annotated there; this table, which readers "
                  "still read whole, is left as it is)")
         if last is None:
             return f"DeltaTable(...).restore to the job's last version makes it the job's again, or {fresh}"
@@ -190,11 +208,14 @@ class DeltaStore(OutputStore):
         deleted, one repair version removing the parts of the units uncommitted, then strays deleted."""
         self._load()
         if self.table is not None:
-            self._refuse_other_writers()
+            self._other_writers()
         markers = self.read_markers(delta_marker_problem)
         self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
         listing = self.list_output()
-        recovery = delta_recovery(markers, self._logged_parts(), self.logged, listing)
+        logged = self._logged_parts()
+        recovery = delta_recovery(markers, logged, self.logged, listing)
+        if self.compacted:
+            self._retire_compacted(recovery, markers, logged)
         for unit, marker in recovery.restore.items():
             write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
         for unit in recovery.drop:
@@ -213,6 +234,17 @@ class DeltaStore(OutputStore):
         if self.filesystem.exists(self.path(STAGING)):
             self.filesystem.rm(self.path(STAGING), recursive=True)
         self.filesystem.makedirs(self.root, exist_ok=True)
+
+    def _retire_compacted(self, recovery: Any, markers: dict[str, dict], logged: dict[str, dict[str, int]]) -> None:
+        """With compacted files in the table (if_compacted: redo): the units recovery would uncommit now retire
+        instead, their parts still in the log and the compacted files leaving it with the new units (`commit`), so
+        that no version holds fewer rows. Their markers stay until then: a run killed before finds the same."""
+        for unit, parts in recovery.uncommit.items():
+            marker = markers.get(unit) or {"unit": unit, "source": f"unit {unit}", "parts": []}
+            self.retiring[unit] = {**marker, "parts": [{"file": file} for file in parts]}
+            self.redo(unit, f"{recovery.why[unit]}: annotated again, another writer's compacted files replaced")
+        recovery.drop = [unit for unit in recovery.drop if unit not in recovery.uncommit]
+        recovery.uncommit, recovery.why = {}, {}
 
     def delete_strays(self, listing: dict[str, dict] | None = None) -> None:
         """Delete this job's part files that no version of the log lists (uncommitted attempts): not the current
@@ -295,7 +327,7 @@ class DeltaStore(OutputStore):
         held: dict[str, Pending] = {}
         for item in group:
             unit = item.marker["unit"]
-            if self.retiring and unit in self.incoming:
+            if self.replacing and unit in self.incoming:
                 self.held[unit] = (item.marker, item.parts)
                 held[unit] = item
                 continue
@@ -304,10 +336,11 @@ class DeltaStore(OutputStore):
                 marker["txn"] = 0
             entries.append((item, marker, replaced))
         retiring: dict[str, dict] = {}
-        if self.retiring and self.held and set(self.held) == self.incoming:
+        compacted: list[str] = []
+        if self.replacing and self.held and set(self.held) == self.incoming:
             # the run's new units and its retired ones in one version: readers of the table never see the retired
             # rows gone before the rows that replace them are there (as Delta's OPTIMIZE replaces files)
-            retiring = self.retiring
+            retiring, compacted = self.retiring, self.compacted
             for unit, (marker, parts) in self.held.items():
                 entries.append((held.get(unit), *self._marker(marker, parts, number)))
         else:
@@ -325,20 +358,22 @@ class DeltaStore(OutputStore):
         for marker in markers:
             self._evolve_for(marker)
         removes = [file for _, _, replaced in entries for file in replaced]
-        removes += [part["file"] for marker in retiring.values() for part in marker["parts"]]
+        removes += [part["file"] for marker in retiring.values() for part in marker["parts"]] + compacted
         metadata = {"units": [marker["unit"] for marker in markers],
                     "sources": [marker["source"] for marker in markers], "commit": number, "run": self.run}
         if retiring:
             metadata["replaced"] = [marker["source"] for marker in retiring.values()]
+        if compacted:
+            metadata["compacted_files_replaced"] = len(compacted)
         self._transact([part for marker in markers for part in marker["parts"]], removes, {"nlp_tasks": metadata})
-        for unit in retiring:
+        for unit in set(retiring) - {marker["unit"] for marker in markers}:  # a unit redone keeps its new marker
             self.delete(self.path(UNITS, f"{unit}.json"))
         self.markers.update({marker["unit"]: marker for marker in markers})
         for item, _, _ in entries:
             if item is not None:
                 item.done = True
-        if retiring:
-            self.retiring, self.held = {}, {}
+        if retiring or compacted:
+            self.retiring, self.held, self.compacted = {}, {}, []
 
     def _marker(self, marker: dict, parts: list[PartRecord], number: int) -> tuple[dict, list[str]]:
         """A unit's marker for commit `number`, and the parts of its previous commit that its parts replace."""
@@ -388,9 +423,21 @@ class DeltaStore(OutputStore):
                     "unit": unit, "source": marker["source"], "commit": self.logged + 1, "removed": True}})
             self.delete(self.path(UNITS, f"{unit}.json"))
 
+    @property
+    def replacing(self) -> bool:
+        """Whether units retire, or compacted files wait, to leave the log with the run's new units."""
+        return bool(self.retiring or self.compacted)
+
     def expect(self, units: set[str]) -> None:
-        """The input's units: those the output has not committed are this run's new units (`commit`)."""
+        """The input's units: those the output has not committed are this run's new units (`commit`). With
+        compacted files to replace, each unit redone must still be in the input: its rows are in those files."""
         self.incoming = units - set(self.markers)
+        if self.compacted and (gone := sorted(set(self.redone) - units)):
+            source = self.retiring[gone[0]]["source"] if gone[0] in self.retiring else gone[0]
+            raise OutputConflict(
+                f"output.path {self.name!r}: the rows of {len(gone)} committed input file(s) (e.g. {source!r}) are "
+                "only in files another writer compacted, and the file is no longer in the input: replacing those "
+                "files would drop its rows; put the file back, or write to a new output.path")
 
     def _check(self) -> None:
         if self.failed is not None:
