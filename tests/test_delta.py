@@ -460,6 +460,33 @@ def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, 
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
 
 
+def test_killed_while_redoing_a_compacted_output_then_resume_never_loses_rows(tmp_path, models):
+    """SIGKILLed while the rows of an output another writer compacted and vacuumed are annotated again
+    (if_compacted: redo), before their one version: the table is as it was; the resume swaps them in one version
+    and holds every row once."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    ids = write_corpus(corpus, 3)
+    config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models), if_compacted="redo")
+    first = run_job(config)
+    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    table = deltalake.DeltaTable(str(out))
+    table.optimize.compact()
+    table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+    compacted = deltalake.DeltaTable(str(out)).version()
+    files = set(out.glob("part-*.parquet"))
+    second = run_job(config)
+    kill_when(second, lambda: set(out.glob("part-*.parquet")) - files, "a part of the compacted rows written")
+    assert deltalake.DeltaTable(str(out)).version() == compacted
+    assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
+    last = run_job(config)
+    output = last.communicate(timeout=600)[0].decode()
+    assert last.returncode == 0, output[-3000:]
+    rows = [snapshot(str(out), version).num_rows
+            for version in range(compacted, deltalake.DeltaTable(str(out)).version() + 1)]
+    assert min(rows) == max(rows) == len(ids), rows
+    assert_exactly_once(out, ids)
+
+
 def test_an_output_optimized_then_vacuumed_by_another_writer_is_refused_then_redone_on_request(ray_local, tmp_path,
                                                                                               models, capsys):
     """OPTIMIZE then VACUUM by another writer: the job's last version cannot be restored (its files are gone), and
