@@ -56,6 +56,7 @@ def test_valid_config_and_overrides(tmp_path):
     # values an actor would fail on are refused here
     (VALID.replace("top_k: 2", "long_text: chunk, max_length: 64, stride: 64"),
      "tasks.sentiment: stride 64 must be smaller than the window (max_length 64)"),
+    (VALID.replace("top_k: 2", "stride: 16"), "tasks.sentiment: stride 16 moves the windows of long_text: chunk"),
     (VALID.replace("{task: sentiment-analysis, model: some/model, top_k: 2}",
                    "{task: embedding-classification, model: m, candidate_labels: [a], "
                    "hypothesis_template: '{:999999999}'}"), "no format spec or conversion"),

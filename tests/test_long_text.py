@@ -216,7 +216,7 @@ def test_summarization_map_reduce_runs_to_one_window_and_is_deterministic(models
     assert again.column("summary").to_pylist() == rows
     alone = annotate({"summary": task}, texts[:1], token_budget=4096)  # other documents and budgets: same result
     assert alone.column("summary").to_pylist() == rows[:1]
-    truncated = annotate({"summary": {**task, "long_text": "truncate"}}, texts[1:2])
+    truncated = annotate({"summary": {**task, "long_text": "truncate", "stride": None}}, texts[1:2])
     assert truncated.column("summary").to_pylist() == [rows[1]["summary"]]  # one window: a plain summary
 
 

@@ -51,6 +51,10 @@ class TaskOptions(BaseModel):
 
     @model_validator(mode="after")
     def _stride_inside_window(self):
+        if self.stride is not None and self.long_text != "chunk":
+            raise ValueError(f"stride {self.stride} moves the windows of long_text: chunk, and this task truncates "
+                             "(long_text: truncate); set long_text: chunk to cover long texts with windows, as the "
+                             "pipeline's stride does, or leave stride out")
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise ValueError(f"stride {self.stride} must be smaller than the window (max_length {self.max_length})")
         return self
