@@ -156,6 +156,7 @@ def test_racing_runs_get_the_lease_exactly_once(tmp_path):
 
     filesystem = fsspec.filesystem("file")
     results: list[str] = []
+    winners: list[Lease] = []
     start = threading.Barrier(8)
 
     def contend():
@@ -164,6 +165,7 @@ def test_racing_runs_get_the_lease_exactly_once(tmp_path):
         try:
             lease.acquire()
             results.append("won")
+            winners.append(lease)
         except LeaseHeld:
             results.append("refused")
 
@@ -172,6 +174,8 @@ def test_racing_runs_get_the_lease_exactly_once(tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
+    for lease in winners:
+        lease.release()  # and its heartbeat thread with it: none outlives the test
     assert sorted(results) == ["refused"] * 7 + ["won"]
 
 
