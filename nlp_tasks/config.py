@@ -63,6 +63,13 @@ class OutputConfig(_Strict):
     generated_id_column: str = "row_id"
     """Added when the input has no id_column: "<input file>:<row position in it>", stable across runs."""
 
+    @model_validator(mode="after")
+    def _compaction_is_delta(self):
+        if self.if_compacted != "stop" and self.format != "delta":
+            raise ValueError(f"if_compacted: {self.if_compacted} is for Delta outputs (another writer's OPTIMIZE); "
+                             "this output is a folder of Parquet parts (format: parquet)")
+        return self
+
 
 class ComputeConfig(_Strict):
     """How one actor pool runs. Every key left out is sized from the cluster when the job starts

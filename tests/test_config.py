@@ -42,6 +42,8 @@ def test_valid_config_and_overrides(tmp_path):
     (VALID.replace("{task: sentiment-analysis, model: some/model, top_k: 2}", "{task: zero-shot-classification, model: m}"),
      "tasks.sentiment.candidate_labels: Field required"),
     ("tasks: [", "not valid YAML"),
+    (VALID.replace("output: {path: out}", "output: {path: out, if_compacted: redo}"),
+     "output: if_compacted: redo is for Delta outputs"),
     ("- a\n- b\n", "expected a mapping"),
     # values of another type are refused, never coerced; nor are infinite or NaN numbers
     (VALID.replace("top_k: 2", "top_k: true"), "tasks.sentiment.top_k: Input should be a valid integer"),
