@@ -4,6 +4,7 @@ redone once; the summary says what the output holds; nothing of a run's staging 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ from helpers import error_line, last_report, output_table, recorded_markers, sen
 
 from jobs.annotate import main
 
-pytestmark = pytest.mark.slow  # every test runs the job two to four times
+pytestmark = pytest.mark.slow  # every test runs the job one to three times
 
 FILES = 13
 ROWS = 6
@@ -51,28 +52,42 @@ def by_source(out: Path) -> dict[str, dict]:
     return {Path(marker["source"]).name: marker for marker in markers(out).values()}
 
 
-@pytest.fixture
-def committed(ray_local, tmp_path, models):
+@pytest.fixture(scope="module")
+def baseline(ray_local, tmp_path_factory, models):
     """An output of FILES input files of ROWS rows, each committed as three or more parts (the run records each
-    part's version in the markers' index); returns the config and the input's ids."""
-    corpus = tmp_path / "corpus"
+    part's version in the markers' index), made once for the module and copied aside; returns its folder (input,
+    output, config), the copy and the input's ids."""
+    folder = tmp_path_factory.mktemp("committed")
+    corpus = folder / "corpus"
     ids = []
     for index in range(FILES):
         names = [f"f{index:02d}-{row}" for row in range(ROWS)]
         write_rows(corpus / f"f{index:02d}.parquet", names)
         ids += names
-    config = write_config(tmp_path, corpus, sentiment(models), output={"rows_per_file": 2}, compute={"batch_size": 2})
+    config = write_config(folder, corpus, sentiment(models), output={"rows_per_file": 2}, compute={"batch_size": 2})
     assert main(["--config", config]) == 0
-    assert all(len(marker["parts"]) >= 3 for marker in markers(tmp_path / "out").values())
-    recorded = recorded_markers(tmp_path / "out")
-    assert set(recorded) == set(markers(tmp_path / "out"))
+    assert all(len(marker["parts"]) >= 3 for marker in markers(folder / "out").values())
+    recorded = recorded_markers(folder / "out")
+    assert set(recorded) == set(markers(folder / "out"))
     assert all(part.get("version") for marker in recorded.values() for part in marker["parts"])
-    return config, sorted(ids)
+    pristine = tmp_path_factory.mktemp("pristine") / "copy"
+    shutil.copytree(folder, pristine)
+    return folder, pristine, sorted(ids)
 
 
-def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_part(committed, tmp_path, capsys):
-    config, ids = committed
-    out = tmp_path / "out"
+@pytest.fixture
+def committed(baseline):
+    """The baseline as its run left it, at its own paths (markers name their input files by path), put back from
+    the copy with the files' times (copytree keeps them: the files are the ones committed) for each test, which
+    damages it; returns the config, the input's ids and the output's folder."""
+    folder, pristine, ids = baseline
+    shutil.rmtree(folder)
+    shutil.copytree(pristine, folder)
+    return str(folder / "job.yaml"), ids, folder / "out"
+
+
+def test_a_damaged_part_redoes_its_file_once_whatever_the_damage_and_whichever_part(committed, capsys):
+    config, ids, out = committed
     control = [*(out / "__manifest" / "units").glob("*.json"), out / "__manifest" / "units.json.gz"]
     stamps = {p.name: p.stat().st_mtime_ns for p in control}
     assert main(["--config", config]) == 0
@@ -127,9 +142,8 @@ WRONG_SHAPES = {
 }
 
 
-def test_markers_that_are_json_but_not_markers_are_torn_and_their_files_redone(committed, tmp_path, capsys):
-    config, ids = committed
-    out = tmp_path / "out"
+def test_markers_that_are_json_but_not_markers_are_torn_and_their_files_redone(committed, capsys):
+    config, ids, out = committed
     shapes = list(WRONG_SHAPES.items())
     names = {}
     for index, (unit, marker) in enumerate(sorted(markers(out).items())[:len(shapes)]):
