@@ -7,6 +7,8 @@ carried byte for byte, and the models of unchanged tasks never load.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -21,25 +23,62 @@ from nlp_tasks.driver.report import summary
 pytestmark = pytest.mark.slow  # every test runs the job three or four times
 
 
-@pytest.fixture
-def job(tmp_path, models):
-    """Three Parquet files, and `run(tasks, **output)`: the job over them with these tasks; returns its report."""
-    folder = tmp_path / "corpus"
-    folder.mkdir()
+def corpus(folder: Path) -> Path:
+    """Three Parquet files of the sample texts and a null text each, in `folder / "corpus"`."""
+    corpus = folder / "corpus"
+    corpus.mkdir()
     texts = tiny_models.sample_texts() + [None]
     for part in range(3):
         pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(len(texts))], "text": texts}),
-                       folder / f"part-{part}.parquet")
+                       corpus / f"part-{part}.parquet")
+    return corpus
 
+
+def runner(folder: Path):
+    """`run(tasks, **output)`: the job over `folder`'s corpus into `folder / "out"` with these tasks; returns its
+    report."""
     def run(tasks: dict, **output) -> dict:
-        assert main(["--config", write_config(tmp_path, folder, tasks, output=output, keep_order=True)]) == 0
-        return last_report(tmp_path / "out")
+        assert main(["--config", write_config(folder, folder / "corpus", tasks, output=output, keep_order=True)]) == 0
+        return last_report(folder / "out")
 
     return run
 
 
-def output(tmp_path) -> pa.Table:
-    return pads.dataset(tmp_path / "out", format="parquet").to_table().sort_by("id")
+@pytest.fixture
+def job(tmp_path):
+    corpus(tmp_path)
+    return runner(tmp_path)
+
+
+def two_tasks(models) -> dict:
+    """The tasks of the annotated corpus: sentiment and an embedding, on two models."""
+    return {"sentiment": {"task": "sentiment-analysis", "model": str(models["text-classification"])},
+            "embedding": {"task": "feature-extraction", "model": str(models["token-classification"])}}
+
+
+@pytest.fixture(scope="module")
+def annotated_once(ray_local, tmp_path_factory, models):
+    """The corpus annotated with two_tasks, once for the module, and a copy of it aside."""
+    folder = tmp_path_factory.mktemp("annotated")
+    corpus(folder)
+    runner(folder)(two_tasks(models))
+    pristine = tmp_path_factory.mktemp("pristine") / "copy"
+    shutil.copytree(folder, pristine)
+    return folder, pristine
+
+
+@pytest.fixture
+def annotated(annotated_once):
+    """The annotated corpus as its run left it, at its own paths (markers name input files by path), put back from
+    the copy with the files' times for each test; returns its folder and the job over it (`runner`)."""
+    folder, pristine = annotated_once
+    shutil.rmtree(folder)
+    shutil.copytree(pristine, folder)
+    return folder, runner(folder)
+
+
+def output(folder: Path) -> pa.Table:
+    return pads.dataset(folder / "out", format="parquet").to_table().sort_by("id")
 
 
 def column_bytes(table: pa.Table, column: str) -> bytes:
@@ -74,10 +113,9 @@ def test_an_added_task_is_computed_alone_and_the_first_column_is_carried(ray_loc
     assert "column entities computed for 3 file(s)" in summary(report)
 
 
-def test_a_changed_task_is_recomputed_and_the_others_kept(ray_local, tmp_path, models, job):
-    sentiment = {"task": "sentiment-analysis", "model": str(models["text-classification"])}
-    embedding = {"task": "feature-extraction", "model": str(models["token-classification"])}
-    job({"sentiment": sentiment, "embedding": embedding})
+def test_a_changed_task_is_recomputed_and_the_others_kept(models, annotated):
+    tmp_path, job = annotated
+    sentiment, embedding = two_tasks(models).values()
     before = output(tmp_path)
 
     report = job({"sentiment": {**sentiment, "top_k": 2}, "embedding": embedding})
@@ -91,10 +129,9 @@ def test_a_changed_task_is_recomputed_and_the_others_kept(ray_local, tmp_path, m
     assert {p.name for p in (tmp_path / "out").glob("part-*.parquet")} == listed  # parts replaced, no copy beside
 
 
-def test_a_removed_task_is_kept_unless_the_config_drops_it(ray_local, tmp_path, models, job, caplog):
-    sentiment = {"task": "sentiment-analysis", "model": str(models["text-classification"])}
-    embedding = {"task": "feature-extraction", "model": str(models["token-classification"])}
-    job({"sentiment": sentiment, "embedding": embedding})
+def test_a_removed_task_is_kept_unless_the_config_drops_it(models, annotated):
+    tmp_path, job = annotated
+    embedding = two_tasks(models)["embedding"]
     before = output(tmp_path)
 
     report = job({"embedding": embedding})
