@@ -20,6 +20,7 @@ from nlp_tasks.output.recovery import (
     delta_recovery,
     markers_from_index,
     parse_markers,
+    since_last_commit,
     staged_commits,
     strays,
 )
@@ -56,6 +57,14 @@ def test_the_index_answers_for_marker_files_listed_as_it_recorded_them_and_the_r
     assert stale
     assert markers_from_index({kept["unit"]: files[kept["unit"]]}, {kept["unit"]: indexed[kept["unit"]]}) == \
         ({kept["unit"]: kept}, [], False)
+
+
+def test_an_index_holding_a_marker_no_file_is_listed_for_is_stale():
+    kept, deleted = marker("a" * 16), marker("b" * 16)
+    listed = entry(f"out/__manifest/units/{kept['unit']}.json", 500, "t1")
+    indexed = {kept["unit"]: {"file": file_key(listed), "marker": kept},
+               deleted["unit"]: {"file": [500, "t1"], "marker": deleted}}
+    assert markers_from_index({kept["unit"]: listed}, indexed) == ({kept["unit"]: kept}, [], True)
 
 
 def test_an_index_entry_that_is_not_a_marker_of_its_unit_is_not_trusted():
@@ -152,6 +161,27 @@ def test_delta_markers_stand_roll_back_or_uncommit_as_the_log_says():
     assert "bytes" in recovery.why[resized["unit"]] and "without a marker" in recovery.why["e" * 16]
 
 
+def test_a_previous_marker_is_put_back_only_where_the_log_holds_its_commit():
+    ahead = delta_marker("b" * 16, 5)  # itself never committed: the log stops at 4
+    torn = {**delta_marker("c" * 16, 2), "rows": "many"}  # not a marker: no count of its rows
+    later = {unit: delta_marker(unit, 6, previous=previous) for unit, previous in (("b" * 16, ahead), ("c" * 16, torn))}
+    logged = {torn["unit"]: {torn["parts"][0]["file"]: torn["parts"][0]["size"]}}  # its commit landed, torn or not
+    recovery = delta_recovery(later, logged, 4, {file: {"size": size} for file, size in logged[torn["unit"]].items()})
+    assert recovery.restore == {} and recovery.markers == {} and sorted(recovery.drop) == sorted(later)
+    assert recovery.uncommit == {torn["unit"]: list(logged[torn["unit"]])}
+
+
+def test_only_compactions_since_the_jobs_last_version_leave_its_rows_as_they_were():
+    job = {"version": 3, "operation": "WRITE", "nlp_tasks": "{}"}
+    compacted = [{"version": 6, "operation": "VACUUM END"}, {"version": 5, "operation": "VACUUM START"},
+                 {"version": 4, "operation": "OPTIMIZE"}, job, {"version": 2, "operation": "WRITE"}]
+    assert since_last_commit(compacted) == (3, True)
+    appended = [{"version": 7, "operation": "WRITE"}, *compacted]
+    assert since_last_commit(appended) == (3, False)
+    assert since_last_commit([{"version": 1, "operation": "OPTIMIZE"}]) == (None, False)
+    assert since_last_commit([job]) == (3, True)
+
+
 def test_a_delta_marker_listing_other_parts_than_the_log_is_named():
     unit_marker = delta_marker("a" * 16, 1)
     other = {f"part-{'a' * 16}-000000000000-00000009.parquet": 100}
@@ -187,3 +217,22 @@ def test_change_detection_is_a_function_of_the_input_files_and_the_markers():
     markers[kept.unit]["tasks"] = {"topic": "fp0", "old": "fp0"}
     refresh, = compare(source, markers, {"topic": "fp1"}, drop_removed=True, skipped=set()).refreshes
     assert (refresh.file, refresh.recompute, refresh.drop) == (kept, ("topic",), ("old",))
+
+
+def test_a_file_whose_identity_changed_is_annotated_again_even_with_as_many_rows():
+    before = input_file("in/a")
+    markers = {before.unit: committed(before, {"topic": "fp1"})}
+    now = input_file("in/a", sha="another footer")
+    source = InputFiles(filesystem=None, root="in", files=[now], schema=pa.schema([("text", pa.string())]))
+    changes = compare(source, markers, {"topic": "fp1"}, drop_removed=False, skipped=set())
+    assert (changes.todo, changes.changed, changes.unchanged) == ([now], ["in/a"], 0)
+
+
+def test_a_skipped_tasks_column_is_kept_even_where_removed_tasks_are_dropped():
+    file = input_file("in/a")
+    markers = {file.unit: committed(file, {"topic": "fp1", "entities": "fp2"})}
+    source = InputFiles(filesystem=None, root="in", files=[file], schema=pa.schema([("text", pa.string())]))
+    changes = compare(source, markers, {"topic": "fp1"}, drop_removed=True, skipped={"entities"})
+    assert (changes.refreshes, changes.unchanged, changes.removed_kept) == ([], 1, [])
+    dropped = compare(source, markers, {"topic": "fp1"}, drop_removed=True, skipped=set())
+    assert [refresh.drop for refresh in dropped.refreshes] == [("entities",)]

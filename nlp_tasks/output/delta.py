@@ -56,13 +56,10 @@ from nlp_tasks.output.layout import (
     PartRecord,
     now,
 )
-from nlp_tasks.output.recovery import delta_recovery
+from nlp_tasks.output.recovery import delta_recovery, since_last_commit
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
 
-COMPACTIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
-"""Log operations that leave a table's rows as they are: after only these since the job's last version, the table
-holds the job's rows, in files another writer wrote."""
 HISTORY_SEARCHED = 1000
 """Log versions searched, newest first, for the job's last one, to name it when another writer's files stop a run."""
 GROUP = 1000
@@ -171,10 +168,7 @@ class DeltaStore(OutputStore):
         foreign = [action["path"] for action in self._snapshot_files() if not DELTA_PART.match(action["path"])]
         if not foreign:
             return
-        history = self.table.history(HISTORY_SEARCHED)
-        last = max((entry["version"] for entry in history if "nlp_tasks" in entry), default=None)
-        compacted = last is not None and all(entry.get("operation") in COMPACTIONS
-                                             for entry in history if entry["version"] > last)
+        last, compacted = since_last_commit(self.table.history(HISTORY_SEARCHED))
         if compacted and self.if_compacted == "redo":
             self.compacted = sorted(foreign)
             return

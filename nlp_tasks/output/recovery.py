@@ -155,6 +155,19 @@ def delta_recovery(markers: dict[str, dict], logged: dict[str, dict[str, int]], 
     return recovery
 
 
+COMPACTIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+"""Log operations that leave a table's rows as they are: after only these since the job's last version, the table
+holds the job's rows, in files another writer wrote."""
+
+
+def since_last_commit(history: list[dict]) -> tuple[int | None, bool]:
+    """The job's last version in a Delta log's history (entries as deltalake gives them, the job's carrying its
+    `nlp_tasks` metadata; None where the entries hold none), and whether every version after it is a compaction."""
+    last = max((entry["version"] for entry in history if "nlp_tasks" in entry), default=None)
+    return last, last is not None and all(entry.get("operation") in COMPACTIONS
+                                          for entry in history if entry["version"] > last)
+
+
 def delta_part_problem(marker: dict, parts: dict[str, int], listing: dict[str, dict]) -> str | None:
     """What is wrong with a committed Delta unit: its marker and the log list other parts, or a part is missing
     from the folder or of another size than committed (None if nothing)."""
