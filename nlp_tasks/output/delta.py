@@ -56,7 +56,7 @@ from nlp_tasks.output.layout import (
     PartRecord,
     now,
 )
-from nlp_tasks.output.recovery import delta_recovery, since_last_commit
+from nlp_tasks.output.recovery import DeltaRecovery, delta_recovery, since_last_commit
 from nlp_tasks.output.storage import dump, write_atomic
 from nlp_tasks.output.store import OutputStore
 
@@ -206,10 +206,9 @@ class DeltaStore(OutputStore):
         markers = self.read_markers(delta_marker_problem)
         self.logged = (self.table.transaction_version(APP_ID) if self.table is not None else None) or 0
         listing = self.list_output()
-        logged = self._logged_parts()
-        recovery = delta_recovery(markers, logged, self.logged, listing)
+        recovery = delta_recovery(markers, self._logged_parts(), self.logged, listing)
         if self.compacted:
-            self._retire_compacted(recovery, markers, logged)
+            self._retire_compacted(recovery, markers)
         for unit, marker in recovery.restore.items():
             write_atomic(self.filesystem, self.path(UNITS, f"{unit}.json"), dump(marker))
         for unit in recovery.drop:
@@ -229,7 +228,7 @@ class DeltaStore(OutputStore):
             self.filesystem.rm(self.path(STAGING), recursive=True)
         self.filesystem.makedirs(self.root, exist_ok=True)
 
-    def _retire_compacted(self, recovery: Any, markers: dict[str, dict], logged: dict[str, dict[str, int]]) -> None:
+    def _retire_compacted(self, recovery: DeltaRecovery, markers: dict[str, dict]) -> None:
         """With compacted files in the table (if_compacted: redo): the units recovery would uncommit now retire
         instead, their parts still in the log and the compacted files leaving it with the new units (`commit`), so
         that no version holds fewer rows. Their markers stay until then: a run killed before finds the same."""

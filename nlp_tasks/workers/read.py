@@ -91,10 +91,13 @@ class CorpusDatasource(Datasource):
         self.generated_id_column = generated_id_column
         self.errors_column = errors_column
         self.groups: list[list[Fragment]] = [[]]
+        rows = 0  # in the last group
         for fragment in fragments:
-            if sum(f.rows for f in self.groups[-1]) >= block_rows:
+            if rows >= block_rows:
                 self.groups.append([])
+                rows = 0
             self.groups[-1].append(fragment)
+            rows += fragment.rows
 
     def num_blocks(self, rows: int) -> int:
         largest = max(sum(f.rows for f in group) for group in self.groups)
