@@ -59,6 +59,10 @@ class OutputConfig(_Strict):
     rows_per_file: int = Field(10_000, ge=1)
     """Rows the write stage gathers per call (fewer on a small run); an output part holds at most this many rows
     of one input file."""
+    reuse: bool = True
+    """Take a task's value from the output when it already holds one for the same inputs (the same text, and
+    question) instead of running the model again: after a compaction or rewrite of the input, and for repeated
+    texts (workers/reuse.py). Tasks that sample are never reused."""
     errors_column: str = "errors"
     generated_id_column: str = "row_id"
     """Added when the input has no id_column: "<input file>:<row position in it>", stable across runs."""

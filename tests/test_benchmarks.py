@@ -138,7 +138,15 @@ def _nights(records: dict) -> None:
             assert first["delta_version"] == quiet["delta_version"] < new["delta_version"]
 
 
+def _reuse(records: dict) -> None:
+    first, reused, full, *nothing = records["cpu-reuse-24"]["results"]
+    assert (first["rows_computed"], reused["rows_computed"], reused["rows_reused"]) == (24, 0, 24 + 7)
+    assert full["rows_computed"] == 24 + 7 and full["rows_reused"] == 0
+    assert [(run["rows_computed"], run["rows_reused"]) for run in nothing] == [(24, 0), (24, 0)]
+    _positive(records["cpu-reuse-24"]["cache"]["mb_per_million_rows"])
+
+
 CHECKS = {"peers": _peers, "throughput": _throughput, "gpu_stage": _gpu_stage, "cpu_stages": _cpu_stages,
           "summarization": _summarization, "examples_cv": _examples_cv, "driver_cost": _driver_cost,
-          "ner_grouping": _ner_grouping, "nights": _nights}
+          "ner_grouping": _ner_grouping, "nights": _nights, "reuse": _reuse}
 """What each benchmark's smoke results must show beyond the machine record (a new benchmark: the machine only)."""

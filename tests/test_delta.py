@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import tiny_models
-from helpers import REPO, assert_close, moto_server, run_job, sentiment, write_config
+from helpers import REPO, assert_close, last_report, moto_server, run_job, sentiment, write_config
 
 from jobs.annotate import main
 from nlp_tasks.output.delta_layout import DELTA_PART
@@ -427,6 +427,8 @@ def test_a_compacted_input_is_replaced_in_one_version_and_no_version_loses_rows(
     deltalake.DeltaTable(str(source)).optimize.compact()
     assert main(["--config", str(config)]) == 0
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
+    sentiment_rows = last_report(out)["throughput"]["sentiment"]
+    assert (sentiment_rows["rows"], sentiment_rows["reused"]) == (0, 36), "a compaction costs hashing, not inference"
     rows = version_rows(str(out))
     assert rows[before + 1:] == [rows[before]] * (len(rows) - before - 1), rows
     entries = [json.loads(line) for line in
@@ -455,6 +457,7 @@ def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, 
     last = run_job(config)
     output = last.communicate(timeout=600)[0].decode()
     assert last.returncode == 0, output[-3000:]
+    assert "sentiment: 0 rows computed, 36 reused" in output
     rows = version_rows(str(out))
     assert min(rows[before:]) == rows[before], rows
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())

@@ -14,7 +14,7 @@ import time
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import FILES, corpus_and_config, embedding_job, run_job, staged_units
+from helpers import FILES, corpus_and_config, embedding_job, last_report, run_job, staged_units
 
 pytestmark = pytest.mark.slow  # MiniLM jobs run as a user runs them, killed, rerun
 
@@ -40,11 +40,17 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     listed = {part["file"] for marker in markers.values() for part in marker["parts"]}
     visible = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert set(visible) <= listed, "a part of an uncommitted file is visible"
+    staged_rows = sum(pq.read_metadata(path).num_rows for path in (out / "__staging").rglob("*.staged")
+                      if path.name.split("-")[0] not in markers)
 
     second = run_job(config)
     output = second.communicate(timeout=300)[0].decode()
     assert second.returncode == 0, output[-2000:]
     assert f"processed {FILES - len(markers)} input file(s) ({len(markers)} already committed)" in output
+    report = last_report(out)
+    embedding = report["throughput"]["embedding"]
+    assert embedding["rows"] + embedding["reused"] == report["rows_this_run"]
+    assert embedding["reused"] >= staged_rows > 0, "the killed run's computed values serve its resume"
     assert {name: (out / name).stat().st_mtime_ns for name in visible} == visible
     output_ids = pads.dataset(out, format="parquet").to_table(columns=["id"]).column("id")
     assert sorted(output_ids.to_pylist()) == sorted(ids)

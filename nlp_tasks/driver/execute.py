@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 from nlp_tasks.config import JobConfig, TaskSpec
 from nlp_tasks.driver.commits import Commits, JobFailed
-from nlp_tasks.driver.compute import Cluster, PoolSettings, group_by_model, size_pools
+from nlp_tasks.driver.compute import WRITE_CPUS, Cluster, PoolSettings, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
 from nlp_tasks.driver.phases import timed
@@ -23,6 +24,7 @@ from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.workers.annotator import Annotator, ModelLoadFailed
 from nlp_tasks.workers.read import Fragment
+from nlp_tasks.workers.reuse import Cache, Reusable, list_cache, merge_files, merge_plan
 from nlp_tasks.workers.stages import ModelStage
 from nlp_tasks.workers.write import PART_RECORD
 
@@ -132,6 +134,29 @@ def stream_parts(dataset, commits: Commits, timings: dict[str, float], started: 
             break  # every file is in, or a task clearly cannot do the run: do not wait for Ray's operators
 
 
+def reuse_cache(config: JobConfig, tasks: dict[str, TaskSpec], fingerprints: dict[str, str],
+                store: OutputStore) -> Cache | None:
+    """The run's cache of values by content key (workers/reuse.py): its tasks that are reused, and its files."""
+    reused = [Reusable(column, fingerprints[column], spec.options.second_input())
+              for column, spec in tasks.items() if spec.options.reusable()]
+    if not (config.output.reuse and reused):
+        return None
+    return Cache(store.root, reused, list_cache(store.filesystem, store.root, reused))
+
+
+def merge_cache(filesystem: Any, cache: Cache) -> None:
+    """Merge the files of each shard that holds too many (reuse.merge_plan), in Ray tasks: only names and sizes reach
+    the driver."""
+    import ray
+
+    merges = [(f"{cache.root}/{task.folder}/{shard}", paths)
+              for task, shards in zip(cache.tasks, list_cache(filesystem, cache.root, cache.tasks).values())
+              for shard, files in shards.items() if (paths := merge_plan(files))]
+    if merges:
+        merge = ray.remote(num_cpus=WRITE_CPUS)(merge_files)
+        ray.get([merge.remote(filesystem, folder, paths) for folder, paths in merges])
+
+
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],
              store: OutputStore, commits: Commits, timings: dict[str, float], columns: list[str],
              examples: dict[str, LabelledTexts], fingerprints: dict[str, str]) -> tuple[dict, str, list[PoolSettings]]:
@@ -155,10 +180,13 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         for index, (_, what) in samples.items():
             log.info("compute: pool %s calibrates int8 on %s", "+".join(pools[index][0]), what)
             pools[index] = (pools[index][0], replace(pools[index][1], calibration=what))
+        with timed(timings, "list_reuse_cache", commits.events):
+            cache = reuse_cache(config, tasks, fingerprints, store)
         started, started_at = time.perf_counter(), time.time()
         commits.events.phase_started("annotate")
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads, store.part_names, {index: texts for index, (texts, _) in samples.items()})
+                                    heads, store.part_names, {index: texts for index, (texts, _) in samples.items()},
+                                    cache)
         with LoadWatch(pools).running() as watch:
             try:
                 stream_parts(dataset, commits, timings, started)
@@ -170,6 +198,9 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         commits.events.phase_ended("annotate")
         with timed(timings, "finish_commits", commits.events):
             commits.finish()
+        if cache is not None:
+            with timed(timings, "merge_reuse_cache", commits.events):
+                merge_cache(store.filesystem, cache)
         return commits.stats.summary(started_at), dataset.stats(), [settings for _, settings in pools]
     finally:
         if started_here:  # an embedded Ray: stop it now, not at exit (which waits half a second more)

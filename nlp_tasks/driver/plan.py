@@ -1,9 +1,11 @@
-"""The Ray Data plan: read the pending files -> one actor pool per model -> write staged parts.
+"""The Ray Data plan: read the pending files -> look up reusable values -> one actor pool per model -> write staged
+parts.
 
 Every stage runs on the workers. The reader tags rows with their input file and position
 (`read.py`); tasks on the same checkpoint share one pool, fused or split (`pools.py`, as
 `build_processor` annotates), chained so that the input is read once however many tasks there
-are; the last stage writes each batch's rows as staged Parquet parts (`write.py`) and returns one
+are, after a stage that takes each row's values from the output where it holds them for the same
+text (`reuse.py`); the last stage writes each batch's rows as staged Parquet parts (`write.py`) and returns one
 small record per part. The driver only iterates over those records and commits (`job.py`).
 """
 
@@ -22,6 +24,7 @@ from nlp_tasks.driver.inputs import InputFile, InputFiles
 from nlp_tasks.driver.pools import Pool, Stage, annotation_stages, run_stages
 from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.read import CorpusDatasource, Fragment, split_file
+from nlp_tasks.workers.reuse import Cache, look_up
 from nlp_tasks.workers.write import write_parts
 
 FRAGMENT_ROWS = 65_536
@@ -42,13 +45,14 @@ def fragments_of(files: list[InputFile], refreshes: list[Refresh], part_path: Ca
 def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSettings]], source: InputFiles,
                       fragments: list[Fragment], output_filesystem: Any, staging: str, columns: list[str],
                       fitted: dict[str, dict], part_names: str = STAGED_NAME,
-                      calibration: dict[int, Any] | None = None):
+                      calibration: dict[int, Any] | None = None, cache: Cache | None = None):
     """The lazy plan over `fragments`; iterating it yields write_parts' records (write.PART_RECORD).
 
     `columns`: the output's columns in order (write.output_columns); `fitted`: heads fitted for tasks
     (heads.fit_heads), by column; `part_names`: how the workers name parts in `staging` (write.STAGED_NAME);
     `calibration`: the Ray objects of the texts static int8 pools calibrate on, by pool index
-    (engines/calibration.pool_samples).
+    (engines/calibration.pool_samples); `cache`: the values the output holds by content key, looked up before the
+    pools and added to by the write stage (workers/reuse.py).
     """
     generated_id = None if config.input.id_column else config.output.generated_id_column
     block_rows = min((settings.batch_size for _, settings in pools), default=config.output.rows_per_file)
@@ -61,10 +65,13 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
     write = Stage(write_parts, dict(filesystem=output_filesystem, staging=staging,
                                     tasks=[t for specs, _ in pools for t in specs], columns=columns,
                                     errors_column=config.output.errors_column,
-                                    id_column=config.input.id_column or generated_id, part_names=part_names),
+                                    id_column=config.input.id_column or generated_id, part_names=part_names,
+                                    cache=cache),
                   rows_per_write(config.output.rows_per_file, fragments, pools), WRITE_CPUS)
-    return run_stages(dataset, [*annotation_stages(annotating, config.input.text_column, config.output.errors_column,
-                                                   record_calls=True), write])
+    reuse = [Stage(look_up, dict(filesystem=output_filesystem, cache=cache, text_column=config.input.text_column),
+                   block_rows, READ_CPUS)] if cache is not None and cache.tasks else []
+    return run_stages(dataset, [*reuse, *annotation_stages(annotating, config.input.text_column,
+                                                           config.output.errors_column, record_calls=True), write])
 
 
 def rows_per_write(rows_per_file: int, fragments: list[Fragment], pools: list[tuple[dict, PoolSettings]]) -> int:

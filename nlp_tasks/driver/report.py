@@ -130,8 +130,10 @@ def summary(report: dict) -> str:
               for pool in report["compute"]]
     lines.append("time: " + ", ".join(f"{phase} {seconds} s" for phase, seconds in report["time_s"].items()))
     for task, stats in report["throughput"].items():
-        lines.append(f"{task}: {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
-                     f"({stats['actor_seconds']} s of actor time)")
+        saved = f" (about {stats['seconds_saved']} s of actor time saved)" if stats["reused"] and stats["rows"] else ""
+        speed = (f"; {stats['rows_per_s']} rows/s, {stats['tokens_per_s']} tokens/s per actor "
+                 f"({stats['actor_seconds']} s of actor time)" if stats["rows_per_s"] else "")
+        lines.append(f"{task}: {stats['rows']} rows computed, {stats['reused']} reused{saved}{speed}")
     for actor in report["actors"]:
         share = f"{actor['busy_share']:.0%}" if actor["busy_share"] is not None else "-"
         phases = ", ".join(f"{phase} {seconds} s" for phase, seconds in actor["phases_s"].items())

@@ -11,6 +11,7 @@ Layout (local or object storage), meant to be read by people too:
                                       the listing (gzip'd JSON, written atomically): a later run reads one
                                       object and the markers whose listing entry differs, not one per file
     __manifest/heads/<task>-<fp>.json heads fitted on a task's labelled examples, by task fingerprint
+    __manifest/reuse/<task>-<fp>/     each value computed, by the content key of its row (workers/reuse.py)
     __manifest/lease-<n>.json         the running job's lease (see lease.py)
     __staging/<run>/                  parts written by the workers, not yet committed (`*.parquet.staged`)
     __reports/run-*.json, .html       one report per run
@@ -34,6 +35,7 @@ MANIFEST = "__manifest"
 UNITS = f"{MANIFEST}/units"
 INDEX = f"{MANIFEST}/units.json.gz"
 HEADS = f"{MANIFEST}/heads"
+REUSE = f"{MANIFEST}/reuse"
 STAGING = "__staging"
 REPORTS = "__reports"
 PART_NAME = re.compile(r"^part-([0-9a-f]{16})-(\d{12})\.parquet$")

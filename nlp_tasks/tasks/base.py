@@ -42,6 +42,15 @@ class TaskOptions(BaseModel):
     stride: int | None = Field(None, ge=0)
     """With chunk: tokens shared by consecutive windows (default: 1/8 of the window)."""
 
+    def reusable(self) -> bool:
+        """Whether a row's value is a function of its inputs alone, so that a value computed once serves every row
+        with the same inputs (workers/reuse.py)."""
+        return True
+
+    def second_input(self) -> str | None:
+        """The input column the task reads besides the text, if any."""
+        return None
+
     @field_validator("long_text")
     @classmethod
     def _chunk_supported(cls, mode: str) -> str:

@@ -22,6 +22,9 @@ class QuestionAnsweringOptions(TaskOptions):
     question_column: str | None = None
     max_answer_len: PositiveInt = 15
 
+    def second_input(self) -> str | None:
+        return self.question_column
+
     @model_validator(mode="after")
     def _one_question_source(self):
         if (self.question is None) == (self.question_column is None):

@@ -46,6 +46,10 @@ class GenerationOptions(TaskOptions):
                   "top_p")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
+    def reusable(self) -> bool:
+        """Sampling is seeded per batch: a row's text is drawn from its batch's seed, not from its own inputs."""
+        return not self.do_sample
+
     def engine_settings(self) -> dict[str, Any]:
         """What an engine other than transformers maps (engines/decoding.py): the generate options and the seed."""
         return {**self.generate_kwargs(), "seed": self.seed}

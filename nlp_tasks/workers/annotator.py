@@ -35,6 +35,7 @@ from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
 from nlp_tasks.workers.load import load_model
+from nlp_tasks.workers.reuse import HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.stats import with_call
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,18 @@ def caller() -> tuple[str, str]:
     return f"pid {os.getpid()}", socket.gethostname()
 
 
+class Reused(RowError):
+    """A row whose values of a forward group's columns are taken, not computed: the cache's (`values`, by column,
+    reuse.look_up), or those of an earlier row of the batch with the same inputs (`same_as`)."""
+
+    def __init__(self, values: dict[str, Any] | None = None, same_as: int | None = None):
+        super().__init__("reused")
+        self.values, self.same_as = values, same_as
+
+    def __reduce__(self):  # pickled between the split stages
+        return type(self), (self.values, self.same_as)
+
+
 class Rows:
     """A batch's rows as the tasks see them: each row's clean text, or why it has none."""
 
@@ -121,37 +134,76 @@ class Rows:
         self.texts = [None if problem else as_text(value) for value, problem in zip(raw, self.problems)]
         self.clean = [row for row, problem in enumerate(self.problems) if problem is None]
 
+    def settled(self, columns: list[str], repeats: bool = True) -> dict[int, Reused]:
+        """The clean rows whose values of `columns` need no forward pass: every one held by the cache, or (`repeats`)
+        the same inputs (content keys) as an earlier row that runs. None without keys (a task not reused, or a
+        refresh). The split stages pass repeats=False: Ray Data may cut their batches anew between stages, and a
+        repeat names its row by its position in the batch."""
+        names = self.batch.column_names
+        if not all(KEY_PREFIX + column in names for column in columns):
+            return {}
+        keys = list(zip(*(self.batch.column(KEY_PREFIX + column).to_pylist() for column in columns)))
+        held = {column: self.batch.column(HELD_PREFIX + column) for column in columns if HELD_PREFIX + column in names}
+        settled: dict[int, Reused] = {}
+        first: dict[tuple, int] = {}
+        for row in self.clean:
+            if len(held) == len(columns) and all(held[column][row].is_valid for column in columns):
+                settled[row] = Reused(values={column: held[column][row].as_py() for column in columns})
+            elif repeats and keys[row] in first:
+                settled[row] = Reused(same_as=first[keys[row]])
+            else:
+                first[keys[row]] = row
+        return settled
+
     @cached_property
     def clean_batch(self) -> pa.Table:
         """The rows with usable text (what a task's preprocess may read other columns from)."""
         return self.batch.take(pa.array(self.clean, type=pa.int64()))
 
 
-def preprocess_rows(adapter: TaskAdapter, rows: Rows, encoding: dict[str, Any] | None = None) -> list[Pending]:
-    """Each row's segments, or its RowError (unusable text, or a row the task refuses). `encoding`: for a task that
-    tokenizes the text alone, the tokenizer options to use instead of its own `text_encoding` (a superset, when
-    tasks of several models share these tokens: stages.py)."""
+def preprocess_rows(adapter: TaskAdapter, rows: Rows, encoding: dict[str, Any] | None = None,
+                    settled: dict[int, Reused] | None = None) -> list[Pending]:
+    """Each row's segments, or its RowError (unusable text, or a row the task refuses), or its Reused (`settled`:
+    rows that need no forward pass). `encoding`: for a task that tokenizes the text alone, the tokenizer options to
+    use instead of its own `text_encoding` (a superset, when tasks of several models share these tokens: stages.py)."""
     pending: list[Pending] = [RowError(problem) if problem else None for problem in rows.problems]
-    if rows.clean:
-        texts = [rows.texts[row] for row in rows.clean]
+    for row, reused in (settled or {}).items():
+        pending[row] = reused
+    todo = [row for row in rows.clean if pending[row] is None]
+    if todo:
+        texts = [rows.texts[row] for row in todo]
         segments = (adapter.encode_segments(texts, **encoding) if encoding is not None
-                 else adapter.preprocess(texts, rows.clean_batch))
-        for row, row_segments in zip(rows.clean, segments):
+                    else adapter.preprocess(texts, rows.clean_batch if len(todo) == len(rows.clean)
+                                            else rows.batch.take(pa.array(todo, type=pa.int64()))))
+        for row, row_segments in zip(todo, segments):
             pending[row] = row_segments
     return pending
 
 
-def postprocess_rows(adapter: TaskAdapter, results: list[RowResult],
+def postprocess_rows(adapter: TaskAdapter, column: str, results: list[RowResult],
                      texts: list[str | None]) -> tuple[list[Any], list[str | None]]:
-    """Each row's value and error message (None where the row was annotated)."""
+    """Each row's value of `column` and error message (None where the row was annotated); a Reused row takes the
+    held value, or the value and error of the row it repeats."""
     values: list[Any] = [None] * len(results)
     errors: list[str | None] = [None] * len(results)
     for row, result in enumerate(results):
-        if isinstance(result, RowError):
+        if isinstance(result, Reused):
+            values[row] = None if result.values is None else result.values[column]
+        elif isinstance(result, RowError):
             errors[row] = str(result)
         else:
             values[row] = adapter.postprocess(texts[row], *result)
+    for row, result in enumerate(results):
+        if isinstance(result, Reused) and result.same_as is not None:
+            values[row], errors[row] = values[result.same_as], errors[result.same_as]
     return values, errors
+
+
+def task_counts(values: list[Any], results: list[RowResult], tokens: int, seconds: float) -> tuple:
+    """A task's figures in a call record (stats.py): rows the model annotated, tokens, seconds, rows reused."""
+    reused = [isinstance(result, Reused) for result in results]
+    return (sum(value is not None and not taken for value, taken in zip(values, reused)), tokens, seconds,
+            sum(value is not None and taken for value, taken in zip(values, reused)))
 
 
 def forward_groups(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:
@@ -278,27 +330,26 @@ class Annotator:
         started, phases, tokens = time.time(), Counter(), Counter()
         rows = Rows(batch, self.text_column)
         errors_by_task: dict[str, list[str | None]] = {}
-        per_task: dict[str, tuple[int, int, float]] = {}
+        per_task: dict[str, tuple] = {}
         for lead, columns in forward_groups(adapters).items():
             model_started = time.perf_counter()
             with self.tokenizer_lock:
-                pending = preprocess_rows(adapters[lead], rows)
+                pending = preprocess_rows(adapters[lead], rows, settled=rows.settled(columns))
             phases["tokenize"] += time.perf_counter() - model_started
             results = self.forward_rows(adapters[lead], pending, phases, tokens)
             model_seconds = time.perf_counter() - model_started
             for column in columns:
                 post_started = time.perf_counter()
-                values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
+                values, errors_by_task[column] = postprocess_rows(adapters[column], column, results, rows.texts)
                 batch = append_column(batch, adapters[column], column, values)
                 post_seconds = time.perf_counter() - post_started
                 phases["postprocess"] += post_seconds
-                per_task[column] = (sum(value is not None for value in values), segment_tokens(results),
-                                    model_seconds + post_seconds)
+                per_task[column] = task_counts(values, results, segment_tokens(results), model_seconds + post_seconds)
         batch = with_errors(batch, self.errors_column, errors_by_task)
         return self.recorded(batch, started, phases, tokens, per_task)
 
     def recorded(self, batch: pa.Table, started: float, phases: Counter, tokens: Counter,
-                 per_task: dict[str, tuple[int, int, float]]) -> pa.Table:
+                 per_task: dict[str, tuple]) -> pa.Table:
         """The batch with this call's record (stats.py), where the job asked for records."""
         if self.identity is None:
             return batch

@@ -44,6 +44,7 @@ from nlp_tasks.workers.annotator import (
     postprocess_rows,
     preprocess_rows,
     segment_tokens,
+    task_counts,
     with_errors,
 )
 from nlp_tasks.workers.stats import with_call
@@ -168,7 +169,7 @@ def pending_groups(adapters: dict[str, TaskAdapter], batch: pa.Table) -> dict[st
     return forward_groups({column: adapter for column, adapter in adapters.items() if column not in batch.column_names})
 
 
-def stage_call(stage: str, pool: str, started: float, rows: int, tasks: dict[str, tuple[int, int, float]]) -> dict:
+def stage_call(stage: str, pool: str, started: float, rows: int, tasks: dict[str, tuple]) -> dict:
     """A CPU stage's call record (stats.py), its process counted as an actor of the pool `pool`; the stage's name is
     its phase, and a skeleton loaded during the call is its load."""
     process, node = caller()
@@ -195,7 +196,7 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
     seconds: dict[str, float] = {}
     for key, (adapter, encoding, columns) in wanted.items():
         run_started = time.perf_counter()
-        pending = preprocess_rows(adapter, rows, encoding)
+        pending = preprocess_rows(adapter, rows, encoding, rows.settled(columns, repeats=False))
         batch = batch.append_column(SEGMENTS_PREFIX + key, pickled(pending))
         batch = batch.append_column(INPUTS_PREFIX + key, inputs_array(pending))
         for column in columns:
@@ -203,7 +204,7 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
     if not wanted:
         return batch
     return with_call(batch, stage_call("tokenize", "tokenize", started, batch.num_rows,
-                                       {column: (0, 0, spent) for column, spent in seconds.items()}))
+                                       {column: (0, 0, spent, 0) for column, spent in seconds.items()}))
 
 
 class ModelStage(Annotator):
@@ -212,7 +213,7 @@ class ModelStage(Annotator):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started, phases, tokens = time.time(), Counter(), Counter()
-        per_task: dict[str, tuple[int, int, float]] = {}
+        per_task: dict[str, tuple] = {}
         for lead, columns in pending_groups(self.adapters, batch).items():
             run_started = time.perf_counter()
             adapter = self.adapters[lead]
@@ -224,7 +225,7 @@ class ModelStage(Annotator):
                 result if isinstance(result, RowError) else (None, result[1]) for result in results]
             batch = batch.append_column(RESULTS_PREFIX + lead, pickled(handed_on))
             for column in columns:
-                per_task[column] = (0, segment_tokens(results), time.perf_counter() - run_started)
+                per_task[column] = (0, segment_tokens(results), time.perf_counter() - run_started, 0)
         return self.recorded(batch, started, phases, tokens, per_task) if per_task else batch
 
 
@@ -248,15 +249,15 @@ def postprocess(batch: pa.Table, *, specs: dict[str, TaskSpec], compute: Compute
               if RESULTS_PREFIX + lead in batch.column_names}
     rows = Rows(batch, text_column)
     errors_by_task: dict[str, list[str | None]] = {}
-    per_task: dict[str, tuple[int, int, float]] = {}
+    per_task: dict[str, tuple] = {}
     for lead, columns in groups.items():
         segments = unpickled(batch.column(SEGMENTS_PREFIX + segments_key(adapters[lead], lead)))
         results = list(map(with_segments, segments, unpickled(batch.column(RESULTS_PREFIX + lead))))
         for column in columns:
             column_started = time.perf_counter()
-            values, errors_by_task[column] = postprocess_rows(adapters[column], results, rows.texts)
+            values, errors_by_task[column] = postprocess_rows(adapters[column], column, results, rows.texts)
             batch = append_column(batch, adapters[column], column, values)
-            per_task[column] = (sum(value is not None for value in values), 0, time.perf_counter() - column_started)
+            per_task[column] = task_counts(values, results, 0, time.perf_counter() - column_started)
     still_read = {key for pool in later for key in segments_keys(pool)}
     batch = batch.drop_columns([name for name in batch.column_names
                                 if name.startswith(RESULTS_PREFIX) and name[len(RESULTS_PREFIX):] in groups

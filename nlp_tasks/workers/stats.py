@@ -2,7 +2,8 @@
 
 Each Annotator call records itself: which actor, when it ran, how long it tokenized, ran the
 model and postprocessed, the real and the padded tokens of its forward passes, and per task
-the rows it annotated, the tokens it read and the seconds they took (a task that shares
+the rows its model annotated, those whose values it reused (reuse.py), the tokens it read and
+the seconds they took (a task that shares
 another's forward pass is charged that pass too, so that every task's rows/s is what it
 cost); an actor's first call also records its model load. The record rides in an internal
 column on the first row of the call's output; the write stage moves it into the part record
@@ -98,8 +99,8 @@ class RunStats:
             state["rows"] += call["rows"]
             state["phases"].update(call["phases"])
             state["tokens"].update(call["tokens"])
-            for task, (annotated, tokens, seconds) in call["tasks"].items():
-                self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds})
+            for task, (annotated, tokens, seconds, reused) in call["tasks"].items():
+                self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds, "reused": reused})
 
     def summary(self, started_at: float) -> dict:
         """Per task and per actor figures; times of an actor's life are seconds after `started_at` (the plan's
@@ -107,10 +108,12 @@ class RunStats:
         tasks = {}
         for task, totals in sorted(self.tasks.items()):
             seconds = totals["seconds"]
+            rows = totals["rows"]
             tasks[task] = {
-                "rows": totals["rows"], "tokens": totals["tokens"], "actor_seconds": round(seconds, 3),
-                "rows_per_s": round(totals["rows"] / seconds, 2) if seconds else None,
-                "tokens_per_s": round(totals["tokens"] / seconds, 1) if seconds else None,
+                "rows": rows, "reused": totals["reused"], "tokens": totals["tokens"], "actor_seconds": round(seconds, 3),
+                "rows_per_s": round(rows / seconds, 2) if seconds and rows else None,
+                "tokens_per_s": round(totals["tokens"] / seconds, 1) if seconds and rows else None,
+                "seconds_saved": round(totals["reused"] * seconds / rows, 1) if rows else None,
             }
         actors = []
         for actor, state in self.actors.items():

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from nlp_tasks.output.layout import STAGED_NAME
 from nlp_tasks.workers.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
+from nlp_tasks.workers.reuse import INTERNAL_PREFIXES, Cache, store_computed
 from nlp_tasks.workers.stats import calls_in
 
 PART_RECORD = pa.schema([
@@ -148,16 +149,21 @@ def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> p
     """The batch's output columns in one order for every part, whatever their path here (an input file's rows
     or a committed part's): `columns` first, then any other carried column, then the errors."""
     names = [c for c in columns if c in batch.column_names]
-    names += [c for c in batch.column_names if c not in names and c not in INTERNAL_COLUMNS and c != errors_column]
+    names += [c for c in batch.column_names if c not in names and c not in INTERNAL_COLUMNS and c != errors_column
+              and not c.startswith(INTERNAL_PREFIXES)]
     return batch.select([*names, errors_column])
 
 
 def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[str], columns: list[str],
-                errors_column: str, id_column: str | None = None, part_names: str = STAGED_NAME) -> pa.Table:
-    """Write a batch's spans of consecutive rows as staged parts; return one PART_RECORD per part."""
+                errors_column: str, id_column: str | None = None, part_names: str = STAGED_NAME,
+                cache: Cache | None = None) -> pa.Table:
+    """Write a batch's spans of consecutive rows as staged parts, and the values the pools computed to the `cache`
+    (reuse.py); return one PART_RECORD per part."""
     import pyarrow.parquet as pq
     import ray
 
+    if cache is not None:
+        store_computed(batch, filesystem, cache)
     batch = batch.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
     units = batch.column(UNIT_COLUMN).to_numpy(zero_copy_only=False)
     positions = batch.column(ROW_COLUMN).to_numpy()

@@ -47,13 +47,17 @@ class RunSummary(BaseModel):
     rows_out: int
     seconds: float
     rows_with_errors: int
+    reuse: str = ""
+    """Per task, the rows its model computed and those it reused (workers/reuse.py)."""
 
 
 def run_summary(report: dict) -> dict:
     """The RunSummary of a run report."""
     ok, look = verdict(report)
+    reuse = "; ".join(f"{task}: {stats.get('rows', 0)} computed, {stats.get('reused', 0)} reused"
+                      for task, stats in (report.get("throughput") or {}).items())
     return RunSummary(finished_at=report.get("finished_at"), ok=ok, look=look, output=report.get("output", ""),
-                      changes=change_text(report), **{key: report.get(key) or 0 for key in (
+                      changes=change_text(report), reuse=reuse, **{key: report.get(key) or 0 for key in (
                           "rows_this_run", "rows_out", "seconds", "rows_with_errors")}).model_dump()
 
 
@@ -192,7 +196,7 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
     rows = []
     for name, run in runs:
         if run is None:
-            rows.append(f"<tr><td>{esc(name)}</td><td colspan='7'>unreadable report</td></tr>")
+            rows.append(f"<tr><td>{esc(name)}</td><td colspan='8'>unreadable report</td></tr>")
             continue
         fig, worse = figures(run), worse_by_name.get(name, set())
         state = "<span class='ok'>ok</span>" if run["ok"] else \
@@ -206,6 +210,7 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
             f"<td{flag(worse, 'rows_per_s')}>{number(fig['rows_per_s'])}</td>"
             f"<td{flag(worse, 'error_share')}>{number(run.get('rows_with_errors'))}</td>"
             f"<td>{esc(run['changes'])}</td>"
+            f"<td>{esc(run.get('reuse', ''))}</td>"
             "</tr>")
     output = next((run["output"] for _, run in readable), "")
     style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"
@@ -215,10 +220,11 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
             "a red figure is worse than the median of the runs before it</div>"
             f"<section id='trends'><h2>Trends</h2><div class='trends'>{charts}</div></section>"
             "<section><table id='runs'><colgroup><col class='when'><col class='state'><col class='num'>"
-            "<col class='num'><col class='num'><col class='num'><col class='num'><col class='changes'></colgroup>"
+            "<col class='num'><col class='num'><col class='num'><col class='num'><col class='changes'><col class='changes'>"
+            "</colgroup>"
             "<tr><th>finished</th><th>verdict</th><th class='n'>rows this run</th><th class='n'>rows in output</th>"
             "<th class='n'>seconds</th><th class='n'>rows/s</th><th class='n'>rows with errors</th>"
-            f"<th>input changes</th></tr>{''.join(rows)}</table></section>")
+            f"<th>input changes</th><th>rows computed, reused</th></tr>{''.join(rows)}</table></section>")
     return page(f"nlp-tasks runs: {output}", body)
 
 

@@ -187,9 +187,11 @@ def throughput(report: dict) -> str:
         return "<p class='note'>no task ran this run.</p>"
     rates = {task: stats["rows_per_s"] or 0 for task, stats in tasks.items()}
     rows = "".join(f"<tr><td>{esc(task)}</td><td class='n'>{number(s['rows'])}</td><td class='n'>"
+                   f"{number(s['reused'])}</td><td class='n'>{number(s['seconds_saved'])}</td><td class='n'>"
                    f"{number(s['rows_per_s'])}</td><td class='n'>{number(s['tokens_per_s'])}</td><td class='n'>"
                    f"{number(s['actor_seconds'])}</td></tr>" for task, s in tasks.items())
-    return (bars(rates, PALETTE[0], " rows/s") + "<table><tr><th>task</th><th class='n'>rows</th>"
+    return (bars(rates, PALETTE[0], " rows/s") + "<table><tr><th>task</th><th class='n'>rows computed</th>"
+            "<th class='n'>rows reused</th><th class='n'>actor seconds saved (estimated)</th>"
             "<th class='n'>rows/s per actor</th><th class='n'>tokens/s per actor</th><th class='n'>actor seconds"
             f"</th></tr>{rows}</table>")
 
