@@ -103,6 +103,20 @@ def test_a_shard_keeps_a_few_files_and_merging_keeps_every_key_once(tmp_path):
     assert rows.num_rows == 40 and len(set(rows.column("key").to_pylist())) == 40
 
 
+def test_after_a_run_no_shard_holds_more_than_a_few_files_and_every_key_is_still_held(ray_local, tmp_path):
+    from nlp_tasks.driver.execute import merge_cache
+
+    root = str(tmp_path)
+    for night in range(MERGE_AT + 3):  # nights of one write each: a file per shard each night
+        store_computed(batch_of([f"night {night} text {i}" for i in range(64)]), LOCAL, Cache(root, [TASK], {}))
+    assert max(len(files) for files in list_cache(LOCAL, root, [TASK])["sentiment"].values()) > MERGE_AT
+    merge_cache(LOCAL, Cache(root, [TASK], {}))
+    shards = list_cache(LOCAL, root, [TASK])["sentiment"]
+    assert max(len(files) for files in shards.values()) <= MERGE_AT
+    held = read_cache(LOCAL, [path for files in shards.values() for path, _ in files])
+    assert held.num_rows == 64 * (MERGE_AT + 3) == len(set(held.column("key").to_pylist()))
+
+
 def test_a_torn_cache_file_is_passed_over_and_its_rows_are_computed(tmp_path):
     root = str(tmp_path)
     store_computed(batch_of(["a text"]), LOCAL, Cache(root, [TASK], {}))
@@ -182,6 +196,9 @@ def test_a_compacted_parquet_input_runs_the_model_on_no_row_and_equals_a_fresh_r
     for task in ("sentiment", "embedding"):
         assert second["throughput"][task]["rows"] == 0 and second["throughput"][task]["reused"] == 60
         assert f"{task}: 0 rows computed, 60 reused" in printed
+    index = (tmp_path / "out" / "__reports" / "index.html").read_text()
+    assert "sentiment: 0 computed, 60 reused" in index and "sentiment: 60 computed, 0 reused" in index
+    assert "rows reused" in max((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
     after = values(tmp_path / "out")
     assert after.equals(before), "the reused values are the ones the model computed, value for value"
     if stages == "split":
