@@ -25,7 +25,8 @@ SMOKE_ARGS = ["--rows", "8", "--batch-size", "4", "--max-length", "64"]
 def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.batching import group_micro_batches, pad_features
     from nlp_tasks.config import ComputeConfig, TaskSpec
-    from nlp_tasks.workers.stages import INPUTS_PREFIX, SKELETONS, pending_from_inputs, tokenize
+    from nlp_tasks.workers.columns import INPUTS_PREFIX
+    from nlp_tasks.workers.stages import SKELETONS, pending_from_inputs, tokenize
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=4096)

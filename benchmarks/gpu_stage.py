@@ -37,8 +37,9 @@ SMOKE_ARGS = ["--scenario", "tiny-classifier", "--device", "cpu", "--dtype", "fl
 def main(argv: list[str] | None = None) -> int:
     from nlp_tasks.config import ComputeConfig, TaskSpec
     from nlp_tasks.workers.annotator import Annotator
+    from nlp_tasks.workers.columns import CALLS_COLUMN
     from nlp_tasks.workers.stages import ModelStage, tokenize
-    from nlp_tasks.workers.stats import CALLS_COLUMN, RunStats, calls_in
+    from nlp_tasks.workers.stats import RunStats, calls_in
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="bert-base-classifier", choices=sorted(SCENARIOS))

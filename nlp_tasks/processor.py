@@ -28,7 +28,7 @@ from nlp_tasks.engines.calibration import CALIBRATION_ROWS, needs_calibration
 from nlp_tasks.errors import InputError
 from nlp_tasks.secrets import check_credentials, register_secrets
 from nlp_tasks.text_checks import as_text, text_problem
-from nlp_tasks.workers.stats import CALLS_COLUMN
+from nlp_tasks.workers.columns import CALLS_COLUMN
 
 SOURCE = "build_processor"
 """What a config error names as its source, where the job names its YAML file."""

@@ -48,8 +48,8 @@ def annotate():
     from nlp_tasks.driver.compute import group_by_model
     from nlp_tasks.tasks import get_task
     from nlp_tasks.workers.annotator import Annotator
+    from nlp_tasks.workers.columns import CALLS_COLUMN
     from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
-    from nlp_tasks.workers.stats import CALLS_COLUMN
 
     def run(tasks: dict, rows, token_budget: int = 256) -> pa.Table:
         table = rows if isinstance(rows, pa.Table) else pa.table({"text": rows})

@@ -7,6 +7,7 @@ tests compact and repeat an annotated corpus and count the rows that reached the
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import fsspec
@@ -16,13 +17,13 @@ import pytest
 from helpers import SAMPLE, assert_close, last_report, output_table, write_config
 
 from jobs.annotate import main
+from nlp_tasks.models.loading import weights_sample
 from nlp_tasks.tasks.question_answering import QuestionAnsweringOptions
 from nlp_tasks.tasks.seq2seq import SummarizationOptions
 from nlp_tasks.tasks.text_generation import TextGenerationOptions
 from nlp_tasks.workers.annotator import Reused, Rows, postprocess_rows
+from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.reuse import (
-    HELD_PREFIX,
-    KEY_PREFIX,
     MERGE_AT,
     Cache,
     Reusable,
@@ -50,6 +51,20 @@ def test_a_key_is_of_the_text_the_second_input_and_the_fingerprint():
     assert content_keys(other, texts[:1], None).to_pylist() != keys[:1]
     questions = content_keys(TASK, texts[:2], ["Where?", "When?"]).to_pylist()
     assert questions[0] != questions[1] and keys[0] not in questions
+
+
+def test_a_binary_question_keys_as_its_text_and_weights_retrained_in_place_key_apart(tmp_path, models):
+    keys = content_keys(TASK, ["Rain."] * 4, ["What?", b"What?", "b'What?'", None]).to_pylist()
+    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3
+
+    copy = tmp_path / "model"
+    shutil.copytree(models["text-classification"], copy)
+    weights = copy / "model.safetensors"
+    before = weights_sample(str(copy))
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(255 - byte for byte in data[-8:])  # retrained in place: same name, same size
+    weights.write_bytes(bytes(data))
+    assert weights_sample(str(copy)) != before
 
 
 def test_tasks_that_sample_are_never_reused_and_a_question_column_is_their_second_input():
@@ -128,15 +143,45 @@ def test_a_torn_cache_file_is_passed_over_and_its_rows_are_computed(tmp_path):
     assert HELD_PREFIX + TASK.column not in looked.column_names
 
 
+def test_cache_files_of_another_shape_are_passed_over_and_merged_away(tmp_path):
+    root = str(tmp_path)
+    texts = [f"text {i}" for i in range(8)]
+    store_computed(batch_of(texts), LOCAL, Cache(root, [TASK], {}))
+    keys = content_keys(TASK, texts, None)
+    folder = tmp_path / TASK.folder / "x"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"key": keys.slice(0, 2), "value": pa.array([1, 2])}), folder / "other-type.keys")
+    pq.write_table(pa.table({"key": pa.array([b"k"]), "value": pa.array([1])}), folder / "binary-key.keys")
+    files = [path for found in list_cache(LOCAL, root, [TASK])["sentiment"].values() for path, _ in found]
+    held = read_cache(LOCAL, files, keys)
+    assert held.num_rows == 8 and held.schema.field("value").type != pa.int64(), "the type most rows have"
+    merge_files(LOCAL, str(folder), files)
+    (merged, _), = [file for found in list_cache(LOCAL, root, [TASK])["sentiment"].values() for file in found]
+    assert read_cache(LOCAL, [merged]).num_rows == 8
+
+
+def test_an_input_column_named_as_a_stage_column_is_refused(tmp_path, models, capsys):
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": ["Rain."], "__held.sentiment": ["HACKED"]}),
+                   tmp_path / "corpus" / "part.parquet")
+    config = write_config(tmp_path, tmp_path / "corpus", {"sentiment": {"task": "sentiment-analysis",
+                                                                        "model": str(models["text-classification"])}})
+    assert main(["--config", config]) == 2
+    assert "input column '__held.sentiment' has the name of a column the job's stages add" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_held_and_repeated_rows_need_no_forward_pass_and_take_their_values():
     texts = ["one", "two", "one", "three", None]
     batch = pa.table({"text": texts}).append_column(KEY_PREFIX + "sentiment", content_keys(TASK, texts, None))
     held = pa.array([None, None, None, {"label": "x", "score": 1.0}, None],
                     pa.struct([("label", pa.string()), ("score", pa.float64())]))
     batch = batch.append_column(HELD_PREFIX + "sentiment", held)
-    settled = Rows(batch, "text").settled(["sentiment"])
+    settled = Rows(batch, "text").settled({"sentiment": held.type})
     assert sorted(settled) == [2, 3] and settled[2].same_as == 0 and settled[3].values["sentiment"]["label"] == "x"
-    assert Rows(batch.drop_columns([KEY_PREFIX + "sentiment"]), "text").settled(["sentiment"]) == {}
+    assert Rows(batch.drop_columns([KEY_PREFIX + "sentiment"]), "text").settled({"sentiment": held.type}) == {}
+    mistyped = Rows(batch, "text").settled({"sentiment": pa.string()})
+    assert sorted(mistyped) == [2] and mistyped[2].same_as == 0, "a held value of another type is not taken"
 
     class Adapter:
         def postprocess(self, text, segments, outputs):

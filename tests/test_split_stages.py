@@ -15,15 +15,8 @@ from jobs.annotate import main
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.driver.compute import group_by_model
 from nlp_tasks.workers.annotator import Annotator
-from nlp_tasks.workers.stages import (
-    INPUTS_PREFIX,
-    RESULTS_PREFIX,
-    SEGMENTS_PREFIX,
-    ModelStage,
-    postprocess,
-    tokenize,
-)
-from nlp_tasks.workers.stats import CALLS_COLUMN
+from nlp_tasks.workers.columns import CALLS_COLUMN, INPUTS_PREFIX, RESULTS_PREFIX, SEGMENTS_PREFIX
+from nlp_tasks.workers.stages import ModelStage, postprocess, tokenize
 
 
 def tasks_of(models) -> dict:

@@ -26,6 +26,7 @@ from nlp_tasks.output.index import read_index
 from nlp_tasks.output.layout import INDEX
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import check_credentials, redact, register_secrets
+from nlp_tasks.workers.columns import is_internal
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def check_job(config: JobConfig, timings: dict[str, float], events: RunEvents) -
                    None if config.input.id_column else config.output.generated_id_column]:
         if column in source.schema.names:
             raise InputError(f"input column {column!r} clashes with an output column of the same name")
+    for column in source.schema.names:
+        if is_internal(column):
+            raise InputError(f"input column {column!r} has the name of a column the job's stages add to rows "
+                             "(workers/columns.py); rename it in the input")
     for path, problem in source.quarantined.items():
         log.warning("quarantined input file %r: %s", path, problem)
     for path, why in source.skipped.items():

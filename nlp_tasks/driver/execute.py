@@ -16,10 +16,12 @@ from nlp_tasks.driver.commits import Commits, JobFailed
 from nlp_tasks.driver.compute import WRITE_CPUS, Cluster, PoolSettings, group_by_model, size_pools
 from nlp_tasks.driver.examples import LabelledTexts, fitted_heads
 from nlp_tasks.driver.inputs import InputFiles
+from nlp_tasks.driver.manifest import fingerprint
 from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.plan import annotated_dataset, fragments_of
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import pool_samples, spread
+from nlp_tasks.models.loading import weights_sample
 from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.workers.annotator import Annotator, ModelLoadFailed
@@ -136,10 +138,14 @@ def stream_parts(dataset, commits: Commits, timings: dict[str, float], started: 
 
 def reuse_cache(config: JobConfig, tasks: dict[str, TaskSpec], fingerprints: dict[str, str],
                 store: OutputStore) -> Cache | None:
-    """The run's cache of values by content key (workers/reuse.py): its tasks that are reused, and its files."""
-    reused = [Reusable(column, fingerprints[column], spec.options.second_input())
+    """The run's cache of values by content key (workers/reuse.py): its tasks that are reused, keyed on their
+    fingerprint and a sample of their weights' bytes, and its files."""
+    if not config.output.reuse:
+        return None
+    reused = [Reusable(column, fingerprint([fingerprints[column], weights_sample(spec.model, spec.revision)]),
+                       spec.options.second_input())
               for column, spec in tasks.items() if spec.options.reusable()]
-    if not (config.output.reuse and reused):
+    if not reused:
         return None
     return Cache(store.root, reused, list_cache(store.filesystem, store.root, reused))
 
@@ -154,7 +160,10 @@ def merge_cache(filesystem: Any, cache: Cache) -> None:
               for shard, files in shards.items() if (paths := merge_plan(files))]
     if merges:
         merge = ray.remote(num_cpus=WRITE_CPUS)(merge_files)
-        ray.get([merge.remote(filesystem, folder, paths) for folder, paths in merges])
+        try:
+            ray.get([merge.remote(filesystem, folder, paths) for folder, paths in merges])
+        except Exception as error:  # noqa: BLE001 - the cache only saves work: a night never fails for it
+            log.warning("reuse: cache files not merged (%s); the next run merges them", redact(str(error))[:300])
 
 
 def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, fragments: list[Fragment],

@@ -196,3 +196,22 @@ def model_fingerprint(ref: str, revision: str | None = None) -> str:
     with filesystem.open(root + "/config.json", "rb") as handle:
         digest.update(handle.read())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+SAMPLE_BYTES = 65_536
+
+
+def weights_sample(ref: str, revision: str | None = None) -> str:
+    """A digest of each weight file's first, middle and last SAMPLE_BYTES: what tells weights retrained in place at
+    the same file sizes apart (model_fingerprint reads names and sizes only), in three range reads per file. The
+    values reused by content are keyed on it (workers/reuse.py)."""
+    filesystem, _, files = checkpoint_files(ref, revision)
+    digest = hashlib.sha256()
+    for path, info in sorted(files.items()):
+        if path.endswith(WEIGHT_SUFFIXES):
+            size = int(info.get("size") or 0)
+            with filesystem.open(path, "rb") as handle:
+                for start in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
+                    handle.seek(start)
+                    digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:16]

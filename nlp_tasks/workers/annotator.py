@@ -34,8 +34,8 @@ from nlp_tasks.models.loading import model_fingerprint
 from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
+from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.load import load_model
-from nlp_tasks.workers.reuse import HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.stats import with_call
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,17 @@ class Rows:
         self.texts = [None if problem else as_text(value) for value, problem in zip(raw, self.problems)]
         self.clean = [row for row, problem in enumerate(self.problems) if problem is None]
 
-    def settled(self, columns: list[str], repeats: bool = True) -> dict[int, Reused]:
-        """The clean rows whose values of `columns` need no forward pass: every one held by the cache, or (`repeats`)
-        the same inputs (content keys) as an earlier row that runs. None without keys (a task not reused, or a
-        refresh). The split stages pass repeats=False: Ray Data may cut their batches anew between stages, and a
-        repeat names its row by its position in the batch."""
-        names = self.batch.column_names
+    def settled(self, types: dict[str, pa.DataType], repeats: bool = True) -> dict[int, Reused]:
+        """The clean rows whose values of the columns `types` names need no forward pass: every one held by the cache
+        in the column's type, or (`repeats`) the same inputs (content keys) as an earlier row that runs. None without
+        keys (a task not reused, or a refresh). The split stages pass repeats=False: Ray Data may cut their batches
+        anew between stages, and a repeat names its row by its position in the batch."""
+        names, columns = self.batch.column_names, list(types)
         if not all(KEY_PREFIX + column in names for column in columns):
             return {}
         keys = list(zip(*(self.batch.column(KEY_PREFIX + column).to_pylist() for column in columns)))
-        held = {column: self.batch.column(HELD_PREFIX + column) for column in columns if HELD_PREFIX + column in names}
+        held = {column: self.batch.column(HELD_PREFIX + column) for column in columns
+                if HELD_PREFIX + column in names and self.batch.schema.field(HELD_PREFIX + column).type == types[column]}
         settled: dict[int, Reused] = {}
         first: dict[tuple, int] = {}
         for row in self.clean:
@@ -334,7 +335,8 @@ class Annotator:
         for lead, columns in forward_groups(adapters).items():
             model_started = time.perf_counter()
             with self.tokenizer_lock:
-                pending = preprocess_rows(adapters[lead], rows, settled=rows.settled(columns))
+                pending = preprocess_rows(adapters[lead], rows, settled=rows.settled(
+                    {column: adapters[column].arrow_type() for column in columns}))
             phases["tokenize"] += time.perf_counter() - model_started
             results = self.forward_rows(adapters[lead], pending, phases, tokens)
             model_seconds = time.perf_counter() - model_started

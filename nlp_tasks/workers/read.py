@@ -28,11 +28,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from nlp_tasks.files import open_arrow
 from nlp_tasks.secrets import redact, register_secrets
-from nlp_tasks.workers.stats import CALLS_COLUMN
+from nlp_tasks.workers.columns import ROW_COLUMN, UNIT_COLUMN
 
-UNIT_COLUMN = "__unit"
-ROW_COLUMN = "__row"
-INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN, CALLS_COLUMN)
 """Columns of the job's own, dropped by the write stage."""
 
 

@@ -1,7 +1,8 @@
 """Annotations follow the text: a task's value for a row is keyed by the row's content, and a value the output
 already holds for that key is taken instead of computed again.
 
-    key      blake2b-128 of the task's fingerprint, the row's text and its second input (a question column)
+    key      blake2b-128 of the task's fingerprint (with a sample of its weights' bytes), the row's text and its second
+             input (a question column)
     cache    `__manifest/reuse/<column>-<fingerprint>/<shard>/<name>.keys`: Parquet files of (key, value) sorted by
              key, one shard per first hex digit of the key; not named `.parquet`, so that readers of the output
              skip them (layout.py)
@@ -33,14 +34,10 @@ import pyarrow.compute as pc
 from nlp_tasks.output.layout import REUSE
 from nlp_tasks.output.storage import write_atomic
 from nlp_tasks.text_checks import as_text, text_problem
+from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "__key."
-"""Internal column: each row's content key for a task (null where its text is unusable)."""
-HELD_PREFIX = "__held."
-"""Internal column: the value the cache holds for each row's key (null where it holds none)."""
-INTERNAL_PREFIXES = (KEY_PREFIX, HELD_PREFIX)
 KEY = pa.binary(16)
 SUFFIX = ".keys"
 SHARDS = "0123456789abcdef"
@@ -83,9 +80,18 @@ def content_keys(task: Reusable, texts: list[Any], seconds: list[Any] | None) ->
         digest.update(task.fingerprint.encode())
         digest.update(b"\0" + as_text(value).encode("utf-8", "surrogatepass"))
         if seconds is not None:
-            digest.update(b"\0" + json.dumps(seconds[row], default=str).encode())
+            digest.update(b"\0" + second_input(seconds[row]).encode("utf-8", "surrogatepass"))
         keys.append(digest.digest())
     return pa.array(keys, type=KEY)
+
+
+def second_input(value: Any) -> str:
+    """A second input as its key reads it: text (from bytes too, as the task reads it) apart from anything else."""
+    if isinstance(value, bytes) and text_problem(value) is None:
+        value = as_text(value)
+    if isinstance(value, str):
+        return json.dumps(["text", value])
+    return json.dumps([type(value).__name__, repr(value)])
 
 
 def shard_of(keys: pa.Array) -> np.ndarray:
@@ -124,11 +130,18 @@ def _footer(filesystem: Any, path: str) -> Any:
         return pq.ParquetFile(handle).metadata
 
 
+def _check_schema(schema: pa.Schema) -> None:
+    """A cache file holds a `key` of 16 bytes and a `value`, nothing else (write_cache)."""
+    if schema.names != ["key", "value"] or schema.field("key").type != KEY:
+        raise ValueError(f"not a cache file: its columns are {schema}")
+
+
 def _held_in_file(filesystem: Any, path: str, wanted: pa.Array, ordered: list[bytes]) -> list[pa.Table]:
     """The (key, value) rows of one cache file whose key is in `wanted` (`ordered`: the same keys, sorted)."""
     import pyarrow.parquet as pq
 
     metadata = _footer(filesystem, path)
+    _check_schema(metadata.schema.to_arrow_schema())
     groups = []
     for group in range(metadata.num_row_groups):
         stats = metadata.row_group(group).column(0).statistics
@@ -149,8 +162,9 @@ def _held_in_file(filesystem: Any, path: str, wanted: pa.Array, ordered: list[by
 
 
 def read_cache(filesystem: Any, paths: list[str], keys: pa.Array | None = None) -> pa.Table | None:
-    """The (key, value) rows of cache files, those of `keys` only where given; a file that cannot be read is passed
-    over (its values are computed again), never trusted in part."""
+    """The (key, value) rows of cache files, those of `keys` only where given. A file that cannot be read, or is not
+    a cache file, is passed over (its values are computed again), never trusted in part; where files disagree on
+    the value's type, only those of the type most rows have are read (the pools check it against their task's)."""
     import pyarrow.parquet as pq
 
     wanted = None if keys is None else pc.unique(keys.drop_null())
@@ -161,12 +175,19 @@ def read_cache(filesystem: Any, paths: list[str], keys: pa.Array | None = None) 
             if wanted is None:
                 with filesystem.open(path, "rb") as handle:
                     tables.append(pq.read_table(handle))
+                _check_schema(tables[-1].schema)
             else:
                 tables += _held_in_file(filesystem, path, wanted, ordered)
         except Exception as error:  # noqa: BLE001 - a torn or foreign file: its rows are computed again
             log.warning("reuse: cache file %s not read (%s: %s)", path, type(error).__name__, error)
-    tables = [table for table in tables if table.num_rows]
-    return pa.concat_tables(tables) if tables else None
+    by_type: dict[pa.DataType, list[pa.Table]] = {}
+    for table in tables:
+        if table.num_rows:
+            by_type.setdefault(table.schema.field("value").type, []).append(table)
+    if len(by_type) > 1:
+        log.warning("reuse: cache files of one task hold values of %d types (%s); reading the most common",
+                    len(by_type), ", ".join(map(str, by_type)))
+    return pa.concat_tables(max(by_type.values(), key=lambda same: sum(t.num_rows for t in same))) if by_type else None
 
 
 def look_up(batch: pa.Table, *, filesystem: Any, cache: Cache, text_column: str) -> pa.Table:
@@ -231,8 +252,8 @@ def merge_plan(files: list[tuple[str, int]]) -> list[str]:
 
 
 def merge_files(filesystem: Any, folder: str, paths: list[str]) -> None:
-    """Merge cache files into one (each key once), then delete them; a kill between the two leaves keys twice, with
-    the same values, which look_up reads as once."""
+    """Merge cache files into one (each key once), then delete them, those read_cache passed over too; a kill between
+    the two leaves keys twice, with the same values, which look_up reads as once."""
     rows = read_cache(filesystem, paths)
     if rows is not None:
         rows = rows.take(np.unique(rows.column("key").combine_chunks().to_numpy(zero_copy_only=False),

@@ -47,14 +47,8 @@ from nlp_tasks.workers.annotator import (
     task_counts,
     with_errors,
 )
+from nlp_tasks.workers.columns import INPUTS_PREFIX, RESULTS_PREFIX, SEGMENTS_PREFIX
 from nlp_tasks.workers.stats import with_call
-
-SEGMENTS_PREFIX = "__segments."
-"""Each row's segments whole (pickled), for the postprocess stage and multi-level tasks."""
-INPUTS_PREFIX = "__inputs."
-"""The same segments' model inputs alone, as Arrow lists of int32 (inputs_array), for the model stage."""
-RESULTS_PREFIX = "__results."
-"""Each row's raw outputs (its segments too, where a multi-level task made new ones), or its RowError."""
 
 SplitPool = tuple[dict[str, TaskSpec], ComputeConfig]
 """A split pool as its CPU stages take it: its tasks and compute."""
@@ -183,16 +177,16 @@ def tokenize(batch: pa.Table, *, pools: list[SplitPool], text_column: str) -> pa
     """The CPU stage before the split pools: each forward group's segments, as a column, tokenized once per key."""
     started = time.time()
     rows = Rows(batch, text_column)
-    wanted: dict[str, tuple[TaskAdapter, dict[str, bool] | None, list[str]]] = {}
+    wanted: dict[str, tuple[TaskAdapter, dict[str, bool] | None, dict[str, pa.DataType]]] = {}
     for specs, compute in pools:
         adapters = SKELETONS.get(specs, compute)
         for lead, columns in pending_groups(adapters, batch).items():
             adapter = adapters[lead]
             key = segments_key(adapter, lead)
-            _, encoding, charged = wanted.get(key, (adapter, None, []))
+            _, encoding, charged = wanted.get(key, (adapter, None, {}))
             if adapter.text_encoding is not None:
                 encoding = {**(encoding or {}), **adapter.text_encoding}
-            wanted[key] = (adapter, encoding, charged + columns)
+            wanted[key] = (adapter, encoding, {**charged, **{column: adapters[column].arrow_type() for column in columns}})
     seconds: dict[str, float] = {}
     for key, (adapter, encoding, columns) in wanted.items():
         run_started = time.perf_counter()

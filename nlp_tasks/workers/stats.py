@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-CALLS_COLUMN = "__calls"
-"""Internal column: on one row of a batch, the JSON list of the actor calls that produced it."""
+from nlp_tasks.workers.columns import CALLS_COLUMN
+
 PHASES = ("tokenize", "forward", "postprocess")
 
 

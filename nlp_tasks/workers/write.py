@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nlp_tasks.output.layout import STAGED_NAME
-from nlp_tasks.workers.read import INTERNAL_COLUMNS, ROW_COLUMN, UNIT_COLUMN
-from nlp_tasks.workers.reuse import INTERNAL_PREFIXES, Cache, store_computed
+from nlp_tasks.workers.columns import ROW_COLUMN, UNIT_COLUMN, is_internal
+from nlp_tasks.workers.reuse import Cache, store_computed
 from nlp_tasks.workers.stats import calls_in
 
 PART_RECORD = pa.schema([
@@ -149,8 +149,7 @@ def output_columns(batch: pa.Table, columns: list[str], errors_column: str) -> p
     """The batch's output columns in one order for every part, whatever their path here (an input file's rows
     or a committed part's): `columns` first, then any other carried column, then the errors."""
     names = [c for c in columns if c in batch.column_names]
-    names += [c for c in batch.column_names if c not in names and c not in INTERNAL_COLUMNS and c != errors_column
-              and not c.startswith(INTERNAL_PREFIXES)]
+    names += [c for c in batch.column_names if c not in names and not is_internal(c) and c != errors_column]
     return batch.select([*names, errors_column])
 
 
