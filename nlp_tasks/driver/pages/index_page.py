@@ -196,7 +196,7 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
     rows = []
     for name, run in runs:
         if run is None:
-            rows.append(f"<tr><td>{esc(name)}</td><td colspan='8'>unreadable report</td></tr>")
+            rows.append(f"<tr><td>{esc(name)}</td><td colspan='7'>unreadable report</td></tr>")
             continue
         fig, worse = figures(run), worse_by_name.get(name, set())
         state = "<span class='ok'>ok</span>" if run["ok"] else \
@@ -209,8 +209,7 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
             f"<td{flag(worse, 'seconds')}>{number(fig['seconds'])}</td>"
             f"<td{flag(worse, 'rows_per_s')}>{number(fig['rows_per_s'])}</td>"
             f"<td{flag(worse, 'error_share')}>{number(run.get('rows_with_errors'))}</td>"
-            f"<td>{esc(run['changes'])}</td>"
-            f"<td>{esc(run.get('reuse', ''))}</td>"
+            f"<td>{esc(run['changes'])}{'<br>' + esc(run['reuse']) if run.get('reuse') else ''}</td>"
             "</tr>")
     output = next((run["output"] for _, run in readable), "")
     style = ("<style>.trends{display:grid;grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:.2rem 1rem}"
@@ -220,11 +219,10 @@ def index_page(runs: list[tuple[str, dict | None]]) -> str:
             "a red figure is worse than the median of the runs before it</div>"
             f"<section id='trends'><h2>Trends</h2><div class='trends'>{charts}</div></section>"
             "<section><table id='runs'><colgroup><col class='when'><col class='state'><col class='num'>"
-            "<col class='num'><col class='num'><col class='num'><col class='num'><col class='changes'><col class='changes'>"
-            "</colgroup>"
+            "<col class='num'><col class='num'><col class='num'><col class='num'><col class='changes'></colgroup>"
             "<tr><th>finished</th><th>verdict</th><th class='n'>rows this run</th><th class='n'>rows in output</th>"
             "<th class='n'>seconds</th><th class='n'>rows/s</th><th class='n'>rows with errors</th>"
-            f"<th>input changes</th><th>rows computed, reused</th></tr>{''.join(rows)}</table></section>")
+            f"<th>input changes; rows computed, reused</th></tr>{''.join(rows)}</table></section>")
     return page(f"nlp-tasks runs: {output}", body)
 
 
