@@ -7,8 +7,8 @@ already holds for that key is taken instead of computed again.
              key, one shard per first hex digit of the key; not named `.parquet`, so that readers of the output
              skip them (layout.py)
     look_up  a CPU stage before the pools: each row's key per task, and the value the cache holds for it
-    reuse    the pools take a row whose values are all held, or that repeats an earlier row of its batch, without
-             running the model (annotator.Rows.settled)
+    reuse    the pools take a row whose values are all held, or (fused actors) that repeats an earlier row of its
+             batch, without running the model (annotator.Rows.settled)
     store    the write stage adds the values the pools computed (`store_computed`); after a run, `merge_plan` names
              the files of a shard to merge so that a shard keeps a few files however many nights wrote to it
 
@@ -47,11 +47,11 @@ MERGE_AT = 8
 
 @dataclass(frozen=True)
 class Reusable:
-    """A task whose values are a function of its row's inputs: its column, fingerprint and second input column."""
+    """A task whose values are a function of its row's inputs: its column, fingerprint and second input's column."""
 
     column: str
     fingerprint: str
-    second: str | None = None
+    second_column: str | None = None
 
     @property
     def folder(self) -> str:
@@ -68,7 +68,7 @@ class Cache:
     listing: dict[str, dict[str, list[tuple[str, int]]]]
 
 
-def content_keys(task: Reusable, texts: list[Any], seconds: list[Any] | None) -> pa.Array:
+def content_keys(task: Reusable, texts: list[Any], second_inputs: list[Any] | None) -> pa.Array:
     """Each row's key for `task`: of its fingerprint, its text and its second input; null where the text is not
     usable (the row gets its RowError, whatever the cache holds)."""
     keys: list[bytes | None] = []
@@ -79,8 +79,8 @@ def content_keys(task: Reusable, texts: list[Any], seconds: list[Any] | None) ->
         digest = hashlib.blake2b(digest_size=16, person=b"nlp-tasks-key")
         digest.update(task.fingerprint.encode())
         digest.update(b"\0" + as_text(value).encode("utf-8", "surrogatepass"))
-        if seconds is not None:
-            digest.update(b"\0" + second_input(seconds[row]).encode("utf-8", "surrogatepass"))
+        if second_inputs is not None:
+            digest.update(b"\0" + second_input(second_inputs[row]).encode("utf-8", "surrogatepass"))
         keys.append(digest.digest())
     return pa.array(keys, type=KEY)
 
@@ -195,7 +195,8 @@ def look_up(batch: pa.Table, *, filesystem: Any, cache: Cache, text_column: str)
     column the batch holds (a refresh's carried column) is left alone."""
     texts = batch.column(text_column).to_pylist()
     for task in (task for task in cache.tasks if task.column not in batch.column_names):
-        keys = content_keys(task, texts, batch.column(task.second).to_pylist() if task.second else None)
+        keys = content_keys(task, texts,
+                            batch.column(task.second_column).to_pylist() if task.second_column else None)
         batch = batch.append_column(KEY_PREFIX + task.column, keys)
         shards = {SHARDS[shard] for shard in np.unique(shard_of(keys.drop_null()))}
         files = [path for shard in sorted(shards) for path, _ in cache.listing.get(task.column, {}).get(shard, [])]
