@@ -69,7 +69,7 @@ def annotated_dataset(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], 
                                     cache=cache),
                   rows_per_write(config.output.rows_per_file, fragments, pools), WRITE_CPUS)
     reuse = [Stage(look_up, dict(filesystem=output_filesystem, cache=cache, text_column=config.input.text_column),
-                   block_rows, READ_CPUS)] if cache is not None and cache.tasks else []
+                   block_rows, READ_CPUS)] if cache is not None else []
     return run_stages(dataset, [*reuse, *annotation_stages(annotating, config.input.text_column,
                                                            config.output.errors_column, record_calls=True), write])
 
