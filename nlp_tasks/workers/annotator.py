@@ -143,13 +143,13 @@ class Rows:
         if not all(KEY_PREFIX + column in names for column in columns):
             return {}
         keys = list(zip(*(self.batch.column(KEY_PREFIX + column).to_pylist() for column in columns)))
-        held = {column: self.batch.column(HELD_PREFIX + column) for column in columns
+        held = {column: self.batch.column(HELD_PREFIX + column).to_pylist() for column in columns
                 if HELD_PREFIX + column in names and self.batch.schema.field(HELD_PREFIX + column).type == types[column]}
         settled: dict[int, Reused] = {}
         first: dict[tuple, int] = {}
         for row in self.clean:
-            if len(held) == len(columns) and all(held[column][row].is_valid for column in columns):
-                settled[row] = Reused(values={column: held[column][row].as_py() for column in columns})
+            if len(held) == len(columns) and all(held[column][row] is not None for column in columns):
+                settled[row] = Reused(values={column: held[column][row] for column in columns})
             elif repeats and keys[row] in first:
                 settled[row] = Reused(same_as=first[keys[row]])
             else:

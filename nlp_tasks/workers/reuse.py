@@ -219,11 +219,16 @@ def store_computed(batch: pa.Table, filesystem: Any, cache: Cache) -> None:
         rows = pa.table({"key": keys, "value": values}).filter(new)
         if not rows.num_rows:
             continue
-        rows = rows.take(np.unique(rows.column("key").combine_chunks().to_numpy(zero_copy_only=False),
-                                   return_index=True)[1])
+        rows = once_per_key(rows)
         shards = shard_of(rows.column("key").combine_chunks())
         for shard in np.unique(shards):
             write_cache(filesystem, f"{cache.root}/{task.folder}/{SHARDS[shard]}", rows.filter(pa.array(shards == shard)))
+
+
+def once_per_key(rows: pa.Table) -> pa.Table:
+    """The (key, value) rows with each key once: its first row."""
+    keys = rows.column("key").combine_chunks()
+    return rows.take(pc.index_in(pc.unique(keys), value_set=keys))
 
 
 def write_cache(filesystem: Any, folder: str, rows: pa.Table) -> str:
@@ -259,8 +264,6 @@ def merge_files(filesystem: Any, folder: str, paths: list[str]) -> None:
     the two leaves keys twice, with the same values, which look_up reads as once."""
     rows = read_cache(filesystem, paths)
     if rows is not None:
-        rows = rows.take(np.unique(rows.column("key").combine_chunks().to_numpy(zero_copy_only=False),
-                                   return_index=True)[1])
-        write_cache(filesystem, folder, rows)
+        write_cache(filesystem, folder, once_per_key(rows))
     for path in paths:
         filesystem.rm(path)
