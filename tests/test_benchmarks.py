@@ -139,10 +139,11 @@ def _nights(records: dict) -> None:
 
 
 def _reuse(records: dict) -> None:
-    first, reused, full, *nothing = records["cpu-reuse-24"]["results"]
+    first, reused, full, *nothing, repeats, computed = records["cpu-reuse-24"]["results"]
     assert (first["rows_computed"], reused["rows_computed"], reused["rows_reused"]) == (24, 0, 24 + 7)
     assert full["rows_computed"] == 24 + 7 and full["rows_reused"] == 0
     assert [(run["rows_computed"], run["rows_reused"]) for run in nothing] == [(24, 0), (24, 0)]
+    assert (repeats["rows_computed"], repeats["rows_reused"], computed["rows_computed"]) == (24, 7, 24 + 7)
     _positive(records["cpu-reuse-24"]["cache"]["mb_per_million_rows"])
 
 

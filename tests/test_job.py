@@ -58,7 +58,10 @@ def test_job_annotates_every_row_exactly_once(ray_local, tmp_path, models, corpu
     report = json.loads(report_files[1].read_text())
     assert report["rows_in"] == report["rows_out"] == rows and report["rows_with_errors"] == 6
     assert {"task": "sentiment", "message": "text is empty or whitespace", "rows": 4} in report["errors_by_reason"]
-    assert report["throughput"]["sentiment"]["rows"] == rows - 6 and report["throughput"]["sentiment"]["tokens_per_s"] > 0
+    sentiment = report["throughput"]["sentiment"]
+    assert (sentiment["rows"], sentiment["reused"]) == ((rows - 6) // 2, (rows - 6) // 2), \
+        "the second file repeats the first's texts: each is computed once"
+    assert sentiment["tokens_per_s"] > 0
     assert sum(report["distributions"]["sentiment"].values()) == rows - 6
     assert set(report["distributions"]["entities"]) <= {"PER", "ORG", "LOC"}
     assert report["tasks"]["sentiment"]["model_fingerprint"].startswith("sha256:")
@@ -70,7 +73,8 @@ def test_one_input_file_keeps_the_whole_actor_pool_busy(ray_local, tmp_path, mod
     """Ray reads a small file as one block; the job must still hand batches to every actor of the pool."""
     folder = tmp_path / "corpus"
     folder.mkdir()
-    texts = tiny_models.sample_texts() * 40  # enough batches that a second actor is needed, not just allowed
+    # enough batches that a second actor is needed, not just allowed; distinct, so that each reaches the model
+    texts = [f"{text} ({copy})" for copy in range(40) for text in tiny_models.sample_texts()]
     pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), folder / "only.parquet")
     config = write_config(tmp_path, folder, sentiment(models), input={"text_column": "text"},
                           compute={"token_budget": 512, "actor_concurrency": 2, "min_actors": 2, "max_actors": 2})

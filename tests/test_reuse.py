@@ -17,15 +17,18 @@ import pytest
 from helpers import SAMPLE, assert_close, last_report, output_table, write_config
 
 from jobs.annotate import main
+from nlp_tasks.driver import execute
 from nlp_tasks.models.loading import weights_sample
 from nlp_tasks.tasks.question_answering import QuestionAnsweringOptions
 from nlp_tasks.tasks.seq2seq import SummarizationOptions
 from nlp_tasks.tasks.text_generation import TextGenerationOptions
+from nlp_tasks.workers import reuse
 from nlp_tasks.workers.annotator import Reused, Rows, postprocess_rows
 from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.reuse import (
     MERGE_AT,
     Cache,
+    Claims,
     Reusable,
     content_keys,
     list_cache,
@@ -101,7 +104,7 @@ def test_values_stored_by_one_run_are_looked_up_by_the_next_and_only_computed_on
     assert stored.num_rows == 3, "only the computed value is added; held ones are not stored twice"
 
 
-def test_a_shard_keeps_a_few_files_and_merging_keeps_every_key_once(tmp_path):
+def test_a_shard_keeps_a_few_files_and_merging_keeps_every_key_once(tmp_path, monkeypatch):
     assert merge_plan([(f"f{i}", 10) for i in range(MERGE_AT)]) == []
     plan = merge_plan([("big", 10_000)] + [(f"f{i}", 10) for i in range(MERGE_AT + 3)])
     assert "big" not in plan and len(plan) == MERGE_AT + 3, "the small files merge, the big one waits"
@@ -110,12 +113,16 @@ def test_a_shard_keeps_a_few_files_and_merging_keeps_every_key_once(tmp_path):
     for round_ in range(3):  # the same texts stored three times (three killed runs), then merged
         store_computed(batch_of([f"text {i}" for i in range(40)]), LOCAL, Cache(root, [TASK], {}))
     shards = list_cache(LOCAL, root, [TASK])["sentiment"]
+    monkeypatch.setattr(reuse, "MERGE_BYTES", 64)  # a few rows' values at once: a merge of many key ranges
     for shard, files in shards.items():
         merge_files(LOCAL, f"{root}/{TASK.folder}/{shard}", [path for path, _ in files])
     merged = list_cache(LOCAL, root, [TASK])["sentiment"]
     assert all(len(files) == 1 for files in merged.values())
     rows = read_cache(LOCAL, [path for files in merged.values() for path, _ in files])
     assert rows.num_rows == 40 and len(set(rows.column("key").to_pylist())) == 40
+    (largest, _), = max(merged.values(), key=lambda files: files[0][1])
+    keys = pq.read_table(largest).column("key").to_pylist()
+    assert pq.ParquetFile(largest).metadata.num_row_groups > 1 and keys == sorted(keys), "range by range, in order"
 
 
 def test_after_a_run_no_shard_holds_more_than_a_few_files_and_every_key_is_still_held(ray_local, tmp_path):
@@ -158,6 +165,15 @@ def test_cache_files_of_another_shape_are_passed_over_and_merged_away(tmp_path):
     merge_files(LOCAL, str(folder), files)
     (merged, _), = [file for found in list_cache(LOCAL, root, [TASK])["sentiment"].values() for file in found]
     assert read_cache(LOCAL, [merged]).num_rows == 8
+
+
+def test_the_first_batch_to_miss_a_key_claims_it_and_later_ones_learn_where_it_was_stored():
+    claims = Claims()
+    assert claims.claim([b"a", b"b"]) == [True, True]
+    assert claims.claim([b"a", b"c"]) == [False, True], "a: claimed, not stored yet"
+    claims.stored([([b"a", b"z"], "cache/1.keys")])
+    assert claims.claim([b"a", b"b"]) == ["cache/1.keys", False]
+    assert claims.where([b"a", b"b", b"z"]) == ["cache/1.keys", None, None], "z was never claimed"
 
 
 def test_an_input_column_named_as_a_stage_column_is_refused(tmp_path, models, capsys):
@@ -277,3 +293,49 @@ def test_a_new_file_of_repeated_texts_runs_the_model_on_the_unseen_ones_only(ray
         by_text.setdefault(row["text"], []).append(row["embedding"])
     assert len(by_text) == 24 + 4 and sum(map(len, by_text.values())) == 24 + 18
     assert all(embedding == embeddings[0] for embeddings in by_text.values() for embedding in embeddings)
+
+
+def night_of_repeats(folder) -> None:
+    """Three files of one night, 42 rows of 12 distinct texts, repeated within files and across them."""
+    sample = sample_corpus(folder, files=1, rows=12)
+    (folder / "corpus" / "part-0.parquet").unlink()
+    texts = sample.column("text").to_pylist()
+    for index, file_texts in enumerate([texts + texts[:6], texts[6:] + texts[::-1], texts[::2]]):
+        pq.write_table(pa.table({"id": [f"{index}-{row}" for row in range(len(file_texts))], "text": file_texts}),
+                       folder / "corpus" / f"part-{index}.parquet")
+
+
+def annotated_night(folder, models, **output) -> tuple[dict, pa.Table]:
+    config = write_config(folder, folder / "corpus", two_tasks(models), keep_order=True, compute={"batch_size": 4},
+                          output=output)
+    assert main(["--config", config]) == 0
+    return last_report(folder / "out"), output_table(folder / "out").select(
+        ["id", "text", "sentiment", "embedding"]).sort_by("id")
+
+
+def test_repeats_across_batches_and_files_of_one_night_run_the_model_once_each(ray_local, tmp_path, models,
+                                                                                monkeypatch):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    night_of_repeats(fresh)
+    _, theirs = annotated_night(fresh, models, reuse=False)
+    assert theirs.num_rows == 42
+
+    class Unheard(Claims):
+        """Claims never told where values were stored: every repeat waits for the run's second pass."""
+
+        def stored(self, files):
+            pass
+
+    for name, claims in [("told", Claims), ("unheard", Unheard)]:
+        monkeypatch.setattr(execute, "Claims", claims)
+        folder = tmp_path / name
+        folder.mkdir()
+        night_of_repeats(folder)
+        report, ours = annotated_night(folder, models)
+        for task in ("sentiment", "embedding"):
+            assert (report["throughput"][task]["rows"], report["throughput"][task]["reused"]) == (12, 30), name
+        assert ("annotate_again" in report["time_s"]) == (name == "unheard")
+        assert ours.select(["id", "text"]).equals(theirs.select(["id", "text"]))
+        assert ours.column("sentiment").to_pylist() == theirs.column("sentiment").to_pylist()
+        assert_close(ours.column("embedding").to_pylist(), theirs.column("embedding").to_pylist())

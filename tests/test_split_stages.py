@@ -37,8 +37,9 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
     folder = tmp_path / "corpus"
     folder.mkdir()
     texts = tiny_models.sample_texts() + [None, "", "\u200b"]
-    for part in range(2):
-        pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(len(texts))], "text": texts}),
+    for part in range(2):  # distinct usable texts: the fused actors and the split stages compute every one
+        part_texts = [f"{text} ({part})" if text and text.strip("\u200b") else text for text in texts]
+        pq.write_table(pa.table({"id": [f"{part}-{i}" for i in range(len(texts))], "text": part_texts}),
                        folder / f"part-{part}.parquet")
     examples = tmp_path / "examples.parquet"
     pq.write_table(pa.table({"text": texts[:8], "label": ["a", "b"] * 4}), examples)

@@ -54,6 +54,10 @@ class Commits:
             self.task_fingerprints[refresh.file.unit] = {**kept, **fingerprints}
         self.files = {file.unit: file for file in changes.todo + [refresh.file for refresh in changes.refreshes]}
         self.parts: dict[str, list[PartRecord]] = {}
+        self.deferred: set[str] = set()
+        """Files with a part the write stage left unwritten: rows waiting for values other batches computed."""
+        self.again: set[str] = set()
+        """Files the run annotates a second time, from the values the first time stored (second_pass)."""
         self.committed: set[str] = set()
         self.pool = ThreadPoolExecutor(COMMITTERS, thread_name_prefix="commit")
         self.running: list[Future] = []
@@ -71,13 +75,30 @@ class Commits:
             part = PartRecord(**record)
             if part.unit in self.committed or part.unit in self.budget.files_over:
                 continue  # a retried write of rows already decided on: its staged copy is discarded at the end
-            self.budget.count(part.rows, json.loads(part.counts), self.computed[part.unit])
             parts = self.parts.setdefault(part.unit, [])
             parts.append(part)
+            if part.deferred:
+                self.deferred.add(part.unit)
+                continue
+            self.budget.count(part.rows, json.loads(part.counts), self.computed[part.unit])
+            written = [p for p in parts if not p.deferred]
             file = self.files[part.unit]
-            if (sum(p.rows for p in parts) >= file.rows and (cover := exact_cover(parts, file.rows)) is not None
+            if (sum(p.rows for p in written) >= file.rows and (cover := exact_cover(written, file.rows)) is not None
                     and self.within_budget(file, cover)):
                 self.commit(file, cover)
+
+    def second_pass(self) -> set[str]:
+        """The files left waiting for values (`deferred`), to annotate again now that the run stored them: their
+        parts so far are dropped, their calls counted now (each once); the second time counts only what the model
+        computes, not what it takes again."""
+        units = self.deferred - self.committed - set(self.budget.files_over)
+        with self.lock:
+            for unit in units:
+                for part in self.parts.pop(unit, []):
+                    self.stats.add(json.loads(part.calls))
+        self.deferred -= units
+        self.again |= units
+        return units
 
     def within_budget(self, file: InputFile, parts: list[PartRecord]) -> bool:
         """Whether every task computed for the file failed on no more than its share of the rows it took there;
@@ -96,7 +117,7 @@ class Commits:
         with self.lock:
             for part in parts:
                 self.report.add_part(part.rows, json.loads(part.counts), part.writer)
-                self.stats.add(json.loads(part.calls))
+                self.stats.add(json.loads(part.calls), reused=file.unit not in self.again)
 
     def _raise_failed(self) -> None:
         for future in [f for f in self.running if f.done()]:
@@ -114,7 +135,7 @@ class Commits:
 
     def missing(self) -> dict[str, int]:
         """Input files not committed, and how many of their rows never arrived."""
-        return {file.name: file.rows - sum(p.rows for p in self.parts.get(unit, []))
+        return {file.name: file.rows - sum(p.rows for p in self.parts.get(unit, []) if not p.deferred)
                 for unit, file in self.files.items() if unit not in self.committed}
 
     def verify(self, source: InputFiles) -> None:

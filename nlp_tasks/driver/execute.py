@@ -26,7 +26,7 @@ from nlp_tasks.output.store import OutputStore
 from nlp_tasks.secrets import redact
 from nlp_tasks.workers.annotator import Annotator, ModelLoadFailed
 from nlp_tasks.workers.read import Fragment
-from nlp_tasks.workers.reuse import Cache, Reusable, list_cache, merge_files, merge_plan
+from nlp_tasks.workers.reuse import Cache, Claims, Reusable, list_cache, merge_files, merge_plan
 from nlp_tasks.workers.stages import ModelStage
 from nlp_tasks.workers.write import PART_RECORD
 
@@ -139,7 +139,9 @@ def stream_parts(dataset, commits: Commits, timings: dict[str, float], started: 
 def reuse_cache(config: JobConfig, tasks: dict[str, TaskSpec], fingerprints: dict[str, str],
                 store: OutputStore) -> Cache | None:
     """The run's cache of values by content key (workers/reuse.py): its tasks that are reused, keyed on their
-    fingerprint and a sample of their weights' bytes, and its files."""
+    fingerprint and a sample of their weights' bytes, its files, and the night's claims (an actor of no CPU)."""
+    import ray
+
     if not config.output.reuse:
         return None
     reused = [Reusable(column, fingerprint([fingerprints[column], weights_sample(spec.model, spec.revision)]),
@@ -147,7 +149,29 @@ def reuse_cache(config: JobConfig, tasks: dict[str, TaskSpec], fingerprints: dic
               for column, spec in tasks.items() if spec.options.reusable()]
     if not reused:
         return None
-    return Cache(store.root, reused, list_cache(store.filesystem, store.root, reused))
+    return Cache(store.root, reused, list_cache(store.filesystem, store.root, reused),
+                 ray.remote(num_cpus=0)(Claims).remote())
+
+
+def second_pass(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSettings]], source: InputFiles,
+                fragments: list[Fragment], store: OutputStore, commits: Commits, columns: list[str], heads: dict,
+                calibration: dict[int, Any], cache: Cache, timings: dict[str, float]) -> None:
+    """Annotate again the files whose rows waited for values other batches of the night computed (reuse.py): now
+    that the run stored them, from the cache, with one actor per pool for the rows whose value is still missing
+    (its first batch failed on it). No claims: this time each batch computes what the cache lacks."""
+    units = commits.second_pass()
+    if not units:
+        return
+    again = [fragment for fragment in fragments if fragment.unit in units]
+    log.info("reuse: %d file(s) repeat texts other batches computed; writing them again from the cache", len(units))
+    one_each = [(specs, replace(settings, min_actors=1, max_actors=1)) for specs, settings in pools]
+    commits.events.planned([(fragment.unit, fragment.name, fragment.rows) for fragment in again],
+                           [("+".join(specs), 1) for specs, _ in one_each])
+    with timed(timings, "annotate_again", commits.events):
+        cache = replace(cache, listing=list_cache(store.filesystem, cache.root, cache.tasks), claims=None)
+        dataset = annotated_dataset(config, one_each, source, again, store.filesystem, store.staging, columns, heads,
+                                    store.part_names, calibration, cache)
+        stream_parts(dataset, commits, timings, time.perf_counter())
 
 
 def merge_cache(filesystem: Any, cache: Cache) -> None:
@@ -193,16 +217,22 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
             cache = reuse_cache(config, tasks, fingerprints, store)
         started, started_at = time.perf_counter(), time.time()
         commits.events.phase_started("annotate")
+        calibration = {index: texts for index, (texts, _) in samples.items()}
         dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads, store.part_names, {index: texts for index, (texts, _) in samples.items()},
-                                    cache)
+                                    heads, store.part_names, calibration, cache)
         with LoadWatch(pools).running() as watch:
             try:
                 stream_parts(dataset, commits, timings, started)
+                if cache is not None:
+                    second_pass(config, pools, source, fragments, store, commits, columns, heads, calibration,
+                                cache, timings)
             except ray.exceptions.RayActorError as error:
                 if (line := watch.failure or load_failure(error)) is None:
                     raise
                 raise JobFailed(f"{line}; what was committed before stays") from None
+            finally:
+                if cache is not None:
+                    ray.kill(cache.claims)
         timings["annotate"] = round(time.perf_counter() - started, 2)
         commits.events.phase_ended("annotate")
         with timed(timings, "finish_commits", commits.events):

@@ -74,6 +74,8 @@ class PartRecord:
     """JSON: the run report's counts for the part's rows (write.part_counts)."""
     calls: str
     """JSON: the actor calls recorded on the part's rows (stats.py)."""
+    deferred: int = 0
+    """Rows whose value another batch of the night computes: such a part is not written (workers/reuse.py)."""
 
     @property
     def end(self) -> int:

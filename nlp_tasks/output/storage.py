@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -32,6 +34,30 @@ def write_atomic(filesystem: Any, path: str, data: bytes) -> None:
         filesystem.mv(temporary, path)
     else:
         filesystem.pipe_file(path, data)
+
+
+@contextmanager
+def atomic_file(filesystem: Any, path: str) -> Iterator[Any]:
+    """A file to write that appears at `path` whole when the block ends, or not at all: locally a temporary file
+    renamed; on object storage the upload itself, discarded on an error (a store that keeps a torn object anyway
+    leaves one that readers of `path` must pass over)."""
+    local = is_local(filesystem)
+    target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    if local:
+        filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    handle = filesystem.open(target, "wb")
+    try:
+        yield handle
+    except BaseException:
+        if local:
+            handle.close()
+            filesystem.rm(target)
+        else:
+            handle.discard()
+        raise
+    handle.close()
+    if local:
+        filesystem.mv(target, path)
 
 
 def create_exclusive(filesystem: Any, path: str, data: bytes) -> bool:

@@ -34,7 +34,7 @@ from nlp_tasks.models.loading import model_fingerprint
 from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
 from nlp_tasks.text_checks import as_text, text_problem
-from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
+from nlp_tasks.workers.columns import DEFERRED_PREFIX, HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.load import load_model
 from nlp_tasks.workers.stats import with_call
 
@@ -114,14 +114,15 @@ def caller() -> tuple[str, str]:
 
 class Reused(RowError):
     """A row whose values of a forward group's columns are taken, not computed: the cache's (`values`, by column,
-    reuse.look_up), or those of an earlier row of the batch with the same inputs (`same_as`)."""
+    reuse.look_up), those of an earlier row of the batch with the same inputs (`same_as`), or (`deferred`) those
+    another batch of the night computes, which the write stage takes (reuse.settle_deferred)."""
 
-    def __init__(self, values: dict[str, Any] | None = None, same_as: int | None = None):
+    def __init__(self, values: dict[str, Any] | None = None, same_as: int | None = None, deferred: bool = False):
         super().__init__("reused")
-        self.values, self.same_as = values, same_as
+        self.values, self.same_as, self.deferred = values, same_as, deferred
 
     def __reduce__(self):  # pickled between the split stages
-        return type(self), (self.values, self.same_as)
+        return type(self), (self.values, self.same_as, self.deferred)
 
 
 class Rows:
@@ -136,20 +137,25 @@ class Rows:
 
     def settled(self, types: dict[str, pa.DataType], repeats: bool = True) -> dict[int, Reused]:
         """The clean rows whose values of the columns `types` names need no forward pass: every one held by the cache
-        in the column's type, or (`repeats`) the same inputs (content keys) as an earlier row that runs. None without
-        keys (a task not reused, or a refresh). The split stages pass repeats=False: Ray Data may cut their batches
-        anew between stages, and a repeat names its row by its position in the batch."""
+        in the column's type, one deferred to another batch (the held ones taken), or (`repeats`) the same inputs
+        (content keys) as an earlier row that runs. None without keys (a task not reused, or a refresh). The split
+        stages pass repeats=False: Ray Data may cut their batches anew between stages, and a repeat names its row by
+        its position in the batch."""
         names, columns = self.batch.column_names, list(types)
         if not all(KEY_PREFIX + column in names for column in columns):
             return {}
         keys = list(zip(*(self.batch.column(KEY_PREFIX + column).to_pylist() for column in columns)))
         held = {column: self.batch.column(HELD_PREFIX + column).to_pylist() for column in columns
                 if HELD_PREFIX + column in names and self.batch.schema.field(HELD_PREFIX + column).type == types[column]}
+        deferred = [self.batch.column(DEFERRED_PREFIX + column).to_pylist() for column in columns
+                    if DEFERRED_PREFIX + column in names]
         settled: dict[int, Reused] = {}
         first: dict[tuple, int] = {}
         for row in self.clean:
             if len(held) == len(columns) and all(held[column][row] is not None for column in columns):
                 settled[row] = Reused(values={column: held[column][row] for column in columns})
+            elif any(flags[row] for flags in deferred):
+                settled[row] = Reused(values={column: values[row] for column, values in held.items()}, deferred=True)
             elif repeats and keys[row] in first:
                 settled[row] = Reused(same_as=first[keys[row]])
             else:
@@ -189,7 +195,7 @@ def postprocess_rows(adapter: TaskAdapter, column: str, results: list[RowResult]
     errors: list[str | None] = [None] * len(results)
     for row, result in enumerate(results):
         if isinstance(result, Reused):
-            values[row] = None if result.values is None else result.values[column]
+            values[row] = None if result.values is None else result.values.get(column)
         elif isinstance(result, RowError):
             errors[row] = str(result)
         else:
@@ -201,10 +207,11 @@ def postprocess_rows(adapter: TaskAdapter, column: str, results: list[RowResult]
 
 
 def task_counts(values: list[Any], results: list[RowResult], tokens: int, seconds: float) -> tuple:
-    """A task's figures in a call record (stats.py): rows the model annotated, tokens, seconds, rows reused."""
+    """A task's figures in a call record (stats.py): rows the model annotated, tokens, seconds, rows reused (a
+    deferred row's value comes from another batch: reused)."""
     reused = [isinstance(result, Reused) for result in results]
     return (sum(value is not None and not taken for value, taken in zip(values, reused)), tokens, seconds,
-            sum(value is not None and taken for value, taken in zip(values, reused)))
+            sum(taken and (value is not None or result.deferred) for value, taken, result in zip(values, reused, results)))
 
 
 def forward_groups(adapters: dict[str, TaskAdapter]) -> dict[str, list[str]]:

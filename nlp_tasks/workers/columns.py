@@ -14,6 +14,8 @@ KEY_PREFIX = "__key."
 """Each row's content key for a task (null where its text is unusable): reuse.py."""
 HELD_PREFIX = "__held."
 """The value the output's cache holds for each row's key (null where it holds none): reuse.py."""
+DEFERRED_PREFIX = "__deferred."
+"""True where another batch of the night claimed the row's key first: the pools leave the row to it (reuse.py)."""
 SEGMENTS_PREFIX = "__segments."
 """Each row's segments whole (pickled), for the postprocess stage and multi-level tasks: stages.py."""
 INPUTS_PREFIX = "__inputs."
@@ -22,7 +24,7 @@ RESULTS_PREFIX = "__results."
 """Each row's raw outputs (its segments too, where a multi-level task made new ones), or its RowError."""
 
 INTERNAL_COLUMNS = (UNIT_COLUMN, ROW_COLUMN, CALLS_COLUMN)
-INTERNAL_PREFIXES = (KEY_PREFIX, HELD_PREFIX, SEGMENTS_PREFIX, INPUTS_PREFIX, RESULTS_PREFIX)
+INTERNAL_PREFIXES = (KEY_PREFIX, HELD_PREFIX, DEFERRED_PREFIX, SEGMENTS_PREFIX, INPUTS_PREFIX, RESULTS_PREFIX)
 
 
 def is_internal(name: str) -> bool:

@@ -7,8 +7,13 @@ already holds for that key is taken instead of computed again.
              key, one shard per first hex digit of the key; not named `.parquet`, so that readers of the output
              skip them (layout.py)
     look_up  a CPU stage before the pools: each row's key per task, and the value the cache holds for it
-    reuse    the pools take a row whose values are all held, or (fused actors) that repeats an earlier row of its
-             batch, without running the model (annotator.Rows.settled)
+    claims   the night's keys, in one actor (`Claims`): the first batch to miss a key computes it; a later batch
+             takes the value where the first's write stage stored it already, else defers the row to it
+    reuse    the pools take a row whose values are all held, that is deferred, or (fused actors) that repeats an
+             earlier row of its batch, without running the model (annotator.Rows.settled)
+    settle   the write stage gives a deferred row the value its key's first batch stored (`settle_deferred`); a part
+             with a row still deferred is not written, and the driver annotates its input file again once the run
+             is over, from the cache (driver/execute.py)
     store    the write stage adds the values the pools computed (`store_computed`); after a run, `merge_plan` names
              the files of a shard to merge so that a shard keeps a few files however many nights wrote to it
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import uuid
@@ -32,9 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nlp_tasks.output.layout import REUSE
-from nlp_tasks.output.storage import write_atomic
+from nlp_tasks.output.storage import atomic_file
 from nlp_tasks.text_checks import as_text, text_problem
-from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
+from nlp_tasks.workers.columns import DEFERRED_PREFIX, HELD_PREFIX, KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +66,47 @@ class Reusable:
 
 @dataclass(frozen=True)
 class Cache:
-    """What the look-up and write stages need of a run's cache: the output's root, the tasks reused and the cache's
-    files by task and shard, as listed before the run (list_cache)."""
+    """What the look-up and write stages need of a run's cache: the output's root, the tasks reused, the cache's
+    files by task and shard, as listed before the run (list_cache), and the night's `Claims` actor (None: every
+    batch computes what the cache lacks)."""
 
     root: str
     tasks: list[Reusable]
     listing: dict[str, dict[str, list[tuple[str, int]]]]
+    claims: Any = None
+
+
+class Claims:
+    """The keys the night's batches missed in the cache (a Ray actor, one per run): the first batch to miss a key
+    claims it and computes it; a later one is told where the first stored its value, or that it is not stored yet.
+    It holds each missed key once (about 100 bytes), for the run's new rows only."""
+
+    def __init__(self):
+        self.stored_in: dict[bytes, int] = {}
+        """By key: the index in `paths` of the cache file that holds its value, or -1 while none does."""
+        self.paths: list[str] = []
+
+    def claim(self, keys: list[bytes]) -> list[bool | str]:
+        """For each key: True where this call claims it first, else the cache file its value is in, or False."""
+        answers: list[bool | str] = []
+        for key in keys:
+            where = self.stored_in.setdefault(key, -2)
+            if where == -2:
+                self.stored_in[key] = -1
+            answers.append(True if where == -2 else False if where == -1 else self.paths[where])
+        return answers
+
+    def stored(self, files: list[tuple[list[bytes], str]]) -> None:
+        """The write stage wrote the values of these claimed keys to these cache files."""
+        for keys, path in files:
+            self.paths.append(path)
+            for key in keys:
+                if key in self.stored_in:
+                    self.stored_in[key] = len(self.paths) - 1
+
+    def where(self, keys: list[bytes]) -> list[str | None]:
+        """The cache file holding each key's value, where one does."""
+        return [self.paths[at] if (at := self.stored_in.get(key, -1)) >= 0 else None for key in keys]
 
 
 def content_keys(task: Reusable, texts: list[Any], second_inputs: list[Any] | None) -> pa.Array:
@@ -119,6 +160,9 @@ def list_cache(filesystem: Any, root: str, tasks: list[Reusable]) -> dict[str, d
 ROW_GROUP_ROWS = 4096
 """Keys per row group of a cache file: a look-up reads the key column (64 KiB) of the row groups whose key range
 holds a key it looks for, and the values of those that hold one."""
+CACHE_FILE = dict(use_dictionary=False, compression="zstd")
+"""How cache files are written. No dictionary: keys are unique, and values rarely repeat (a dictionary tried on
+embeddings adds 40%)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,17 +180,35 @@ def _check_schema(schema: pa.Schema) -> None:
         raise ValueError(f"not a cache file: its columns are {schema}")
 
 
-def _held_in_file(filesystem: Any, path: str, wanted: pa.Array, ordered: list[bytes]) -> list[pa.Table]:
-    """The (key, value) rows of one cache file whose key is in `wanted` (`ordered`: the same keys, sorted)."""
+def readable_files(filesystem: Any, paths: list[str]) -> list[tuple[str, Any]]:
+    """The (path, footer) of the cache files whose footer reads and that are a cache file's shape; where they
+    disagree on the value's type, those of the type most rows have (the pools check it against their task's). The
+    others are passed over: their rows are computed again, never trusted in part."""
+    by_type: dict[pa.DataType, list[tuple[str, Any]]] = {}
+    for path in paths:
+        try:
+            metadata = _footer(filesystem, path)
+            schema = metadata.schema.to_arrow_schema()
+            _check_schema(schema)
+        except Exception as error:  # noqa: BLE001 - a torn or foreign file: its rows are computed again
+            log.warning("reuse: cache file %s not read (%s: %s)", path, type(error).__name__, error)
+            continue
+        by_type.setdefault(schema.field("value").type, []).append((path, metadata))
+    if len(by_type) > 1:
+        log.warning("reuse: cache files of one task hold values of %d types (%s); reading the most common",
+                    len(by_type), ", ".join(map(str, by_type)))
+    return max(by_type.values(), key=lambda files: sum(meta.num_rows for _, meta in files)) if by_type else []
+
+
+def _rows_of(filesystem: Any, path: str, metadata: Any, may_hold: Any, keep: Any) -> pa.Table | None:
+    """The (key, value) rows of one cache file that `keep` selects (a function of the key column), read from the
+    row groups whose key range `may_hold` accepts (a function of their min and max key)."""
     import pyarrow.parquet as pq
 
-    metadata = _footer(filesystem, path)
-    _check_schema(metadata.schema.to_arrow_schema())
     groups = []
     for group in range(metadata.num_row_groups):
         stats = metadata.row_group(group).column(0).statistics
-        if stats is None or not stats.has_min_max or \
-                bisect.bisect_right(ordered, stats.max) > bisect.bisect_left(ordered, stats.min):
+        if stats is None or not stats.has_min_max or may_hold(stats.min, stats.max):
             groups.append(group)
     held = []
     if groups:
@@ -154,45 +216,35 @@ def _held_in_file(filesystem: Any, path: str, wanted: pa.Array, ordered: list[by
             file = pq.ParquetFile(handle, metadata=metadata)
             for group in groups:
                 keys = file.read_row_group(group, columns=["key"]).column("key")
-                found = pc.is_in(keys, value_set=wanted)
+                found = keep(keys)
                 if pc.any(found).as_py():
                     values = file.read_row_group(group, columns=["value"]).column("value")
                     held.append(pa.table({"key": keys.filter(found), "value": values.filter(found)}))
-    return held
+    return pa.concat_tables(held) if held else None
 
 
 def read_cache(filesystem: Any, paths: list[str], keys: pa.Array | None = None) -> pa.Table | None:
-    """The (key, value) rows of cache files, those of `keys` only where given. A file that cannot be read, or is not
-    a cache file, is passed over (its values are computed again), never trusted in part; where files disagree on
-    the value's type, only those of the type most rows have are read (the pools check it against their task's)."""
-    import pyarrow.parquet as pq
-
-    wanted = None if keys is None else pc.unique(keys.drop_null())
-    ordered = None if wanted is None else sorted(wanted.to_pylist())
+    """The (key, value) rows of cache files (readable_files), those of `keys` only where given."""
+    may_hold, keep = overlapping(bytes(16), None), within(bytes(16), None)
+    if keys is not None:
+        wanted = pc.unique(keys.drop_null())
+        may_hold, keep = any_of(sorted(wanted.to_pylist())), functools.partial(pc.is_in, value_set=wanted)
     tables = []
-    for path in paths:
+    for path, metadata in readable_files(filesystem, paths):
         try:
-            if wanted is None:
-                with filesystem.open(path, "rb") as handle:
-                    tables.append(pq.read_table(handle))
-                _check_schema(tables[-1].schema)
-            else:
-                tables += _held_in_file(filesystem, path, wanted, ordered)
-        except Exception as error:  # noqa: BLE001 - a torn or foreign file: its rows are computed again
+            found = _rows_of(filesystem, path, metadata, may_hold, keep)
+        except Exception as error:  # noqa: BLE001 - torn past its footer: its rows are computed again
             log.warning("reuse: cache file %s not read (%s: %s)", path, type(error).__name__, error)
-    by_type: dict[pa.DataType, list[pa.Table]] = {}
-    for table in tables:
-        if table.num_rows:
-            by_type.setdefault(table.schema.field("value").type, []).append(table)
-    if len(by_type) > 1:
-        log.warning("reuse: cache files of one task hold values of %d types (%s); reading the most common",
-                    len(by_type), ", ".join(map(str, by_type)))
-    return pa.concat_tables(max(by_type.values(), key=lambda same: sum(t.num_rows for t in same))) if by_type else None
+            continue
+        if found is not None:
+            tables.append(found)
+    return pa.concat_tables(tables) if tables else None
 
 
 def look_up(batch: pa.Table, *, filesystem: Any, cache: Cache, text_column: str) -> pa.Table:
-    """The stage before the pools: each reusable task's keys, and the values the cache holds for them; a task whose
-    column the batch holds (a refresh's carried column) is left alone."""
+    """The stage before the pools: each reusable task's keys, the values the cache holds for them, and (with
+    claims) which rows another batch of the night computes; a task whose column the batch holds (a refresh's
+    carried column) is left alone."""
     texts = batch.column(text_column).to_pylist()
     for task in (task for task in cache.tasks if task.column not in batch.column_names):
         keys = content_keys(task, texts,
@@ -200,15 +252,57 @@ def look_up(batch: pa.Table, *, filesystem: Any, cache: Cache, text_column: str)
         batch = batch.append_column(KEY_PREFIX + task.column, keys)
         shards = {SHARDS[shard] for shard in np.unique(shard_of(keys.drop_null()))}
         files = [path for shard in sorted(shards) for path, _ in cache.listing.get(task.column, {}).get(shard, [])]
-        found = read_cache(filesystem, files, keys) if files else None
-        if found is not None:
-            at = pc.index_in(keys, value_set=found.column("key").combine_chunks())
-            batch = batch.append_column(HELD_PREFIX + task.column, found.column("value").combine_chunks().take(at))
+        held = values_for(keys, read_cache(filesystem, files, keys) if files else None)
+        if cache.claims is not None:
+            held, deferred = claimed(filesystem, cache.claims, keys, held)
+            batch = batch.append_column(DEFERRED_PREFIX + task.column, deferred)
+        if held is not None:
+            batch = batch.append_column(HELD_PREFIX + task.column, held)
     return batch
 
 
+def values_for(keys: pa.Array, found: pa.Table | None) -> pa.Array | None:
+    """Each key's value in `found` (key, value) rows, null where it has none."""
+    if found is None:
+        return None
+    return found.column("value").combine_chunks().take(pc.index_in(keys, value_set=found.column("key").combine_chunks()))
+
+
+def ask(claims: Any, method: str, *args: Any) -> Any:
+    """A call to the night's Claims actor; None where it cannot answer (the rows are computed here, or again)."""
+    import ray
+
+    try:
+        return ray.get(getattr(claims, method).remote(*args))
+    except Exception as error:  # noqa: BLE001 - claims only save work: a lost actor costs computing again
+        log.warning("reuse: the run's claims did not answer (%s: %s)", type(error).__name__, error)
+        return None
+
+
+def claimed(filesystem: Any, claims: Any, keys: pa.Array, held: pa.Array | None) -> tuple[pa.Array | None, pa.Array]:
+    """Claim the keys the cache lacks: `held` with the values other batches of the night stored already, and
+    whether each row waits for another batch's value (its `DEFERRED_PREFIX` column)."""
+    missing = pc.is_valid(keys) if held is None else pc.and_(pc.is_valid(keys), pc.is_null(held))
+    wanted = pc.unique(keys.filter(missing))
+    answers = ask(claims, "claim", wanted.to_pylist()) if len(wanted) else None
+    if answers is None:
+        return held, pa.nulls(len(keys), pa.bool_())
+    stored = [path for path in answers if isinstance(path, str)]
+    if stored:
+        found = values_for(keys, read_cache(filesystem, sorted(set(stored)), keys))
+        if found is not None and (held is None or found.type == held.type):
+            held = found if held is None else pc.coalesce(held, found)
+    won = wanted.filter(pa.array([answer is True for answer in answers]))
+    deferred = pc.and_(missing, pc.invert(pc.is_in(keys, value_set=won)))
+    if held is not None:
+        deferred = pc.and_(deferred, pc.is_null(held))
+    return held, deferred
+
+
 def store_computed(batch: pa.Table, filesystem: Any, cache: Cache) -> None:
-    """Add to the cache the values the pools computed in this batch (not those taken from it), once per key."""
+    """Add to the cache the values the pools computed in this batch (not those taken from it), once per key, and
+    tell the night's claims where they are."""
+    written: list[tuple[list[bytes], str]] = []
     for task in cache.tasks:
         if KEY_PREFIX + task.column not in batch.column_names or task.column not in batch.column_names:
             continue
@@ -222,7 +316,36 @@ def store_computed(batch: pa.Table, filesystem: Any, cache: Cache) -> None:
         rows = once_per_key(rows)
         shards = shard_of(rows.column("key").combine_chunks())
         for shard in np.unique(shards):
-            write_cache(filesystem, f"{cache.root}/{task.folder}/{SHARDS[shard]}", rows.filter(pa.array(shards == shard)))
+            part = rows.filter(pa.array(shards == shard))
+            path = write_cache(filesystem, f"{cache.root}/{task.folder}/{SHARDS[shard]}", part)
+            written.append((part.column("key").to_pylist(), path))
+    if written and cache.claims is not None:
+        ask(cache.claims, "stored", written)
+
+
+def settle_deferred(batch: pa.Table, filesystem: Any, cache: Cache) -> pa.Table:
+    """The batch with each deferred row's value taken from the cache file its key's first batch stored it in; a
+    row whose value is not stored yet stays deferred (its DEFERRED_PREFIX column true)."""
+    for task in cache.tasks:
+        flag = DEFERRED_PREFIX + task.column
+        if flag not in batch.column_names or task.column not in batch.column_names:
+            continue
+        values = batch.column(task.column).combine_chunks()
+        waiting = pc.and_(pc.fill_null(batch.column(flag), False), pc.is_null(values)).combine_chunks()
+        if not pc.any(waiting).as_py():
+            continue
+        keys = batch.column(KEY_PREFIX + task.column).combine_chunks()
+        wanted = pc.unique(keys.filter(waiting))
+        paths = ask(cache.claims, "where", wanted.to_pylist()) or []
+        found = values_for(keys, read_cache(filesystem, sorted({p for p in paths if p}), wanted)) \
+            if any(paths) else None
+        if found is None or found.type != values.type:
+            continue
+        taken = pc.and_(waiting, pc.is_valid(found))
+        at = batch.schema.get_field_index(task.column)
+        batch = batch.set_column(at, batch.schema.field(at), pc.if_else(taken, found, values))
+        batch = batch.set_column(batch.schema.get_field_index(flag), flag, pc.and_(waiting, pc.invert(taken)))
+    return batch
 
 
 def once_per_key(rows: pa.Table) -> pa.Table:
@@ -235,12 +358,9 @@ def write_cache(filesystem: Any, folder: str, rows: pa.Table) -> str:
     """One cache file of `rows`, sorted by key, written whole or not at all; returns its path."""
     import pyarrow.parquet as pq
 
-    sink = pa.BufferOutputStream()
-    # no dictionary: keys are unique, and values rarely repeat (a dictionary tried on embeddings adds 40%)
-    pq.write_table(rows.sort_by("key"), sink, row_group_size=ROW_GROUP_ROWS, use_dictionary=False,
-                   compression="zstd")
     path = f"{folder}/{uuid.uuid4().hex}{SUFFIX}"
-    write_atomic(filesystem, path, sink.getvalue().to_pybytes())
+    with atomic_file(filesystem, path) as sink:
+        pq.write_table(rows.sort_by("key"), sink, row_group_size=ROW_GROUP_ROWS, **CACHE_FILE)
     return path
 
 
@@ -259,11 +379,66 @@ def merge_plan(files: list[tuple[str, int]]) -> list[str]:
     return [path for path, _ in ordered[:take]]
 
 
+MERGE_BYTES = 256 << 20
+"""Bytes of values (as Parquet counts them, uncompressed) a merge holds at once: it merges a shard's files one key
+range at a time, so that its memory stays about this however big the shard grows."""
+
+
 def merge_files(filesystem: Any, folder: str, paths: list[str]) -> None:
-    """Merge cache files into one (each key once), then delete them, those read_cache passed over too; a kill between
-    the two leaves keys twice, with the same values, which look_up reads as once."""
-    rows = read_cache(filesystem, paths)
-    if rows is not None:
-        write_cache(filesystem, folder, once_per_key(rows))
+    """Merge cache files into one (each key once), a key range at a time, then delete them (those readable_files
+    passed over too); a kill between the two leaves keys twice, with the same values, which look_up reads as once."""
+    import pyarrow.parquet as pq
+
+    files = readable_files(filesystem, paths)
+    if files:
+        schema = pa.schema([("key", KEY), ("value", files[0][1].schema.to_arrow_schema().field("value").type)])
+        with atomic_file(filesystem, f"{folder}/{uuid.uuid4().hex}{SUFFIX}") as sink, \
+                pq.ParquetWriter(sink, schema, **CACHE_FILE) as writer:
+            for low, high in key_ranges([metadata for _, metadata in files]):
+                parts = []
+                for path, metadata in list(files):
+                    try:
+                        found = _rows_of(filesystem, path, metadata, overlapping(low, high), within(low, high))
+                    except Exception as error:  # noqa: BLE001 - torn past its footer: passed over from here on
+                        log.warning("reuse: cache file %s not merged (%s: %s)", path, type(error).__name__, error)
+                        files.remove((path, metadata))
+                        continue
+                    if found is not None:
+                        parts.append(found.cast(schema))
+                if parts:
+                    writer.write_table(once_per_key(pa.concat_tables(parts)).sort_by("key"),
+                                       row_group_size=ROW_GROUP_ROWS)
     for path in paths:
         filesystem.rm(path)
+
+
+def key_ranges(footers: list[Any]) -> list[tuple[bytes, bytes | None]]:
+    """[low, high) ranges of keys (high None: no bound) that cut the files' rows into parts of about MERGE_BYTES:
+    keys are 128-bit hashes, so equal spans of the files' keys hold about equal rows."""
+    groups = [footer.row_group(group) for footer in footers for group in range(footer.num_row_groups)]
+    count = max(1, -(-sum(group.total_byte_size for group in groups) // MERGE_BYTES))
+    stats = [group.column(0).statistics for group in groups]
+    first, last = 0, (1 << 128) - 1
+    if stats and all(stat is not None and stat.has_min_max for stat in stats):
+        first = min(int.from_bytes(stat.min, "big") for stat in stats)
+        last = max(int.from_bytes(stat.max, "big") for stat in stats)
+    cuts = [(first + (last + 1 - first) * step // count).to_bytes(16, "big") for step in range(1, count)]
+    return list(itertools.pairwise([bytes(16), *cuts, None]))
+
+
+def overlapping(low: bytes, high: bytes | None):
+    """Whether a row group of keys min..max may hold keys of [low, high)."""
+    return lambda first, last: last >= low and (high is None or first < high)
+
+
+def any_of(ordered: list[bytes]):
+    """Whether a row group of keys min..max may hold one of the `ordered` keys."""
+    return lambda first, last: bisect.bisect_right(ordered, last) > bisect.bisect_left(ordered, first)
+
+
+def within(low: bytes, high: bytes | None):
+    """Which keys of a column lie in [low, high)."""
+    def select(keys):
+        inside = pc.greater_equal(keys, pa.scalar(low, KEY))
+        return inside if high is None else pc.and_(inside, pc.less(keys, pa.scalar(high, KEY)))
+    return select

@@ -83,7 +83,9 @@ class RunStats:
         self.tasks: dict[str, Counter] = defaultdict(Counter)
         self.actors: dict[str, dict[str, Any]] = {}
 
-    def add(self, calls: list[dict]) -> None:
+    def add(self, calls: list[dict], reused: bool = True) -> None:
+        """Count `calls`; their reused rows too unless `reused` is False (a file annotated a second time takes again
+        the values its first time counted, commits.Commits.second_pass)."""
         for call in calls:
             state = self.actors.setdefault(call["actor"], {
                 "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0,
@@ -99,8 +101,9 @@ class RunStats:
             state["rows"] += call["rows"]
             state["phases"].update(call["phases"])
             state["tokens"].update(call["tokens"])
-            for task, (annotated, tokens, seconds, reused) in call["tasks"].items():
-                self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds, "reused": reused})
+            for task, (annotated, tokens, seconds, taken) in call["tasks"].items():
+                self.tasks[task].update({"rows": annotated, "tokens": tokens, "seconds": seconds,
+                                         "reused": taken if reused else 0})
 
     def summary(self, started_at: float) -> dict:
         """Per task and per actor figures; times of an actor's life are seconds after `started_at` (the plan's

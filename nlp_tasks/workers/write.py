@@ -27,16 +27,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nlp_tasks.output.layout import STAGED_NAME
-from nlp_tasks.workers.columns import ROW_COLUMN, UNIT_COLUMN, is_internal
-from nlp_tasks.workers.reuse import Cache, store_computed
+from nlp_tasks.workers.columns import DEFERRED_PREFIX, ROW_COLUMN, UNIT_COLUMN, is_internal
+from nlp_tasks.workers.reuse import Cache, settle_deferred, store_computed
 from nlp_tasks.workers.stats import calls_in
 
 PART_RECORD = pa.schema([
     ("unit", pa.string()), ("first", pa.int64()), ("rows", pa.int64()), ("staged", pa.string()),
     ("size", pa.int64()), ("footer_sha256", pa.string()),
-    ("writer", pa.string()), ("counts", pa.string()), ("calls", pa.string()),
+    ("writer", pa.string()), ("counts", pa.string()), ("calls", pa.string()), ("deferred", pa.int64()),
 ])
-"""What the write stage returns per part: all the driver ever sees of the rows."""
+"""What the write stage returns per part: all the driver ever sees of the rows. A part with `deferred` rows (whose
+value another batch of the night computes, reuse.settle_deferred) is not written: its `staged` is empty."""
 
 
 def spans(units: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
@@ -163,9 +164,11 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
 
     if cache is not None:
         store_computed(batch, filesystem, cache)
+        batch = settle_deferred(batch, filesystem, cache)
     batch = batch.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
     units = batch.column(UNIT_COLUMN).to_numpy(zero_copy_only=False)
     positions = batch.column(ROW_COLUMN).to_numpy()
+    deferred = deferred_rows(batch)
     rows = output_columns(batch, columns, errors_column)
     writer = f"{socket.gethostname()}/node {ray.get_runtime_context().get_node_id()[:12]}/pid {os.getpid()}"
     records = []
@@ -173,14 +176,25 @@ def write_parts(batch: pa.Table, *, filesystem: Any, staging: str, tasks: list[s
     for start, end in spans(units, positions):
         unit, first = str(units[start]), int(positions[start])
         part = rows.slice(start, end - start)
-        staged = f"{staging}/" + part_names.format(unit=unit, first=first, nonce=uuid.uuid4().hex[:8])
-        sink = pa.BufferOutputStream()
-        pq.write_table(part, sink)
-        data = sink.getvalue()
-        with filesystem.open(staged, "wb") as handle:
-            handle.write(data)
-        records.append({"unit": unit, "first": first, "rows": end - start, "staged": staged, "size": data.size,
-                        "footer_sha256": footer_sha256(data), "writer": writer,
-                        "counts": json.dumps(part_counts(part, tasks, errors_column, id_column)),
-                        "calls": json.dumps(calls_in(batch.slice(start, end - start)))})
+        record = {"unit": unit, "first": first, "rows": end - start, "staged": "", "size": 0, "footer_sha256": "",
+                  "writer": writer, "counts": json.dumps(part_counts(part, tasks, errors_column, id_column)),
+                  "calls": json.dumps(calls_in(batch.slice(start, end - start))),
+                  "deferred": int(deferred[start:end].sum())}
+        if not record["deferred"]:
+            record["staged"] = f"{staging}/" + part_names.format(unit=unit, first=first, nonce=uuid.uuid4().hex[:8])
+            sink = pa.BufferOutputStream()
+            pq.write_table(part, sink)
+            data = sink.getvalue()
+            with filesystem.open(record["staged"], "wb") as handle:
+                handle.write(data)
+            record.update(size=data.size, footer_sha256=footer_sha256(data))
+        records.append(record)
     return pa.Table.from_pylist(records, schema=PART_RECORD)
+
+
+def deferred_rows(batch: pa.Table) -> np.ndarray:
+    """Whether each row still waits for a value another batch computes (reuse.settle_deferred)."""
+    waiting = np.zeros(batch.num_rows, dtype=bool)
+    for name in (name for name in batch.column_names if name.startswith(DEFERRED_PREFIX)):
+        waiting |= pc.fill_null(batch.column(name), False).to_numpy()
+    return waiting
