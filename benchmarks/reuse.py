@@ -10,6 +10,8 @@ one after another (the machine's cores are the job's alone):
                compaction: every file name and byte changes) and a new file holds --duplicates x rows earlier texts
                under new ids; the night then runs with `output.reuse: true` (the job) and `false` (before reuse)
   nothing      a fresh output of the same rows, with reuse and without: what keying costs where nothing is reused
+  repeats      a fresh output of the same rows and a new file of --duplicates x rows of their texts under new ids:
+               texts repeated within one night, with reuse and without
 
 Per run: the wall seconds, the rows that reached the model and the rows reused (the run report's throughput), the
 report's phases. And the cache's size: its bytes per task over the rows it holds, per million rows.
@@ -35,14 +37,6 @@ from benchmarks.common import REPO, corpus_rows, failed, minilm_path, print_tabl
 
 SMOKE_ARGS = ["--rows", "24", "--files", "2", "--model", "tiny", "--max-length", "32"]
 """The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
-
-
-def distinct_rows(rows: int) -> pa.Table:
-    """`rows` BBC articles with distinct texts (fewer if the corpus has fewer), ids 0..rows-1."""
-    table = corpus_rows(rows * 2)
-    first = sorted({text: row for row, text in reversed(list(enumerate(table.column("text").to_pylist())))}.values())
-    table = table.take(first[:rows]).select(["id", "text"])
-    return table.set_column(0, "id", pa.array([f"{i:08d}" for i in range(table.num_rows)]))
 
 
 def write_job(folder: Path, model: str, max_length: int, reuse: bool) -> Path:
@@ -74,14 +68,20 @@ def night(folder: Path, model: str, max_length: int, reuse: bool, name: str) -> 
 
 
 def compact(folder: Path, rows: pa.Table, files: int, duplicates: float) -> None:
-    """Rewrite the corpus into `files` new files, and add one of `duplicates` x rows earlier texts, new ids."""
+    """Rewrite the corpus into `files` new files, and add one of `duplicates` x rows earlier texts (repeat)."""
     corpus = folder / "corpus"
     for path in corpus.glob("*.parquet"):
         path.unlink()
     per_file = -(-rows.num_rows // files)
     for index in range(files):
         pq.write_table(rows.slice(index * per_file, per_file), corpus / f"compacted-{index}.parquet")
-    repeated = rows.slice(0, round(rows.num_rows * duplicates))
+    repeat(corpus, rows, duplicates)
+
+
+def repeat(corpus: Path, rows: pa.Table, duplicates: float) -> None:
+    """A new file in `corpus` of `duplicates` x rows of the rows' texts, spread over them, under new ids."""
+    count = round(rows.num_rows * duplicates)
+    repeated = rows.take([index * rows.num_rows // count for index in range(count)])
     pq.write_table(repeated.set_column(0, "id", pa.array([f"copy-{i}" for i in range(repeated.num_rows)])),
                    corpus / "new.parquet")
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if model == "tiny":
             model = str(random_bert(scratch / "model", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                     intermediate_size=64, max_length=args.max_length))
-        rows = distinct_rows(args.rows)
+        rows = corpus_rows(args.rows).select(["id", "text"])
         first = scratch / "first"
         (first / "corpus").mkdir(parents=True)
         per_file = -(-rows.num_rows // args.files)
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             folder = scratch / f"nothing-{reuse}"
             shutil.copytree(first / "corpus", folder / "corpus")  # a fresh output: its cache is empty
             results.append(night(folder, model, args.max_length, reuse, "nothing reusable"))
+        for reuse in (True, False):
+            folder = scratch / f"repeats-{reuse}"
+            shutil.copytree(first / "corpus", folder / "corpus")
+            repeat(folder / "corpus", rows, args.duplicates)
+            results.append(night(folder, model, args.max_length, reuse, "repeats within the night"))
 
     record = {"parameters": vars(args), "results": results,
               "cache": {"bytes": size, "rows": rows.num_rows,
