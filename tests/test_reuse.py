@@ -305,9 +305,9 @@ def night_of_repeats(folder) -> None:
                        folder / "corpus" / f"part-{index}.parquet")
 
 
-def annotated_night(folder, models, **output) -> tuple[dict, pa.Table]:
-    config = write_config(folder, folder / "corpus", two_tasks(models), keep_order=True, compute={"batch_size": 4},
-                          output=output)
+def annotated_night(folder, models, stages: str = "fused", **output) -> tuple[dict, pa.Table]:
+    config = write_config(folder, folder / "corpus", two_tasks(models), keep_order=True,
+                          compute={"batch_size": 4, "stages": stages}, output=output)
     assert main(["--config", config]) == 0
     return last_report(folder / "out"), output_table(folder / "out").select(
         ["id", "text", "sentiment", "embedding"]).sort_by("id")
@@ -327,12 +327,12 @@ def test_repeats_across_batches_and_files_of_one_night_run_the_model_once_each(r
         def stored(self, files):
             pass
 
-    for name, claims in [("told", Claims), ("unheard", Unheard)]:
+    for name, claims, stages in [("told", Claims, "fused"), ("unheard", Unheard, "fused"), ("split", Claims, "split")]:
         monkeypatch.setattr(execute, "Claims", claims)
         folder = tmp_path / name
         folder.mkdir()
         night_of_repeats(folder)
-        report, ours = annotated_night(folder, models)
+        report, ours = annotated_night(folder, models, stages)
         for task in ("sentiment", "embedding"):
             assert (report["throughput"][task]["rows"], report["throughput"][task]["reused"]) == (12, 30), name
         assert ("annotate_again" in report["time_s"]) == (name == "unheard")

@@ -115,6 +115,14 @@ class ErrorBudget:
             if self.stopped is None and lower_bound(total.failed, total.taken) > self.limits[task]:
                 self.stopped = Blown(task, self.limits[task], total)
 
+    def uncount(self, rows: int, counts: dict, tasks: tuple[str, ...]) -> None:
+        """Take back a part `count` was told of: its file is annotated again (commits.Commits.second_pass)."""
+        for task, tally in part_tallies(rows, counts, tasks).items():
+            total = self.run[task]
+            total.taken -= tally.taken
+            total.failed -= tally.failed
+            total.reasons -= tally.reasons
+
     def file_over(self, unit: str, name: str, parts: list[tuple[int, dict]], tasks: tuple[str, ...]) -> bool:
         """Whether a task computed for a file failed on more than its share of the rows it took there, given the
         file's parts as (rows, counts); such a file is remembered, and not committed."""

@@ -96,6 +96,8 @@ class Commits:
             for unit in units:
                 for part in self.parts.pop(unit, []):
                     self.stats.add(json.loads(part.calls))
+                    if not part.deferred:  # counted as it came: its rows come again
+                        self.budget.uncount(part.rows, json.loads(part.counts), self.computed[unit])
         self.deferred -= units
         self.again |= units
         return units

@@ -137,10 +137,10 @@ class Rows:
 
     def settled(self, types: dict[str, pa.DataType], repeats: bool = True) -> dict[int, Reused]:
         """The clean rows whose values of the columns `types` names need no forward pass: every one held by the cache
-        in the column's type, one deferred to another batch (the held ones taken), or (`repeats`) the same inputs
-        (content keys) as an earlier row that runs. None without keys (a task not reused, or a refresh). The split
-        stages pass repeats=False: Ray Data may cut their batches anew between stages, and a repeat names its row by
-        its position in the batch."""
+        in the column's type, (`repeats`) the same inputs (content keys) as an earlier row that runs, or one deferred
+        to another row (the held ones taken). None without keys (a task not reused, or a refresh). The split stages
+        pass repeats=False: Ray Data may cut their batches anew between stages, and a repeat names its row by its
+        position in the batch."""
         names, columns = self.batch.column_names, list(types)
         if not all(KEY_PREFIX + column in names for column in columns):
             return {}
@@ -154,10 +154,10 @@ class Rows:
         for row in self.clean:
             if len(held) == len(columns) and all(held[column][row] is not None for column in columns):
                 settled[row] = Reused(values={column: held[column][row] for column in columns})
-            elif any(flags[row] for flags in deferred):
-                settled[row] = Reused(values={column: values[row] for column, values in held.items()}, deferred=True)
             elif repeats and keys[row] in first:
                 settled[row] = Reused(same_as=first[keys[row]])
+            elif any(flags[row] for flags in deferred):
+                settled[row] = Reused(values={column: values[row] for column, values in held.items()}, deferred=True)
             else:
                 first[keys[row]] = row
         return settled

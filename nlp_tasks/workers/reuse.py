@@ -281,7 +281,9 @@ def ask(claims: Any, method: str, *args: Any) -> Any:
 
 def claimed(filesystem: Any, claims: Any, keys: pa.Array, held: pa.Array | None) -> tuple[pa.Array | None, pa.Array]:
     """Claim the keys the cache lacks: `held` with the values other batches of the night stored already, and
-    whether each row waits for another batch's value (its `DEFERRED_PREFIX` column)."""
+    whether each row waits for another row's value (its `DEFERRED_PREFIX` column): a row of a key another batch
+    claimed, or a later row of a key this batch claimed (fused pools take it from the first, `same_as`; split
+    stages, whose batches Ray Data may cut anew, from the cache)."""
     missing = pc.is_valid(keys) if held is None else pc.and_(pc.is_valid(keys), pc.is_null(held))
     wanted = pc.unique(keys.filter(missing))
     answers = ask(claims, "claim", wanted.to_pylist()) if len(wanted) else None
@@ -293,7 +295,9 @@ def claimed(filesystem: Any, claims: Any, keys: pa.Array, held: pa.Array | None)
         if found is not None and (held is None or found.type == held.type):
             held = found if held is None else pc.coalesce(held, found)
     won = wanted.filter(pa.array([answer is True for answer in answers]))
-    deferred = pc.and_(missing, pc.invert(pc.is_in(keys, value_set=won)))
+    claimers = np.zeros(len(keys), dtype=bool)
+    claimers[pc.index_in(won, value_set=keys).to_numpy(zero_copy_only=False).astype(np.int64)] = True
+    deferred = pc.and_(missing, pa.array(~claimers))
     if held is not None:
         deferred = pc.and_(deferred, pc.is_null(held))
     return held, deferred
