@@ -24,7 +24,7 @@ from nlp_tasks.tasks.seq2seq import SummarizationOptions
 from nlp_tasks.tasks.text_generation import TextGenerationOptions
 from nlp_tasks.workers import reuse
 from nlp_tasks.workers.annotator import Reused, Rows, postprocess_rows
-from nlp_tasks.workers.columns import HELD_PREFIX, KEY_PREFIX
+from nlp_tasks.workers.columns import DEFERRED_PREFIX, HELD_PREFIX, KEY_PREFIX
 from nlp_tasks.workers.reuse import (
     MERGE_AT,
     Cache,
@@ -36,6 +36,7 @@ from nlp_tasks.workers.reuse import (
     merge_files,
     merge_plan,
     read_cache,
+    settle_deferred,
     store_computed,
 )
 
@@ -207,6 +208,29 @@ def test_held_and_repeated_rows_need_no_forward_pass_and_take_their_values():
     values, errors = postprocess_rows(Adapter(), "sentiment", results, texts)
     assert [value and value["label"] for value in values] == ["one", "two", "one", "x", None]
     assert errors == [None] * 5
+
+
+def test_a_row_waits_for_another_only_where_each_of_its_columns_is_held_or_deferred():
+    texts = ["one", "two", "three"]
+    kind = pa.struct([("label", pa.string()), ("score", pa.float64())])
+    batch = pa.table({"text": texts})
+    for column in ("a", "b"):
+        batch = batch.append_column(KEY_PREFIX + column, content_keys(Reusable(column, "f" * 16), texts, None))
+    batch = batch.append_column(HELD_PREFIX + "b", pa.array([None, {"label": "x", "score": 1.0}, None], kind))
+    batch = batch.append_column(DEFERRED_PREFIX + "a", pa.array([True, True, False]))
+    settled = Rows(batch, "text").settled({"a": kind, "b": kind})
+    assert sorted(settled) == [1], "row 0: b neither held nor deferred, so the row runs; row 2 runs"
+    assert settled[1].deferred and settled[1].values == {"b": {"label": "x", "score": 1.0}}
+
+
+def test_the_write_stage_leaves_waiting_only_the_rows_still_without_a_value():
+    texts = ["one", "one", "two"]
+    batch = pa.table({"text": texts, "sentiment": pa.array([1.0, 1.0, None])})
+    batch = batch.append_column(KEY_PREFIX + TASK.column, content_keys(TASK, texts, None))
+    batch = batch.append_column(DEFERRED_PREFIX + TASK.column, pa.array([False, True, True]))
+    settled = settle_deferred(batch, LOCAL, Cache("unused", [TASK], {}))
+    assert settled.column(DEFERRED_PREFIX + TASK.column).to_pylist() == [False, False, True], \
+        "row 1 took its batch's first row's value in the pool: no second pass for it"
 
 
 # the job ------------------------------------------------------------------------------------------------------------

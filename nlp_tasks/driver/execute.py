@@ -159,8 +159,7 @@ def second_pass(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSe
     """Annotate again the files whose rows waited for values other batches of the night computed (reuse.py): now
     that the run stored them, from the cache, with one actor per pool for the rows whose value is still missing
     (its first batch failed on it). No claims: this time each batch computes what the cache lacks."""
-    units = commits.second_pass()
-    if not units:
+    if commits.budget.stopped or not (units := commits.second_pass()):
         return
     again = [fragment for fragment in fragments if fragment.unit in units]
     log.info("reuse: %d file(s) repeat texts other batches computed; writing them again from the cache", len(units))
@@ -168,6 +167,7 @@ def second_pass(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSe
     commits.events.planned([(fragment.unit, fragment.name, fragment.rows) for fragment in again],
                            [("+".join(specs), 1) for specs, _ in one_each])
     with timed(timings, "annotate_again", commits.events):
+        merge_cache(store.filesystem, cache)  # the night's files, a few per shard: what each look-up reads
         cache = replace(cache, listing=list_cache(store.filesystem, cache.root, cache.tasks), claims=None)
         dataset = annotated_dataset(config, one_each, source, again, store.filesystem, store.staging, columns, heads,
                                     store.part_names, calibration, cache)
@@ -218,10 +218,10 @@ def run_plan(config: JobConfig, tasks: dict[str, TaskSpec], source: InputFiles, 
         started, started_at = time.perf_counter(), time.time()
         commits.events.phase_started("annotate")
         calibration = {index: texts for index, (texts, _) in samples.items()}
-        dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging, columns,
-                                    heads, store.part_names, calibration, cache)
         with LoadWatch(pools).running() as watch:
             try:
+                dataset = annotated_dataset(config, pools, source, fragments, store.filesystem, store.staging,
+                                            columns, heads, store.part_names, calibration, cache)
                 stream_parts(dataset, commits, timings, started)
                 if cache is not None:
                     second_pass(config, pools, source, fragments, store, commits, columns, heads, calibration,

@@ -49,13 +49,21 @@ def atomic_file(filesystem: Any, path: str) -> Iterator[Any]:
     try:
         yield handle
     except BaseException:
-        if local:
-            handle.close()
-            filesystem.rm(target)
+        if local or not hasattr(handle, "discard"):
+            try:
+                handle.close()
+            finally:
+                filesystem.rm(target)
         else:
             handle.discard()
+            handle.closed = True  # fsspec's buffered files: nothing flushed when it is collected
         raise
-    handle.close()
+    try:
+        handle.close()
+    except BaseException:
+        if local:
+            filesystem.rm(target)
+        raise
     if local:
         filesystem.mv(target, path)
 

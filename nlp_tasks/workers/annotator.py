@@ -137,8 +137,10 @@ class Rows:
 
     def settled(self, types: dict[str, pa.DataType], repeats: bool = True) -> dict[int, Reused]:
         """The clean rows whose values of the columns `types` names need no forward pass: every one held by the cache
-        in the column's type, (`repeats`) the same inputs (content keys) as an earlier row that runs, or one deferred
-        to another row (the held ones taken). None without keys (a task not reused, or a refresh). The split stages
+        in the column's type, (`repeats`) the same inputs (content keys) as an earlier row that runs, or one whose
+        every column is held or deferred to another row (the held ones taken; a row with a column neither runs, so
+        that no column is left without its value). None without keys (a task not reused, or a refresh). The split
+        stages
         pass repeats=False: Ray Data may cut their batches anew between stages, and a repeat names its row by its
         position in the batch."""
         names, columns = self.batch.column_names, list(types)
@@ -147,17 +149,19 @@ class Rows:
         keys = list(zip(*(self.batch.column(KEY_PREFIX + column).to_pylist() for column in columns)))
         held = {column: self.batch.column(HELD_PREFIX + column).to_pylist() for column in columns
                 if HELD_PREFIX + column in names and self.batch.schema.field(HELD_PREFIX + column).type == types[column]}
-        deferred = [self.batch.column(DEFERRED_PREFIX + column).to_pylist() for column in columns
-                    if DEFERRED_PREFIX + column in names]
+        deferred = {column: self.batch.column(DEFERRED_PREFIX + column).to_pylist() for column in columns
+                    if DEFERRED_PREFIX + column in names}
         settled: dict[int, Reused] = {}
         first: dict[tuple, int] = {}
         for row in self.clean:
-            if len(held) == len(columns) and all(held[column][row] is not None for column in columns):
-                settled[row] = Reused(values={column: held[column][row] for column in columns})
+            taken = {column: values[row] for column, values in held.items() if values[row] is not None}
+            waiting = [column for column, flags in deferred.items() if flags[row] and column not in taken]
+            if len(taken) == len(columns):
+                settled[row] = Reused(values=taken)
             elif repeats and keys[row] in first:
                 settled[row] = Reused(same_as=first[keys[row]])
-            elif any(flags[row] for flags in deferred):
-                settled[row] = Reused(values={column: values[row] for column, values in held.items()}, deferred=True)
+            elif waiting and len(taken) + len(waiting) == len(columns):
+                settled[row] = Reused(values=taken, deferred=True)
             else:
                 first[keys[row]] = row
         return settled

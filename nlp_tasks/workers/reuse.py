@@ -76,10 +76,15 @@ class Cache:
     claims: Any = None
 
 
+CLAIMS_HELD = 10_000_000
+"""Keys the night's Claims holds at most (about 1 GB): past that, a batch computes a key the cache lacks, repeated
+or not, as before claims. A night that recomputes a whole corpus (a task's model changed) misses every key."""
+
+
 class Claims:
     """The keys the night's batches missed in the cache (a Ray actor, one per run): the first batch to miss a key
     claims it and computes it; a later one is told where the first stored its value, or that it is not stored yet.
-    It holds each missed key once (about 100 bytes), for the run's new rows only."""
+    It holds each missed key once (about 100 bytes), up to CLAIMS_HELD."""
 
     def __init__(self):
         self.stored_in: dict[bytes, int] = {}
@@ -87,13 +92,14 @@ class Claims:
         self.paths: list[str] = []
 
     def claim(self, keys: list[bytes]) -> list[bool | str]:
-        """For each key: True where this call claims it first, else the cache file its value is in, or False."""
+        """For each key: True where this call claims it first (or claims are full), else the cache file its value
+        is in, or False."""
         answers: list[bool | str] = []
         for key in keys:
-            where = self.stored_in.setdefault(key, -2)
-            if where == -2:
+            where = self.stored_in.get(key)
+            if where is None and len(self.stored_in) < CLAIMS_HELD:
                 self.stored_in[key] = -1
-            answers.append(True if where == -2 else False if where == -1 else self.paths[where])
+            answers.append(True if where is None else False if where == -1 else self.paths[where])
         return answers
 
     def stored(self, files: list[tuple[list[bytes], str]]) -> None:
@@ -328,27 +334,27 @@ def store_computed(batch: pa.Table, filesystem: Any, cache: Cache) -> None:
 
 
 def settle_deferred(batch: pa.Table, filesystem: Any, cache: Cache) -> pa.Table:
-    """The batch with each deferred row's value taken from the cache file its key's first batch stored it in; a
-    row whose value is not stored yet stays deferred (its DEFERRED_PREFIX column true)."""
+    """The batch with each deferred row's value taken from the cache file its key's first batch stored it in; its
+    DEFERRED_PREFIX columns then say which rows still wait (a row the pools gave a value, from an earlier row of
+    its batch, waits no more)."""
     for task in cache.tasks:
         flag = DEFERRED_PREFIX + task.column
         if flag not in batch.column_names or task.column not in batch.column_names:
             continue
         values = batch.column(task.column).combine_chunks()
         waiting = pc.and_(pc.fill_null(batch.column(flag), False), pc.is_null(values)).combine_chunks()
-        if not pc.any(waiting).as_py():
-            continue
-        keys = batch.column(KEY_PREFIX + task.column).combine_chunks()
-        wanted = pc.unique(keys.filter(waiting))
-        paths = ask(cache.claims, "where", wanted.to_pylist()) or []
-        found = values_for(keys, read_cache(filesystem, sorted({p for p in paths if p}), wanted)) \
-            if any(paths) else None
-        if found is None or found.type != values.type:
-            continue
-        taken = pc.and_(waiting, pc.is_valid(found))
-        at = batch.schema.get_field_index(task.column)
-        batch = batch.set_column(at, batch.schema.field(at), pc.if_else(taken, found, values))
-        batch = batch.set_column(batch.schema.get_field_index(flag), flag, pc.and_(waiting, pc.invert(taken)))
+        if pc.any(waiting).as_py():
+            keys = batch.column(KEY_PREFIX + task.column).combine_chunks()
+            wanted = pc.unique(keys.filter(waiting))
+            told = ask(cache.claims, "where", wanted.to_pylist()) if cache.claims is not None else None
+            paths = [path for path in told or [] if path]
+            found = values_for(keys, read_cache(filesystem, sorted(set(paths)), wanted)) if paths else None
+            if found is not None and found.type == values.type:
+                taken = pc.and_(waiting, pc.is_valid(found))
+                at = batch.schema.get_field_index(task.column)
+                batch = batch.set_column(at, batch.schema.field(at), pc.if_else(taken, found, values))
+                waiting = pc.and_(waiting, pc.invert(taken))
+        batch = batch.set_column(batch.schema.get_field_index(flag), flag, waiting)
     return batch
 
 
