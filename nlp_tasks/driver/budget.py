@@ -116,7 +116,7 @@ class ErrorBudget:
                 self.stopped = Blown(task, self.limits[task], total)
 
     def uncount(self, rows: int, counts: dict, tasks: tuple[str, ...]) -> None:
-        """Take back a part `count` was told of: its file is annotated again (commits.Commits.second_pass)."""
+        """Take back a part `count` was told of: its file is annotated again (commits.Commits.redo_deferred)."""
         for task, tally in part_tallies(rows, counts, tasks).items():
             total = self.run[task]
             total.taken -= tally.taken

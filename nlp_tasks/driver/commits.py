@@ -57,7 +57,7 @@ class Commits:
         self.deferred: set[str] = set()
         """Files with a part the write stage left unwritten: rows waiting for values other batches computed."""
         self.again: set[str] = set()
-        """Files the run annotates a second time, from the values the first time stored (second_pass)."""
+        """Files the run annotates a second time, from the values the first time stored (redo_deferred)."""
         self.committed: set[str] = set()
         self.pool = ThreadPoolExecutor(COMMITTERS, thread_name_prefix="commit")
         self.running: list[Future] = []
@@ -87,7 +87,7 @@ class Commits:
                     and self.within_budget(file, cover)):
                 self.commit(file, cover)
 
-    def second_pass(self) -> set[str]:
+    def redo_deferred(self) -> set[str]:
         """The files left waiting for values (`deferred`), to annotate again now that the run stored them: their
         parts so far are dropped, their calls counted now (each once); the second time counts only what the model
         computes, not what it takes again."""

@@ -159,7 +159,7 @@ def second_pass(config: JobConfig, pools: list[tuple[dict[str, TaskSpec], PoolSe
     """Annotate again the files whose rows waited for values other batches of the night computed (reuse.py): now
     that the run stored them, from the cache, with one actor per pool for the rows whose value is still missing
     (its first batch failed on it). No claims: this time each batch computes what the cache lacks."""
-    if commits.budget.stopped or not (units := commits.second_pass()):
+    if commits.budget.stopped or not (units := commits.redo_deferred()):
         return
     again = [fragment for fragment in fragments if fragment.unit in units]
     log.info("reuse: %d file(s) repeat texts other batches computed; writing them again from the cache", len(units))

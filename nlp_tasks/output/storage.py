@@ -27,13 +27,10 @@ def is_local(filesystem: Any) -> bool:
 def write_atomic(filesystem: Any, path: str, data: bytes) -> None:
     """Replace `path` with `data` so that readers see the old content or the new, never a mix."""
     if is_local(filesystem):
-        filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with filesystem.open(temporary, "wb") as handle:
+        with atomic_file(filesystem, path) as handle:
             handle.write(data)
-        filesystem.mv(temporary, path)
     else:
-        filesystem.pipe_file(path, data)
+        filesystem.pipe_file(path, data)  # one PUT
 
 
 @contextmanager

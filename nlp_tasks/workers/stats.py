@@ -85,7 +85,7 @@ class RunStats:
 
     def add(self, calls: list[dict], reused: bool = True) -> None:
         """Count `calls`; their reused rows too unless `reused` is False (a file annotated a second time takes again
-        the values its first time counted, commits.Commits.second_pass)."""
+        the values its first time counted, commits.Commits.redo_deferred)."""
         for call in calls:
             state = self.actors.setdefault(call["actor"], {
                 "pool": call["pool"], "node": call["node"], "calls": [], "rows": 0,
