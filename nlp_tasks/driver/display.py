@@ -66,8 +66,12 @@ class PlainLines:
         self.ticker.join(timeout=2)
 
     def _tick(self) -> None:
+        """Under the lock, so that a line of a snapshot taken before the last commit never prints after the last."""
         while not self.stop.wait(1.0):
-            if self.events is not None and self.announced and time.monotonic() - self.last_line >= self.every_s:
+            with self.lock:
+                if self.events is None or not self.announced or self.finished \
+                        or time.monotonic() - self.last_line < self.every_s:
+                    continue
                 snap = self.events.snapshot()
                 if snap.rows_committed < snap.rows_total:
                     self._line(plain_line(snap))
