@@ -27,13 +27,32 @@ def minilm() -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for one test module (modules that need other Ray settings start their own)."""
+def ray_local(_stop_ray_at_the_end):
+    """One local Ray shared by the session's tests: started by the first module that asks, kept for the next (a
+    start and a stop cost seconds of both cores). A test that needs a Ray of its own settings asks for `own_ray`."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another cluster on this machine
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another cluster on this machine
+
+
+@pytest.fixture
+def own_ray(_stop_ray_at_the_end):
+    """For a test that starts its own Ray (a cluster, other settings): the shared one is stopped first, and the next
+    module that asks for ray_local starts it again."""
+    from nlp_tasks.driver.ray_session import stop_embedded_ray
+
+    stop_embedded_ray()
     yield
-    ray.shutdown()
+    stop_embedded_ray()
+
+
+@pytest.fixture(scope="session")
+def _stop_ray_at_the_end():
+    yield
+    from nlp_tasks.driver.ray_session import stop_embedded_ray
+
+    stop_embedded_ray()
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,9 @@ SAMPLE = REPO / "data" / "bbc_sample.parquet"
 AVX2_CAPS = CAPS["avx2"]
 """The environment of an AVX2-only node (no AVX-512, VNNI or native bfloat16), emulated on a newer machine."""
 
-COMPUTE = {"num_cpus_per_actor": 0.25, "batch_size": 8}
-"""write_config's compute section unless a test says otherwise: quarter-CPU actors, so that pools fit 2 cores."""
+COMPUTE = {"num_cpus_per_actor": 0.25, "batch_size": 8, "max_actors": 1}
+"""write_config's compute section unless a test says otherwise: one quarter-CPU actor per pool. Each actor more
+costs seconds of both cores to start (torch and transformers import in each); the tests of pools ask for more."""
 
 
 # job configs -----------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ THREE_MODELS = {
 
 
 @pytest.mark.slow
-def test_pools_fit_clusters_of_several_shapes():
+def test_pools_fit_clusters_of_several_shapes(own_ray):
     """A real multi-node Ray cluster, CPU-only first, then with (declared, not used) GPU nodes."""
     import ray
     from ray.cluster_utils import Cluster as RayCluster

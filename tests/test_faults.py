@@ -70,7 +70,7 @@ def test_killed_inference_actor_is_replaced(tmp_path, minilm):
     assert_exactly_once(tmp_path / "out", ids)
 
 
-def test_lost_worker_node(tmp_path, minilm):
+def test_lost_worker_node(own_ray, tmp_path, minilm):
     import ray
     from ray.cluster_utils import Cluster
 

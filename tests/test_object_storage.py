@@ -64,7 +64,7 @@ def test_missing_model_on_s3_is_unavailable(s3_endpoint):
 
 
 @pytest.mark.slow
-def test_job_reads_and_writes_s3(s3_endpoint, models, tmp_path):
+def test_job_reads_and_writes_s3(own_ray, s3_endpoint, models, tmp_path):
     import ray
     import s3fs
 
@@ -151,7 +151,7 @@ def test_a_storage_error_on_s3_is_one_line_without_the_secret_of_another_url(s3_
 
 
 @pytest.mark.slow
-def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(s3_endpoint, models, tmp_path):
+def test_damaged_parts_on_s3_are_found_from_the_listing_and_footers(own_ray, s3_endpoint, models, tmp_path):
     """On object storage too: a deleted part, a truncated one and one rewritten with another footer but the same
     size (its ETag changes) are each found at start; their files are redone once, every row ends up there once."""
     import json

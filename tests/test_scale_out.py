@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # a cluster of three nodes
 FILES = 6
 
 
-def test_parts_are_written_by_workers_on_other_nodes(tmp_path, models, monkeypatch):
+def test_parts_are_written_by_workers_on_other_nodes(own_ray, tmp_path, models, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
