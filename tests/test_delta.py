@@ -91,7 +91,7 @@ def kill_when(process: subprocess.Popen, condition, what: str) -> None:
     process.wait()
 
 
-def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
+def test_killed_delta_runs_then_resume_hold_every_row_once(ray_local, tmp_path, models, capsys):
     """SIGKILLs at each stage of a Delta run: parts written and none committed, some files committed, a marker
     written and its transaction not; the resume commits each remaining file once and removes the strays."""
     ids = write_corpus(tmp_path / "corpus", FILES)
@@ -120,10 +120,9 @@ def test_killed_delta_runs_then_resume_hold_every_row_once(tmp_path, models):
     marker_path.write_text(json.dumps({**marker, "txn": number, "parts": parts,
                                        "previous": {k: v for k, v in marker.items() if k != "previous"}}))
 
-    last = run_job(config)
-    output = last.communicate(timeout=600)[0].decode()
-    assert last.returncode == 0, output[-3000:]
-    assert f"({len(committed)} already committed)" in output
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 0
+    assert f"({len(committed)} already committed)" in capsys.readouterr().out
     assert json.loads(marker_path.read_text())["parts"] == marker["parts"], "the commit that never landed is undone"
     assert not any((out / part["file"]).exists() for part in parts)
     assert_exactly_once(out, ids)
@@ -441,12 +440,11 @@ def test_a_compacted_input_is_replaced_in_one_version_and_no_version_loses_rows(
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
 
 
-def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, models):
+def test_killed_around_the_delta_replace_then_resume_never_loses_rows(ray_local, tmp_path, models, capsys):
     """SIGKILLed while the compacted input's parts are written, before their one version: the table is as before
     the run at every version; the resume replaces in one version and holds every row once."""
     source, out, config = compacted_input(tmp_path, 3, models)
-    first = run_job(config)
-    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    assert main(["--config", str(config)]) == 0
     before = deltalake.DeltaTable(str(out)).version()
     old_parts = set(out.glob("part-*.parquet"))
     deltalake.DeltaTable(str(source)).optimize.compact()
@@ -454,24 +452,22 @@ def test_killed_around_the_delta_replace_then_resume_never_loses_rows(tmp_path, 
     kill_when(second, lambda: set(out.glob("part-*.parquet")) - old_parts, "a part of the compacted file written")
     rows = version_rows(str(out))
     assert min(rows[before:]) == rows[before], rows
-    last = run_job(config)
-    output = last.communicate(timeout=600)[0].decode()
-    assert last.returncode == 0, output[-3000:]
-    assert "sentiment: 0 rows computed, 36 reused" in output
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 0
+    assert "sentiment: 0 rows computed, 36 reused" in capsys.readouterr().out
     rows = version_rows(str(out))
     assert min(rows[before:]) == rows[before], rows
     assert_exactly_once(out, snapshot(str(source)).column("id").to_pylist())
 
 
-def test_killed_while_redoing_a_compacted_output_then_resume_never_loses_rows(tmp_path, models):
+def test_killed_while_redoing_a_compacted_output_then_resume_never_loses_rows(ray_local, tmp_path, models):
     """SIGKILLed while the rows of an output another writer compacted and vacuumed are annotated again
     (if_compacted: redo), before their one version: the table is as it was; the resume swaps them in one version
     and holds every row once."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     ids = write_corpus(corpus, 3)
     config = delta_config(tmp_path / "job.yaml", str(corpus), str(out), sentiment(models), if_compacted="redo")
-    first = run_job(config)
-    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    assert main(["--config", str(config)]) == 0
     table = deltalake.DeltaTable(str(out))
     table.optimize.compact()
     table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
@@ -481,9 +477,7 @@ def test_killed_while_redoing_a_compacted_output_then_resume_never_loses_rows(tm
     kill_when(second, lambda: set(out.glob("part-*.parquet")) - files, "a part of the compacted rows written")
     assert deltalake.DeltaTable(str(out)).version() == compacted
     assert sorted(snapshot(str(out)).column("id").to_pylist()) == sorted(ids)
-    last = run_job(config)
-    output = last.communicate(timeout=600)[0].decode()
-    assert last.returncode == 0, output[-3000:]
+    assert main(["--config", str(config)]) == 0
     rows = [snapshot(str(out), version).num_rows
             for version in range(compacted, deltalake.DeltaTable(str(out)).version() + 1)]
     assert min(rows) == max(rows) == len(ids), rows

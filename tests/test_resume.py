@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import FILES, corpus_and_config, embedding_job, last_report, run_job, staged_units
 
-pytestmark = pytest.mark.slow  # MiniLM jobs run as a user runs them, killed, rerun
+from jobs.annotate import main
+
+pytestmark = pytest.mark.slow  # MiniLM jobs: the killed run a process of its own, as a user runs it; the others in-process
 
 
-def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm):
+def test_killed_driver_then_rerun_gives_every_row_exactly_once(ray_local, tmp_path, minilm, capsys):
     """Killed while a file's parts are staged but not committed: none of its rows is visible; the rerun
     redoes exactly the uncommitted files, keeps the committed ones, and every row ends up there once."""
     config, ids = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
@@ -43,10 +45,10 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     staged_rows = sum(pq.read_metadata(path).num_rows for path in (out / "__staging").rglob("*.staged")
                       if path.name.split("-")[0] not in markers)
 
-    second = run_job(config)
-    output = second.communicate(timeout=300)[0].decode()
-    assert second.returncode == 0, output[-2000:]
-    assert f"processed {FILES - len(markers)} input file(s) ({len(markers)} already committed)" in output
+    capsys.readouterr()
+    assert main(["--config", config]) == 0
+    assert f"processed {FILES - len(markers)} input file(s) ({len(markers)} already committed)" in \
+        capsys.readouterr().out
     report = last_report(out)
     embedding = report["throughput"]["embedding"]
     assert embedding["rows"] + embedding["reused"] == report["rows_this_run"]
@@ -57,14 +59,13 @@ def test_killed_driver_then_rerun_gives_every_row_exactly_once(tmp_path, minilm)
     assert not (out / "__staging").exists(), "staging is removed with what it held"
 
 
-def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(tmp_path, minilm):
+def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(ray_local, tmp_path, minilm, capsys):
     """A task added to an annotated corpus, the run killed between commits: a file's parts are its old ones, or
     new ones its marker lists (moved into place, or still staged and moved by the next run); the rerun finishes
     the others, and the first task's values never change."""
     config, ids = corpus_and_config(tmp_path, minilm, {"batch_size": 5})
     out = tmp_path / "out"
-    first = run_job(config)
-    assert first.wait(timeout=300) == 0, first.stdout.read().decode()[-2000:]
+    assert main(["--config", config]) == 0
     before = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding"]).sort_by("id")
 
     embedding_job(tmp_path, minilm, {"batch_size": 5}, topic={
@@ -90,10 +91,9 @@ def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(tmp_p
             new = "topic" in pq.read_schema(out / part["file"]).names
             assert new or (out / part["staged"]).exists() if marker.stem in done else not new
 
-    third = run_job(config)
-    output = third.communicate(timeout=300)[0].decode()
-    assert third.returncode == 0, output[-2000:]
-    assert f"processed {FILES - len(done)} input file(s) ({len(done)} already committed)" in output
+    capsys.readouterr()
+    assert main(["--config", config]) == 0
+    assert f"processed {FILES - len(done)} input file(s) ({len(done)} already committed)" in capsys.readouterr().out
     after = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding", "topic"]).sort_by("id")
     assert after.column("id").to_pylist() == sorted(ids)
     assert after.column("embedding").equals(before.column("embedding"))
