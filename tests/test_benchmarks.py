@@ -125,10 +125,9 @@ def _ner_grouping(records: dict) -> None:
 
 
 def _nights(records: dict) -> None:
-    results = records["cpu-nights-local-s3-parquet-delta-4"]["results"]
+    results = records["cpu-nights-s3-parquet-delta-4"]["results"]
     assert [(r["store"], r["format"], r["night"]) for r in results] == [
-        (store, output_format, night) for store in ("local", "s3") for output_format in ("parquet", "delta")
-        for night in ("first", "quiet", "new")]
+        ("s3", output_format, night) for output_format in ("parquet", "delta") for night in ("first", "quiet", "new")]
     for first, quiet, new in zip(results[::3], results[1::3], results[2::3]):
         assert (first["files_processed"], quiet["files_processed"], new["files_processed"]) == (4, 0, 2)
         _positive(*(r["wall_s"] for r in (first, quiet, new)), *(r["driver_peak_rss_mb"] for r in (first, quiet, new)))
