@@ -132,8 +132,9 @@ def bbc_corpus(folder: Path) -> list[str]:
 
 def embedding_job(tmp_path: Path, minilm: str, compute: dict, **tasks) -> str:
     """A MiniLM embedding job (and `tasks` besides) over bbc_corpus(tmp_path / "corpus"), its actors sized by the job
-    unless `compute` sizes them; returns the config's path."""
-    embedding = {"task": "feature-extraction", "model": minilm, "max_length": 256}
+    unless `compute` sizes them; returns the config's path. Texts are cut at 64 tokens: long enough that a run takes
+    seconds to commit its files one by one (the kill tests land between two commits), short enough to run in them."""
+    embedding = {"task": "feature-extraction", "model": minilm, "max_length": 64}
     return write_config(tmp_path, tmp_path / "corpus", {"embedding": embedding, **tasks}, output={"rows_per_file": 5},
                         compute={"num_cpus_per_actor": None, "batch_size": None, **compute})
 

@@ -69,7 +69,7 @@ def test_killed_incremental_run_then_rerun_adds_the_task_to_every_row_once(ray_l
     before = pads.dataset(out, format="parquet").to_table(columns=["id", "embedding"]).sort_by("id")
 
     embedding_job(tmp_path, minilm, {"batch_size": 5}, topic={
-        "task": "embedding-classification", "model": minilm, "max_length": 256,
+        "task": "embedding-classification", "model": minilm, "max_length": 64,
         "candidate_labels": ["business", "politics", "sport", "technology", "entertainment"]})
     manifest = out / "__manifest" / "units"
 
