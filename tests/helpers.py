@@ -101,6 +101,19 @@ def error_line(config: str, *args: str, secret: str | None = None) -> str:
     return lines[0]
 
 
+def refusal(capsys, config: str, *args: str) -> str:
+    """`error_line` in this process, for a refusal the process boundary adds nothing to: main() returns 2 and
+    prints one line on stderr, no traceback; returns it."""
+    from jobs.annotate import main
+
+    capsys.readouterr()
+    code = main(["--config", str(config), *args])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, captured.err[-3000:])
+    return lines[0]
+
+
 def run_job(config) -> subprocess.Popen:
     """The job as a user runs it, in a session of its own (so that a test can kill it with its embedded Ray)."""
     return subprocess.Popen([sys.executable, "-m", "jobs.annotate", "--config", str(config)], cwd=REPO,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import error_line, last_report, output_table, recorded_markers, sentiment, write_config, write_rows
+from helpers import last_report, output_table, recorded_markers, refusal, sentiment, write_config, write_rows
 
 from jobs.annotate import main
 
@@ -198,11 +198,11 @@ def test_a_damaged_part_of_a_vanished_input_says_its_rows_are_gone(ray_local, tm
     assert sorted(output_table(out).column("id").to_pylist()) == ["a0", "a1"]
 
 
-def test_a_job_manifest_of_the_wrong_shape_is_named(ray_local, tmp_path, models):
+def test_a_job_manifest_of_the_wrong_shape_is_named(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0"])
     config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     for wrong in ({"tasks": []}, {"columns": "text"}, {"tasks": {"sentiment": "x"}, "columns": {}}):
         (out / "__manifest" / "job.json").write_text(json.dumps(wrong))
-        assert "job.json is not a job manifest" in error_line(config)
+        assert "job.json is not a job manifest" in refusal(capsys, config)

@@ -22,6 +22,7 @@ from helpers import (
     free_port,
     last_report,
     output_table,
+    refusal,
     run_job,
     sentiment,
     write_config,
@@ -35,37 +36,37 @@ from jobs.annotate import main
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["resume", "overwrite", "error"])
-def test_output_overlapping_the_input_is_refused_in_every_mode(tmp_path, models, mode):
+def test_output_overlapping_the_input_is_refused_in_every_mode(tmp_path, models, mode, capsys):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
     before = sorted(p.name for p in corpus.iterdir())
     for output in (corpus, tmp_path, corpus / "out"):  # the input itself, a folder holding it, one inside it
         config = write_config(tmp_path, corpus, sentiment(models), output={"path": output, "if_exists": mode})
-        line = error_line(config)
+        line = refusal(capsys, config)
         assert "overlaps the input" in line, line
     assert sorted(p.name for p in corpus.iterdir()) == before
 
 
 @pytest.mark.slow
-def test_overwrite_refuses_a_folder_this_job_did_not_make(tmp_path, models):
+def test_overwrite_refuses_a_folder_this_job_did_not_make(tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "precious"
     write_rows(corpus / "a.parquet", ["a0"])
     out.mkdir()
     (out / "thesis.parquet").write_bytes(b"years of work")
     config = write_config(tmp_path, corpus, sentiment(models), output={"path": out, "if_exists": "overwrite"})
-    line = error_line(config)
+    line = refusal(capsys, config)
     assert "not an output of this job" in line
     assert (out / "thesis.parquet").read_bytes() == b"years of work"
 
 
 @pytest.mark.slow
-def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
+def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0", "a1"])
     config = write_config(tmp_path, corpus, sentiment(models), output={"path": out, "if_exists": "overwrite"})
     assert main(["--config", config]) == 0
     (out / "notes.txt").write_text("mine")
-    line = error_line(config)
+    line = refusal(capsys, config)
     assert "'notes.txt', which this job did not write" in line and (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
     assert main(["--config", config]) == 0
@@ -76,7 +77,7 @@ def test_overwrite_deletes_only_what_the_job_wrote(ray_local, tmp_path, models):
 
 
 @pytest.mark.slow
-def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_path, models):
+def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_path, models, capsys):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "text=evil" / "lang=en" / "a.parquet", ["a0", "a1"], ["Paris is big.", "Rome is old."])
     config = write_config(tmp_path, corpus, sentiment(models))
@@ -86,7 +87,7 @@ def test_folder_names_never_become_column_values_unless_asked(ray_local, tmp_pat
 
     hive = write_config(tmp_path, corpus, sentiment(models), input={"partitioning": "hive"},
                         output={"path": tmp_path / "hive"})
-    line = error_line(hive)
+    line = refusal(capsys, hive)
     assert "a.parquet" in line and "partition folder text=... names a column the file already has" in line
     shutil.move(corpus / "text=evil" / "lang=en", corpus / "lang=en")
     shutil.rmtree(corpus / "text=evil")
@@ -136,13 +137,13 @@ def lease_file(out: Path, number: int, **holder) -> Path:
 
 
 @pytest.mark.slow
-def test_a_live_lease_is_respected_and_an_expired_one_taken_over(ray_local, tmp_path, models):
+def test_a_live_lease_is_respected_and_an_expired_one_taken_over(ray_local, tmp_path, models, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_rows(corpus / "a.parquet", ["a0"])
     config = write_config(tmp_path, corpus, sentiment(models))
     assert main(["--config", config]) == 0
     live = lease_file(out, 7, expires_at=time.time() + 600, expires="in ten minutes")
-    line = error_line(config)
+    line = refusal(capsys, config)
     assert "run r1 (host other-host, pid 1, started then) is writing to this output" in line
     live.write_text(json.dumps({"run": "r1", "host": "other-host", "pid": 1, "expires_at": time.time() - 1}))
     assert main(["--config", config]) == 0
@@ -213,7 +214,7 @@ def test_torn_control_files_are_named(ray_local, tmp_path, models, capsys):
     assert sorted(output_table(out).column("id").to_pylist()) == ["a0", "a1", "b0"]
 
     (out / "__manifest" / "job.json").write_text("{")
-    line = error_line(config)
+    line = refusal(capsys, config)
     assert "job.json is not valid JSON" in line
 
 
@@ -367,7 +368,7 @@ def test_every_reader_sees_every_committed_row_once(ray_local, tmp_path, models)
 
 
 @pytest.mark.slow
-def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
+def test_user_errors_get_one_line_and_exit_2(tmp_path, models, capsys):
     corpus = tmp_path / "corpus"
     write_rows(corpus / "a.parquet", ["a0"])
     task = sentiment(models)["sentiment"]
@@ -383,18 +384,18 @@ def test_user_errors_get_one_line_and_exit_2(tmp_path, models):
     }
     for name, (sections, message) in cases.items():
         config = write_config(tmp_path, corpus, **{"tasks": sentiment(models), **sections})
-        assert message in error_line(config, *(["--input", str(corpus)] if name == "list input" else [])), name
+        assert message in refusal(capsys, config, *(["--input", str(corpus)] if name == "list input" else [])), name
     config = write_config(tmp_path, corpus, {"sentiment": {**task, "max_length": 2000000}})
-    assert "tasks.sentiment.max_length: Input should be less than or equal to 1000000" in error_line(config)
+    assert "tasks.sentiment.max_length: Input should be less than or equal to 1000000" in refusal(capsys, config)
     config = write_config(tmp_path, corpus, sentiment(models))
     (tmp_path / "a-file").write_text("not a folder")
     for output, problem in ((tmp_path / "a-file" / "out", "NotADirectoryError"),
                             ("/proc/self/no-such-folder/out", "FileNotFoundError")):
-        line = error_line(config, "--output", str(output))
+        line = refusal(capsys, config, "--output", str(output))
         assert line.startswith(f"error: output.path '{output}': cannot create or write it ({problem}"), line
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
-    assert "is a directory" in error_line(tmp_path)
-    assert "not a text file" in error_line(tmp_path / "binary.yaml")
+    assert "is a directory" in error_line(tmp_path)  # as a user runs it: the one line, and nothing else
+    assert "not a text file" in refusal(capsys, tmp_path / "binary.yaml")
 
 
 @pytest.mark.slow
