@@ -63,7 +63,7 @@ def test_minilm_head_from_examples_in_the_job_and_a_changed_example_set_recomput
     def run(examples_rows: int) -> dict:
         pq.write_table(sample.slice(0, examples_rows), tmp_path / "examples.parquet")
         config = write_config(tmp_path, tmp_path / "corpus", {"topic": {
-            "task": "embedding-classification", "model": minilm, "max_length": 256,
+            "task": "embedding-classification", "model": minilm, "max_length": 128,
             "examples": {"path": str(tmp_path / "examples.parquet"), "label_column": "category"}}}, compute=None)
         assert main(["--config", config]) == 0
         return last_report(tmp_path / "out")
