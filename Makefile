@@ -24,7 +24,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-test-fast: setup  # about five minutes on 2 cores; every module still runs some of its tests
+test-fast: setup  # about six minutes on 2 cores; every module still runs some of its tests
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
