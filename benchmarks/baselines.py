@@ -42,36 +42,42 @@ def pipeline_rows_per_s(scenario: Scenario, model: Path, texts: list[str], batch
 
 
 def ceiling_rows_per_s(scenario: Scenario, model: Path, texts: list[str], processes: int, device: str = "cpu",
-                       dtype: str = "float32", packed: bool = True) -> float:
+                       dtype: str = "float32", packed: bool = True, heap_kept: bool = True) -> float:
     """Rows/s of the forward passes alone, on pre-tokenized batches of 32 sorted by length, already on the device:
     a bound for any variant that runs the same model at that batch shape.
 
     On CPU the batches are dealt to `processes` one-thread processes started together (the job's layout, one
     actor per core, beats one process of as many threads here). `packed`: the model as the job loads it (linear
     layers packed for oneDNN, nlp_tasks/cpu_linear.py); otherwise as transformers loads it, as the peers run it.
+    `heap_kept`: freed memory kept in the heap as the job's actors keep it (nlp_tasks/models/cpu_memory.py).
     """
     if device != "cpu" or processes == 1:
-        started, finished = forward_span(scenario, model, texts, 1 if device == "cpu" else 0, device, dtype, packed)
+        started, finished = forward_span(scenario, model, texts, 1 if device == "cpu" else 0, device, dtype, packed,
+                                         heap_kept)
         return len(texts) / (finished - started)
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(processes) as pool:
         ready = manager.Barrier(processes)
-        spans = pool.starmap(forward_span, [(scenario, model, texts[i::processes], 1, device, dtype, packed, ready)
+        spans = pool.starmap(forward_span, [(scenario, model, texts[i::processes], 1, device, dtype, packed, heap_kept,
+                                             ready)
                                             for i in range(processes)])
     return len(texts) / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def forward_span(scenario: Scenario, model: Path, texts: list[str], threads: int, device: str, dtype: str,
-                 packed: bool, ready=None) -> tuple[float, float]:
+                 packed: bool, heap_kept: bool, ready=None) -> tuple[float, float]:
     """When this process's forward passes over `texts` started and finished (after a warm-up batch, and after
     every process passed `ready`); `threads` 0 leaves torch's default."""
     import torch
     import transformers
 
     from nlp_tasks.models.cpu_linear import pack_linears
+    from nlp_tasks.models.cpu_memory import keep_freed_memory
 
+    if heap_kept:
+        keep_freed_memory()
     transformers.utils.logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)

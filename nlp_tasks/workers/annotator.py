@@ -30,6 +30,7 @@ from nlp_tasks.batching import CPU_TOKEN_BUDGET, MicroBatcher, gpu_token_budget
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.models import node_cpu
+from nlp_tasks.models.cpu_memory import keep_freed_memory
 from nlp_tasks.models.loading import model_fingerprint
 from nlp_tasks.tasks import get_task
 from nlp_tasks.tasks.base import Features, RowError, RowFailed, TaskAdapter
@@ -76,6 +77,7 @@ def load_adapters(specs: dict[str, TaskSpec], compute: ComputeConfig, fitted: di
         raise ModelLoadFailed(f"task(s) {', '.join(specs)} could not load model {first.model!r}: {reason}") from None
     if loaded.device.type == "cpu":
         torch.set_num_threads(compute.torch_threads or 1)
+        keep_freed_memory()
     with torch.inference_mode():
         adapters = {column: get_task(spec.task)(loaded, spec.options) for column, spec in specs.items()}
     for column, state in (fitted or {}).items():
