@@ -14,6 +14,7 @@ stays at its peak between calls instead of falling back.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -26,11 +27,12 @@ TOP_PAD = 256 << 20
 """Room a heap keeps past its top: more than a thread's heap holds (64 MiB), so an empty one is never unmapped."""
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Raise this process's mmap threshold, then its trim threshold and top pad (glibc's mallopt). Setting any
-    stops glibc adjusting the first two as blocks are freed, so a trim threshold alone would hold the mmap threshold
-    at its 128 KiB start. False where the C library has no mallopt (musl, macOS) or refuses the values: its
-    defaults stay."""
+    """Raise this process's mmap threshold, then its trim threshold and top pad (glibc's mallopt), once; later calls
+    say whether it took. Setting any stops glibc adjusting the first two as blocks are freed, so a trim threshold
+    alone would hold the mmap threshold at its 128 KiB start. False where the C library has no mallopt (musl,
+    macOS) or refuses the values: its defaults stay."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None or not any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS):
         return False

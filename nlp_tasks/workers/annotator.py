@@ -291,8 +291,9 @@ class Annotator:
 
         first = next(iter(specs.values()))
         window = max(adapter.max_length for adapter in self.adapters.values())
+        heap = "freed memory kept" if keep_freed_memory() else "glibc's heap defaults"  # timed as the actor runs
         key = "|".join([node_cpu.describe(), model_fingerprint(first.model, first.revision), str(model.dtype),
-                        type(model).__name__, f"budget {self.batcher.token_budget}", f"window {window}"])
+                        type(model).__name__, f"budget {self.batcher.token_budget}", f"window {window}", heap])
         verdict = kernel_choice.cached_verdict(key)
         if verdict is None:
             return key
