@@ -96,9 +96,7 @@ def error_line(config: str, *args: str, secret: str | None = None) -> str:
     result = cli(config, *args)
     if secret is not None:
         assert secret not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
+    return one_error_line(result.returncode, result.stderr)
 
 
 def refusal(capsys, config: str, *args: str) -> str:
@@ -108,9 +106,13 @@ def refusal(capsys, config: str, *args: str) -> str:
 
     capsys.readouterr()
     code = main(["--config", str(config), *args])
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, captured.err[-3000:])
+    return one_error_line(code, capsys.readouterr().err)
+
+
+def one_error_line(code: int, stderr: str) -> str:
+    """A refusal as the user sees it: exit 2 and one line on stderr starting "error: ", no traceback; returns it."""
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, stderr[-3000:])
     return lines[0]
 
 

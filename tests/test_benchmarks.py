@@ -146,7 +146,13 @@ def _reuse(records: dict) -> None:
     _positive(records["cpu-reuse-24"]["cache"]["mb_per_million_rows"])
 
 
+def _cpu_memory(records: dict) -> None:
+    record = records["cpu-memory-8"]
+    assert set(record["median_rows_per_s"]) == {"glibc defaults", "freed memory kept"}
+    _positive(*record["median_rows_per_s"].values(), record["kept_over_defaults"])
+
+
 CHECKS = {"peers": _peers, "throughput": _throughput, "gpu_stage": _gpu_stage, "cpu_stages": _cpu_stages,
           "summarization": _summarization, "examples_cv": _examples_cv, "driver_cost": _driver_cost,
-          "ner_grouping": _ner_grouping, "nights": _nights, "reuse": _reuse}
+          "ner_grouping": _ner_grouping, "nights": _nights, "reuse": _reuse, "cpu_memory": _cpu_memory}
 """What each benchmark's smoke results must show beyond the machine record (a new benchmark: the machine only)."""
