@@ -3,10 +3,10 @@
 Packing the weights for oneDNN (cpu_linear.py) pays on some CPUs and costs on others, so no default is right for
 a cluster of mixed nodes. The first actor of a pool on a node times a few micro-batches of its first rows both
 ways, alternating so that a drift in the machine's speed hits both, keeps the faster, and records the verdict
-in the node cache under the CPU (node_cpu.describe), the checkpoint's fingerprint, the dtype, the shape
-(token budget and window) and the heap's settings (cpu_memory.py). Other actors on the node, and later nights, apply the verdict without timing; a file
-lock makes actors that start together wait for the first one's verdict. Outputs are the same either way: the
-same products, summed in another order.
+in the node cache under the CPU (node_cpu.describe), the checkpoint's fingerprint, the dtype, the shape (token
+budget and window) and the heap's settings (cpu_memory.py). Other actors on the node, and later nights, apply the
+verdict without timing; a file lock makes actors that start together wait for the first one's verdict. Outputs
+are the same either way: the same products, summed in another order.
 """
 
 from __future__ import annotations
