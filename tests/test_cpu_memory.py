@@ -22,9 +22,12 @@ def run(out):
     faults()  # the heap grows to the pass's size once
     out.append(faults())
 out = []
-thread = threading.Thread(target=run, args=(out,)) if {in_thread} else None
-thread.start() if thread else run(out)
-thread.join() if thread else None
+if {in_thread}:
+    thread = threading.Thread(target=run, args=(out,))
+    thread.start()
+    thread.join()
+else:
+    run(out)
 print(out[0])
 """
 
