@@ -66,7 +66,7 @@ def run_shape(engine: str, dtype: str, folder: str, processes: int, threads: int
 
 
 SMOKE_ARGS = ["--rows", "16", "--max-length", "32"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,7 +154,7 @@ def held_out_accuracy(vectors: np.ndarray, labels: list[str]) -> dict[str, float
 
 
 SMOKE_ARGS = ["--rows", "40", "--max-length", "64"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def main(argv: list[str] | None = None) -> int:

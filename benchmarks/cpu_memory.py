@@ -26,7 +26,7 @@ from nlp_tasks.models.node_cpu import CAPS
 VARIANTS = {"glibc defaults": False, "freed memory kept": True}
 
 SMOKE_ARGS = ["--rows", "8", "--max-length", "32", "--rounds", "1"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import time
 from benchmarks.common import corpus_rows, minilm_path, print_table, save
 
 SMOKE_ARGS = ["--rows", "8", "--batch-size", "4", "--max-length", "64"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from benchmarks.common import corpus_rows, print_table, random_bert, save, write_files
 
 SMOKE_ARGS = ["--rows", "64", "--files", "2", "--repeats", "1", "--batch-size", "16", "--max-length", "16"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 ACTORS = 2
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from benchmarks.common import corpus_path, print_table, save
 
 SMOKE_ARGS = ["--folds", "2", "--rows", "30", "--max-length", "64"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 HEADS = ("centroid", "logistic")
 

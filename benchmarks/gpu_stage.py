@@ -31,7 +31,7 @@ from benchmarks.scenarios import SCENARIOS, checkpoint
 
 SMOKE_ARGS = ["--scenario", "tiny-classifier", "--device", "cpu", "--dtype", "float32", "--rows", "8",
               "--batch-size", "4", "--concurrency", "2", "--oom-check", "--oom-check-rows", "8"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from benchmarks.common import RESULTS, corpus_path, machine, minilm_path
 from benchmarks.scenarios import NER_LABELS
 
 SMOKE_ARGS = ["--rows", "4", "--max-length", "64"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 TEXT = "text"
 

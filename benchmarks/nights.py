@@ -48,7 +48,7 @@ import yaml
 from benchmarks.common import REPO, corpus_rows, failed, print_table, random_bert, save
 
 SMOKE_ARGS = ["--files", "4", "--new", "2", "--store", "s3", "--format", "parquet", "delta", "--calm", "1000", "0"]
-"""The smallest run that takes each path of this module but the local store's few lines (tests/test_benchmarks.py
+"""The smallest run that takes each path of this module but the local store's few lines (tests/bench/test_benchmarks.py
 runs it): S3 alone, the store with the counting proxy; its figures say nothing."""
 
 ROWS_PER_FILE = 3

@@ -52,7 +52,7 @@ from benchmarks.scenarios import SCENARIOS
 from nlp_tasks.models.node_cpu import CAPS
 
 SMOKE_ARGS = ["--rows", "8", "--files", "2"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 MAX_LENGTH = 256
 TUNED = {"min_actors": 2, "max_actors": 2, "num_cpus_per_actor": 0.5, "torch_threads": 1, "token_budget": 4096,

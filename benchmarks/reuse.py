@@ -36,7 +36,7 @@ import yaml
 from benchmarks.common import REPO, corpus_rows, failed, minilm_path, print_table, random_bert, save
 
 SMOKE_ARGS = ["--rows", "24", "--files", "2", "--model", "tiny", "--max-length", "32"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def write_job(folder: Path, model: str, max_length: int, reuse: bool) -> Path:

@@ -35,7 +35,7 @@ import yaml
 from benchmarks.common import REPO, corpus_path, corpus_rows, failed, print_table, save, write_files
 
 SMOKE_ARGS = ["--model", "tiny", "--docs", "4", "--beams", "1", "--dtypes", "float32", "--max-new-tokens", "4"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 MAX_INPUT = 512
 SUB_BATCH = 8

@@ -36,7 +36,7 @@ from benchmarks.gpu import GpuSampler
 from benchmarks.scenarios import SCENARIOS, Scenario, checkpoint
 
 SMOKE_ARGS = ["--scenario", "tiny-ner", "--rows", "8", "--pipeline-rows", "4", "--files", "2"]
-"""The smallest run that takes each path of this module (tests/test_benchmarks.py runs it); its figures say nothing."""
+"""The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
 def run_job(scenario: Scenario, model: Path, source: Path, work: Path, compute: dict) -> dict:

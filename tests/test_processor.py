@@ -2,7 +2,7 @@
 
 A Dataset the user built (`from_items`, `read_json`, their own `map`) comes out lazily with its columns kept and the
 typed task columns and `errors` added, each value equal to transformers' `pipeline()` as in
-test_pipeline_equivalence.py; it composes with `filter` and Ray's own `write_parquet`; a bad key is the job's
+tests/tasks/test_pipeline_equivalence.py; it composes with `filter` and Ray's own `write_parquet`; a bad key is the job's
 one-line config error.
 """
 

@@ -1,6 +1,6 @@
 """The tiny checkpoints vary the way real ones do, where product tests rely on it.
 
-tests/test_ctranslate2.py (its `shapes` fixture and EDGES) runs the product on checkpoints shaped as real ones, to
+tests/engines/test_ctranslate2.py (its `shapes` fixture and EDGES) runs the product on checkpoints shaped as real ones, to
 prove how it handles each shape: the converted vocabulary aligned on the tokenizer's ids where the embeddings are
 padded past the tokenizer or special tokens were added after training, "" as the unknown token where the tokenizer
 has none, the decoder start, forced tokens and beams taken from the generation config or, for old checkpoints, from

@@ -49,7 +49,7 @@ def load_failure(error: Exception) -> str | None:
 LOAD_DEATHS = 3
 """Deaths of one actor while it loads its model that end the run. Ray Data's pools restart a dead actor without end
 (max_restarts=-1): an actor whose process is killed while it loads (by the out-of-memory killer) is started again,
-killed again, and the run hangs. An actor killed once it had loaded is restarted as before (tests/test_faults.py)."""
+killed again, and the run hangs. An actor killed once it had loaded is restarted as before (tests/driver/test_faults.py)."""
 
 WATCH_EVERY_S = 1.0
 

@@ -4,7 +4,7 @@ pass every log record and every line written to stderr through the redaction (se
 Ray Data hands each pool actor its own constructor arguments by reference (object refs it owns
 on the driver), and Ray core logs, once per process, an ERROR that actor restarts could fail if
 such arguments were lost (ray-project/ray#53727, #57733). Here they live as long as the driver,
-so restarts work (tests/test_faults.py kills actors and a worker node), and a line at ERROR level
+so restarts work (tests/driver/test_faults.py kills actors and a worker node), and a line at ERROR level
 in every run teaches people to ignore errors. Ray writes it from C++ straight to file
 descriptor 2, so it can only be dropped there: `dropping_known_ray_noise` passes stderr through a
 pipe and drops lines that contain exactly that message; every other line goes through redacted. That

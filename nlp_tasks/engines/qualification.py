@@ -7,7 +7,7 @@ longest of a sample of the input (the sample int8 calibrates on, engines/calibra
 - generation in float32, greedy: every row token for token;
 - generation in float32 with beams: at most a quarter of the rows differ, each a near tie (its tokens score at
   most 0.15 nats per token below transformers' own, under the transformers model), the rule of
-  tests/test_ctranslate2.py; in int8 or float16 each differing row a near tie; sampling is not compared;
+  tests/engines/test_ctranslate2.py; in int8 or float16 each differing row a near tie; sampling is not compared;
 - encoders in float32: every value equal (labels and words equal, numbers within 1e-4, as `pipeline()`);
   in int8 the labels of nine rows in ten equal and every row's numbers at cosine 0.99 or more to transformers'
   (measured: 0.992 and above, docs/performance.md).
@@ -38,7 +38,7 @@ ROWS = 24
 engines part, and cost the most to generate)."""
 NEAR_TIE = 0.15
 """Most a row's output may score below transformers' own, in mean log-probability per text token under the
-transformers model (tests/test_ctranslate2.py)."""
+transformers model (tests/engines/test_ctranslate2.py)."""
 MOST_DIFFERING = 0.25
 """Share of the rows a float32 beam search may differ on, each a near tie."""
 CLOSE = 1e-4

@@ -22,7 +22,7 @@ UNSEEN = "<unseen>"
 
 def broken_model(models, folder):
     """The tiny text classifier with UNSEEN added to its tokenizer and not to its embeddings (a real model failure,
-    as tests/test_hostile_input.py makes it)."""
+    as tests/cli/test_hostile_input.py makes it)."""
     shutil.copytree(models["text-classification"], folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.add_tokens([UNSEEN])

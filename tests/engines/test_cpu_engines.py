@@ -1,6 +1,6 @@
 """The encoder tasks on the CPU engines (OpenVINO, ONNX Runtime): which engine `auto` takes, the export cache, int8.
 
-Equality with `pipeline()` in float32 is proven task by task in test_pipeline_equivalence.py, on every engine
+Equality with `pipeline()` in float32 is proven task by task in tests/tasks/test_pipeline_equivalence.py, on every engine
 installed; here: question answering (which transformers 5 has no pipeline for) against transformers, the choice
 and its errors, two actors building at once, static and dynamic int8 on MiniLM, and a job whose report says how
 its int8 was made.

@@ -4,7 +4,7 @@ cluster.yaml goes through the same preparation and validation as `ray up` before
 AWS: defaults merged, then checked against the launcher's JSON schema that the ray package
 ships. No RayJob CRD schema ships offline, so the manifest gets a hand-written check of the
 fields KubeRay needs. The RayCronJob gets the same check on its job template, and is validated
-against KubeRay 1.7.0's own schema, cut down in tests/schemas, with unknown fields rejected as
+against KubeRay 1.7.0's own schema, cut down in tests/cli/schemas, with unknown fields rejected as
 `kubectl apply` does; its job template must equal the RayJob's spec, which that schema then
 covers too (in that release it is the RayJob CRD's spec schema). Its schedule, and every crontab entry the docs
 show, must be one run a night: no cron parser is installed, so the check takes only the form this project ships,
@@ -33,7 +33,7 @@ from nlp_tasks.driver.compute import Cluster, group_by_model, resolve_pools
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 RAYJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "rayjob.yaml").read_text()))
 RAYCRONJOB_DOCS = list(yaml.safe_load_all((REPO / "k8s" / "raycronjob.yaml").read_text()))
-RAYCRONJOB_SCHEMA = yaml.safe_load((REPO / "tests" / "schemas" / "kuberay-1.7.0-raycronjob.yaml").read_text())
+RAYCRONJOB_SCHEMA = yaml.safe_load((REPO / "tests" / "cli" / "schemas" / "kuberay-1.7.0-raycronjob.yaml").read_text())
 MAX_RAYCRONJOB_NAME = 36
 """KubeRay 1.7's limit: each night's RayJob is named <name>-<minute> and must fit the RayJob's own limit."""
 NIGHTLY = "jobs/configs/nightly.yaml"

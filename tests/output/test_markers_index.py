@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
+from helpers import REPO
 
 from nlp_tasks.config import InputConfig
 from nlp_tasks.driver.inputs import inspect_input
@@ -222,5 +223,5 @@ def test_the_driver_imports_ray_only_for_a_night_with_work():
     probe = ("import sys, jobs.annotate, nlp_tasks.driver.job; "
              "print(sorted(m for m in ('ray', 'ray.data', 'pandas', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).parent.parent)
+                            cwd=REPO)
     assert result.stdout.strip() == "[]", result.stdout
