@@ -32,8 +32,9 @@ def tasks_of(models) -> dict:
 
 @pytest.mark.slow
 def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, models):
-    """Every kind of task: shared tokens, pairs (zero-shot), generation, a head fitted on examples (which the
-    postprocess stage takes), unusable rows."""
+    """Three pools, as a job runs them: tokens shared by two pools of one model, a head fitted on examples (which
+    the postprocess stage takes), generation; unusable rows. Pairs and tasks of several models on one tokenizer
+    are the next test's, in-process."""
     folder = tmp_path / "corpus"
     folder.mkdir()
     texts = tiny_models.sample_texts() + [None, "", "\u200b"]
@@ -43,9 +44,10 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
                        folder / f"part-{part}.parquet")
     examples = tmp_path / "examples.parquet"
     pq.write_table(pa.table({"text": texts[:8], "label": ["a", "b"] * 4}), examples)
-    tasks = {**tasks_of(models), "labelled": {"task": "embedding-classification", "head": "logistic",
-                                              "model": str(models["token-classification"]),
-                                              "examples": {"path": str(examples)}}}
+    tasks = {**{column: task for column, task in tasks_of(models).items() if column in ("entities", "embedding",
+                                                                                        "summary")},
+             "labelled": {"task": "embedding-classification", "head": "logistic",
+                          "model": str(models["token-classification"]), "examples": {"path": str(examples)}}}
     outputs, reports = {}, {}
     for stages in ("fused", "split"):
         (tmp_path / stages).mkdir()
@@ -59,9 +61,10 @@ def test_split_stages_write_what_the_fused_actors_write(ray_local, tmp_path, mod
     assert outputs["split"].equals(outputs["fused"])
     assert not [name for name in outputs["split"].column_names if name.startswith("__")]
     pools = {actor["pool"] for actor in reports["split"]["actors"]}
-    assert {"tokenize", "sentiment", "sentiment postprocess", "summary", "summary postprocess"} <= pools
+    assert {"tokenize", "entities", "embedding+labelled", "embedding+labelled postprocess", "summary",
+            "summary postprocess"} <= pools
     assert outputs["split"].column("labelled").drop_null().to_pylist()[0]["labels"][0] in ("a", "b")
-    for task in ("sentiment", "entities", "summary", "labelled"):
+    for task in ("entities", "embedding", "summary", "labelled"):
         assert reports["split"]["throughput"][task]["rows"] == reports["fused"]["throughput"][task]["rows"] > 0
         assert reports["split"]["throughput"][task]["tokens"] == reports["fused"]["throughput"][task]["tokens"]
 
