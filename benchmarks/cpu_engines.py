@@ -2,6 +2,7 @@
 
     python -m benchmarks.cpu_engines [--rows 1000] [--max-length 256] [--dtypes float32 int8]
                                      [--variants job job-openvino openvino onnxruntime] [--repeats 1]
+                                     [--calibration 300]
 
 The same BBC articles (../shared/corpora/bbc_news/train.parquet, else the bundled sample), all-MiniLM-L6-v2
 mean-pooled and normalized, truncated to --max-length tokens; each variant a fresh process, timed from start to
@@ -13,7 +14,7 @@ exit and in steady state:
   job-openvino      the job on `engine: openvino` (float32)
   openvino          OpenVINO as its docs advise for one stream: INFERENCE_NUM_THREADS = cores, float32 asked for
                     (`INFERENCE_PRECISION_HINT`: a BF16 CPU otherwise runs bf16); int8: NNCF static
-                    quantization calibrated on 300 other articles
+                    quantization calibrated on --calibration other articles (300)
   onnxruntime       ONNX Runtime on the graph its BERT optimizer fused, intra-op threads = cores; int8: dynamic,
                     per-channel weights
 
@@ -153,7 +154,7 @@ def held_out_accuracy(vectors: np.ndarray, labels: list[str]) -> dict[str, float
     return accuracy
 
 
-SMOKE_ARGS = ["--rows", "40", "--max-length", "64"]
+SMOKE_ARGS = ["--rows", "40", "--max-length", "64", "--calibration", "8"]
 """The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
     parser.add_argument("--variants", nargs="+", default=["job", "job-openvino", "openvino", "onnxruntime"])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--calibration", type=int, default=CALIBRATION,
+                        help="articles OpenVINO's static int8 used directly is calibrated on")
     parser.add_argument("--out", help="results file name (default cpu-engines-<rows>)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"seconds": run_direct(args.run, args.folder, args.source, args.target, args.max_length)}))
         return 0
 
-    table = corpus_rows(args.rows + CALIBRATION)
+    table = corpus_rows(args.rows + args.calibration)
     calibration = table.column("text").to_pylist()[args.rows:]  # other articles than the ones annotated
     table = table.slice(0, args.rows)
     labels = table.column("category").to_pylist()
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows)
     path = save(args.out or f"cpu-engines-{args.rows}", {
         "rows": args.rows, "max_length": args.max_length, "batch_rows_direct": BATCH,
-        "calibration_rows_direct": CALIBRATION, "results": records})
+        "calibration_rows_direct": args.calibration, "results": records})
     print(f"results: {path}")
     return 0
 
