@@ -21,11 +21,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m jobs.annotate --config jobs/configs/demo.yaml --show 3
 
-test: setup
-	$(PY) -m pytest -q
+# A test module runs whole in one of the workers (its module fixtures are made once), one worker per core up to
+# four: a job's critical path is one actor's start, so a second module fills the core the first leaves idle.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
 
-test-fast: setup  # about six minutes on 2 cores; every module still runs some of its tests
-	$(PY) -m pytest -q -m "not slow"
+test: setup
+	$(PY) -m pytest -q $(XDIST)
+
+test-fast: setup  # every module still runs some of its tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 lint: setup
 	$(PY) -m ruff check .
