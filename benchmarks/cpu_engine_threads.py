@@ -1,12 +1,12 @@
 """How a node's cores are best split for each CPU engine: one-thread processes, or one process of all the threads.
 
     python -m benchmarks.cpu_engine_threads [--rows 400] [--max-length 256] [--engines openvino onnxruntime]
-                                            [--dtypes float32 int8]
+                                            [--dtypes float32 int8] [--calibration 300]
 
 MiniLM on BBC articles (../shared/corpora/bbc_news/train.parquet, else the bundled sample), through the job's own
-engine classes (engines/encoders.load_encoder) and builds (calibrated on 300 other articles for static int8), fed
-as the job feeds them: sorted by length, cut into micro-batches of the CPU token budget (driver/compute.py). Each
-shape splits the rows among its processes, each started fresh; rows/s are over the span from the first process's
+engine classes (engines/encoders.load_encoder) and builds (static int8 calibrated on --calibration other articles,
+300), fed as the job feeds them: sorted by length, cut into micro-batches of the CPU token budget (driver/compute.py).
+Each shape splits the rows among its processes, each started fresh; rows/s are over the span from the first process's
 first micro-batch to the last one's end. Shapes, with `cores` the machine's CPUs:
 
   <cores>x1          one-thread processes, one per core: the job's CPU pools (driver/compute.py)
@@ -65,7 +65,7 @@ def run_shape(engine: str, dtype: str, folder: str, processes: int, threads: int
     return len(texts) / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
-SMOKE_ARGS = ["--rows", "16", "--max-length", "32"]
+SMOKE_ARGS = ["--rows", "16", "--max-length", "32", "--calibration", "8"]
 """The smallest run that takes each path of this module (tests/bench/test_benchmarks.py runs it); its figures say nothing."""
 
 
@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--engines", nargs="+", default=["openvino", "onnxruntime"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
+    parser.add_argument("--calibration", type=int, default=CALIBRATION, help="articles static int8 is calibrated on")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
-    table = corpus_rows(args.rows + CALIBRATION)
+    table = corpus_rows(args.rows + args.calibration)
     texts, calibration = table.column("text").to_pylist()[:args.rows], table.column("text").to_pylist()[args.rows:]
     shapes = [(cores, 1, False), (1, cores, False), (cores, 1, True)]
     records, rows = [], []
