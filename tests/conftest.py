@@ -102,3 +102,18 @@ def forget_secrets():
     yield
     secrets.SECRETS.clear()
     secrets.SECRETS.update(known)
+
+
+@pytest.fixture(autouse=True)
+def forget_root_stream_handlers():
+    """The stream handlers a test's main() put on the root logger (`basicConfig(force=True)`, onto the stderr of that
+    moment, which pytest closes after the test) are removed after it: a later test's log record would fail on them,
+    whichever module ran before. pytest's own capturing handlers are left to pytest."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before and type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
+    root.setLevel(level)
