@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from jobs.annotate import main
 from nlp_tasks.config import ConfigError, parse_config
-from nlp_tasks.driver.budget import lower_bound, part_tallies
+from nlp_tasks.driver.budget import ErrorBudget, lower_bound, part_tallies
 
 UNSEEN = "<unseen>"
 """A token the broken model's tokenizer has and its embeddings do not: the model raises on every row holding it."""
@@ -40,6 +40,15 @@ def test_a_sound_models_first_failures_do_not_stop_a_run_and_every_row_failing_d
     assert lower_bound(0, 1000) == 0.0 and lower_bound(3, 1000) < 0.01
     assert lower_bound(2, 20) < 0.1 < lower_bound(8, 8)  # 2 of 20 is no proof; 8 of 8 is
     assert lower_bound(30, 100) > 0.1 and lower_bound(100, 100) < 1
+
+
+def test_a_run_stops_on_proof_that_a_budget_is_blown_not_on_its_first_failures():
+    failed = "model failed on this row: IndexError: x"
+    budget = ErrorBudget({"s": 0.1})
+    budget.count(20, {"errors": [["s", failed, 3, []]]}, ("s",))  # 15% of 20 rows: no proof of more than 10%
+    assert budget.stopped is None
+    budget.count(20, {"errors": [["s", failed, 10, []]]}, ("s",))  # 13 of 40
+    assert budget.stopped is not None and budget.stopped.task == "s"
 
 
 def test_rows_refused_for_their_own_data_count_neither_way():
