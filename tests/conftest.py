@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny local models, the packaged MiniLM checkpoint, and running one task in-process.
+"""Shared fixtures: tiny local models, the packaged MiniLM checkpoint, and running one task in-process; and how the
+test workers end.
 
-Fixtures only; what tests share besides them is in helpers.py.
+Fixtures and hooks only; what tests share besides them is in helpers.py.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +15,26 @@ import pytest
 import tiny_models
 
 pytest.register_assert_rewrite("helpers")  # its asserts explain their failures as a test module's do
+
+_workers: dict[str, subprocess.Popen] = {}
+"""On pytest-xdist's controller: each worker's process, by worker id."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodeready(node):
+    _workers[node.gateway.id] = node.gateway._io.popen
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session):
+    """A worker that crashed or hung at interpreter exit, after its last test, fails the run: xdist reports only
+    the workers that die during a test, and a crash at exit is a failure here as it is without workers."""
+    result = yield  # xdist's controller stops its workers here
+    for worker, process in _workers.items():
+        if process.poll() != 0:
+            sys.stderr.write(f"\nerror: test worker {worker} exited with {process.poll()} after its last test\n")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return result
 
 
 @pytest.fixture(scope="session")
