@@ -190,6 +190,15 @@ def last_report(out: Path) -> dict:
     return json.loads(max((out / "__reports").glob("*.json")).read_text())
 
 
+def lease_file(out: Path, number: int, **holder) -> Path:
+    """Another run's lease on output `out`, numbered `number`, from another host; `holder` sets or adds its keys
+    (`expires_at` among them). Returns its path."""
+    path = out / "__manifest" / f"lease-{number:08d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run": "r1", "host": "other-host", "pid": 1, "started_at": "then", **holder}))
+    return path
+
+
 def staged_units(out: Path) -> set[str]:
     """Units with parts written by the workers but not yet committed (staging file names start with the unit)."""
     return {p.name.split("-")[0] for p in out.glob("__staging/*/*.parquet.staged")}

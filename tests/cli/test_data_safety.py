@@ -21,6 +21,7 @@ from helpers import (
     error_line,
     free_port,
     last_report,
+    lease_file,
     output_table,
     refusal,
     run_job,
@@ -127,13 +128,6 @@ def test_changed_grown_shrunk_renamed_and_vanished_files(ray_local, tmp_path, mo
 
 
 # one writer at a time ---------------------------------------------------------------------------------------------
-
-
-def lease_file(out: Path, number: int, **holder) -> Path:
-    path = out / "__manifest" / f"lease-{number:08d}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run": "r1", "host": "other-host", "pid": 1, "started_at": "then", **holder}))
-    return path
 
 
 @pytest.mark.slow

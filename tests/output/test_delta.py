@@ -389,9 +389,9 @@ def compacted_input(tmp_path: Path, files: int, models) -> tuple[Path, Path, Pat
 
 def test_a_compacted_input_is_replaced_in_one_version_and_no_version_loses_rows(ray_local, tmp_path, models,
                                                                                 capsys):
-    """The input compacted (after a DELETE): the output adds the compacted file's parts and removes the replaced
-    ones in one version, as OPTIMIZE does; no version a reader can pin ever holds fewer rows than the one before.
-    A Delta input's new version alone is tested on S3 (test_a_delta_input_on_s3_...)."""
+    """The input compacted, then a file of it rewritten by a DELETE: the output adds the new file's parts and
+    removes the replaced ones in one version, as OPTIMIZE does; no version a reader can pin ever holds fewer rows
+    than the one before."""
     source, out, config = compacted_input(tmp_path, 3, models)
     assert main(["--config", str(config)]) == 0
     before = deltalake.DeltaTable(str(out)).version()

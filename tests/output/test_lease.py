@@ -3,22 +3,15 @@ alive, and that a holder finds out at its next commit that another run took the 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
 import pytest
 from fsspec.implementations.local import LocalFileSystem
+from helpers import lease_file
 
 from nlp_tasks.output.lease import Lease, LeaseLost, holder_alive
-
-
-def write_lease(folder, number: int, expires_at: float) -> None:
-    """Another run's lease file, numbered `number`, from another host."""
-    folder.mkdir(exist_ok=True)
-    (folder / f"lease-{number:08d}.json").write_text(json.dumps(
-        {"run": f"other-{number}", "host": "another-host", "pid": 1, "expires_at": expires_at}))
 
 
 def test_a_holder_is_alive_until_its_lease_expires_wherever_it_runs():
@@ -39,7 +32,7 @@ def test_a_commit_with_under_half_the_ttl_left_finds_the_output_taken_over(tmp_p
     lease.acquire()
     try:
         lease.check()  # a full TTL left: nothing to do
-        write_lease(tmp_path / "__manifest", lease.number + 1, time.time() + 600)
+        lease_file(tmp_path, lease.number + 1, expires_at=time.time() + 600)
         lease.expires_at = time.time() + 200  # under half the TTL left
         with pytest.raises(LeaseLost, match="expired or was taken by another run"):
             lease.check()
@@ -50,7 +43,7 @@ def test_a_commit_with_under_half_the_ttl_left_finds_the_output_taken_over(tmp_p
 def test_a_run_taking_the_output_removes_the_expired_leases_before_it(tmp_path):
     filesystem, folder = LocalFileSystem(), str(tmp_path / "__manifest")
     for number in (1, 2):
-        write_lease(tmp_path / "__manifest", number, time.time() - 1)
+        lease_file(tmp_path, number, expires_at=time.time() - 1)
     lease = Lease(filesystem, folder)
     lease.acquire()
     try:
