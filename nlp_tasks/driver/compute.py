@@ -25,6 +25,7 @@ from nlp_tasks.batching import CPU_TOKEN_BUDGET
 from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES
+from nlp_tasks.engines.qualification import Speed, precision, recorded
 from nlp_tasks.models.loading import weights_bytes
 from nlp_tasks.tasks import get_task
 
@@ -111,6 +112,8 @@ class PoolSettings:
     """CPU engines in int8 with static quantization: what the model was calibrated on (engines/calibration.py)."""
     engine_note: str | None = None
     """Why `engine: auto` left the pool on transformers where a CPU engine could have run it (engines/choice.py)."""
+    engine_speed: str | None = None
+    """A CPU engine's pool: its pace against transformers float32 as qualification timed it (engines/qualification.py)."""
 
     @property
     def compute(self) -> ComputeConfig:
@@ -125,10 +128,14 @@ class PoolSettings:
         actors = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
         gpus = f" + {self.num_gpus_per_actor:g} GPU" if self.num_gpus_per_actor else ""
         budget = self.token_budget or "sized from free GPU memory"
-        threads = (f"CTranslate2 with {self.inter_threads} one-thread worker(s)" if self.engine == "ctranslate2"
-                   else f"{self.engine} with {self.torch_threads} thread(s)" if self.engine in ENCODER_ENGINES
-                   else f"{self.torch_threads} torch thread(s)"
-                   + (f" (transformers: {self.engine_note})" if self.engine_note else ""))
+        if self.engine == "ctranslate2":
+            threads = f"CTranslate2 with {self.inter_threads} one-thread worker(s)"
+        elif self.engine in ENCODER_ENGINES:
+            threads = f"{self.engine} with {self.torch_threads} thread(s)" + (
+                f" (qualification timed {self.engine_speed})" if self.engine_speed else "")
+        else:
+            threads = f"{self.torch_threads} torch thread(s)" + (
+                f" (transformers: {self.engine_note})" if self.engine_note else "")
         return (f"pool {'+'.join(self.tasks)} ({self.model}): {actors} actor(s) of {self.num_cpus_per_actor:g} CPU"
                 f"{gpus}, {threads}, {self.device} {self.dtype}, batch {self.batch_size}, "
                 f"token budget {budget}, {self.actor_concurrency} batch(es) in flight"
@@ -274,7 +281,8 @@ def size_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster: Cl
     """Each pool's tasks and settings for a run of `rows` (None: not known, as for a Dataset handed to
     build_processor), logged, and checked against the cluster."""
     weights = [weights_bytes(spec.model, spec.revision) for spec in (next(iter(g.values())) for g in groups)]
-    resolved = [replace(settings, engine_note=engine_note(config, specs, settings))
+    resolved = [replace(settings, engine_note=engine_note(config, specs, settings),
+                        engine_speed=engine_speed(specs, settings))
                 for specs, settings in zip(groups, resolve_pools(config, groups, cluster, weights, rows))]
     for settings in resolved:
         log.info("compute: %s", settings.describe())
@@ -293,6 +301,17 @@ def engine_note(config: JobConfig, specs: dict[str, TaskSpec], settings: PoolSet
     column = next(iter(specs))
     return choose_engine(column, config.tasks[column], settings.dtype, "cpu")[1] if config.tasks[column].engine == "auto" \
         else None
+
+
+def engine_speed(specs: dict[str, TaskSpec], settings: PoolSettings) -> str | None:
+    """A CPU engine's pace against transformers float32, as its qualification on this node timed it, for the plan
+    line; None for other pools, or a verdict kept without one."""
+    if settings.engine not in ENCODER_ENGINES:
+        return None
+    verdict = recorded(next(iter(specs.values())), settings.engine, settings.dtype, "cpu")
+    if verdict is None or verdict.speed is None:
+        return None
+    return Speed(**verdict.speed).describe(settings.engine, precision(settings.engine, settings.dtype, "cpu"))
 
 
 def check_reservations(pools: list[PoolSettings], cluster: Cluster) -> None:

@@ -16,7 +16,7 @@ from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
-from nlp_tasks.engines.qualification import Verdict, record, recorded
+from nlp_tasks.engines.qualification import Speed, Verdict, precision, record, recorded
 from nlp_tasks.workers.qualify import qualify_pool
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,11 @@ def qualify(config: JobConfig, checked: CheckedJob, pools: list[dict[str, TaskSp
                 record(spec, spec.engine, compute.dtype, compute.device, verdict)
                 log.info("task %r %s on %s in %s s: %s", column, "qualified" if verdict.passed else "did not qualify",
                          spec.engine, verdict.seconds, verdict.reason)
+                speed = verdict.speed and Speed(**verdict.speed)
+                if speed and not speed.faster:
+                    engine_precision = precision(spec.engine, compute.dtype, compute.device)
+                    log.warning("task %r: %s; dtype float32 on transformers (dtype auto) is faster here, and equal "
+                                "to pipeline()", column, speed.describe(spec.engine, engine_precision))
         return True
     finally:
         if embedded:

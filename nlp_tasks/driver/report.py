@@ -127,6 +127,7 @@ def summary(report: dict) -> str:
               + f", batch {pool['batch_size']}, {pool['device']} {pool['dtype']}"
               + (f", calibrated on {pool['calibration']}" if pool.get("calibration") else "")
               + (f" (transformers: {pool['engine_note']})" if pool.get("engine_note") else "")
+              + (f" (qualification timed {pool['engine_speed']})" if pool.get("engine_speed") else "")
               for pool in report["compute"]]
     lines.append("time: " + ", ".join(f"{phase} {seconds} s" for phase, seconds in report["time_s"].items()))
     for task, stats in report["throughput"].items():

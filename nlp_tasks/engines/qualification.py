@@ -12,6 +12,10 @@ longest of a sample of the input (the sample int8 calibrates on, engines/calibra
   in int8 the labels of nine rows in ten equal and every row's numbers at cosine 0.99 or more to transformers'
   (measured: 0.992 and above, docs/performance.md).
 
+For an encoder task the verdict also keeps the engine's pace against transformers in float32 on the same rows
+(`Speed`), timed on the CPU that ran both: the plan line says whether the engine, int8 above all on a CPU without
+VNNI, is faster there than what `dtype: auto` runs.
+
 The verdict is kept in the node cache under the checkpoint's fingerprint, the task and its settings, the engine,
 its precision, the device and the packages' versions: a later run with the same (a nightly one) reads it and
 runs nothing. `auto` reads a failed verdict as a reason not to take the engine; a named engine is refused with it
@@ -31,7 +35,7 @@ from nlp_tasks.config import TaskSpec
 from nlp_tasks.models.loading import cache_root, model_fingerprint
 from nlp_tasks.output.storage import dump, write_atomic
 
-RULES = 1
+RULES = 2
 """What the judges below accept, in the cache key: raised whenever they change, so no verdict outlives its rule."""
 ROWS = 24
 """Rows the engine is compared on: the longest of the sample (long inputs reach the lengths and truncation where
@@ -60,6 +64,30 @@ class Verdict:
     """Rows compared."""
     seconds: float
     """What qualifying the task's pool cost, loads included."""
+    speed: dict | None = None
+    """An encoder pool's Speed (as a dict): the engine against transformers float32; None for generation."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Rows per second of an engine and of transformers in float32 on the same rows, tokenizing and postprocessing
+    included, on one CPU with the same threads."""
+
+    cpu: str
+    """node_cpu.describe() of the node that timed both."""
+    threads: int
+    rows: int
+    engine: float
+    transformers: float
+
+    @property
+    def faster(self) -> bool:
+        return self.engine > self.transformers
+
+    def describe(self, engine: str, precision: str) -> str:
+        return (f"{engine} {precision} {self.engine:.1f} rows/s against transformers float32 {self.transformers:.1f}"
+                f" ({self.engine / self.transformers:.2f}x) on {self.cpu} with {self.threads} thread(s): "
+                f"{'faster' if self.faster else 'slower'} than float32 on this CPU")
 
 
 def precision(engine: str, dtype: str, device: str) -> str:

@@ -1,5 +1,6 @@
 """The Ray task that qualifies a pool's engine: the engine loaded with the tasks' settings and transformers beside
-it, both run on the longest rows of the input sample, a verdict per task (engines/qualification.py judges).
+it, both run on the longest rows of the input sample, a verdict per task (engines/qualification.py judges); an
+encoder pool that agrees is then timed on the same rows against transformers in float32 (`pace`).
 
 It runs before the pools start, on a worker (the driver loads no model); the driver gets the verdicts alone.
 """
@@ -15,7 +16,16 @@ import pyarrow as pa
 
 from nlp_tasks.config import ComputeConfig, TaskSpec
 from nlp_tasks.engines.decoding import generation_settings
-from nlp_tasks.engines.qualification import ROWS, Verdict, judge_generation, judge_values, precision, text_tokens
+from nlp_tasks.engines.qualification import (
+    ROWS,
+    Speed,
+    Verdict,
+    judge_generation,
+    judge_values,
+    precision,
+    text_tokens,
+)
+from nlp_tasks.models import node_cpu
 from nlp_tasks.tasks.base import RowError
 from nlp_tasks.tasks.seq2seq import GenerationTask
 from nlp_tasks.workers.annotator import Annotator, Rows, preprocess_rows
@@ -50,6 +60,7 @@ def qualify_pool(specs: dict[str, TaskSpec], compute: ComputeConfig, sample: lis
     texts = longest(sample)
     specs = {column: judged(spec) for column, spec in specs.items()}
     reasons: dict[str, tuple[str | None, int]] = {}
+    speed = None
     try:
         engine = Annotator(specs, compute, "text", "errors", calibration=calibration)
     except Exception as error:  # noqa: BLE001 - whatever stops the engine loading is the verdict
@@ -66,9 +77,25 @@ def qualify_pool(specs: dict[str, TaskSpec], compute: ComputeConfig, sample: lis
                 reasons[column] = judge(column, spec.engine, engine, reference, table, compute)
             except Exception as error:  # noqa: BLE001
                 reasons[column] = (f"it fails with the task's settings: {one_line(error)}", 0)
+        encoders = not any(isinstance(adapter, GenerationTask) for adapter in engine.adapters.values())
+        if encoders and all(reason is None for reason, _ in reasons.values()):
+            speed = asdict(pace(engine, reference, table, compute.torch_threads or 1))
     seconds = round(time.perf_counter() - started, 2)
     return {column: asdict(Verdict(reason is None, reason or f"agrees with transformers on {rows} of the input's "
-                                   "longest rows", rows, seconds)) for column, (reason, rows) in reasons.items()}
+                                   "longest rows", rows, seconds, speed)) for column, (reason, rows) in reasons.items()}
+
+
+def pace(engine: Annotator, reference: Annotator, table: pa.Table, threads: int) -> Speed:
+    """Rows per second of the engine and of transformers over `table`, both warmed by the comparison: each run twice,
+    in the order engine, transformers, transformers, engine, so that a drift in the machine's speed favours neither."""
+    seconds = {engine: 0.0, reference: 0.0}
+    for annotator in (engine, reference, reference, engine):
+        started = time.perf_counter()
+        annotator(table)
+        seconds[annotator] += time.perf_counter() - started
+    rows = 2 * table.num_rows
+    return Speed(node_cpu.describe(), threads, table.num_rows, round(rows / seconds[engine], 2),
+                 round(rows / seconds[reference], 2))
 
 
 def engine_failures(ours: list[str | None], theirs: list[bool]) -> str | None:

@@ -94,8 +94,23 @@ def test_an_int8_encoder_pool_is_qualified_against_transformers_before_it_runs_o
                           compute={"num_cpus_per_actor": 0.5, "batch_size": None, "dtype": "int8"})
     job(tmp_path, {}, "unused")  # writes the input
     assert main(["--config", config]) == 0
-    assert "task 'sentiment' qualified on openvino" in capsys.readouterr().err
-    assert [pool["engine"] for pool in last_report(tmp_path / "out")["compute"]] == ["openvino"]
+    captured = capsys.readouterr()
+    assert "task 'sentiment' qualified on openvino" in captured.err
+    [pool] = last_report(tmp_path / "out")["compute"]
+    assert pool["engine"] == "openvino"
+    [verdict] = [json.loads(path.read_text()) for path in (node_cache / "qualification").glob("*.json")]
+    speed = verdict["speed"]  # timed on the rows it was compared on, against transformers float32
+    assert speed["rows"] == verdict["rows"] and speed["engine"] > 0 and speed["transformers"] > 0
+    faster = speed["engine"] > speed["transformers"]
+    said = (f"openvino int8 {speed['engine']:.1f} rows/s against transformers float32 {speed['transformers']:.1f} "
+            f"({speed['engine'] / speed['transformers']:.2f}x) on {speed['cpu']} with {speed['threads']} thread(s): "
+            f"{'faster' if faster else 'slower'} than float32 on this CPU")
+    assert pool["engine_speed"] == said
+    [line] = [line for line in captured.out.splitlines() if line.startswith("compute: pool sentiment")]
+    assert f"(qualification timed {said})" in line
+    assert ("dtype float32 on transformers (dtype auto) is faster here" in captured.err) == (not faster)
+    page = next((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
+    assert "openvino, 1 thread(s); qualification timed openvino int8" in page
 
 
 def test_int8_values_agree_within_the_documented_tolerance_and_float32_within_1e_4():

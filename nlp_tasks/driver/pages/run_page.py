@@ -266,9 +266,12 @@ def compute_table(report: dict) -> str:
         return "<p class='note' id='compute'>no pool ran this run.</p>"
     rows = []
     for pool in pools:
-        threads = (f"ctranslate2, {pool.get('inter_threads')} worker(s)" if pool.get("engine") == "ctranslate2"
-                   else f"{pool.get('torch_threads')} torch thread(s)"
-                   + (f"; transformers: {pool['engine_note']}" if pool.get("engine_note") else ""))
+        engine = pool.get("engine", "transformers")
+        threads = (f"ctranslate2, {pool.get('inter_threads')} worker(s)" if engine == "ctranslate2"
+                   else f"{pool.get('torch_threads')} torch thread(s)" if engine == "transformers"
+                   else f"{engine}, {pool.get('torch_threads')} thread(s)")
+        threads += (f"; transformers: {pool['engine_note']}" if pool.get("engine_note") else "") + (
+            f"; qualification timed {pool['engine_speed']}" if pool.get("engine_speed") else "")
         rows.append([esc("+".join(pool.get("tasks", []))), f"{pool.get('min_actors')}-{pool.get('max_actors')}",
                      f"{pool.get('num_cpus_per_actor', 0):g} CPU, {pool.get('num_gpus_per_actor', 0):g} GPU",
                      esc(threads), esc(f"{pool.get('device')} {pool.get('dtype')}"), number(pool.get("batch_size")),
