@@ -1,7 +1,8 @@
 """Qualifying the engines from the driver, after the checks and before the output is opened: the pools whose
-engine is not transformers and has no verdict on this node are qualified by Ray tasks on a sample of the input
-(workers/qualify.py), the verdicts kept (engines/qualification.py), and each such task's engine chosen again with
-them (engines/choice.py): `auto` falls back to transformers and says why, a named engine is refused in one line.
+engine is not transformers and has no verdict on this node, and in a job of QUALIFY_FLOAT32_ROWS input rows or more
+the CPU engines `auto` may take in float32 (one a round, in order), are qualified by Ray tasks on a sample of the
+input (workers/qualify.py), the verdicts kept (engines/qualification.py), and each such task's engine chosen again
+with them (engines/choice.py): `auto` falls back to transformers and says why, a named engine is refused in one line.
 Nothing has been committed then; a run whose verdicts are all kept starts no Ray for this.
 """
 
@@ -16,13 +17,17 @@ from nlp_tasks.driver.phases import timed
 from nlp_tasks.driver.progress import RunEvents
 from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
+from nlp_tasks.engines.choice import QUALIFY_FLOAT32_ROWS, encoder_problem
+from nlp_tasks.engines.encoders import ENCODER_ENGINES
 from nlp_tasks.engines.qualification import Speed, Verdict, precision, record, recorded
+from nlp_tasks.tasks import get_task
 from nlp_tasks.workers.qualify import qualify_pool
 
 log = logging.getLogger(__name__)
 
 ROUNDS = 3
-"""Choices at most: `auto` in int8 may move on from a CPU engine that failed to the next one, qualified in turn."""
+"""Choices at most: `auto` may move on from a CPU engine that failed (in float32, or was timed slower than
+transformers) to the next one, qualified in turn."""
 
 
 def qualification_compute(config: JobConfig, specs: dict[str, TaskSpec]) -> ComputeConfig:
@@ -31,23 +36,40 @@ def qualification_compute(config: JobConfig, specs: dict[str, TaskSpec]) -> Comp
     return compute.model_copy(update={"device": "cuda" if compute.device == "cuda" else "cpu"})
 
 
-def unqualified(config: JobConfig, tasks: dict[str, TaskSpec]) -> list[dict[str, TaskSpec]]:
-    """The pools (their tasks) whose engine is not transformers and lacks a verdict for some task on this node."""
+def unqualified(config: JobConfig, tasks: dict[str, TaskSpec], rows: int) -> list[dict[str, TaskSpec]]:
+    """The pools (their tasks, each naming the engine to qualify) that lack a verdict for some task on this node:
+    those whose engine is not transformers, and, in a job of `rows` input rows or more than QUALIFY_FLOAT32_ROWS,
+    those `auto` left on transformers in float32 on CPU whose next CPU engine has none (float32_candidate)."""
     pools = []
     for specs in group_by_model(tasks):
         compute = qualification_compute(config, specs)
         engine = next(iter(specs.values())).engine
+        if engine == "transformers" and rows >= QUALIFY_FLOAT32_ROWS:
+            engine = float32_candidate(config, specs, compute) or engine
         if engine != "transformers" and any(recorded(spec, engine, compute.dtype, compute.device) is None
                                             for spec in specs.values()):
-            pools.append(specs)
+            pools.append({column: spec.model_copy(update={"engine": engine}) for column, spec in specs.items()})
     return pools
+
+
+def float32_candidate(config: JobConfig, specs: dict[str, TaskSpec], compute: ComputeConfig) -> str | None:
+    """The CPU engine to qualify next for a float32 pool of encoder tasks that `auto` left on transformers on CPU:
+    the first that could run them and has no verdict on this node; None where none is left to try."""
+    if compute.device != "cpu" or compute.dtype not in ("auto", "float32") or \
+            any(config.tasks[column].engine != "auto" or "openvino" not in get_task(spec.task).engines
+                for column, spec in specs.items()):
+        return None
+    return next((engine for engine in ENCODER_ENGINES
+                 if all(encoder_problem(spec, engine, compute.dtype) is None
+                        and recorded(spec, engine, compute.dtype, compute.device) is None for spec in specs.values())),
+                None)
 
 
 def qualify_engines(config: JobConfig, checked: CheckedJob, timings: dict[str, float], events: RunEvents) -> None:
     """Qualify the pools that need it and choose their tasks' engines again (checked.tasks is updated); a named
     engine that fails is a ConfigError, exit 2."""
     for _ in range(ROUNDS):
-        pools = unqualified(config, checked.tasks)
+        pools = unqualified(config, checked.tasks, checked.source.num_rows)
         if not pools:
             return
         with timed(timings, "qualify_engines", events):
@@ -90,8 +112,8 @@ def qualify(config: JobConfig, checked: CheckedJob, pools: list[dict[str, TaskSp
                 log.info("task %r %s on %s in %s s: %s", column, "qualified" if verdict.passed else "did not qualify",
                          spec.engine, verdict.seconds, verdict.reason)
                 speed = verdict.speed and Speed(**verdict.speed)
-                if speed and not speed.faster:
-                    engine_precision = precision(spec.engine, compute.dtype, compute.device)
+                engine_precision = precision(spec.engine, compute.dtype, compute.device)
+                if speed and not speed.faster and engine_precision == "int8":
                     log.warning("task %r: %s; dtype float32 on transformers (dtype auto) is faster here, and equal "
                                 "to pipeline()", column, speed.describe(spec.engine, engine_precision))
         return True

@@ -2,13 +2,14 @@
 driver before anything runs.
 
 `auto` takes CTranslate2 for a generation task whose checkpoint it converts (its model type) and whose decoding
-settings it honours (decoding.py); for an encoder task off the GPU, the fastest CPU engine installed whose exporter
-takes the checkpoint, in int8 (encoders.ENCODER_ENGINES) and in float32 where one is measured faster than
-transformers (encoders.AUTO_FLOAT32_ENGINES: none yet; every one is proven equal by the tests); transformers
-otherwise, and says why. An engine that failed its qualification on the run's rows (qualification.py) cannot run
-the task, as one that cannot take its checkpoint cannot. Naming an engine where it cannot run, or that is not
-installed, is a one-line config error; so is an int8 dtype on an engine without int8 kernels. Reads the
-checkpoint's JSON files and the node's qualification verdicts only: no torch, no conversion.
+settings it honours (decoding.py). For an encoder task off the GPU it takes the first CPU engine installed whose
+exporter takes the checkpoint (encoders.ENCODER_ENGINES): in int8 the first that qualified; in float32 the first
+that qualified on this node and was timed there faster than transformers (qualification.py: equal within 1e-4, so
+the output stays that of `pipeline()`), and transformers until one has. Transformers otherwise, and it says why. An
+engine that failed its qualification on the run's rows cannot run the task, as one that cannot take its checkpoint
+cannot. Naming an engine where it cannot run, or that is not installed, is a one-line config error; so is an int8
+dtype on an engine without int8 kernels. Reads the checkpoint's JSON files and the node's qualification verdicts
+only: no torch, no conversion.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import importlib.util
 from nlp_tasks.config import ConfigError, TaskSpec
 from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
 from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
-from nlp_tasks.engines.encoders import AUTO_FLOAT32_ENGINES, ENCODER_ENGINES, ENCODER_TYPES, missing_package
-from nlp_tasks.engines.qualification import failure
+from nlp_tasks.engines.encoders import ENCODER_ENGINES, ENCODER_TYPES, missing_package
+from nlp_tasks.engines.qualification import Speed, failure, recorded
 from nlp_tasks.models.loading import checkpoint_json
 from nlp_tasks.tasks import get_task
 
 CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
+QUALIFY_FLOAT32_ROWS = 1000
+"""Input rows from which a job qualifies the CPU engines `auto` may take in float32 (driver/qualification.py): a
+smaller run would spend more on the qualification (seconds per engine, once per node) than it could save."""
+UNQUALIFIED = "not qualified on this node yet"
 
 
 def ctranslate2_problem(spec: TaskSpec, device: str = "auto", dtype: str = "auto") -> str | None:
@@ -79,18 +84,30 @@ def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) 
             raise ConfigError(f"tasks.{column}: dtype {dtype} runs on engine openvino or onnxruntime (on CPU) for "
                               f"{spec.task}, not on {'device cuda' if device == 'cuda' else 'transformers'}")
         return "transformers", None
-    candidates = ENCODER_ENGINES if dtype == "int8" else AUTO_FLOAT32_ENGINES
-    if not candidates:
-        return "transformers", None
-    problems = {engine: encoder_problem(spec, engine, dtype) for engine in candidates}
+    problems = {engine: encoder_problem(spec, engine, dtype) or (None if dtype == "int8" else unproven(spec, engine))
+                for engine in ENCODER_ENGINES}
     chosen = next((engine for engine, problem in problems.items() if problem is None), None)
     if chosen is not None:
         return chosen, None
     if dtype in CTRANSLATE2_ONLY_DTYPES:
         raise ConfigError(f"tasks.{column}: dtype {dtype} needs engine openvino or onnxruntime, and neither can run "
                           "it: " + "; ".join(f"{engine}: {problem}" for engine, problem in problems.items()))
-    return "transformers", "no CPU engine can run it: " + "; ".join(
-        f"{engine}: {problem}" for engine, problem in problems.items())
+    return "transformers", "no CPU engine is proven equal and faster on this node: " + "; ".join(
+        f"{engine}: {problem}" for engine, problem in problems.items()) + (
+        f" (a job of {QUALIFY_FLOAT32_ROWS:,} input rows or more qualifies them)"
+        if UNQUALIFIED in problems.values() else "")
+
+
+def unproven(spec: TaskSpec, engine: str) -> str | None:
+    """Why `auto` may not yet take CPU engine `engine` for this task in float32: not qualified on this node, or
+    timed there no faster than transformers float32 (qualification.Speed); None where it was timed faster."""
+    verdict = recorded(spec, engine, "float32", "cpu")
+    if verdict is None:
+        return UNQUALIFIED
+    if verdict.speed is None or not Speed(**verdict.speed).faster:
+        return "not timed faster than transformers float32" + (
+            f": {Speed(**verdict.speed).describe(engine, 'float32')}" if verdict.speed else "")
+    return None
 
 
 def choose_engine(column: str, spec: TaskSpec, dtype: str, device: str = "auto") -> tuple[str, str | None]:

@@ -23,11 +23,7 @@ from nlp_tasks.engines.openvino_models import OpenVINOModel
 from nlp_tasks.models.loading import cache_root, model_fingerprint
 
 ENCODER_ENGINES = ("openvino", "onnxruntime")
-"""The CPU engines, fastest int8 first (README, CPU engines): what `engine: auto` tries, in order, for int8."""
-AUTO_FLOAT32_ENGINES: tuple[str, ...] = ()
-"""The CPU engines `engine: auto` takes in float32, fastest first: none, as measured on 2 cores (docs/performance.md,
-CPU engines: the job ran MiniLM at 24.9-34.6 rows/s on OpenVINO against 29.5-34.2 on transformers' packed kernels).
-A named engine runs all the same; a figure that shows one faster in the job belongs here."""
+"""The CPU engines, fastest int8 first (README, CPU engines): what `engine: auto` tries, in order (engines/choice.py)."""
 ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet", "albert"}
 """Model types (config.json `model_type`) whose export is proven equal to transformers here (the tests run BERT and
 the packaged MiniLM); others run on transformers."""

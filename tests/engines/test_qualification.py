@@ -5,6 +5,7 @@ is refused in one line before anything is committed, and a node pays for a verdi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,6 +112,67 @@ def test_an_int8_encoder_pool_is_qualified_against_transformers_before_it_runs_o
     assert ("dtype float32 on transformers (dtype auto) is faster here" in captured.err) == (not faster)
     page = next((tmp_path / "out" / "__reports").glob("run-*.html")).read_text()
     assert "openvino, 1 thread(s); qualification timed openvino int8" in page
+
+
+@pytest.mark.slow
+def test_auto_in_float32_qualifies_a_cpu_engine_on_a_large_input_and_takes_it_only_where_timed_faster(
+        ray_local, models, node_cache, tmp_path, capsys):
+    from nlp_tasks.engines.choice import QUALIFY_FLOAT32_ROWS
+
+    tasks = {"sentiment": {"task": "text-classification", "model": str(models["text-classification"])}}
+    small = job(tmp_path, tasks, "small")  # 15 rows: not worth a qualification
+    assert main(["--config", small]) == 0
+    assert "task 'sentiment' qualified on" not in capsys.readouterr().err
+    assert "qualify_engines" not in last_report(tmp_path / "small")["time_s"]
+    [pool] = last_report(tmp_path / "small")["compute"]
+    assert pool["engine"] == "transformers" and "openvino: not qualified on this node yet" in pool["engine_note"]
+
+    folder = tmp_path / "large"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(QUALIFY_FLOAT32_ROWS)],
+                             "text": [f"{DOCS[i % len(DOCS)]} {i}" for i in range(QUALIFY_FLOAT32_ROWS)]}),
+                   folder / "a.parquet")
+    large = write_config(tmp_path, folder, tasks, name="large.yaml", output={"path": tmp_path / "large-out"},
+                         compute={"num_cpus_per_actor": 0.5, "batch_size": None})
+    assert main(["--config", large]) == 0
+    logs = capsys.readouterr().err
+    assert "task 'sentiment' qualified on openvino" in logs
+    verdicts = [json.loads(path.read_text()) for path in (node_cache / "qualification").glob("*.json")]
+    faster = [verdict["speed"]["engine"] > verdict["speed"]["transformers"] for verdict in verdicts]
+    [pool] = last_report(tmp_path / "large-out")["compute"]
+    if pool["engine"] == "transformers":  # every engine timed slower: transformers, saying so
+        assert not any(faster) and "not timed faster than transformers" in pool["engine_note"]
+    else:  # the first engine timed faster is taken, and the next one not qualified
+        assert sum(faster) == 1 and (len(verdicts) == 1) == (pool["engine"] == "openvino")
+        assert pool["engine_speed"].startswith(pool["engine"]) and "faster than float32" in pool["engine_speed"]
+
+
+def test_auto_in_float32_takes_a_cpu_engine_only_with_a_verdict_of_this_node_timing_it_faster(models, node_cache):
+    from nlp_tasks.config import TaskSpec
+    from nlp_tasks.engines.choice import choose_engine
+    from nlp_tasks.engines.qualification import Speed, Verdict, record
+
+    spec = TaskSpec.model_validate({"task": "text-classification", "model": str(models["text-classification"])})
+    engine, why = choose_engine("sentiment", spec, "auto", "cpu")
+    assert engine == "transformers" and "openvino: not qualified on this node yet" in why
+
+    def verdict(engine: str, rate: float, passed: bool = True) -> None:
+        record(spec, engine, "float32", "cpu", Verdict(passed, "agrees" if passed else "differs", 24, 3.0,
+                                                       asdict(Speed("some CPU", 2, 24, rate, 10.0))))
+
+    verdict("openvino", 9.0)
+    engine, why = choose_engine("sentiment", spec, "auto", "cpu")
+    assert engine == "transformers" and "openvino: not timed faster than transformers float32: openvino float32 " \
+        "9.0 rows/s against transformers float32 10.0 (0.90x) on some CPU with 2 thread(s)" in why
+    verdict("onnxruntime", 12.0, passed=False)  # faster, but not equal: never taken
+    assert choose_engine("sentiment", spec, "auto", "cpu")[0] == "transformers"
+    verdict("onnxruntime", 12.0)
+    assert choose_engine("sentiment", spec, "auto", "cpu") == ("onnxruntime", None)
+    verdict("openvino", 11.0)  # the first engine timed faster is taken
+    assert choose_engine("sentiment", spec, "auto", "cpu") == ("openvino", None)
+    assert choose_engine("sentiment", spec, "float32", "cuda")[0] == "transformers"
+    named = spec.model_copy(update={"engine": "transformers"})
+    assert choose_engine("sentiment", named, "auto", "cpu") == ("transformers", None)
 
 
 def test_int8_values_agree_within_the_documented_tolerance_and_float32_within_1e_4():
