@@ -128,10 +128,10 @@ class TaskSpec(BaseModel):
     revision: str | None = None
     engine: Literal["auto", "transformers", "ctranslate2", "openvino", "onnxruntime"] = "auto"
     """What runs the model: auto takes CTranslate2 for a generation task whose checkpoint and options it supports,
-    and for an encoder task in int8 on CPU the fastest CPU engine installed (openvino, then onnxruntime: the
-    cpu-engines extra) whose exporter takes the checkpoint (engines/choice.py); transformers otherwise (in float32
-    no CPU engine is measured faster yet). Naming an engine that cannot run the task, or that is not installed, is
-    an error."""
+    and for an encoder task on CPU a CPU engine installed (openvino, then onnxruntime: the cpu-engines extra) whose
+    exporter takes the checkpoint, once qualified on the input's rows: in int8 the first, in float32 the first
+    timed faster than transformers on the node (engines/choice.py); transformers otherwise. Naming an engine that
+    cannot run the task, or that is not installed, is an error."""
     compute: ComputeConfig | None = None
     """This task's pool only; tasks that share a model share a pool, and must agree."""
     max_error_share: float = Field(0.1, ge=0, le=1, strict=True)
