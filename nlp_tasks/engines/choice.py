@@ -5,7 +5,8 @@ driver before anything runs.
 settings it honours (decoding.py). For an encoder task off the GPU it takes the first CPU engine installed whose
 exporter takes the checkpoint (encoders.ENCODER_ENGINES): in int8 the first that qualified; in float32 the first
 that qualified on this node and was timed there faster than transformers (qualification.py: equal within 1e-4, so
-the output stays that of `pipeline()`), and transformers until one has. Transformers otherwise, and it says why. An
+the output stays that of `pipeline()`), and transformers until one has, saying why once one was tried here.
+Transformers otherwise, and it says why. An
 engine that failed its qualification on the run's rows cannot run the task, as one that cannot take its checkpoint
 cannot. Naming an engine where it cannot run, or that is not installed, is a one-line config error; so is an int8
 dtype on an engine without int8 kernels. Reads the checkpoint's JSON files and the node's qualification verdicts
@@ -28,7 +29,6 @@ CTRANSLATE2_ONLY_DTYPES = {"int8", "int8_float16"}
 QUALIFY_FLOAT32_ROWS = 1000
 """Input rows from which a job qualifies the CPU engines `auto` may take in float32 (driver/qualification.py): a
 smaller run would spend more on the qualification (seconds per engine, once per node) than it could save."""
-UNQUALIFIED = "not qualified on this node yet"
 
 
 def ctranslate2_problem(spec: TaskSpec, device: str = "auto", dtype: str = "auto") -> str | None:
@@ -92,10 +92,12 @@ def choose_encoder_engine(column: str, spec: TaskSpec, dtype: str, device: str) 
     if dtype in CTRANSLATE2_ONLY_DTYPES:
         raise ConfigError(f"tasks.{column}: dtype {dtype} needs engine openvino or onnxruntime, and neither can run "
                           "it: " + "; ".join(f"{engine}: {problem}" for engine, problem in problems.items()))
+    tried = {engine: problem for engine, problem in problems.items()
+             if recorded(spec, engine, "float32", "cpu") is not None}
+    if not tried:  # none qualified on this node yet: transformers is the default, not a fallback
+        return "transformers", None
     return "transformers", "no CPU engine is proven equal and faster on this node: " + "; ".join(
-        f"{engine}: {problem}" for engine, problem in problems.items()) + (
-        f" (a job of {QUALIFY_FLOAT32_ROWS:,} input rows or more qualifies them)"
-        if UNQUALIFIED in problems.values() else "")
+        f"{engine}: {problem}" for engine, problem in tried.items())
 
 
 def unproven(spec: TaskSpec, engine: str) -> str | None:
@@ -103,7 +105,7 @@ def unproven(spec: TaskSpec, engine: str) -> str | None:
     timed there no faster than transformers float32 (qualification.Speed); None where it was timed faster."""
     verdict = recorded(spec, engine, "float32", "cpu")
     if verdict is None:
-        return UNQUALIFIED
+        return "not qualified on this node yet"
     if verdict.speed is None or not Speed(**verdict.speed).faster:
         return "not timed faster than transformers float32" + (
             f": {Speed(**verdict.speed).describe(engine, 'float32')}" if verdict.speed else "")

@@ -57,8 +57,8 @@ def test_question_answering_on_a_cpu_engine_equals_transformers(models, annotate
 def test_auto_takes_the_fastest_engine_and_stays_on_transformers_on_a_gpu(models, tmp_path, monkeypatch):
     monkeypatch.setenv("NLP_TASKS_MODEL_CACHE", str(tmp_path))  # a node with no verdict
     task = spec("text-classification", models["text-classification"])
-    engine, why = choose_engine("s", task, "auto", "cpu")  # float32: only once timed faster here (test_qualification)
-    assert engine == "transformers" and "openvino: not qualified on this node yet" in why
+    # float32: an engine only once timed faster here (test_qualification); none tried yet, nothing to say
+    assert choose_engine("s", task, "auto", "cpu") == ("transformers", None)
     assert choose_engine("s", task, "int8", "auto") == ("openvino", None)
     assert choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"),
                          "auto", "cpu") == ("openvino", None)
@@ -101,8 +101,8 @@ def test_a_model_the_exporter_cannot_take_falls_back_with_auto_and_is_one_line_w
 def test_without_the_extra_naming_an_engine_or_int8_is_a_one_line_error(models, monkeypatch):
     for package in ("openvino", "onnxruntime"):
         monkeypatch.setitem(sys.modules, package, None)  # as if not installed: find_spec and import fail
-    engine, why = choose_engine("s", spec("text-classification", models["text-classification"]), "auto", "cpu")
-    assert engine == "transformers" and "openvino: the openvino package is not installed" in why
+    assert choose_engine("s", spec("text-classification", models["text-classification"]), "auto", "cpu") == (
+        "transformers", None)
     with pytest.raises(ConfigError, match=r"^tasks.s: engine openvino cannot run it: the openvino package is not "
                                           r"installed \(pip install .\[cpu-engines\]\)$"):
         choose_engine("s", spec("text-classification", models["text-classification"], engine="openvino"), "auto",
