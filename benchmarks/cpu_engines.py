@@ -8,8 +8,9 @@ The same BBC articles (../shared/corpora/bbc_news/train.parquet, else the bundle
 mean-pooled and normalized, truncated to --max-length tokens; each variant a fresh process, timed from start to
 exit and in steady state:
 
-  job               `python -m jobs.annotate` with no compute section (`engine: auto`: transformers in float32,
-                    as measured) or `compute: {dtype: int8}` alone (auto: OpenVINO's static int8); steady state:
+  job               `python -m jobs.annotate` with no compute section (`engine: auto`: in float32 transformers, or
+                    a CPU engine the node's qualification timed faster; the report's compute says which) or
+                    `compute: {dtype: int8}` alone (auto: OpenVINO's static int8); steady state:
                     rows over the span from the actors' first call to their last call's end, from the run report
   job-openvino      the job on `engine: openvino` (float32)
   openvino          OpenVINO as its docs advise for one stream: INFERENCE_NUM_THREADS = cores, float32 asked for
