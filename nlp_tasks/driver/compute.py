@@ -25,7 +25,7 @@ from nlp_tasks.batching import CPU_TOKEN_BUDGET
 from nlp_tasks.config import ComputeConfig, ConfigError, JobConfig, TaskSpec
 from nlp_tasks.engines.choice import choose_engine
 from nlp_tasks.engines.encoders import ENCODER_ENGINES
-from nlp_tasks.engines.qualification import Speed, precision, recorded
+from nlp_tasks.engines.qualification import precision, recorded
 from nlp_tasks.models.loading import weights_bytes
 from nlp_tasks.tasks import get_task
 
@@ -309,9 +309,9 @@ def engine_speed(specs: dict[str, TaskSpec], settings: PoolSettings) -> str | No
     if settings.engine not in ENCODER_ENGINES:
         return None
     verdict = recorded(next(iter(specs.values())), settings.engine, settings.dtype, "cpu")
-    if verdict is None or verdict.speed is None:
+    if verdict is None or verdict.pace is None:
         return None
-    return Speed(**verdict.speed).describe(settings.engine, precision(settings.engine, settings.dtype, "cpu"))
+    return verdict.pace.describe(settings.engine, precision(settings.engine, settings.dtype, "cpu"))
 
 
 def check_reservations(pools: list[PoolSettings], cluster: Cluster) -> None:

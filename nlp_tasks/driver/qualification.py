@@ -19,7 +19,7 @@ from nlp_tasks.driver.ray_session import start_ray, stop_embedded_ray
 from nlp_tasks.engines.calibration import needs_calibration, sample_and_size
 from nlp_tasks.engines.choice import QUALIFY_FLOAT32_ROWS, encoder_problem
 from nlp_tasks.engines.encoders import ENCODER_ENGINES
-from nlp_tasks.engines.qualification import Speed, Verdict, precision, record, recorded
+from nlp_tasks.engines.qualification import Verdict, precision, record, recorded
 from nlp_tasks.tasks import get_task
 from nlp_tasks.workers.qualify import qualify_pool
 
@@ -111,7 +111,7 @@ def qualify(config: JobConfig, checked: CheckedJob, pools: list[dict[str, TaskSp
                 record(spec, spec.engine, compute.dtype, compute.device, verdict)
                 log.info("task %r %s on %s in %s s: %s", column, "qualified" if verdict.passed else "did not qualify",
                          spec.engine, verdict.seconds, verdict.reason)
-                speed = verdict.speed and Speed(**verdict.speed)
+                speed = verdict.pace
                 engine_precision = precision(spec.engine, compute.dtype, compute.device)
                 if speed and not speed.faster and engine_precision == "int8":
                     log.warning("task %r: %s; dtype float32 on transformers (dtype auto) is faster here, and equal "

@@ -6,11 +6,10 @@ settings it honours (decoding.py). For an encoder task off the GPU it takes the 
 exporter takes the checkpoint (encoders.ENCODER_ENGINES): in int8 the first that qualified; in float32 the first
 that qualified on this node and was timed there faster than transformers (qualification.py: equal within 1e-4, so
 the output stays that of `pipeline()`), and transformers until one has, saying why once one was tried here.
-Transformers otherwise, and it says why. An
-engine that failed its qualification on the run's rows cannot run the task, as one that cannot take its checkpoint
-cannot. Naming an engine where it cannot run, or that is not installed, is a one-line config error; so is an int8
-dtype on an engine without int8 kernels. Reads the checkpoint's JSON files and the node's qualification verdicts
-only: no torch, no conversion.
+Transformers otherwise, and it says why. An engine that failed its qualification on the run's rows cannot run the
+task, as one that cannot take its checkpoint cannot. Naming an engine where it cannot run, or that is not
+installed, is a one-line config error; so is an int8 dtype on an engine without int8 kernels. Reads the
+checkpoint's JSON files and the node's qualification verdicts only: no torch, no conversion.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from nlp_tasks.config import ConfigError, TaskSpec
 from nlp_tasks.engines.ctranslate2_models import DECODER_TYPES, SEQ2SEQ_TYPES, checkpoint_generation
 from nlp_tasks.engines.decoding import Unsupported, ctranslate2_decoding, generation_settings
 from nlp_tasks.engines.encoders import ENCODER_ENGINES, ENCODER_TYPES, missing_package
-from nlp_tasks.engines.qualification import Speed, failure, recorded
+from nlp_tasks.engines.qualification import failure, recorded
 from nlp_tasks.models.loading import checkpoint_json
 from nlp_tasks.tasks import get_task
 
@@ -106,9 +105,10 @@ def unproven(spec: TaskSpec, engine: str) -> str | None:
     verdict = recorded(spec, engine, "float32", "cpu")
     if verdict is None:
         return "not qualified on this node yet"
-    if verdict.speed is None or not Speed(**verdict.speed).faster:
-        return "not timed faster than transformers float32" + (
-            f": {Speed(**verdict.speed).describe(engine, 'float32')}" if verdict.speed else "")
+    if verdict.pace is None:
+        return "not timed against transformers float32"
+    if not verdict.pace.faster:
+        return f"not timed faster than transformers float32: {verdict.pace.describe(engine, 'float32')}"
     return None
 
 

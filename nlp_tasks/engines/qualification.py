@@ -65,7 +65,12 @@ class Verdict:
     seconds: float
     """What qualifying the task's pool cost, loads included."""
     speed: dict | None = None
-    """An encoder pool's Speed (as a dict): the engine against transformers float32; None for generation."""
+    """An encoder pool's Speed (as a dict, as the verdict is kept in JSON); None for generation."""
+
+    @property
+    def pace(self) -> Speed | None:
+        """The engine against transformers float32, as timed (`speed` read back), or None."""
+        return Speed(**self.speed) if self.speed else None
 
 
 @dataclass(frozen=True)
