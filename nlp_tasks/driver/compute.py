@@ -173,13 +173,13 @@ def resolve_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster:
     split = [(c.stages == "split" or (c.stages == "auto" and gpu)) and all(
         get_task(spec.task).splits(spec.options) for spec in specs.values())
         for specs, c, gpu in zip(groups, hand, on_gpu)]
-    cpu_pools = sum(1 for gpu in on_gpu if not gpu)
+    cpu_pools, gpu_pools = sum(1 for gpu in on_gpu if not gpu), sum(1 for gpu in on_gpu if gpu)
     resolved = []
     for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
         first = next(iter(specs.values()))
         engine = _pool_engine(config, specs, gpu, compute.dtype)
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
-        auto = (_gpu_defaults(cluster, size, pool_split) if gpu else
+        auto = (_gpu_defaults(cluster, gpu_pools, size, pool_split) if gpu else
                 _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
         if first.engine == "ctranslate2":
             auto = _ctranslate2_defaults(auto, cluster, gpu, chosen.get("max_actors"))
@@ -226,9 +226,12 @@ def with_stage_cpus(resolved: list[PoolSettings], cluster: Cluster) -> list[Pool
     return [replace(settings, stage_cpus=stage_cpus) for settings in resolved]
 
 
-def _gpu_defaults(cluster: Cluster, weights: int, split: bool) -> dict[str, Any]:
-    """GPU actors; with split stages they reserve little CPU, the CPU stages get the rest."""
+def _gpu_defaults(cluster: Cluster, pools: int, weights: int, split: bool) -> dict[str, Any]:
+    """GPU actors, the first of each of the `pools` GPU pools fitting the GPUs together; with split stages they
+    reserve little CPU, the CPU stages get the rest."""
     share = gpu_share(weights)
+    if cluster.gpus:
+        share = min(share, math.floor(cluster.gpus / max(pools, 1) * 100) / 100)
     actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
     cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * cluster.reserve) / max(cluster.gpus, 1.0))
     return {
@@ -255,7 +258,7 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
     fixed = actors if cluster.fixed_size else 1
     return {
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
-        "num_cpus_per_actor": round(usable / max(pools, 1) / actors, 3),
+        "num_cpus_per_actor": math.floor(usable / max(pools, 1) / actors * 1000) / 1000,  # rounded up, they overflow
         "torch_threads": max(1, cores // actors),
         "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
         "inter_threads": 1,
@@ -325,10 +328,12 @@ def check_reservations(pools: list[PoolSettings], cluster: Cluster) -> None:
     stage_tasks = max((2 * settings.stage_cpus for settings in pools if settings.stages == "split"), default=0.0)
     room = cluster.cpus - cluster.nodes * CPU_RESERVE - stage_tasks
     if reserved > room + 1e-9 or gpus > cluster.gpus:
+        stages_alone = stage_tasks and reserved <= room + stage_tasks + 1e-9 and gpus <= cluster.gpus
         message = (f"compute: the actor pools' min_actors reserve {reserved:g} CPUs and {gpus:g} GPUs; the cluster "
                    f"has {cluster.cpus:g} CPUs ({room:g} after reading, writing"
                    f"{' and split stages' if stage_tasks else ''}) and {cluster.gpus:g} GPUs: "
-                   "lower min_actors or num_cpus_per_actor, or leave them out to size them automatically")
+                   + ("set stages: fused, whose actors tokenize and postprocess themselves" if stages_alone else
+                      "lower min_actors or num_cpus_per_actor, or leave them out to size them automatically"))
         if cluster.fixed_size:
             raise ConfigError(message)
         log.warning(message)

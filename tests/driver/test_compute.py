@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ from helpers import write_config
 
 from nlp_tasks.config import ConfigError, parse_config
 from nlp_tasks.driver.commits import COMMITTERS
-from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, group_by_model, resolve_pools
+from nlp_tasks.driver.compute import CPU_RESERVE, Cluster, check_reservations, group_by_model, resolve_pools
 from nlp_tasks.driver.plan import rows_per_write
 from nlp_tasks.workers.read import Fragment
 
@@ -93,6 +94,28 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
     # candidate labels are scored against embeddings the weights make at load: that pool stays fused
     assert [(settings.tasks, settings.stages) for settings in on_gpu] == [(("topic",), "fused"), (("sentiment",), "split")]
     assert on_gpu[1].stage_cpus == 1.0 and "CPU tasks of 1 CPU" in on_gpu[1].describe()
+
+
+def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_say_so():
+    """Sized by hand, pools may not fit (the refusal names the keys); sized automatically, they must, whatever the
+    node count, cores per node, GPUs, memory and number of models: 7.5 free CPUs shared by 8 actors must not round
+    to 8 x 0.938. The one exception is split stages on a one-core node, and the refusal says to fuse them."""
+    for nodes, cores, gpus, memory, pools, stages in itertools.product(
+            (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (1, 2, 3),
+            ("auto", "fused", "split")):
+        if (gpus and cores < 4) or (stages == "split" and cores == 1 and nodes > 1):
+            continue  # GPU nodes have cores; the check adds a cluster's CPUs up, so one-core nodes split it unevenly
+        cluster = Cluster(cpus=cores * nodes, gpus=gpus * nodes, memory=memory * nodes, nodes=nodes, fixed_size=True)
+        config = job(dict(list(THREE_MODELS.items())[:pools]), {"stages": stages})
+        plans = plans_for(config, cluster, [500 * MB] * pools)
+        if stages == "split" and cores == 1:
+            with pytest.raises(ConfigError, match=r"\(0 after reading, writing and split stages\).*set stages: fused"):
+                check_reservations(plans, cluster)
+        else:
+            check_reservations(plans, cluster)
+    one_core = Cluster(cpus=1, gpus=0, memory=24 * 2**30, nodes=1, fixed_size=True)
+    with pytest.raises(ConfigError, match="lower min_actors or num_cpus_per_actor"):
+        check_reservations(plans_for(job(THREE_MODELS, {"min_actors": 2}), one_core, [90 * MB] * 3), one_core)
 
 
 def test_a_small_run_is_cut_into_batches_enough_for_every_actor():
