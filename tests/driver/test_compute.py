@@ -98,16 +98,16 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
 
 def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_say_so():
     """Sized by hand, pools may not fit (the refusal names the keys); sized automatically, they must, whatever the
-    node count, cores per node, GPUs, memory and number of models: 7.5 free CPUs shared by 8 actors must not round
+    node count, cores per node, GPUs, memory, model size and number of models: 7.5 free CPUs shared by 8 actors must not round
     to 8 x 0.938. The one exception is split stages on a one-core node, and the refusal says to fuse them."""
-    for nodes, cores, gpus, memory, pools, stages in itertools.product(
-            (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (1, 2, 3),
-            ("auto", "fused", "split")):
+    for nodes, cores, gpus, memory, weights, pools, stages in itertools.product(
+            (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (90 * MB, 1024 * MB, 5 * 2**30),
+            (1, 2, 3), ("auto", "fused", "split")):
         if (gpus and cores < 4) or (stages == "split" and cores == 1 and nodes > 1):
             continue  # GPU nodes have cores; the check adds a cluster's CPUs up, so one-core nodes split it unevenly
         cluster = Cluster(cpus=cores * nodes, gpus=gpus * nodes, memory=memory * nodes, nodes=nodes, fixed_size=True)
         config = job(dict(list(THREE_MODELS.items())[:pools]), {"stages": stages})
-        plans = plans_for(config, cluster, [500 * MB] * pools)
+        plans = plans_for(config, cluster, [weights] * pools)
         if stages == "split" and cores == 1:
             with pytest.raises(ConfigError, match=r"\(0 after reading, writing and split stages\).*set stages: fused"):
                 check_reservations(plans, cluster)
