@@ -244,11 +244,12 @@ def _gpu_defaults(cluster: Cluster, pools: int, weights: int, split: bool) -> di
 
 
 def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None, split: bool) -> dict[str, Any]:
-    """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short);
-    `actors`: the pool size, when set by hand; `split`: some pool has split stages, whose two CPU stages
-    need room too."""
+    """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short, none wider
+    than a node); `actors`: the pool size, when set by hand; `split`: some pool has split stages, whose two CPU
+    stages need room too."""
     reserve = cluster.reserve + (2 * SMALL_STAGE_CPUS if split else 0)
     usable = max(0.5, cluster.cpus - cluster.nodes * reserve)
+    node_cores = cluster.cpus / cluster.nodes
     cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
     if actors is None:
         actors = cores
@@ -258,8 +259,9 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
     fixed = actors if cluster.fixed_size else 1
     return {
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
-        "num_cpus_per_actor": math.floor(usable / max(pools, 1) / actors * 1000) / 1000,  # rounded up, they overflow
-        "torch_threads": max(1, cores // actors),
+        "num_cpus_per_actor": math.floor(min(usable / max(pools, 1) / actors, max(0.5, node_cores - reserve))
+                                         * 1000) / 1000,  # rounded up, they would overflow the cores
+        "torch_threads": max(1, min(cores // actors, math.floor(node_cores))),
         "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
         "inter_threads": 1,
     }

@@ -98,8 +98,9 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
 
 def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_say_so():
     """Sized by hand, pools may not fit (the refusal names the keys); sized automatically, they must, whatever the
-    node count, cores per node, GPUs, memory, model size and number of models: 7.5 free CPUs shared by 8 actors must not round
-    to 8 x 0.938. The one exception is split stages on a one-core node, and the refusal says to fuse them."""
+    node count, cores per node, GPUs, memory, model size and number of models: 7.5 free CPUs shared by 8 actors must
+    not round to 8 x 0.938, and no actor may be wider than a node. The one exception is split stages on a one-core
+    node, and the refusal says to fuse them."""
     for nodes, cores, gpus, memory, weights, pools, stages in itertools.product(
             (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (90 * MB, 1024 * MB, 5 * 2**30),
             (1, 2, 3), ("auto", "fused", "split")):
@@ -108,6 +109,9 @@ def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_s
         cluster = Cluster(cpus=cores * nodes, gpus=gpus * nodes, memory=memory * nodes, nodes=nodes, fixed_size=True)
         config = job(dict(list(THREE_MODELS.items())[:pools]), {"stages": stages})
         plans = plans_for(config, cluster, [weights] * pools)
+        for plan in plans:  # an actor runs on one node: a wider one would wait for a node that does not exist
+            assert plan.num_cpus_per_actor <= cores and plan.torch_threads <= cores, (nodes, cores, plan)
+            assert plan.num_gpus_per_actor <= max(gpus, 1), (nodes, gpus, plan)
         if stages == "split" and cores == 1:
             with pytest.raises(ConfigError, match=r"\(0 after reading, writing and split stages\).*set stages: fused"):
                 check_reservations(plans, cluster)
