@@ -69,6 +69,8 @@ class Cluster:
     fixed_size: bool
     kept_free: float = 0.0
     """CPUs per node the pools leave to stages the job does not plan (a processor's user's read, map and write)."""
+    node_cpus: float | None = None
+    """CPUs of the largest node, where Ray said (None: the CPUs spread evenly over the nodes): no actor is wider."""
 
     @property
     def reserve(self) -> float:
@@ -83,7 +85,8 @@ class Cluster:
         total = ray.cluster_resources()
         alive = [node for node in ray.nodes() if node.get("Alive")]
         return cls(cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0), memory=total.get("memory", 0.0),
-                   nodes=max(1, len(alive)), fixed_size=fixed_size)
+                   nodes=max(1, len(alive)), fixed_size=fixed_size,
+                   node_cpus=max((node.get("Resources", {}).get("CPU", 0.0) for node in alive), default=None))
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
     stages need room too."""
     reserve = cluster.reserve + (2 * SMALL_STAGE_CPUS if split else 0)
     usable = max(0.5, cluster.cpus - cluster.nodes * reserve)
-    node_cores = cluster.cpus / cluster.nodes
+    node_cores = cluster.node_cpus or cluster.cpus / cluster.nodes
     cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
     if actors is None:
         actors = cores

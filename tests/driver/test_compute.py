@@ -50,14 +50,15 @@ def test_pools_fit_clusters_of_several_shapes(own_ray):
     ray.init(address=cluster.address)
     try:
         cpu_only = Cluster.now(fixed_size=True)
-        assert (cpu_only.cpus, cpu_only.gpus, cpu_only.nodes) == (8, 0, 3)
+        assert (cpu_only.cpus, cpu_only.gpus, cpu_only.nodes, cpu_only.node_cpus) == (8, 0, 3, 4)
         [one] = plans_for(job({"embedding": THREE_MODELS["embedding"]}), cpu_only, [90 * MB])
         assert (one.device, one.dtype, one.min_actors, one.max_actors, one.torch_threads) == ("cpu", "float32", 8, 8, 1)
         three = plans_for(job(THREE_MODELS), cpu_only, [90 * MB] * 3)
         assert [p.max_actors for p in three] == [2, 2, 2]
         assert sum(p.max_actors * p.num_cpus_per_actor for p in three) <= 8 - 3 * CPU_RESERVE + 1e-9
         huge = plans_for(job({"embedding": THREE_MODELS["embedding"]}), cpu_only, [int(cpu_only.memory / 4)])
-        assert huge[0].max_actors == 1 and huge[0].torch_threads == 8  # one copy fits in memory: one wide actor
+        # one copy fits in memory: one actor, as wide as a node (of 4 CPUs, less reading and writing) and no wider
+        assert (huge[0].max_actors, huge[0].torch_threads, huge[0].num_cpus_per_actor) == (1, 4, 4 - CPU_RESERVE)
 
         for _ in range(2):
             cluster.add_node(num_cpus=8, num_gpus=1)
