@@ -177,13 +177,15 @@ def resolve_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster:
         get_task(spec.task).splits(spec.options) for spec in specs.values())
         for specs, c, gpu in zip(groups, hand, on_gpu)]
     cpu_pools, gpu_pools = sum(1 for gpu in on_gpu if not gpu), sum(1 for gpu in on_gpu if gpu)
-    resolved = []
-    for specs, compute, gpu, size, pool_split in zip(groups, hand, on_gpu, weights, split):
+    resolved: dict[int, PoolSettings] = {}
+    taken = 0.0  # the CPUs the GPU pools' first actors hold: planned first, the CPU pools share what they leave
+    for index in sorted(range(len(groups)), key=lambda index: not on_gpu[index]):
+        specs, compute, gpu, size, pool_split = groups[index], hand[index], on_gpu[index], weights[index], split[index]
         first = next(iter(specs.values()))
         engine = _pool_engine(config, specs, gpu, compute.dtype)
         chosen = compute.model_dump(exclude_none=True, exclude={"device", "dtype", "stages"})
-        auto = (_gpu_defaults(cluster, gpu_pools, size, pool_split) if gpu else
-                _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split)))
+        auto = (_gpu_defaults(cluster, gpu_pools, cpu_pools, size, pool_split) if gpu else
+                _cpu_defaults(cluster, cpu_pools, size, chosen.get("max_actors"), any(split), taken))
         if first.engine == "ctranslate2":
             auto = _ctranslate2_defaults(auto, cluster, gpu, chosen.get("max_actors"))
         merged = {**auto, **chosen}
@@ -195,7 +197,9 @@ def resolve_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster:
             calls = merged["max_actors"] * (merged["inter_threads"] if first.engine == "ctranslate2" and not gpu
                                             else BATCHES_PER_ACTOR)
             merged["batch_size"] = max(1, min(merged["batch_size"], -(-rows // calls)))
-        resolved.append(PoolSettings(
+        if gpu:
+            taken += merged["min_actors"] * merged["num_cpus_per_actor"]
+        resolved[index] = PoolSettings(
             tasks=tuple(specs), model=first.model, device="cuda" if gpu else "cpu",
             dtype=compute.dtype if compute.dtype != "auto" else (
                 ("float16" if first.engine == "ctranslate2" else "bfloat16") if gpu else "float32"),
@@ -203,8 +207,8 @@ def resolve_pools(config: JobConfig, groups: list[dict[str, TaskSpec]], cluster:
             engine=engine,
             **{key: merged[key] for key in ("min_actors", "max_actors", "num_cpus_per_actor",
                                             "num_gpus_per_actor", "torch_threads", "batch_size",
-                                            "token_budget", "actor_concurrency", "inter_threads")}))
-    return with_stage_cpus(resolved, cluster)
+                                            "token_budget", "actor_concurrency", "inter_threads")})
+    return with_stage_cpus([resolved[index] for index in range(len(groups))], cluster)
 
 
 def _pool_engine(config: JobConfig, specs: dict[str, TaskSpec], gpu: bool, dtype: str) -> str:
@@ -229,41 +233,43 @@ def with_stage_cpus(resolved: list[PoolSettings], cluster: Cluster) -> list[Pool
     return [replace(settings, stage_cpus=stage_cpus) for settings in resolved]
 
 
-def _gpu_defaults(cluster: Cluster, pools: int, weights: int, split: bool) -> dict[str, Any]:
-    """GPU actors, the first of each of the `pools` GPU pools fitting the GPUs together; with split stages they
+def _gpu_defaults(cluster: Cluster, pools: int, cpu_pools: int, weights: int, split: bool) -> dict[str, Any]:
+    """GPU actors, the first of each of the `pools` GPU pools fitting the GPUs together (a share is a whole
+    fraction of one GPU, so that they pack) and the cores beside the `cpu_pools` kept on CPU; with split stages they
     reserve little CPU, the CPU stages get the rest."""
     share = gpu_share(weights)
     if cluster.gpus:
-        share = min(share, math.floor(cluster.gpus / max(pools, 1) * 100) / 100)
+        share = min(share, math.floor(100 / math.ceil(pools / max(1, math.floor(cluster.gpus)))) / 100)
     actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
-    cpus_per_gpu = max(1.0, (cluster.cpus - cluster.nodes * cluster.reserve) / max(cluster.gpus, 1.0))
+    usable = cluster.cpus - cluster.nodes * cluster.reserve
+    cpus = min(GPU_CPUS_PER_ACTOR_MAX, max(1.0, usable / max(cluster.gpus, 1.0)) * share, usable / (pools + cpu_pools))
     return {
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
-        "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, min(GPU_CPUS_PER_ACTOR_MAX,
-                                                                                cpus_per_gpu * share)),
+        "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, math.floor(cpus * 1000) / 1000),
         "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
         "inter_threads": 1,
     }
 
 
-def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None, split: bool) -> dict[str, Any]:
+def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None, split: bool,
+                  taken: float = 0.0) -> dict[str, Any]:
     """A pool's share of the cores, as one-thread actors (fewer, wider ones where memory is short, none wider
     than a node); `actors`: the pool size, when set by hand; `split`: some pool has split stages, whose two CPU
-    stages need room too."""
+    stages need room too; `taken`: CPUs the GPU pools' actors hold."""
     reserve = cluster.reserve + (2 * SMALL_STAGE_CPUS if split else 0)
-    usable = max(0.5, cluster.cpus - cluster.nodes * reserve)
+    usable = max(0.5, cluster.cpus - cluster.nodes * reserve - taken)
     node_cores = cluster.node_cpus or cluster.cpus / cluster.nodes
-    cores = max(1, math.floor(cluster.cpus / max(pools, 1)))
+    cores = max(1, math.floor((cluster.cpus - taken) / max(pools, 1)))
     if actors is None:
         actors = cores
         if weights and cluster.memory:
             fits = max(1, math.floor(cluster.memory / max(pools, 1) / (weights * MEMORY_PER_WEIGHT_BYTE)))
             actors = min(actors, fits)
     fixed = actors if cluster.fixed_size else 1
+    width = min(usable / max(pools, 1) / actors, max(0.5, node_cores - reserve))  # an actor runs on one node
     return {
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
-        "num_cpus_per_actor": math.floor(min(usable / max(pools, 1) / actors, max(0.5, node_cores - reserve))
-                                         * 1000) / 1000,  # rounded up, they would overflow the cores
+        "num_cpus_per_actor": max(0.001, math.floor(width * 1000) / 1000),  # rounded up, they would overflow
         "torch_threads": max(1, min(cores // actors, math.floor(node_cores))),
         "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
         "inter_threads": 1,

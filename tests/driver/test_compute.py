@@ -99,20 +99,26 @@ def test_split_stages_on_gpus_by_default_and_on_cpus_by_hand_with_room_for_their
 
 def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_say_so():
     """Sized by hand, pools may not fit (the refusal names the keys); sized automatically, they must, whatever the
-    node count, cores per node, GPUs, memory, model size and number of models: 7.5 free CPUs shared by 8 actors must
-    not round to 8 x 0.938, and no actor may be wider than a node. The one exception is split stages on a one-core
-    node, and the refusal says to fuse them."""
-    for nodes, cores, gpus, memory, weights, pools, stages in itertools.product(
+    node count, cores per node, GPUs, memory, model size and number of models, one of them kept on CPU or not: 7.5
+    free CPUs shared by 8 actors must not round to 8 x 0.938, a pool kept on CPU shares the cores the GPU actors
+    leave, GPU shares pack onto whole GPUs, and no actor is wider than a node. The one exception is split stages on
+    a one-core node, and the refusal says to fuse them."""
+    for nodes, cores, gpus, memory, weights, pools, stages, on_cpu in itertools.product(
             (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (90 * MB, 1024 * MB, 5 * 2**30),
-            (1, 2, 3), ("auto", "fused", "split")):
-        if (gpus and cores < 4) or (stages == "split" and cores == 1 and nodes > 1):
+            (1, 2, 3), ("auto", "fused", "split"), (False, True)):
+        if (gpus and cores < 4) or (stages == "split" and cores == 1 and nodes > 1) or (on_cpu and not gpus):
             continue  # GPU nodes have cores; the check adds a cluster's CPUs up, so one-core nodes split it unevenly
         cluster = Cluster(cpus=cores * nodes, gpus=gpus * nodes, memory=memory * nodes, nodes=nodes, fixed_size=True)
-        config = job(dict(list(THREE_MODELS.items())[:pools]), {"stages": stages})
-        plans = plans_for(config, cluster, [weights] * pools)
+        tasks = dict(list(THREE_MODELS.items())[:pools])
+        if on_cpu:
+            tasks["embedding"] = {**THREE_MODELS["embedding"], "compute": {"device": "cpu"}}
+        plans = plans_for(job(tasks, {"stages": stages}), cluster, [weights] * len(tasks))
         for plan in plans:  # an actor runs on one node: a wider one would wait for a node that does not exist
             assert plan.num_cpus_per_actor <= cores and plan.torch_threads <= cores, (nodes, cores, plan)
-            assert plan.num_gpus_per_actor <= max(gpus, 1), (nodes, gpus, plan)
+        free = [1.0] * (gpus * nodes)  # each GPU pool's first actor on a GPU with room for its share
+        for share in sorted((plan.num_gpus_per_actor for plan in plans if plan.device == "cuda"), reverse=True):
+            room = next(index for index, left in enumerate(free) if left >= share - 1e-9)
+            free[room] -= share
         if stages == "split" and cores == 1:
             with pytest.raises(ConfigError, match=r"\(0 after reading, writing and split stages\).*set stages: fused"):
                 check_reservations(plans, cluster)
