@@ -233,19 +233,25 @@ def with_stage_cpus(resolved: list[PoolSettings], cluster: Cluster) -> list[Pool
     return [replace(settings, stage_cpus=stage_cpus) for settings in resolved]
 
 
+def share_down(amount: float) -> float:
+    """A CPU or GPU share per actor, rounded down to 1/1000 (never to 0): rounded up, the actors' shares add up to
+    more than the cluster has, and the run is refused or an actor never placed."""
+    return max(0.001, math.floor(amount * 1000) / 1000)
+
+
 def _gpu_defaults(cluster: Cluster, pools: int, cpu_pools: int, weights: int, split: bool) -> dict[str, Any]:
     """GPU actors, the first of each of the `pools` GPU pools fitting the GPUs together (a share is a whole
     fraction of one GPU, so that they pack) and the cores beside the `cpu_pools` kept on CPU; with split stages they
     reserve little CPU, the CPU stages get the rest."""
     share = gpu_share(weights)
     if cluster.gpus:
-        share = min(share, math.floor(100 / math.ceil(pools / max(1, math.floor(cluster.gpus)))) / 100)
+        share = min(share, share_down(1 / math.ceil(pools / max(1, math.floor(cluster.gpus)))))
     actors = max(1, math.floor(cluster.gpus / share)) if cluster.gpus else 1
     usable = cluster.cpus - cluster.nodes * cluster.reserve
     cpus = min(GPU_CPUS_PER_ACTOR_MAX, max(1.0, usable / max(cluster.gpus, 1.0)) * share, usable / (pools + cpu_pools))
     return {
         "min_actors": 1, "max_actors": actors, "num_gpus_per_actor": share,
-        "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, math.floor(cpus * 1000) / 1000),
+        "num_cpus_per_actor": SPLIT_GPU_ACTOR_CPUS if split else max(0.5, share_down(cpus)),
         "batch_size": GPU_BATCH_SIZE, "token_budget": None, "actor_concurrency": GPU_ACTOR_CONCURRENCY,
         "inter_threads": 1,
     }
@@ -269,7 +275,7 @@ def _cpu_defaults(cluster: Cluster, pools: int, weights: int, actors: int | None
     width = min(usable / max(pools, 1) / actors, max(0.5, node_cores - reserve))  # an actor runs on one node
     return {
         "min_actors": fixed, "max_actors": actors, "num_gpus_per_actor": 0,
-        "num_cpus_per_actor": max(0.001, math.floor(width * 1000) / 1000),  # rounded up, they would overflow
+        "num_cpus_per_actor": share_down(width),
         "torch_threads": max(1, min(cores // actors, math.floor(node_cores))),
         "batch_size": CPU_BATCH_SIZE, "token_budget": CPU_TOKEN_BUDGET, "actor_concurrency": 1,
         "inter_threads": 1,
@@ -285,7 +291,7 @@ def _ctranslate2_defaults(auto: dict[str, Any], cluster: Cluster, gpu: bool, act
     cores = auto["max_actors"] * auto["torch_threads"]
     actors = actors or min(auto["max_actors"], cluster.nodes)
     return {**auto, "min_actors": min(auto["min_actors"], actors), "max_actors": actors,
-            "num_cpus_per_actor": math.floor(auto["num_cpus_per_actor"] * auto["max_actors"] / actors * 100) / 100,
+            "num_cpus_per_actor": share_down(auto["num_cpus_per_actor"] * auto["max_actors"] / actors),
             "torch_threads": 1, "inter_threads": max(1, cores // actors), "actor_concurrency": 2,
             "token_budget": CTRANSLATE2_CPU_TOKEN_BUDGET}
 

@@ -107,7 +107,8 @@ def test_auto_sized_pools_fit_every_cluster_shape_and_split_stages_that_cannot_s
             (1, 2, 3), (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 96), (0, 1, 4), (2e9, 64e9), (90 * MB, 1024 * MB, 5 * 2**30),
             (1, 2, 3), ("auto", "fused", "split"), (False, True)):
         if (gpus and cores < 4) or (stages == "split" and cores == 1 and nodes > 1) or (on_cpu and not gpus):
-            continue  # GPU nodes have cores; the check adds a cluster's CPUs up, so one-core nodes split it unevenly
+            continue  # GPU nodes have cores; the check adds a cluster's CPUs up, so one-core nodes split it
+            # unevenly; a pool kept on CPU means something only beside GPU pools
         cluster = Cluster(cpus=cores * nodes, gpus=gpus * nodes, memory=memory * nodes, nodes=nodes, fixed_size=True)
         tasks = dict(list(THREE_MODELS.items())[:pools])
         if on_cpu:
